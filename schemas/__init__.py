@@ -1,0 +1,1 @@
+"""lrtune's public contract as pydantic models; imports nothing else of lrtune."""

@@ -1,0 +1,219 @@
+"""Search spaces over schedule fields: the domains a job spec may use and each policy's default.
+
+A space maps a field to a plain value (fixed) or a domain: {"choice": [...]}, {"uniform": [a, b]},
+{"loguniform": [a, b]} or {"int": [a, b]}. Durations may be written in epochs (`step_size_epochs`)
+or as a fraction of the whole training (`decay_steps_frac`); `resolve_schedule` turns a sampled
+point into a concrete spec counted in steps.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from lrtune.schemas.schedules import SCHEDULE_MODELS, ScheduleSpec, parse_schedule
+
+DURATION_SUFFIXES = ("_epochs", "_frac")
+_LIST_DURATIONS = ("milestones", "boundaries")
+
+
+class Choice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    choice: list[Any] = Field(min_length=1)
+
+
+class Uniform(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    uniform: tuple[float, float]
+
+    @field_validator("uniform")
+    @classmethod
+    def _ordered(cls, bounds: tuple[float, float]) -> tuple[float, float]:
+        return _ordered_finite(bounds, strict=True)
+
+
+class LogUniform(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    loguniform: tuple[float, float]
+
+    @field_validator("loguniform")
+    @classmethod
+    def _ordered_positive(cls, bounds: tuple[float, float]) -> tuple[float, float]:
+        if bounds[0] <= 0:
+            raise ValueError("loguniform bounds must be positive")
+        return _ordered_finite(bounds, strict=True)
+
+
+class IntRange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    int: tuple[int, int]
+
+    @field_validator("int")
+    @classmethod
+    def _ordered(cls, bounds: tuple[int, int]) -> tuple[int, int]:
+        if bounds[1] < bounds[0]:
+            raise ValueError(f"bounds are reversed: {list(bounds)}")
+        return bounds
+
+
+Domain = Choice | Uniform | LogUniform | IntRange
+DOMAIN_KEYS = {"choice": Choice, "uniform": Uniform, "loguniform": LogUniform, "int": IntRange}
+
+
+def parse_domain(value: Any) -> Domain | Any:
+    """A one-key dict naming a domain becomes that domain; anything else is a fixed value."""
+    if isinstance(value, dict) and len(value) == 1:
+        key = next(iter(value))
+        if key in DOMAIN_KEYS:
+            return DOMAIN_KEYS[key].model_validate(value)
+    return value
+
+
+def field_of(policy: str, key: str) -> tuple[str, str | None]:
+    """Split `step_size_epochs` into (`step_size`, `_epochs`); raise ValueError for unknown fields."""
+    model = SCHEDULE_MODELS[policy]
+    for suffix in DURATION_SUFFIXES:
+        if key.endswith(suffix) and key.removesuffix(suffix) in model.duration_fields:
+            return key.removesuffix(suffix), suffix
+    if key == "policy" or key not in model.model_fields:
+        known = sorted(
+            [f for f in model.model_fields if f != "policy"]
+            + [f + s for f in model.duration_fields for s in DURATION_SUFFIXES]
+        )
+        raise ValueError(f"policy {policy!r} has no field {key!r}; its fields are {known}")
+    return key, None
+
+
+def validate_search_space(policy: str, space: dict[str, Any]) -> dict[str, Domain | Any]:
+    """Check every key names a field of `policy` and every domain is well formed."""
+    parsed: dict[str, Domain | Any] = {}
+    seen: dict[str, str] = {}
+    for key, value in space.items():
+        field, _ = field_of(policy, key)
+        if field in seen:
+            raise ValueError(f"{key!r} and {seen[field]!r} set the same field {field!r}")
+        seen[field] = key
+        parsed[key] = parse_domain(value)
+    return parsed
+
+
+def resolve_schedule(
+    policy: str,
+    point: dict[str, Any],
+    *,
+    steps_per_epoch: int,
+    total_steps: int,
+) -> ScheduleSpec:
+    """Turn one sampled point of a search space into a schedule spec counted in optimizer steps.
+
+    Durations the point leaves out default to the whole training length (`decay_steps`,
+    `total_steps`, `t_0`, `step_size`), so every policy has a sensible horizon.
+    """
+    fields: dict[str, Any] = {"policy": policy}
+    for key, value in point.items():
+        field, suffix = field_of(policy, key)
+        if suffix == "_epochs":
+            fields[field] = _convert(value, lambda v: v * steps_per_epoch)
+        elif suffix == "_frac":
+            fields[field] = _convert(value, lambda v: v * total_steps)
+        else:
+            fields[field] = value
+    model = SCHEDULE_MODELS[policy]
+    for field in model.duration_fields:
+        if field not in fields and field not in _LIST_DURATIONS and model.model_fields[field].is_required():
+            fields[field] = total_steps
+    return parse_schedule(fields)
+
+
+def _convert(value: Any, to_steps: Any) -> Any:
+    if isinstance(value, list):
+        return [max(1, round(to_steps(v))) for v in value]
+    return max(1, round(to_steps(value)))
+
+
+def _ordered_finite(bounds: tuple[float, float], *, strict: bool) -> tuple[float, float]:
+    if not all(math.isfinite(b) for b in bounds):
+        raise ValueError("bounds must be finite numbers")
+    if bounds[1] < bounds[0] or (strict and bounds[1] == bounds[0]):
+        raise ValueError(f"bounds are reversed or empty: {list(bounds)}")
+    return bounds
+
+
+# Each policy's default search space: wide enough to matter, small enough for a few trials.
+# Rates span two decades; `lr_bounds` (explicit or "auto") recentres them on the user's range.
+DEFAULT_SEARCH_SPACES: dict[str, dict[str, Any]] = {
+    "fixed": {"lr": {"loguniform": [1e-3, 1.0]}},
+    "step": {
+        "lr": {"loguniform": [1e-3, 1.0]},
+        "step_size_frac": {"choice": [0.25, 0.34, 0.5]},
+        "gamma": {"choice": [0.1, 0.3, 0.5]},
+    },
+    "multistep": {
+        "lr": {"loguniform": [1e-3, 1.0]},
+        "milestones_frac": {"choice": [[0.5, 0.75], [0.3, 0.6, 0.8]]},
+        "gamma": {"choice": [0.1, 0.2]},
+    },
+    "piecewise": {
+        "boundaries_frac": [0.5, 0.75],
+        "values": {"choice": [[0.1, 0.01, 0.001], [0.05, 0.01, 0.002], [0.3, 0.03, 0.003]]},
+    },
+    "exponential": {
+        "lr": {"loguniform": [1e-3, 1.0]},
+        "decay_rate": {"uniform": [0.5, 0.98]},
+        "decay_steps_epochs": 1,
+    },
+    "natural_exp": {
+        "lr": {"loguniform": [1e-3, 1.0]},
+        "decay_rate": {"uniform": [0.02, 0.7]},
+        "decay_steps_epochs": 1,
+    },
+    "inverse_time": {
+        "lr": {"loguniform": [1e-3, 1.0]},
+        "decay_rate": {"uniform": [0.1, 2.0]},
+        "decay_steps_epochs": 1,
+    },
+    "polynomial": {
+        "lr": {"loguniform": [1e-3, 1.0]},
+        "power": {"choice": [0.5, 1.0, 2.0]},
+        "end_lr": 1e-5,
+        "decay_steps_frac": 1.0,
+    },
+    "cosine": {
+        "lr": {"loguniform": [1e-3, 1.0]},
+        "alpha": {"choice": [0.0, 0.01, 0.1]},
+        "decay_steps_frac": 1.0,
+    },
+    "linear_cosine": {
+        "lr": {"loguniform": [1e-3, 1.0]},
+        "num_periods": {"choice": [0.5, 1.0, 2.0]},
+        "decay_steps_frac": 1.0,
+    },
+    "noisy_linear_cosine": {
+        "lr": {"loguniform": [1e-3, 1.0]},
+        "num_periods": {"choice": [0.5, 1.0, 2.0]},
+        "initial_variance": {"choice": [0.1, 0.5, 1.0]},
+        "decay_steps_frac": 1.0,
+    },
+    "clr": {
+        "base_lr": {"loguniform": [1e-4, 1e-2]},
+        "max_lr": {"loguniform": [2e-2, 1.0]},
+        "step_size_frac": {"choice": [0.125, 0.25]},
+        "mode": {"choice": ["triangular", "triangular2", "exp_range"]},
+        "gamma": {"uniform": [0.999, 1.0]},
+    },
+    "sgdr": {
+        "eta_max": {"loguniform": [1e-2, 1.0]},
+        "eta_min": 0.0,
+        "t_0_frac": {"choice": [0.1, 0.25, 0.5]},
+        "t_mult": {"choice": [1, 2]},
+    },
+    "one_cycle": {
+        "max_lr": {"loguniform": [1e-2, 1.0]},
+        "pct_start": {"uniform": [0.2, 0.4]},
+        "div_factor": {"choice": [10.0, 25.0]},
+        "anneal": {"choice": ["cos", "linear"]},
+        "total_steps_frac": 1.0,
+    },
+}

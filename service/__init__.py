@@ -1,0 +1,1 @@
+"""lrtune service: the FastAPI app, the store, settings and the CLI."""
