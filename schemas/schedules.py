@@ -1,10 +1,11 @@
 """Schedule specs: one pydantic model per policy, joined in a union discriminated on `policy`.
 
-The exact formulas live in `lrtune.workers.schedule_math`; this module only says what a valid spec is.
+The exact formulas live in `lrtune.workers.schedule_math`; this module says what a valid spec is.
 """
 
 from __future__ import annotations
 
+import itertools
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationInfo, field_validator
@@ -214,7 +215,9 @@ class CyclicSchedule(_Schedule):
 
 class SgdrSchedule(_Schedule):
     family: ClassVar[str] = "sgdr"
-    source: ClassVar[str] = "torch.optim.lr_scheduler.CosineAnnealingWarmRestarts (Loshchilov & Hutter 2017)"
+    source: ClassVar[str] = (
+        "torch.optim.lr_scheduler.CosineAnnealingWarmRestarts (Loshchilov & Hutter 2017)"
+    )
     duration_fields: ClassVar[tuple[str, ...]] = ("t_0",)
 
     policy: Literal["sgdr"] = "sgdr"
@@ -315,7 +318,7 @@ def parse_schedule(data: object) -> ScheduleSpec:
 
 
 class ParamGroupRule(BaseModel):
-    """Discriminative rates: parameters whose name matches `match` get the schedule's rate x lr_mult."""
+    """Discriminative rates: parameters matching `match` get the schedule's rate x lr_mult."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -340,6 +343,6 @@ class PreviewResponse(BaseModel):
 
 
 def _require_increasing(values: list[int]) -> list[int]:
-    if any(later <= earlier for earlier, later in zip(values, values[1:], strict=False)):
+    if any(later <= earlier for earlier, later in itertools.pairwise(values)):
         raise ValueError(f"must be strictly increasing, got {values}")
     return values

@@ -11,9 +11,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
 from lrtune.schemas.schedules import SCHEDULE_MODELS, ScheduleSpec, parse_schedule
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 DURATION_SUFFIXES = ("_epochs", "_frac")
 _LIST_DURATIONS = ("milestones", "boundaries")
@@ -72,7 +71,7 @@ def parse_domain(value: Any) -> Domain | Any:
 
 
 def field_of(policy: str, key: str) -> tuple[str, str | None]:
-    """Split `step_size_epochs` into (`step_size`, `_epochs`); raise ValueError for unknown fields."""
+    """Split `step_size_epochs` into (`step_size`, `_epochs`); ValueError for unknown fields."""
     model = SCHEDULE_MODELS[policy]
     for suffix in DURATION_SUFFIXES:
         if key.endswith(suffix) and key.removesuffix(suffix) in model.duration_fields:
@@ -122,7 +121,11 @@ def resolve_schedule(
             fields[field] = value
     model = SCHEDULE_MODELS[policy]
     for field in model.duration_fields:
-        if field not in fields and field not in _LIST_DURATIONS and model.model_fields[field].is_required():
+        if (
+            field not in fields
+            and field not in _LIST_DURATIONS
+            and model.model_fields[field].is_required()
+        ):
             fields[field] = total_steps
     return parse_schedule(fields)
 

@@ -1,0 +1,75 @@
+"""The FastAPI app factory: routers, one error body shape, settings on app.state."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from lrtune.schemas.errors import ErrorBody, ErrorDetail, FieldProblem
+from lrtune.schemas.schedules import POLICY_NAMES
+from lrtune.service.errors import LrtuneError, http_status
+from lrtune.service.routes import health, schedules
+from lrtune.service.settings import Settings
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    app = FastAPI(
+        title="lrtune",
+        version="0.1.0",
+        description="Learning-rate schedule search: submit jobs, watch trials, get a schedule.",
+    )
+    app.state.settings = settings or Settings()
+    app.include_router(health.router)
+    app.include_router(schedules.router)
+    _install_error_handlers(app)
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(LrtuneError)
+    async def on_lrtune_error(request: Request, error: LrtuneError) -> JSONResponse:
+        fields = [FieldProblem(path=error.field, message=error.message)] if error.field else []
+        return _error(http_status(error), error.code, error.message, fields)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        fields = [
+            FieldProblem(path=field_path(problem["loc"]), message=problem["msg"])
+            for problem in error.errors()
+        ]
+        message = "; ".join(f"{f.path}: {f.message}" if f.path else f.message for f in fields)
+        return _error(422, "validation_error", message or "invalid request", fields)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
+        return _error(error.status_code, code, str(error.detail), [])
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, error: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return _error(500, "internal_error", "internal error; the server log has details", [])
+
+
+def field_path(loc: Sequence[Any]) -> str:
+    """`("body", "schedule", "clr", "max_lr")` -> `schedule.max_lr`.
+
+    Drops the request part and the union tag pydantic inserts for a discriminated union, so the
+    path is the one the user wrote.
+    """
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in ("body", "query", "path", "header"):
+        parts = parts[1:]
+    return ".".join(p for p in parts if p not in POLICY_NAMES)
+
+
+def _error(status: int, code: str, message: str, fields: list[FieldProblem]) -> JSONResponse:
+    body = ErrorBody(error=ErrorDetail(code=code, message=message, fields=fields))
+    return JSONResponse(status_code=status, content=body.model_dump())

@@ -1,0 +1,117 @@
+"""The `lrtune` command line: serve the API, manage the database, preview schedules."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from lrtune.service.settings import Settings
+from pydantic import ValidationError
+from rich.console import Console
+
+app = typer.Typer(
+    name="lrtune",
+    help="Learning-rate schedule tuning: serve the API, run workers, preview schedules.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="Database schema management (Alembic).", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+err = Console(stderr=True)
+
+HostOption = Annotated[str, typer.Option(help="Interface to bind.")]
+PortOption = Annotated[int, typer.Option(help="TCP port to listen on.")]
+
+
+def main() -> None:
+    app()
+
+
+@app.command()
+def api(host: HostOption = "127.0.0.1", port: PortOption = 8000) -> None:
+    """Serve the REST API (and the dashboard) with uvicorn."""
+    _serve_api(Settings(), host=host, port=port)
+
+
+@app.command()
+def serve(host: HostOption = "127.0.0.1", port: PortOption = 8000) -> None:
+    """Apply migrations to the embedded database, then serve the API."""
+    _serve_api(Settings(), host=host, port=port)
+
+
+@app.command()
+def preview(
+    spec_file: Annotated[Path, typer.Argument(help="A schedule spec as JSON or YAML.")],
+    steps: Annotated[int, typer.Option(min=1, help="Evaluate steps 0 .. steps-1.")],
+    every: Annotated[int, typer.Option(min=1, help="Keep every n-th step.")] = 1,
+    plot: Annotated[Path | None, typer.Option(help="Write a PNG plot here instead.")] = None,
+) -> None:
+    """Print a schedule's rate per step (tab-separated), or plot it to a PNG."""
+    import numpy as np
+    from lrtune.schemas.schedules import PreviewRequest
+    from lrtune.workers.schedule_math import learning_rates
+
+    data = _read_spec_file(spec_file)
+    try:
+        request = PreviewRequest(schedule=data, steps=steps, every=every)
+    except ValidationError as error:
+        _fail(_validation_summary(error))
+    grid = np.arange(0, request.steps, request.every, dtype=np.int64)
+    rates = learning_rates(request.schedule, grid)
+    if plot is None:
+        typer.echo("\n".join(f"{t}\t{lr:.10g}" for t, lr in zip(grid, rates, strict=True)))
+        return
+    _plot_schedule(grid, rates, title=request.schedule.policy, path=plot)
+    err.print(f"wrote {plot}")
+
+
+def _serve_api(settings: Settings, *, host: str, port: int) -> None:
+    import uvicorn
+    from lrtune.service.app import create_app
+
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+
+
+def _read_spec_file(path: Path) -> Any:
+    try:
+        text = path.read_text()
+    except OSError as error:
+        _fail(f"cannot read {path}: {error.strerror}")
+    try:
+        return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        _fail(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {error}")
+
+
+def _validation_summary(error: ValidationError) -> str:
+    from lrtune.service.app import field_path
+
+    return "; ".join(
+        f"{field_path(problem['loc'])}: {problem['msg']}" for problem in error.errors()
+    )
+
+
+def _plot_schedule(steps: Any, rates: Any, *, title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, 4))
+    axes.plot(steps, rates, linewidth=1.2)
+    axes.set_xlabel("optimizer step")
+    axes.set_ylabel("learning rate")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def _fail(message: str, code: int = 2) -> Any:
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(code)

@@ -1,0 +1,40 @@
+"""Schedule routes: preview a schedule's curve, list the policy catalogue."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+from fastapi import APIRouter, Response
+from lrtune.schemas.errors import ErrorBody
+from lrtune.schemas.policies import PolicyInfo, policy_catalogue
+from lrtune.schemas.schedules import PreviewRequest, PreviewResponse
+from lrtune.service.deps import SettingsDep
+from lrtune.service.errors import LimitExceededError
+from lrtune.workers.schedule_math import learning_rates
+
+router = APIRouter(prefix="/v1", tags=["schedules"])
+_CATALOGUE = policy_catalogue()
+
+
+@router.post(
+    "/schedules/preview",
+    response_model=PreviewResponse,
+    responses={422: {"model": ErrorBody}},
+)
+def preview_schedule(request: PreviewRequest, settings: SettingsDep) -> Response:
+    """Evaluate a schedule at steps 0, every, 2*every, ... below `steps`, without training."""
+    if request.steps > settings.max_preview_steps:
+        raise LimitExceededError(
+            f"steps may be at most {settings.max_preview_steps}", field="steps"
+        )
+    steps = np.arange(0, request.steps, request.every, dtype=np.int64)
+    rates = learning_rates(request.schedule, steps)
+    # orjson writes numpy arrays directly: a million points in milliseconds, not seconds.
+    body = orjson.dumps({"step": steps, "lr": rates}, option=orjson.OPT_SERIALIZE_NUMPY)
+    return Response(content=body, media_type="application/json")
+
+
+@router.get("/policies", response_model=list[PolicyInfo])
+def list_policies() -> list[PolicyInfo]:
+    """Every schedule policy: its fields, defaults, JSON schema and default search space."""
+    return _CATALOGUE

@@ -1,0 +1,39 @@
+"""Configuration from the environment (LRTUNE_*), validated by pydantic-settings."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LRTUNE_", extra="ignore")
+
+    home: Path = Field(
+        Path("~/.lrtune"), description="Where the embedded database and Ray Tune state live."
+    )
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default: a SQLite file under LRTUNE_HOME."
+    )
+    ray_address: str | None = Field(
+        None,
+        validation_alias=AliasChoices("RAY_ADDRESS", "LRTUNE_RAY_ADDRESS"),
+        description="Join this Ray cluster; unset: start a local Ray sized to the machine.",
+    )
+    max_preview_steps: int = Field(1_000_000, gt=0)
+    max_epochs: int = Field(1000, gt=0, description="Most epochs a trial may train.")
+    max_trials_per_policy: int = Field(200, gt=0)
+    max_policies_per_job: int = Field(32, gt=0)
+
+    @cached_property
+    def home_dir(self) -> Path:
+        return self.home.expanduser()
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.home_dir / 'lrtune.db'}"

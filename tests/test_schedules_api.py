@@ -1,0 +1,246 @@
+"""POST /v1/schedules/preview, GET /v1/policies and /healthz through HTTP."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from lrtune.schemas.schedules import POLICY_NAMES, parse_schedule
+from lrtune.schemas.search import resolve_schedule, validate_search_space
+from lrtune.service.app import create_app
+from lrtune.service.settings import Settings
+from lrtune.workers.schedule_math import learning_rates
+
+VALID_SPECS: dict[str, dict[str, Any]] = {
+    "fixed": {"lr": 0.1},
+    "step": {"lr": 0.1, "step_size": 30, "gamma": 0.5},
+    "multistep": {"lr": 0.1, "milestones": [20, 50]},
+    "piecewise": {"boundaries": [10, 40], "values": [0.1, 0.05, 0.01]},
+    "exponential": {"lr": 0.1, "decay_rate": 0.9, "decay_steps": 10},
+    "natural_exp": {"lr": 0.1, "decay_rate": 0.1, "decay_steps": 10, "staircase": True},
+    "inverse_time": {"lr": 0.1, "decay_rate": 0.5, "decay_steps": 10},
+    "polynomial": {"lr": 0.1, "decay_steps": 40, "power": 2.0, "cycle": True},
+    "cosine": {"lr": 0.1, "decay_steps": 80, "alpha": 0.1},
+    "linear_cosine": {"lr": 0.1, "decay_steps": 80},
+    "noisy_linear_cosine": {"lr": 0.1, "decay_steps": 80, "seed": 3},
+    "clr": {"base_lr": 0.01, "max_lr": 0.1, "step_size": 10, "mode": "exp_range", "gamma": 0.99},
+    "sgdr": {"eta_max": 0.1, "eta_min": 0.001, "t_0": 7, "t_mult": 2},
+    "one_cycle": {"max_lr": 0.1, "total_steps": 90, "three_phase": True, "anneal": "linear"},
+}
+
+
+@pytest.fixture(scope="module")
+def preview_client(tmp_path_factory: pytest.TempPathFactory) -> TestClient:
+    home = tmp_path_factory.mktemp("lrtune-home")
+    return TestClient(create_app(Settings(home=home)))
+
+
+def _preview(client: TestClient, schedule: Any, steps: Any = 100, **extra: Any) -> Any:
+    return client.post(
+        "/v1/schedules/preview", json={"schedule": schedule, "steps": steps, **extra}
+    )
+
+
+def test_healthz_answers(preview_client: TestClient) -> None:
+    assert preview_client.get("/healthz").json() == {"status": "ok"}
+
+
+@pytest.mark.parametrize("policy", POLICY_NAMES)
+def test_preview_matches_the_schedule_math(preview_client: TestClient, policy: str) -> None:
+    schedule = {"policy": policy, **VALID_SPECS[policy], "warmup_steps": 5}
+    response = _preview(preview_client, schedule, steps=120)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["step"] == list(range(120))
+    expected = learning_rates(parse_schedule(schedule), np.arange(120))
+    np.testing.assert_allclose(body["lr"], expected, rtol=1e-12, atol=0)
+
+
+def test_preview_every_subsamples_the_same_curve(preview_client: TestClient) -> None:
+    schedule = {"policy": "sgdr", **VALID_SPECS["sgdr"]}
+    full = _preview(preview_client, schedule, steps=1000).json()
+    sparse = _preview(preview_client, schedule, steps=1000, every=7).json()
+    assert sparse["step"] == list(range(0, 1000, 7))
+    assert sparse["lr"] == full["lr"][::7]
+
+
+def test_preview_serves_a_million_steps(preview_client: TestClient) -> None:
+    response = _preview(
+        preview_client, {"policy": "one_cycle", "max_lr": 1, "total_steps": 10**6}, steps=1_000_000
+    )
+    assert response.status_code == 200
+    body = response.json()
+    assert len(body["lr"]) == 1_000_000
+    assert body["lr"][-1] == pytest.approx(1 / 25 / 1e4, rel=1e-6)
+
+
+def test_preview_refuses_more_than_a_million_steps(preview_client: TestClient) -> None:
+    response = _preview(preview_client, {"policy": "fixed", "lr": 0.1}, steps=1_000_001)
+    assert response.status_code == 422
+    assert [f["path"] for f in response.json()["error"]["fields"]] == ["steps"]
+
+
+INVALID_SPECS = [
+    ({"policy": "step", "lr": 0.1, "step_size": 0}, "schedule.step_size"),
+    (
+        {"policy": "exponential", "lr": 0.1, "decay_rate": 0.9, "decay_steps": -3},
+        "schedule.decay_steps",
+    ),
+    ({"policy": "clr", "base_lr": 0.1, "max_lr": 0.1, "step_size": 4}, "schedule.max_lr"),
+    ({"policy": "clr", "base_lr": 0.2, "max_lr": 0.1, "step_size": 4}, "schedule.max_lr"),
+    ({"policy": "sgdr", "eta_max": 0.1, "eta_min": 0.2, "t_0": 4}, "schedule.eta_min"),
+    (
+        {"policy": "piecewise", "boundaries": [10, 5], "values": [1, 0.5, 0.1]},
+        "schedule.boundaries",
+    ),
+    ({"policy": "piecewise", "boundaries": [5, 10], "values": [1, 0.5]}, "schedule.values"),
+    ({"policy": "multistep", "lr": 0.1, "milestones": [30, 10]}, "schedule.milestones"),
+    ({"policy": "fixed", "lr": -0.1}, "schedule.lr"),
+    ({"policy": "fixed", "lr": 0.0}, "schedule.lr"),
+    ({"policy": "clr", "base_lr": -1, "max_lr": 0.1, "step_size": 4}, "schedule.base_lr"),
+    ({"policy": "fixed", "lr": 0.1, "warmup_start_lr": -1}, "schedule.warmup_start_lr"),
+    (
+        {"policy": "one_cycle", "max_lr": 0.1, "total_steps": 100, "pct_start": 1.0},
+        "schedule.pct_start",
+    ),
+    (
+        {"policy": "one_cycle", "max_lr": 0.1, "total_steps": 100, "pct_start": 0.0},
+        "schedule.pct_start",
+    ),
+    (
+        {
+            "policy": "one_cycle",
+            "max_lr": 0.1,
+            "total_steps": 100,
+            "pct_start": 0.6,
+            "three_phase": True,
+        },
+        "schedule.pct_start",
+    ),
+    ({"policy": "step", "lr": 0.1, "step_size": 5, "colour": "red"}, "schedule.colour"),
+    (
+        {"policy": "exponential", "lr": 0.1, "decay_rate": 1.5, "decay_steps": 3},
+        "schedule.decay_rate",
+    ),
+]
+
+
+@pytest.mark.parametrize(("schedule", "path"), INVALID_SPECS)
+def test_invalid_spec_is_422_naming_the_field(
+    preview_client: TestClient, schedule: dict[str, Any], path: str
+) -> None:
+    response = _preview(preview_client, schedule)
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["code"] == "validation_error"
+    assert path in [f["path"] for f in error["fields"]]
+    assert path.split(".")[-1] in error["message"]
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_rates_are_refused(preview_client: TestClient, literal: str) -> None:
+    body = '{"schedule": {"policy": "fixed", "lr": LR}, "steps": 10}'.replace("LR", literal)
+    response = preview_client.post(
+        "/v1/schedules/preview", content=body, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert response.json()["error"]["fields"][0]["path"] == "schedule.lr"
+
+
+def test_unknown_policy_lists_the_known_ones(preview_client: TestClient) -> None:
+    response = _preview(preview_client, {"policy": "warm_restarts", "lr": 0.1})
+    assert response.status_code == 422
+    message = response.json()["error"]["message"]
+    assert "warm_restarts" in message
+    assert all(name in message for name in POLICY_NAMES)
+
+
+def test_malformed_json_is_422(preview_client: TestClient) -> None:
+    response = preview_client.post(
+        "/v1/schedules/preview", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "validation_error"
+
+
+def test_unknown_route_uses_the_error_body(preview_client: TestClient) -> None:
+    response = preview_client.get("/v1/nothing-here")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+
+
+_json_leaf = (
+    st.none() | st.booleans() | st.integers(-(10**12), 10**12) | st.floats() | st.text(max_size=12)
+)
+_json = st.recursive(
+    _json_leaf,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+_field_names = st.sampled_from(
+    sorted({f for spec in VALID_SPECS.values() for f in spec} | {"warmup_steps", "warmup_start_lr"})
+)
+_schedules = st.builds(
+    lambda policy, base, overrides: {"policy": policy, **base, **overrides},
+    st.sampled_from(POLICY_NAMES),
+    st.sampled_from(list(VALID_SPECS.values())),
+    st.dictionaries(
+        _field_names, _json_leaf | st.lists(st.integers(-5, 10**6), max_size=4), max_size=3
+    ),
+)
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    schedule=_schedules | _json,
+    steps=st.integers(-5, 5000) | _json_leaf,
+    every=st.integers(-2, 50) | _json_leaf,
+)
+def test_no_preview_input_yields_a_5xx(
+    preview_client: TestClient, schedule: Any, steps: Any, every: Any
+) -> None:
+    body = json.dumps({"schedule": schedule, "steps": steps, "every": every}, allow_nan=True)
+    response = preview_client.post(
+        "/v1/schedules/preview", content=body, headers={"content-type": "application/json"}
+    )
+    assert response.status_code in (200, 422), response.text
+    if response.status_code == 200:
+        assert all(math.isfinite(v) and v >= 0 for v in response.json()["lr"])
+    else:
+        assert response.json()["error"]["message"]
+
+
+def test_policy_catalogue_describes_every_policy(preview_client: TestClient) -> None:
+    catalogue = preview_client.get("/v1/policies").json()
+    assert [p["name"] for p in catalogue] == list(POLICY_NAMES)
+    for policy in catalogue:
+        fields = {f["name"]: f for f in policy["fields"]}
+        assert {"warmup_steps", "warmup_start_lr"} <= set(fields)
+        assert policy["source"] and policy["family"]
+        assert policy["json_schema"]["properties"]["policy"]["const"] == policy["name"]
+        # The default search space is valid and, with durations filled in, yields a valid spec.
+        space = validate_search_space(policy["name"], policy["default_search_space"])
+        point = {
+            k: (v.model_dump()["choice"][0] if hasattr(v, "choice") else v)
+            for k, v in space.items()
+            if not hasattr(v, "model_dump") or hasattr(v, "choice")
+        }
+        for key, domain in space.items():
+            if key not in point:
+                low, high = next(iter(domain.model_dump().values()))
+                point[key] = high if policy["name"] == "clr" and key == "max_lr" else low
+        resolve_schedule(policy["name"], point, steps_per_epoch=50, total_steps=1000)
+    clr_fields = {f["name"]: f for f in catalogue[POLICY_NAMES.index("clr")]["fields"]}
+    assert clr_fields["mode"]["default"] == "triangular"
+    assert clr_fields["max_lr"]["required"] is True
+    assert clr_fields["step_size"]["duration"] is True
