@@ -1,0 +1,366 @@
+"""The job spec (POST /v1/jobs) and the read models of jobs, trials, metrics and best settings.
+
+Numbers that may be NaN or infinite (metric values of a diverging trial) are written in JSON as
+the strings "NaN", "Infinity" and "-Infinity": JSON has no literal for them, and these are the
+spellings JavaScript's `Number()` and Python's `float()` both read back.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Any, Literal
+
+from lrtune.schemas.schedules import POLICY_NAMES, ParamGroupRule
+from lrtune.schemas.search import DEFAULT_SEARCH_SPACES, validate_search_space
+from lrtune.schemas.trials import OptimizerSpec
+from lrtune.schemas.workloads import BUILTIN_WORKLOADS, WorkloadSpec
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelling", "cancelled"]
+TrialStatus = Literal["pending", "running", "completed", "pruned", "diverged", "failed"]
+JOB_STATUSES: tuple[str, ...] = (
+    "queued",
+    "running",
+    "succeeded",
+    "failed",
+    "cancelling",
+    "cancelled",
+)
+TRIAL_STATUSES: tuple[str, ...] = (
+    "pending",
+    "running",
+    "completed",
+    "pruned",
+    "diverged",
+    "failed",
+)
+FINISHED_TRIAL_STATUSES = frozenset({"completed", "pruned", "diverged", "failed"})
+# The losses every workload reports each epoch, besides its own metrics.
+ALWAYS_REPORTED = ("train_loss", "val_loss")
+
+# The issue text calls it a workload reference; it is the workloads module's spec.
+WorkloadRef = WorkloadSpec
+
+_INPUT = ConfigDict(extra="forbid")
+# Read models: NaN and +-inf leave as "NaN", "Infinity", "-Infinity" (see the module docstring).
+_OUTPUT = ConfigDict(ser_json_inf_nan="strings")
+
+
+class MetricSpec(BaseModel):
+    """The metric that ranks trials; both parts default to the built-in workload's own."""
+
+    model_config = _INPUT
+
+    name: str = Field(min_length=1, description="train_loss, val_loss or a workload metric.")
+    mode: Literal["min", "max"] | None = Field(None, description="Default: the workload's.")
+
+
+class PolicySearch(BaseModel):
+    """One policy and its search space (the policy's default space when `search` is left out)."""
+
+    model_config = _INPUT
+
+    policy: str
+    search: dict[str, Any] | None = Field(
+        None,
+        description='Fixed values or domains: {"choice": [...]}, {"uniform": [a, b]}, '
+        '{"loguniform": [a, b]}, {"int": [a, b]}.',
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, data: Any) -> Any:
+        # "clr" is shorthand for {"policy": "clr"}.
+        return {"policy": data} if isinstance(data, str) else data
+
+    @field_validator("policy")
+    @classmethod
+    def _known_policy(cls, policy: str) -> str:
+        if policy not in POLICY_NAMES:
+            raise ValueError(f"unknown policy {policy!r}; policies are {list(POLICY_NAMES)}")
+        return policy
+
+    @field_validator("search")
+    @classmethod
+    def _valid_space(cls, search: dict[str, Any] | None, info: ValidationInfo) -> Any:
+        policy = info.data.get("policy")
+        if search is None or policy is None:
+            return search
+        try:
+            validate_search_space(policy, search)
+        except ValidationError as error:
+            problem = error.errors()[0]
+            raise ValueError(problem["msg"].removeprefix("Value error, ")) from None
+        return search
+
+    @property
+    def space(self) -> dict[str, Any]:
+        """The search space trials sample from."""
+        return self.search if self.search is not None else DEFAULT_SEARCH_SPACES[self.policy]
+
+
+class LrBounds(BaseModel):
+    model_config = _INPUT
+
+    min: float = Field(gt=0.0, allow_inf_nan=False)
+    max: float = Field(gt=0.0, allow_inf_nan=False)
+
+    @field_validator("max")
+    @classmethod
+    def _above_min(cls, value: float, info: ValidationInfo) -> float:
+        low = info.data.get("min")
+        if low is not None and value <= low:
+            raise ValueError(f"max ({value:g}) must be above min ({low:g})")
+        return value
+
+
+class Budget(BaseModel):
+    """The same for every policy, so the comparison is fair; upper limits are the server's."""
+
+    model_config = _INPUT
+
+    epochs: int = Field(gt=0)
+    trials_per_policy: int = Field(gt=0)
+    max_concurrent_trials: int = Field(1, gt=0)
+
+
+class EarlyStopping(BaseModel):
+    model_config = _INPUT
+
+    kind: Literal["none", "asha"] = "none"
+    grace_epochs: int = Field(1, gt=0)
+    reduction_factor: int = Field(3, ge=2)
+
+
+class SearchConfig(BaseModel):
+    model_config = _INPUT
+
+    algorithm: Literal["random", "grid", "tpe"] = "random"
+    seed: int = Field(0, ge=0)
+
+
+class Confirm(BaseModel):
+    """Re-run each policy's top_k settings with `seeds` seeds to tell signal from noise."""
+
+    model_config = _INPUT
+
+    top_k: int = Field(1, gt=0)
+    seeds: int = Field(3, gt=0)
+
+
+class Resources(BaseModel):
+    model_config = _INPUT
+
+    cpu: float = Field(1.0, gt=0.0, allow_inf_nan=False)
+    gpu: float = Field(0.0, ge=0.0, allow_inf_nan=False, description="Fractions share a GPU.")
+
+
+class JobSpec(BaseModel):
+    """What POST /v1/jobs takes (api.md section 2)."""
+
+    model_config = _INPUT
+
+    kind: Literal["search", "range_test"] = "search"
+    name: str = Field("", max_length=200)
+    workload: WorkloadSpec
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    metric: MetricSpec | None = Field(
+        None, validate_default=True, description="Default: the workload's own metric."
+    )
+    policies: list[PolicySearch] = Field(default_factory=list)
+    lr_bounds: Literal["auto"] | LrBounds | None = None
+    budget: Budget
+    early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    confirm: Confirm | None = None
+    resources_per_trial: Resources = Field(default_factory=Resources)
+    param_groups: list[ParamGroupRule] = Field(default_factory=list)
+
+    @field_validator("metric")
+    @classmethod
+    def _metric_reported(cls, metric: MetricSpec | None, info: ValidationInfo) -> MetricSpec:
+        workload: WorkloadSpec | None = info.data.get("workload")
+        builtin = BUILTIN_WORKLOADS.get(workload.name or "") if workload else None
+        if metric is None:
+            if builtin is not None:
+                return MetricSpec(name=builtin.default_metric, mode=builtin.default_mode)
+            return MetricSpec(name="val_loss", mode="min")
+        if builtin is not None:
+            reported = [*ALWAYS_REPORTED, *builtin.metrics]
+            if metric.name not in reported:
+                raise ValueError(
+                    f"workload {builtin.name!r} does not report {metric.name!r}; "
+                    f"it reports {reported}"
+                )
+        if metric.mode is None:
+            if builtin is not None and metric.name == builtin.default_metric:
+                mode = builtin.default_mode
+            else:
+                mode = "max" if "acc" in metric.name else "min"
+            return MetricSpec(name=metric.name, mode=mode)
+        return metric
+
+    @field_validator("policies")
+    @classmethod
+    def _policies_listed_once(
+        cls, policies: list[PolicySearch], info: ValidationInfo
+    ) -> list[PolicySearch]:
+        if info.data.get("kind", "search") == "search" and not policies:
+            raise ValueError("a search job needs at least one policy")
+        names = [p.policy for p in policies]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"each policy may be listed once; repeated: {repeated}")
+        return policies
+
+    @property
+    def metric_name(self) -> str:
+        return self.metric.name if self.metric else "val_loss"
+
+    @property
+    def metric_mode(self) -> Literal["min", "max"]:
+        return self.metric.mode if self.metric and self.metric.mode else "min"
+
+    @property
+    def planned_trials(self) -> int:
+        """Search trials plus confirmation runs (top_k x seeds per policy)."""
+        if self.kind != "search":
+            return 0
+        per_policy = self.budget.trials_per_policy
+        if self.confirm is not None:
+            per_policy += self.confirm.top_k * self.confirm.seeds
+        return per_policy * len(self.policies)
+
+
+# ---- read models ------------------------------------------------------------------------------
+
+
+class JobProgress(BaseModel):
+    """Trials by status, and how many the job plans in all."""
+
+    planned: int = 0
+    pending: int = 0
+    running: int = 0
+    completed: int = 0
+    pruned: int = 0
+    diverged: int = 0
+    failed: int = 0
+
+
+class BestSoFar(BaseModel):
+    """The job's best trial so far by its metric; `value` is always finite."""
+
+    model_config = _OUTPUT
+
+    trial_id: int
+    policy: str
+    value: float
+
+
+class Job(BaseModel):
+    """A job as GET /v1/jobs/{id} answers it."""
+
+    model_config = _OUTPUT
+
+    id: int
+    name: str
+    kind: Literal["search", "range_test"]
+    status: JobStatus
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    spec: JobSpec
+    progress: JobProgress
+    best: BestSoFar | None = None
+    error: str | None = None
+
+
+class Trial(BaseModel):
+    """One trial. `last_metric` may be "NaN"/"Infinity"/"-Infinity"; `best_metric` is finite."""
+
+    model_config = _OUTPUT
+
+    id: int
+    job_id: int
+    policy: str
+    schedule: dict[str, Any] = Field(description="The resolved schedule spec, counted in steps.")
+    search_config: dict[str, Any] = Field(description="The sampled point of the search space.")
+    seed: int
+    status: TrialStatus
+    epochs_done: int
+    last_metric: float | None = None
+    best_metric: float | None = Field(
+        None, description="Best finite value of the job's metric (None while there is none)."
+    )
+    error: str | None = None
+    ray_trial_id: str | None = None
+    node_id: str | None = None
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class TrialMetric(BaseModel):
+    """One epoch of one trial; any float may be "NaN", "Infinity" or "-Infinity" in JSON."""
+
+    model_config = ConfigDict(ser_json_inf_nan="strings", extra="forbid")
+
+    epoch: int = Field(ge=1, description="1-based.")
+    step: int = Field(ge=0)
+    lr: float
+    train_loss: float | None = None
+    val_loss: float | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    elapsed_s: float = Field(ge=0.0, allow_inf_nan=False)
+
+
+class JobPage(BaseModel):
+    """A page of jobs, newest first; pass `next_cursor` as `cursor` for the next page."""
+
+    model_config = _OUTPUT
+
+    items: list[Job]
+    next_cursor: str | None = None
+
+
+class TrialPage(BaseModel):
+    """A page of trials, newest first; pass `next_cursor` as `cursor` for the next page."""
+
+    model_config = _OUTPUT
+
+    items: list[Trial]
+    next_cursor: str | None = None
+
+
+class BestSetting(BaseModel):
+    """The best trial of one (workload, policy) over finished jobs, with the schedule it used."""
+
+    model_config = _OUTPUT
+
+    workload: str
+    policy: str
+    metric: str
+    mode: Literal["min", "max"]
+    value: float
+    job_id: int
+    trial_id: int
+    schedule: dict[str, Any]
+    epochs: int
+
+
+def is_better(value: float, than: float | None, mode: str) -> bool:
+    """Whether finite `value` beats `than` under `mode` (None: anything beats it)."""
+    if not math.isfinite(value):
+        return False
+    if than is None:
+        return True
+    return value > than if mode == "max" else value < than

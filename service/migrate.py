@@ -1,0 +1,119 @@
+"""Schema migrations through Alembic: upgrade, downgrade, and the check that the schema is at head.
+
+Alembic owns the schema; nothing here calls `create_all`. The migration scripts are found next to
+the package (`migrations/`), so the CLI works from any working directory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from lrtune.service.db import WRITE_OPTION, is_sqlite, make_engine
+from lrtune.service.errors import SchemaOutdatedError, StorageError
+from lrtune.service.models import Base
+from lrtune.service.settings import Settings
+from sqlalchemy import Connection
+from sqlalchemy.exc import SQLAlchemyError
+
+MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "migrations"
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    if head is None:  # pragma: no cover - the package ships its migrations
+        raise RuntimeError(f"no migrations found in {MIGRATIONS_DIR}")
+    return head
+
+
+def upgrade_to_head(url: str) -> str:
+    """Apply every migration not yet applied; returns the revision the database is now at."""
+    with _connection(url) as connection:
+        command.upgrade(alembic_config(connection), "head")
+    return head_revision()
+
+
+def downgrade(url: str, revision: str) -> None:
+    """Undo migrations down to `revision` ("base" removes every table lrtune made)."""
+    with _connection(url) as connection:
+        command.downgrade(alembic_config(connection), revision)
+
+
+def current_revision(url: str) -> str | None:
+    """The revision the database is at; None for a database Alembic has never touched."""
+    with _connection(url) as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def schema_drift(url: str) -> list[object]:
+    """Differences between the ORM models and the database's schema (empty: none)."""
+    with _connection(url) as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        return list(compare_metadata(context, Base.metadata))
+
+
+def ensure_schema_current(url: str) -> None:
+    """Raise SchemaOutdatedError unless the database's schema is at head."""
+    current = current_revision(url)
+    head = head_revision()
+    if current == head:
+        return
+    if current is None:
+        raise SchemaOutdatedError(
+            f"database schema is empty, head is {head}: run `lrtune db upgrade`"
+        )
+    known = {
+        script.revision for script in ScriptDirectory.from_config(alembic_config()).walk_revisions()
+    }
+    if current not in known:
+        raise SchemaOutdatedError(
+            f"database schema is at {current}, which this lrtune does not know (head is "
+            f"{head}): the database was migrated by a newer lrtune; upgrade lrtune"
+        )
+    raise SchemaOutdatedError(
+        f"database schema is at {current}, head is {head}: run `lrtune db upgrade`"
+    )
+
+
+def prepare_embedded_database(settings: Settings) -> None:
+    """For `lrtune api`/`serve`: upgrade an embedded SQLite database, then check it is at head.
+
+    A server database (PostgreSQL) is never migrated implicitly: several API replicas would race,
+    and an operator decides when the schema changes; it must already be at head.
+    """
+    url = settings.resolved_database_url
+    if is_sqlite(url):
+        upgrade_to_head(url)
+    ensure_schema_current(url)
+
+
+@contextmanager
+def _connection(url: str) -> Iterator[Connection]:
+    engine = make_engine(url, pool_size=1)
+    try:
+        with engine.connect() as connection:
+            yield connection.execution_options(**{WRITE_OPTION: True})
+            if connection.in_transaction():
+                connection.commit()
+    except SQLAlchemyError as error:
+        raise StorageError(f"cannot reach the database: {_first_line(error)}") from error
+    finally:
+        engine.dispose()
+
+
+def _first_line(error: BaseException) -> str:
+    return str(getattr(error, "orig", None) or error).strip().splitlines()[0]
