@@ -27,6 +27,16 @@ class Settings(BaseSettings):
     max_epochs: int = Field(1000, gt=0, description="Most epochs a trial may train.")
     max_trials_per_policy: int = Field(200, gt=0)
     max_policies_per_job: int = Field(32, gt=0)
+    job_lease_seconds: float = Field(
+        60.0, gt=0, description="A worker that stops heartbeating loses its job after this long."
+    )
+    db_retry_attempts: int = Field(
+        8, ge=1, description="Tries for a transaction that hits a lock or serialization failure."
+    )
+    sqlite_busy_timeout_ms: int = Field(
+        30_000, ge=0, description="How long a SQLite writer waits for the lock before retrying."
+    )
+    db_pool_size: int = Field(10, gt=0, description="PostgreSQL connections kept per process.")
 
     @cached_property
     def home_dir(self) -> Path:
