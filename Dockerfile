@@ -10,11 +10,12 @@ COPY . /src
 RUN pip install --no-cache-dir -e .
 
 FROM python:3.11-slim
-RUN useradd --create-home --uid 1000 lrtune
+RUN useradd --create-home --uid 1000 lrtune \
+    && mkdir -p /var/lib/lrtune && chown lrtune /var/lib/lrtune
 COPY --from=build /opt/lrtune /opt/lrtune
 COPY --from=build /src /src
 ENV PATH=/opt/lrtune/bin:$PATH \
-    LRTUNE_HOME=/home/lrtune/.lrtune \
+    LRTUNE_HOME=/var/lib/lrtune \
     PYTHONUNBUFFERED=1
 WORKDIR /src
 USER lrtune
