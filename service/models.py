@@ -109,8 +109,8 @@ class TrialRow(Base):
         # Pages of a job's trials, newest first, and the progress counts.
         Index(None, "job_id", "id"),
         Index(None, "job_id", "status"),
-        # The best trial of a job / of a policy reads this index, never the metric rows.
-        Index(None, "job_id", "policy", "best_metric"),
+        # The best trial of a job reads this index, never the metric rows.
+        Index(None, "job_id", "best_metric"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -142,9 +142,7 @@ def upgrade() -> None:
     )
     op.create_index(op.f("ix_trials_job_id_id"), "trials", ["job_id", "id"])
     op.create_index(op.f("ix_trials_job_id_status"), "trials", ["job_id", "status"])
-    op.create_index(
-        op.f("ix_trials_job_id_policy_best_metric"), "trials", ["job_id", "policy", "best_metric"]
-    )
+    op.create_index(op.f("ix_trials_job_id_best_metric"), "trials", ["job_id", "best_metric"])
 
     op.create_table(
         "trial_metrics",
@@ -172,7 +170,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("trial_metrics")
-    op.drop_index(op.f("ix_trials_job_id_policy_best_metric"), table_name="trials")
+    op.drop_index(op.f("ix_trials_job_id_best_metric"), table_name="trials")
     op.drop_index(op.f("ix_trials_job_id_status"), table_name="trials")
     op.drop_index(op.f("ix_trials_job_id_id"), table_name="trials")
     op.drop_table("trials")

@@ -1,0 +1,897 @@
+"""The store: the only code that opens SQL transactions. It returns schema objects, never rows.
+
+Every transaction goes through `Store._run`, which commits or rolls back, retries lock and
+serialization failures with a bounded, jittered backoff, and turns database errors into
+lrtune's own (StorageError, ConflictError). Writes that race (claiming a job, idempotent
+submissions, results reported twice) rely on conditional updates and unique constraints rather
+than on reading first.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from lrtune.schemas.jobs import (
+    FINISHED_TRIAL_STATUSES,
+    TRIAL_STATUSES,
+    BestSetting,
+    BestSoFar,
+    Job,
+    JobPage,
+    JobProgress,
+    JobSpec,
+    Trial,
+    TrialMetric,
+    TrialPage,
+    is_better,
+)
+from lrtune.service.db import WRITE_OPTION, make_engine
+from lrtune.service.errors import ConflictError, InvalidInputError, NotFoundError, StorageError
+from lrtune.service.models import (
+    FloatKind,
+    IdempotencyKeyRow,
+    JobRow,
+    TrialMetricRow,
+    TrialRow,
+    utcnow,
+)
+from lrtune.service.settings import Settings
+from sqlalchemy import (
+    Engine,
+    Select,
+    and_,
+    case,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# SQLSTATEs PostgreSQL uses for "try the transaction again".
+_RETRY_SQLSTATES = {"40001", "40P01"}  # serialization_failure, deadlock_detected
+_SQLITE_BUSY = ("database is locked", "database table is locked", "database is busy")
+_CURSOR_PREFIX = "id:"
+_METRIC_ROWS_PER_INSERT = 500
+
+
+class Store:
+    """Jobs, trials and their metrics in SQL (SQLite or PostgreSQL)."""
+
+    def __init__(
+        self, engine: Engine, *, retry_attempts: int = 8, retry_base_s: float = 0.01
+    ) -> None:
+        self.engine = engine
+        self.retry_attempts = retry_attempts
+        self.retry_base_s = retry_base_s
+        self.is_postgres = engine.dialect.name == "postgresql"
+
+    @classmethod
+    def from_url(cls, url: str, *, pool_size: int = 10, retry_attempts: int = 8) -> Store:
+        return cls(make_engine(url, pool_size=pool_size), retry_attempts=retry_attempts)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Store:
+        engine = make_engine(
+            settings.resolved_database_url,
+            busy_timeout_ms=settings.sqlite_busy_timeout_ms,
+            pool_size=settings.db_pool_size,
+        )
+        return cls(engine, retry_attempts=settings.db_retry_attempts)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # ---- health -------------------------------------------------------------------------------
+
+    def schema_revision(self) -> str | None:
+        """The Alembic revision the database is at (None: never migrated); proves it answers."""
+        from alembic.runtime.migration import MigrationContext
+
+        def work(session: Session) -> str | None:
+            return MigrationContext.configure(session.connection()).get_current_revision()
+
+        return self._run(work, write=False)
+
+    # ---- jobs ---------------------------------------------------------------------------------
+
+    def create_job(self, *, spec: JobSpec, idempotency_key: str | None = None) -> tuple[Job, bool]:
+        """Store a queued job; returns (job, created).
+
+        With an idempotency key, the same key and the same spec return the job made the first
+        time (created False); the same key with another spec is a ConflictError. Twenty
+        concurrent identical submissions make one job: the key's primary key decides the race.
+        """
+        digest = hashlib.sha256(spec.model_dump_json().encode()).hexdigest()
+        if idempotency_key is not None:
+            existing = self._job_for_key(idempotency_key, digest)
+            if existing is not None:
+                return existing, False
+
+        def work(session: Session) -> int:
+            row = JobRow(
+                name=spec.name,
+                kind=spec.kind,
+                status="queued",
+                spec=spec.model_dump(mode="json"),
+                workload=spec.workload.label,
+                metric_name=spec.metric_name,
+                metric_mode=spec.metric_mode,
+                planned_trials=spec.planned_trials,
+                created_at=utcnow(),
+            )
+            session.add(row)
+            session.flush()
+            if idempotency_key is not None:
+                session.add(
+                    IdempotencyKeyRow(key=idempotency_key, body_sha256=digest, job_id=row.id)
+                )
+                session.flush()
+            return row.id
+
+        try:
+            job_id = self._run(work, write=True)
+        except ConflictError:
+            if idempotency_key is None:
+                raise
+            # Another request stored this key between our look-up and our insert.
+            existing = self._job_for_key(idempotency_key, digest)
+            if existing is None:
+                raise
+            return existing, False
+        return self.get_job(job_id), True
+
+    def _job_for_key(self, key: str, digest: str) -> Job | None:
+        def work(session: Session) -> tuple[str, int] | None:
+            row = session.get(IdempotencyKeyRow, key)
+            return (row.body_sha256, row.job_id) if row is not None else None
+
+        found = self._run(work, write=False)
+        if found is None:
+            return None
+        stored_digest, job_id = found
+        if stored_digest != digest:
+            raise ConflictError(
+                f"Idempotency-Key {key!r} was already used with a different job spec; "
+                "use a new key for a new job"
+            )
+        return self.get_job(job_id)
+
+    def get_job(self, job_id: int) -> Job:
+        def work(session: Session) -> Job:
+            row = session.get(JobRow, job_id)
+            if row is None:
+                raise NotFoundError(f"no job with id {job_id}")
+            return self._jobs_from_rows(session, [row])[0]
+
+        return self._run(work, write=False)
+
+    def list_jobs(
+        self, *, status: str | None = None, limit: int = 50, cursor: str | None = None
+    ) -> JobPage:
+        """A page of jobs, newest first."""
+        before = decode_cursor(cursor)
+
+        def work(session: Session) -> JobPage:
+            query = select(JobRow).order_by(JobRow.id.desc()).limit(limit + 1)
+            if status is not None:
+                query = query.where(JobRow.status == status)
+            if before is not None:
+                query = query.where(JobRow.id < before)
+            rows = list(session.scalars(query))
+            more = len(rows) > limit
+            rows = rows[:limit]
+            return JobPage(
+                items=self._jobs_from_rows(session, rows),
+                next_cursor=encode_cursor(rows[-1].id) if more else None,
+            )
+
+        return self._run(work, write=False)
+
+    def cancel_job(self, job_id: int) -> Job:
+        """queued -> cancelled now; running -> cancelling (the worker ends it); idempotent."""
+
+        def work(session: Session) -> None:
+            row = session.get(JobRow, job_id, with_for_update=self.is_postgres)
+            if row is None:
+                raise NotFoundError(f"no job with id {job_id}")
+            if row.status == "queued":
+                row.status = "cancelled"
+                row.finished_at = utcnow()
+            elif row.status == "running":
+                row.status = "cancelling"
+            elif row.status in ("succeeded", "failed"):
+                raise ConflictError(f"job {job_id} has already {row.status}; nothing to cancel")
+
+        self._run(work, write=True)
+        return self.get_job(job_id)
+
+    def is_cancel_requested(self, job_id: int) -> bool:
+        def work(session: Session) -> bool:
+            status = session.scalar(select(JobRow.status).where(JobRow.id == job_id))
+            if status is None:
+                raise NotFoundError(f"no job with id {job_id}")
+            return status in ("cancelling", "cancelled")
+
+        return self._run(work, write=False)
+
+    # ---- workers: claiming, leases, outcomes --------------------------------------------------
+
+    def claim_next_job(self, *, worker_id: str, lease_seconds: float) -> Job | None:
+        """Take the oldest queued job (or a running one whose lease expired) for `worker_id`.
+
+        The job becomes running with a lease; two workers never get the same job: PostgreSQL
+        skips rows another claim has locked, SQLite serialises writers and the update is
+        conditional on the state it selected.
+        """
+        now = utcnow()
+        claimable = or_(
+            JobRow.status == "queued",
+            and_(JobRow.status == "running", JobRow.lease_expires_at < now),
+        )
+        values = {
+            "status": "running",
+            "worker_id": worker_id,
+            "lease_expires_at": now + timedelta(seconds=lease_seconds),
+            "started_at": func.coalesce(JobRow.started_at, now),
+        }
+
+        def work(session: Session) -> int | None:
+            candidate = select(JobRow.id).where(claimable).order_by(JobRow.id).limit(1)
+            if self.is_postgres:
+                job_id = session.scalar(candidate.with_for_update(skip_locked=True))
+                if job_id is None:
+                    return None
+                session.execute(update(JobRow).where(JobRow.id == job_id).values(**values))
+                return job_id
+            claimed: int | None = session.scalar(
+                update(JobRow)
+                .where(JobRow.id == candidate.scalar_subquery(), claimable)
+                .values(**values)
+                .returning(JobRow.id)
+            )
+            return claimed
+
+        job_id = self._run(work, write=True)
+        return self.get_job(job_id) if job_id is not None else None
+
+    def heartbeat(self, *, job_id: int, worker_id: str, lease_seconds: float) -> bool:
+        """Extend the lease; False when `worker_id` no longer holds the job (stop working on it)."""
+        expires = utcnow() + timedelta(seconds=lease_seconds)
+
+        def work(session: Session) -> bool:
+            result = session.execute(
+                update(JobRow)
+                .where(
+                    JobRow.id == job_id,
+                    JobRow.worker_id == worker_id,
+                    JobRow.status.in_(("running", "cancelling")),
+                )
+                .values(lease_expires_at=expires)
+                .returning(JobRow.id)
+            )
+            return result.first() is not None
+
+        return self._run(work, write=True)
+
+    def reclaim_expired_jobs(self) -> int:
+        """Requeue running jobs whose worker stopped heartbeating; finish expired cancellations.
+
+        Returns how many jobs changed. (claim_next_job also takes expired running jobs directly.)
+        """
+        now = utcnow()
+        expired = and_(JobRow.lease_expires_at.is_not(None), JobRow.lease_expires_at < now)
+
+        def work(session: Session) -> int:
+            requeued = session.execute(
+                update(JobRow)
+                .where(JobRow.status == "running", expired)
+                .values(status="queued", worker_id=None, lease_expires_at=None)
+                .returning(JobRow.id)
+            ).all()
+            cancelled = session.execute(
+                update(JobRow)
+                .where(JobRow.status == "cancelling", expired)
+                .values(status="cancelled", worker_id=None, lease_expires_at=None, finished_at=now)
+                .returning(JobRow.id)
+            ).all()
+            return len(requeued) + len(cancelled)
+
+        return self._run(work, write=True)
+
+    def mark_job_running(self, *, job_id: int, worker_id: str) -> bool:
+        """Confirm `worker_id` runs the job (claim_next_job already did); False if it lost it."""
+        now = utcnow()
+
+        def work(session: Session) -> bool:
+            result = session.execute(
+                update(JobRow)
+                .where(
+                    JobRow.id == job_id,
+                    JobRow.worker_id == worker_id,
+                    JobRow.status.in_(("queued", "running")),
+                )
+                .values(status="running", started_at=func.coalesce(JobRow.started_at, now))
+                .returning(JobRow.id)
+            )
+            return result.first() is not None
+
+        return self._run(work, write=True)
+
+    def mark_job_succeeded(self, *, job_id: int) -> Job:
+        return self._finish_job(job_id, "succeeded", error=None, allowed_from=("running",))
+
+    def mark_job_failed(self, *, job_id: int, error: str) -> Job:
+        return self._finish_job(
+            job_id, "failed", error=error, allowed_from=("queued", "running", "cancelling")
+        )
+
+    def mark_job_cancelled(self, *, job_id: int) -> Job:
+        return self._finish_job(
+            job_id, "cancelled", error=None, allowed_from=("queued", "running", "cancelling")
+        )
+
+    def _finish_job(
+        self, job_id: int, status: str, *, error: str | None, allowed_from: tuple[str, ...]
+    ) -> Job:
+        def work(session: Session) -> None:
+            row = session.get(JobRow, job_id, with_for_update=self.is_postgres)
+            if row is None:
+                raise NotFoundError(f"no job with id {job_id}")
+            if row.status == status:
+                return
+            if row.status not in allowed_from:
+                raise ConflictError(f"job {job_id} is {row.status}; it cannot become {status}")
+            row.status = status
+            row.error = error
+            row.finished_at = utcnow()
+            row.worker_id = None
+            row.lease_expires_at = None
+
+        self._run(work, write=True)
+        return self.get_job(job_id)
+
+    # ---- trials -------------------------------------------------------------------------------
+
+    def create_trial(
+        self,
+        *,
+        job_id: int,
+        policy: str,
+        schedule: dict[str, Any],
+        search_config: dict[str, Any],
+        seed: int,
+        ray_trial_id: str | None = None,
+    ) -> Trial:
+        """Add a pending trial; the same (job, ray_trial_id) twice gives the first trial back.
+
+        Refused (ConflictError) once the job's cancellation was requested or the job finished:
+        no trial starts after POST /v1/jobs/{id}/cancel has answered.
+        """
+
+        def work(session: Session) -> int:
+            # A shared lock on the job row orders this against a concurrent cancel (PostgreSQL).
+            status = session.scalar(
+                select(JobRow.status)
+                .where(JobRow.id == job_id)
+                .with_for_update(read=True, skip_locked=False)
+                if self.is_postgres
+                else select(JobRow.status).where(JobRow.id == job_id)
+            )
+            if status is None:
+                raise NotFoundError(f"no job with id {job_id}")
+            if ray_trial_id is not None:
+                existing = session.scalar(
+                    select(TrialRow.id).where(
+                        TrialRow.job_id == job_id, TrialRow.ray_trial_id == ray_trial_id
+                    )
+                )
+                if existing is not None:
+                    return existing
+            if status not in ("queued", "running"):
+                raise ConflictError(f"job {job_id} is {status}; it takes no new trials")
+            values = {
+                "job_id": job_id,
+                "policy": policy,
+                "schedule": schedule,
+                "search_config": encode_floats(search_config),
+                "seed": seed,
+                "status": "pending",
+                "epochs_done": 0,
+                "ray_trial_id": ray_trial_id,
+                "created_at": utcnow(),
+            }
+            statement = self._insert(TrialRow).values(**values)
+            if ray_trial_id is not None:
+                statement = statement.on_conflict_do_nothing(
+                    index_elements=["job_id", "ray_trial_id"]
+                )
+            trial_id = session.scalar(statement.returning(TrialRow.id))
+            if trial_id is None:  # the same Ray trial was created concurrently
+                trial_id = session.scalar(
+                    select(TrialRow.id).where(
+                        TrialRow.job_id == job_id, TrialRow.ray_trial_id == ray_trial_id
+                    )
+                )
+            assert trial_id is not None
+            return trial_id
+
+        return self.get_trial(self._run(work, write=True))
+
+    def update_trial_status(
+        self,
+        *,
+        trial_id: int,
+        status: str,
+        error: str | None = None,
+        node_id: str | None = None,
+    ) -> Trial:
+        if status not in TRIAL_STATUSES:
+            raise InvalidInputError(f"unknown trial status {status!r}", field="status")
+
+        def work(session: Session) -> None:
+            row = session.get(TrialRow, trial_id, with_for_update=self.is_postgres)
+            if row is None:
+                raise NotFoundError(f"no trial with id {trial_id}")
+            now = utcnow()
+            row.status = status
+            if error is not None:
+                row.error = error
+            if node_id is not None:
+                row.node_id = node_id
+            if status == "running" and row.started_at is None:
+                row.started_at = now
+            if status in FINISHED_TRIAL_STATUSES and row.finished_at is None:
+                row.finished_at = now
+
+        self._run(work, write=True)
+        return self.get_trial(trial_id)
+
+    def get_trial(self, trial_id: int) -> Trial:
+        def work(session: Session) -> Trial:
+            row = session.get(TrialRow, trial_id)
+            if row is None:
+                raise NotFoundError(f"no trial with id {trial_id}")
+            return _trial(row)
+
+        return self._run(work, write=False)
+
+    def list_trials(
+        self,
+        *,
+        job_id: int,
+        policy: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> TrialPage:
+        """A page of a job's trials, newest first."""
+        before = decode_cursor(cursor)
+
+        def work(session: Session) -> TrialPage:
+            if session.get(JobRow, job_id) is None:
+                raise NotFoundError(f"no job with id {job_id}")
+            query = (
+                select(TrialRow)
+                .where(TrialRow.job_id == job_id)
+                .order_by(TrialRow.id.desc())
+                .limit(limit + 1)
+            )
+            if policy is not None:
+                query = query.where(TrialRow.policy == policy)
+            if status is not None:
+                query = query.where(TrialRow.status == status)
+            if before is not None:
+                query = query.where(TrialRow.id < before)
+            rows = list(session.scalars(query))
+            more = len(rows) > limit
+            rows = rows[:limit]
+            return TrialPage(
+                items=[_trial(r) for r in rows],
+                next_cursor=encode_cursor(rows[-1].id) if more else None,
+            )
+
+        return self._run(work, write=False)
+
+    # ---- results ------------------------------------------------------------------------------
+
+    def record_trial_result(
+        self,
+        *,
+        trial_id: int,
+        epoch: int,
+        step: int,
+        lr: float,
+        train_loss: float | None,
+        val_loss: float | None,
+        metrics: dict[str, float],
+        elapsed_s: float,
+    ) -> Trial:
+        """Store one epoch of a trial; the same (trial, epoch) twice is stored once."""
+        result = TrialMetric(
+            epoch=epoch,
+            step=step,
+            lr=lr,
+            train_loss=train_loss,
+            val_loss=val_loss,
+            metrics=metrics,
+            elapsed_s=elapsed_s,
+        )
+        return self.record_trial_results(trial_id=trial_id, results=[result])
+
+    def record_trial_results(self, *, trial_id: int, results: Sequence[TrialMetric]) -> Trial:
+        """Store epochs of a trial (insert-or-ignore on (trial, epoch)) and, in the same
+        transaction, advance the trial's epochs_done, last metric and best metric."""
+
+        def work(session: Session) -> None:
+            query = (
+                select(TrialRow, JobRow.metric_name, JobRow.metric_mode)
+                .join(JobRow, JobRow.id == TrialRow.job_id)
+                .where(TrialRow.id == trial_id)
+            )
+            if self.is_postgres:
+                query = query.with_for_update(of=TrialRow)
+            found = session.execute(query).first()
+            if found is None:
+                raise NotFoundError(f"no trial with id {trial_id}")
+            trial, metric_name, mode = found.tuple()
+            stored: set[int] = set()
+            for start in range(0, len(results), _METRIC_ROWS_PER_INSERT):
+                chunk = results[start : start + _METRIC_ROWS_PER_INSERT]
+                statement = (
+                    self._insert(TrialMetricRow)
+                    .values([_metric_values(trial_id, r) for r in chunk])
+                    .on_conflict_do_nothing(index_elements=["trial_id", "epoch"])
+                    .returning(TrialMetricRow.epoch)
+                )
+                stored.update(session.scalars(statement))
+            new = sorted((r for r in results if r.epoch in stored), key=lambda r: r.epoch)
+            if not new:
+                return
+            best = trial.best_metric
+            for r in new:
+                value = _metric_value(r, metric_name)
+                if value is not None and is_better(value, best, mode):
+                    best = value
+            trial.best_metric = best
+            latest = new[-1]
+            if latest.epoch >= trial.epochs_done:
+                trial.epochs_done = latest.epoch
+                trial.last_metric, trial.last_metric_kind = split_float(
+                    _metric_value(latest, metric_name)
+                )
+
+        self._run(work, write=True)
+        return self.get_trial(trial_id)
+
+    def list_trial_metrics(self, *, trial_id: int) -> list[TrialMetric]:
+        """One row per epoch, in epoch order."""
+
+        def work(session: Session) -> list[TrialMetric]:
+            if session.get(TrialRow, trial_id) is None:
+                raise NotFoundError(f"no trial with id {trial_id}")
+            rows = session.scalars(
+                select(TrialMetricRow)
+                .where(TrialMetricRow.trial_id == trial_id)
+                .order_by(TrialMetricRow.epoch)
+            )
+            return [_trial_metric(r) for r in rows]
+
+        return self._run(work, write=False)
+
+    def best_settings(
+        self,
+        *,
+        workload: str | None = None,
+        policy: str | None = None,
+        metric: str | None = None,
+    ) -> list[BestSetting]:
+        """For each (workload, policy, metric) the best completed trial of a succeeded job."""
+        signed = case(
+            (JobRow.metric_mode == "max", -TrialRow.best_metric), else_=TrialRow.best_metric
+        )
+        rank = (
+            func.row_number()
+            .over(
+                partition_by=(
+                    JobRow.workload,
+                    TrialRow.policy,
+                    JobRow.metric_name,
+                    JobRow.metric_mode,
+                ),
+                order_by=(signed.asc(), TrialRow.id.asc()),
+            )
+            .label("rank")
+        )
+        ranked = (
+            select(
+                JobRow.workload,
+                TrialRow.policy,
+                JobRow.metric_name,
+                JobRow.metric_mode,
+                TrialRow.best_metric,
+                TrialRow.job_id,
+                TrialRow.id.label("trial_id"),
+                TrialRow.epochs_done,
+                rank,
+            )
+            .join(JobRow, JobRow.id == TrialRow.job_id)
+            .where(
+                JobRow.status == "succeeded",
+                TrialRow.status == "completed",
+                TrialRow.best_metric.is_not(None),
+            )
+        )
+        if workload is not None:
+            ranked = ranked.where(JobRow.workload == workload)
+        if policy is not None:
+            ranked = ranked.where(TrialRow.policy == policy)
+        if metric is not None:
+            ranked = ranked.where(JobRow.metric_name == metric)
+        best = ranked.subquery()
+        query: Select[Any] = (
+            select(best, TrialRow.schedule)
+            .join(TrialRow, TrialRow.id == best.c.trial_id)
+            .where(best.c.rank == 1)
+            .order_by(best.c.workload, best.c.policy, best.c.metric_name, best.c.metric_mode)
+        )
+
+        def work(session: Session) -> list[BestSetting]:
+            return [
+                BestSetting(
+                    workload=row.workload,
+                    policy=row.policy,
+                    metric=row.metric_name,
+                    mode=row.metric_mode,
+                    value=row.best_metric,
+                    job_id=row.job_id,
+                    trial_id=row.trial_id,
+                    schedule=row.schedule,
+                    epochs=row.epochs_done,
+                )
+                for row in session.execute(query)
+            ]
+
+        return self._run(work, write=False)
+
+    # ---- helpers ------------------------------------------------------------------------------
+
+    def _insert(self, model: Any) -> Any:
+        """A dialect insert, so ON CONFLICT DO NOTHING reads the same on both databases."""
+        return postgresql.insert(model) if self.is_postgres else sqlite.insert(model)
+
+    def _jobs_from_rows(self, session: Session, rows: Sequence[JobRow]) -> list[Job]:
+        if not rows:
+            return []
+        ids = [r.id for r in rows]
+        counts: dict[int, dict[str, int]] = {i: {} for i in ids}
+        for job_id, status, n in session.execute(
+            select(TrialRow.job_id, TrialRow.status, func.count())
+            .where(TrialRow.job_id.in_(ids))
+            .group_by(TrialRow.job_id, TrialRow.status)
+        ):
+            counts[job_id][status] = n
+        bests = {r.id: self._best_of_job(session, r) for r in rows}
+        return [_job(r, counts[r.id], bests[r.id]) for r in rows]
+
+    def _best_of_job(self, session: Session, row: JobRow) -> BestSoFar | None:
+        order = TrialRow.best_metric.desc() if row.metric_mode == "max" else TrialRow.best_metric
+        found = session.execute(
+            select(TrialRow.id, TrialRow.policy, TrialRow.best_metric)
+            .where(TrialRow.job_id == row.id, TrialRow.best_metric.is_not(None))
+            .order_by(order, TrialRow.id)
+            .limit(1)
+        ).first()
+        if found is None:
+            return None
+        return BestSoFar(trial_id=found.id, policy=found.policy, value=found.best_metric)
+
+    def _run(self, work: Callable[[Session], T], *, write: bool) -> T:
+        """Run `work` in one transaction: commit, or roll back and translate the error.
+
+        Lock timeouts (SQLite) and serialization failures or deadlocks (PostgreSQL) are retried
+        with a bounded, jittered exponential backoff; everything else fails at once.
+        """
+        for attempt in range(1, self.retry_attempts + 1):
+            try:
+                with self.engine.connect() as connection:
+                    if write:
+                        connection.execution_options(**{WRITE_OPTION: True})
+                    with (
+                        Session(bind=connection, expire_on_commit=False) as session,
+                        session.begin(),
+                    ):
+                        return work(session)
+            except IntegrityError as error:
+                raise ConflictError(
+                    f"the change conflicts with stored data: {_first_line(error)}"
+                ) from error
+            except DBAPIError as error:
+                if _retryable(error) and attempt < self.retry_attempts:
+                    delay = min(1.0, self.retry_base_s * 2**attempt) * random.uniform(0.5, 1.5)
+                    log.info("retrying a transaction in %.3fs: %s", delay, _first_line(error))
+                    time.sleep(delay)
+                    continue
+                raise StorageError(f"the database refused the request: {_first_line(error)}") from (
+                    error
+                )
+            except SQLAlchemyError as error:
+                raise StorageError(f"database error: {_first_line(error)}") from error
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+# ---- conversions between rows and schema objects ----------------------------------------------
+
+
+def split_float(value: float | None) -> tuple[float | None, int]:
+    """A float as (SQL value, kind): NaN and +-inf become NULL plus their kind."""
+    if value is None:
+        return None, FloatKind.FINITE
+    if math.isnan(value):
+        return None, FloatKind.NAN
+    if math.isinf(value):
+        return None, FloatKind.POS_INF if value > 0 else FloatKind.NEG_INF
+    return value, FloatKind.FINITE
+
+
+def join_float(value: float | None, kind: int) -> float | None:
+    if kind == FloatKind.NAN:
+        return math.nan
+    if kind == FloatKind.POS_INF:
+        return math.inf
+    if kind == FloatKind.NEG_INF:
+        return -math.inf
+    return value
+
+
+_NON_FINITE_TEXT = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def encode_floats(values: dict[str, Any]) -> dict[str, Any]:
+    """JSON-safe copy: non-finite floats become "NaN", "Infinity", "-Infinity"."""
+    return {k: _encode_float(v) for k, v in values.items()}
+
+
+def _encode_float(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    return value
+
+
+def decode_floats(values: dict[str, Any]) -> dict[str, float]:
+    return {k: _NON_FINITE_TEXT[v] if isinstance(v, str) else v for k, v in values.items()}
+
+
+def encode_cursor(last_id: int) -> str:
+    return base64.urlsafe_b64encode(f"{_CURSOR_PREFIX}{last_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> int | None:
+    if cursor is None:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if not raw.startswith(_CURSOR_PREFIX):
+            raise ValueError(raw)
+        value = int(raw.removeprefix(_CURSOR_PREFIX))
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidInputError(
+            "cursor is not one this API gave out; pass the next_cursor of the previous page",
+            field="cursor",
+        ) from None
+    return value
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes; every timestamp lrtune stores is UTC.
+    if moment is None:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _job(row: JobRow, counts: dict[str, int], best: BestSoFar | None) -> Job:
+    created = _utc(row.created_at)
+    assert created is not None
+    return Job(
+        id=row.id,
+        name=row.name,
+        kind=row.kind,
+        status=row.status,
+        created_at=created,
+        started_at=_utc(row.started_at),
+        finished_at=_utc(row.finished_at),
+        spec=JobSpec.model_validate(row.spec),
+        progress=JobProgress(planned=row.planned_trials, **counts),
+        best=best,
+        error=row.error,
+    )
+
+
+def _trial(row: TrialRow) -> Trial:
+    created = _utc(row.created_at)
+    assert created is not None
+    return Trial(
+        id=row.id,
+        job_id=row.job_id,
+        policy=row.policy,
+        schedule=row.schedule,
+        search_config=decode_floats(row.search_config),
+        seed=row.seed,
+        status=row.status,
+        epochs_done=row.epochs_done,
+        last_metric=join_float(row.last_metric, row.last_metric_kind),
+        best_metric=row.best_metric,
+        error=row.error,
+        ray_trial_id=row.ray_trial_id,
+        node_id=row.node_id,
+        created_at=created,
+        started_at=_utc(row.started_at),
+        finished_at=_utc(row.finished_at),
+    )
+
+
+def _metric_values(trial_id: int, result: TrialMetric) -> dict[str, Any]:
+    lr, lr_kind = split_float(result.lr)
+    train_loss, train_loss_kind = split_float(result.train_loss)
+    val_loss, val_loss_kind = split_float(result.val_loss)
+    return {
+        "trial_id": trial_id,
+        "epoch": result.epoch,
+        "step": result.step,
+        "lr": lr,
+        "lr_kind": lr_kind,
+        "train_loss": train_loss,
+        "train_loss_kind": train_loss_kind,
+        "val_loss": val_loss,
+        "val_loss_kind": val_loss_kind,
+        "metrics": encode_floats(result.metrics),
+        "elapsed_s": result.elapsed_s,
+    }
+
+
+def _trial_metric(row: TrialMetricRow) -> TrialMetric:
+    lr = join_float(row.lr, row.lr_kind)
+    return TrialMetric(
+        epoch=row.epoch,
+        step=row.step,
+        lr=lr if lr is not None else math.nan,
+        train_loss=join_float(row.train_loss, row.train_loss_kind),
+        val_loss=join_float(row.val_loss, row.val_loss_kind),
+        metrics=decode_floats(row.metrics),
+        elapsed_s=row.elapsed_s,
+    )
+
+
+def _metric_value(result: TrialMetric, name: str) -> float | None:
+    if name == "train_loss":
+        return result.train_loss
+    if name == "val_loss":
+        return result.val_loss
+    return result.metrics.get(name)
+
+
+def _retryable(error: DBAPIError) -> bool:
+    if isinstance(error, OperationalError) and any(
+        text_ in str(error.orig) for text_ in _SQLITE_BUSY
+    ):
+        return True
+    return getattr(error.orig, "sqlstate", None) in _RETRY_SQLSTATES
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(getattr(error, "orig", None) or error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
