@@ -179,10 +179,10 @@ class JobSpec(BaseModel):
     policies: list[PolicySearch] = Field(default_factory=list)
     lr_bounds: Literal["auto"] | LrBounds | None = None
     budget: Budget
-    early_stopping: EarlyStopping = Field(default_factory=lambda: EarlyStopping())
-    search: SearchConfig = Field(default_factory=lambda: SearchConfig())
+    early_stopping: EarlyStopping = Field(default_factory=lambda: EarlyStopping.model_validate({}))
+    search: SearchConfig = Field(default_factory=lambda: SearchConfig.model_validate({}))
     confirm: Confirm | None = None
-    resources_per_trial: Resources = Field(default_factory=lambda: Resources())
+    resources_per_trial: Resources = Field(default_factory=lambda: Resources.model_validate({}))
     param_groups: list[ParamGroupRule] = Field(default_factory=list)
 
     @field_validator("metric")
