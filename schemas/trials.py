@@ -1,0 +1,141 @@
+"""What one trial is given and what it reports: optimizer spec, trial config, epoch rows, outcome.
+
+`OptimizerSpec` is part of the job spec; `TrialConfig` is what the runner hands each trial;
+`EpochResult` is one row of GET /v1/trials/{id}/metrics. Metric values may be NaN or infinite
+(a diverging rate), so float fields accept them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from lrtune.schemas.schedules import ParamGroupRule, ScheduleSpec
+from lrtune.schemas.workloads import BUILTIN_WORKLOADS, WorkloadSpec
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+TrialStatus = Literal["completed", "diverged", "stopped", "failed"]
+Beta = Annotated[float, Field(ge=0.0, lt=1.0, allow_inf_nan=False)]
+
+
+class OptimizerSpec(BaseModel):
+    """A torch.optim optimizer; the learning rate is not here, the schedule drives it.
+
+    Defaults are PyTorch's, except AdamW's weight decay (0.0 here, 0.01 in PyTorch): a job says
+    what it decays.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    momentum: float = Field(
+        default=0.0, ge=0.0, lt=1.0, allow_inf_nan=False, description="SGD only."
+    )
+    nesterov: bool = Field(default=False, description="SGD only; needs momentum > 0.")
+    weight_decay: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
+    betas: tuple[Beta, Beta] = Field(default=(0.9, 0.999), description="Adam and AdamW only.")
+    eps: float = Field(
+        default=1e-8, gt=0.0, allow_inf_nan=False, description="Adam and AdamW only."
+    )
+
+    @model_validator(mode="after")
+    def _fields_fit_the_optimizer(self) -> OptimizerSpec:
+        if self.nesterov and self.momentum == 0.0:
+            raise ValueError("nesterov needs momentum > 0")
+        # Adam has no `momentum`; a user who sets it most likely meant betas[0], so say so rather
+        # than silently ignore it.
+        if self.name != "sgd" and (self.momentum != 0.0 or self.nesterov):
+            raise ValueError(
+                f"momentum and nesterov apply to sgd only; {self.name} uses betas "
+                f"(betas[0] plays momentum's part)"
+            )
+        return self
+
+
+class TrialConfig(BaseModel):
+    """Everything one trial needs; the same config and seed give the same metrics on a CPU."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    workload: WorkloadSpec
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    schedule: ScheduleSpec = Field(description="The resolved schedule, counted in steps.")
+    param_groups: list[ParamGroupRule] = Field(default_factory=list)
+    epochs: int = Field(gt=0)
+    seed: int = Field(default=0, ge=0)
+    device: Literal["cpu", "cuda"] = "cpu"
+    divergence_factor: float = Field(
+        default=4.0,
+        gt=1.0,
+        allow_inf_nan=False,
+        description="Diverged once the smoothed training loss exceeds this times the first "
+        "batch's loss (or any loss is NaN/inf).",
+    )
+    metric: str | None = Field(
+        default=None,
+        description="The metric that makes a trial 'best' (default: the built-in workload's, "
+        "else val_loss).",
+    )
+    mode: Literal["max", "min"] | None = None
+
+    @field_validator("metric")
+    @classmethod
+    def _metric_named(cls, metric: str | None) -> str | None:
+        if metric is not None and not metric.strip():
+            raise ValueError("metric must be a non-empty name")
+        return metric
+
+    @property
+    def metric_name(self) -> str:
+        if self.metric is not None:
+            return self.metric
+        info = BUILTIN_WORKLOADS.get(self.workload.name or "")
+        return info.default_metric if info is not None else "val_loss"
+
+    @property
+    def metric_mode(self) -> Literal["max", "min"]:
+        if self.mode is not None:
+            return self.mode
+        info = BUILTIN_WORKLOADS.get(self.workload.name or "")
+        if info is not None and self.metric_name == info.default_metric:
+            return info.default_mode
+        return "max" if self.metric_name.endswith("accuracy") else "min"
+
+
+class EpochResult(BaseModel):
+    """One epoch of one trial: a row of the trial's metrics."""
+
+    model_config = ConfigDict(frozen=True)
+
+    epoch: int = Field(ge=1, description="1-based.")
+    step: int = Field(ge=0, description="Optimizer steps done by the end of this epoch.")
+    lr: float = Field(
+        description="The base rate (multiplier 1) of the epoch's last update: lr(step - 1)."
+    )
+    train_loss: float = Field(description="Mean training loss over the epoch's steps.")
+    val_loss: float
+    metrics: dict[str, float] = Field(
+        default_factory=dict, description="The workload's other metrics, e.g. val_accuracy."
+    )
+    elapsed_s: float = Field(description="Seconds since the trial started.")
+
+    def values(self) -> dict[str, float]:
+        """Every metric by name, train_loss and val_loss included (what `metric` refers to)."""
+        return {"train_loss": self.train_loss, "val_loss": self.val_loss, **self.metrics}
+
+
+class TrialOutcome(BaseModel):
+    """How a trial ended. `diverged` is a result, not an error; `failed` carries the error."""
+
+    model_config = ConfigDict(frozen=True)
+
+    status: TrialStatus
+    epochs_done: int = Field(ge=0)
+    steps_done: int = Field(default=0, ge=0)
+    last: EpochResult | None = Field(default=None, description="The last epoch reported.")
+    metric: str = Field(description="The metric `best_metric` is about.")
+    best_metric: float | None = Field(
+        default=None, description="Best finite value of `metric` over the epochs (None if none)."
+    )
+    best_epoch: int | None = None
+    elapsed_s: float = 0.0
+    error: str | None = None

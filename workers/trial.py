@@ -1,0 +1,258 @@
+"""One trial in plain PyTorch: train a workload under a schedule, report every epoch.
+
+No Ray here: the Ray Tune runner wraps `run_trial` and turns `report` into `tune.report`, and
+`run_trials_sequentially` runs configs in-process (for the CLI and tests).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from lrtune.schemas.schedules import ParamGroupRule, ScheduleSpec
+from lrtune.schemas.trials import (
+    EpochResult,
+    OptimizerSpec,
+    TrialConfig,
+    TrialOutcome,
+    TrialStatus,
+)
+from lrtune.workers.schedule_math import learning_rate
+from lrtune.workers.torch_schedule import ScheduleDriver, build_param_groups
+from lrtune.workers.workloads import (
+    TensorBatches,
+    Workload,
+    WorkloadError,
+    build_workload,
+    seed_everything,
+)
+from torch import Tensor, nn
+
+# Report callback: return True to stop the trial after this epoch (cancellation, ASHA).
+Report = Callable[[EpochResult], bool | None]
+
+# Weight of the past in the smoothed training loss that divergence is judged on: a single noisy
+# batch does not end a trial, a loss that keeps climbing does within a few steps.
+_LOSS_SMOOTHING = 0.9
+
+
+def run_trial(config: TrialConfig, report: Report) -> TrialOutcome:
+    """Train `config.workload` for `config.epochs` epochs, calling `report` after each epoch.
+
+    The rate is set before every optimizer step from the schedule (t = steps already taken), times
+    each parameter group's multiplier. Ends "stopped" when `report` returns True, "diverged" when
+    a training loss is NaN/inf or the smoothed loss exceeds `divergence_factor` x the first
+    batch's loss (after reporting that epoch), else "completed". Raises WorkloadError for a
+    workload that cannot be built and ValueError for a config that cannot run (e.g. no CUDA).
+    """
+    started = time.perf_counter()
+    device = _device(config.device)
+    seed_everything(config.seed)
+    workload = _build(config)
+    metric = config.metric_name
+    reported = {"train_loss", "val_loss", *workload.metrics}
+    if metric not in reported:
+        raise WorkloadError(
+            f"metric {metric!r} is not reported by workload {config.workload.label!r}; "
+            f"it reports {sorted(reported)}"
+        )
+    steps_per_epoch = workload.steps_per_epoch
+    total_steps = config.epochs * steps_per_epoch
+
+    model = workload.model.to(device)
+    train_loader: Iterable[tuple[Tensor, Tensor]] = workload.train_loader
+    val_loader: Iterable[tuple[Tensor, Tensor]] = workload.val_loader
+    if isinstance(workload.train_loader, TensorBatches):
+        train_loader = workload.train_loader.to(device)
+    if isinstance(workload.val_loader, TensorBatches):
+        val_loader = workload.val_loader.to(device)
+    optimizer = build_optimizer(model, config.optimizer, config.schedule, config.param_groups)
+    driver = ScheduleDriver(optimizer, config.schedule, total_steps=total_steps)
+
+    history: list[EpochResult] = []
+    step = 0
+    reference_loss: float | None = None
+    smoothed = 0.0
+    status: TrialStatus = "completed"
+    for epoch in range(config.epochs):
+        set_epoch = getattr(train_loader, "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(epoch)
+        model.train()
+        losses: list[float] = []
+        diverged = False
+        for inputs, targets in train_loader:
+            inputs, targets = inputs.to(device), targets.to(device)
+            optimizer.zero_grad(set_to_none=True)
+            loss = workload.loss_fn(model(inputs), targets)
+            loss_value = float(loss.item())
+            losses.append(loss_value)
+            if not math.isfinite(loss_value):
+                # Stepping on a NaN/inf loss only spreads it into the weights; stop here.
+                diverged = True
+                break
+            loss.backward()
+            optimizer.step()
+            step += 1
+            driver.step()
+            # Bias-corrected exponential average, as in the LR range test (Smith 2017).
+            smoothed = _LOSS_SMOOTHING * smoothed + (1 - _LOSS_SMOOTHING) * loss_value
+            running = smoothed / (1 - _LOSS_SMOOTHING**step)
+            if reference_loss is None:
+                reference_loss = loss_value
+            elif running > config.divergence_factor * reference_loss > 0:
+                diverged = True
+                break
+        val_loss, metrics = evaluate(workload, model, val_loader, device)
+        result = EpochResult(
+            epoch=epoch + 1,
+            step=step,
+            # The rate of the epoch's last update; before any update, the first one's.
+            lr=learning_rate(config.schedule, max(step - 1, 0)),
+            train_loss=float(np.mean(losses)) if losses else math.nan,
+            val_loss=val_loss,
+            metrics=metrics,
+            elapsed_s=time.perf_counter() - started,
+        )
+        history.append(result)
+        stop = report(result)
+        if diverged:
+            status = "diverged"
+            break
+        if stop is True:
+            status = "stopped" if epoch + 1 < config.epochs else "completed"
+            break
+    return _outcome(
+        status, history, step, metric, config.metric_mode, time.perf_counter() - started
+    )
+
+
+def build_optimizer(
+    model: nn.Module,
+    spec: OptimizerSpec,
+    schedule: ScheduleSpec,
+    rules: Sequence[ParamGroupRule] = (),
+) -> torch.optim.Optimizer:
+    """The optimizer over `model`'s parameter groups (one per rule, the rest at multiplier 1).
+
+    The initial `lr` is lr(0); `ScheduleDriver` owns it from then on.
+    """
+    groups: list[dict[str, Any]] = build_param_groups(model, rules)
+    lr = learning_rate(schedule, 0)
+    if spec.name == "sgd":
+        return torch.optim.SGD(
+            groups,
+            lr=lr,
+            momentum=spec.momentum,
+            nesterov=spec.nesterov,
+            weight_decay=spec.weight_decay,
+        )
+    optimizer_class = torch.optim.Adam if spec.name == "adam" else torch.optim.AdamW
+    return optimizer_class(
+        groups, lr=lr, betas=spec.betas, eps=spec.eps, weight_decay=spec.weight_decay
+    )
+
+
+@torch.no_grad()
+def evaluate(
+    workload: Workload,
+    model: nn.Module,
+    val_loader: Iterable[tuple[Tensor, Tensor]],
+    device: torch.device,
+) -> tuple[float, dict[str, float]]:
+    """Validation loss (mean over examples) and the workload's metrics on the whole val set."""
+    model.eval()
+    outputs: list[Tensor] = []
+    targets: list[Tensor] = []
+    total_loss = 0.0
+    count = 0
+    for inputs, batch_targets in val_loader:
+        inputs, batch_targets = inputs.to(device), batch_targets.to(device)
+        batch_outputs = model(inputs)
+        # loss_fn gives a batch mean; weight it so a smaller last batch counts for what it is.
+        total_loss += float(workload.loss_fn(batch_outputs, batch_targets).item()) * len(inputs)
+        count += len(inputs)
+        outputs.append(batch_outputs)
+        targets.append(batch_targets)
+    if count == 0:
+        raise WorkloadError("the workload's val_loader yields no batches")
+    all_outputs, all_targets = torch.cat(outputs), torch.cat(targets)
+    metrics = {name: float(fn(all_outputs, all_targets)) for name, fn in workload.metrics.items()}
+    return total_loss / count, metrics
+
+
+def run_trials_sequentially(
+    configs: Iterable[TrialConfig],
+    *,
+    on_epoch: Callable[[int, EpochResult], bool | None] | None = None,
+) -> list[TrialOutcome]:
+    """Run trials one after another in this process; a failing trial is recorded, not raised.
+
+    `on_epoch(index, result)` sees every epoch of the `index`-th config (e.g. a CLI printing a
+    table) and may return True to stop that trial. Each outcome's `elapsed_s` times the trial.
+    """
+    outcomes: list[TrialOutcome] = []
+    for index, config in enumerate(configs):
+        started = time.perf_counter()
+
+        def report(result: EpochResult, index: int = index) -> bool | None:
+            return on_epoch(index, result) if on_epoch is not None else None
+
+        try:
+            outcomes.append(run_trial(config, report))
+        except Exception as error:  # recorded as data, as Ray Tune records a failed trial
+            outcomes.append(
+                TrialOutcome(
+                    status="failed",
+                    epochs_done=0,
+                    metric=config.metric_name,
+                    elapsed_s=time.perf_counter() - started,
+                    error=f"{type(error).__name__}: {error}",
+                )
+            )
+    return outcomes
+
+
+def _build(config: TrialConfig) -> Workload:
+    spec = config.workload
+    target = spec.name if spec.name is not None else spec.entrypoint
+    assert target is not None  # WorkloadSpec guarantees one of the two
+    return build_workload(target, spec.params, seed=config.seed)
+
+
+def _device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but this worker has no usable CUDA device")
+    return torch.device(name)
+
+
+def _outcome(
+    status: TrialStatus,
+    history: list[EpochResult],
+    steps: int,
+    metric: str,
+    mode: str,
+    elapsed_s: float,
+) -> TrialOutcome:
+    best_metric: float | None = None
+    best_epoch: int | None = None
+    for result in history:
+        value = result.values()[metric]
+        if not math.isfinite(value):
+            continue
+        if best_metric is None or (value > best_metric if mode == "max" else value < best_metric):
+            best_metric, best_epoch = value, result.epoch
+    return TrialOutcome(
+        status=status,
+        epochs_done=len(history),
+        steps_done=steps,
+        last=history[-1] if history else None,
+        metric=metric,
+        best_metric=best_metric,
+        best_epoch=best_epoch,
+        elapsed_s=elapsed_s,
+    )

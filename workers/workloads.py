@@ -1,0 +1,564 @@
+"""The models and data a trial trains: the built-ins (mnist1d, digits, cifar10) and user code.
+
+Datasets live in memory as tensors, are loaded once per process (a Ray worker runs many trials)
+and are batched by `TensorBatches`, a shuffled-index iterator: cheaper than a DataLoader with
+worker processes on a two-core machine, and its order is a pure function of (seed, epoch).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import math
+import pickle
+import random
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+import torch
+from lrtune.schemas.workloads import BUILTIN_WORKLOADS, ENTRYPOINT_PATTERN, resolve_params
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+Batch = tuple[Tensor, Tensor]
+LossFn = Callable[[Tensor, Tensor], Tensor]
+# A validation metric: (outputs of the whole validation set, its targets) -> a number.
+MetricFn = Callable[[Tensor, Tensor], float]
+
+
+class WorkloadError(ValueError):
+    """A workload cannot be built: unknown name, bad params, missing data, broken user code."""
+
+
+class BatchSource(Protocol):
+    """What a trial iterates: (inputs, targets) batches with a known count per epoch."""
+
+    def __iter__(self) -> Iterator[Batch]: ...
+
+    def __len__(self) -> int: ...
+
+
+def accuracy(outputs: Tensor, targets: Tensor) -> float:
+    """Share of examples whose highest logit is the target class."""
+    return float((outputs.argmax(dim=1) == targets).float().mean().item())
+
+
+@dataclass
+class Workload:
+    """A model, its data and how to score it; what `build_workload` and user entrypoints return.
+
+    - `model`: trained in place. Parameter-group rules (`param_groups` in a job) match the names
+      of `model.named_parameters()`, e.g. "head.*" or "features.".
+    - `train_loader`, `val_loader`: iterables of (inputs, targets) batches. `len(train_loader)`
+      must be the number of optimizer steps per epoch, known before training (schedules are
+      counted in steps). A loader with `set_epoch(epoch)` (like `TensorBatches`, or a
+      DistributedSampler-style loader) is told the 0-based epoch before each pass, which lets it
+      reshuffle reproducibly.
+    - `loss_fn(outputs, targets)`: the mean loss of a batch, used for training and val_loss.
+    - `metrics`: name -> fn(outputs, targets) -> float, evaluated on the concatenated outputs
+      of the whole validation set, e.g. {"val_accuracy": accuracy}.
+    """
+
+    model: nn.Module
+    train_loader: BatchSource
+    val_loader: Iterable[Batch]
+    loss_fn: LossFn = field(default_factory=lambda: nn.CrossEntropyLoss())
+    metrics: Mapping[str, MetricFn] = field(default_factory=lambda: {"val_accuracy": accuracy})
+
+    @property
+    def steps_per_epoch(self) -> int:
+        try:
+            steps = len(self.train_loader)
+        except TypeError as error:
+            raise WorkloadError(
+                "the workload's train_loader has no len(): steps per epoch must be known up "
+                "front because schedules are counted in optimizer steps"
+            ) from error
+        if steps <= 0:
+            raise WorkloadError("the workload's train_loader yields no batches")
+        return steps
+
+
+class TensorBatches:
+    """Mini-batches of in-memory tensors, reshuffled each epoch from (seed, epoch).
+
+    `transform(inputs, generator)` turns a stored batch (e.g. uint8 images) into model inputs;
+    `generator` is None when not shuffling, so validation batches are not augmented.
+    """
+
+    def __init__(
+        self,
+        inputs: Tensor,
+        targets: Tensor,
+        *,
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        transform: Callable[[Tensor, torch.Generator | None], Tensor] | None = None,
+    ) -> None:
+        if len(inputs) != len(targets):
+            raise WorkloadError(f"{len(inputs)} inputs but {len(targets)} targets")
+        if batch_size <= 0:
+            raise WorkloadError(f"batch_size must be positive, got {batch_size}")
+        self.inputs = inputs
+        self.targets = targets
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.transform = transform
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        # The last, smaller batch is kept: every example counts once per epoch.
+        return math.ceil(len(self.inputs) / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def to(self, device: torch.device | str) -> TensorBatches:
+        """The same batches with the data moved once to `device`, not copied every step."""
+        moved = TensorBatches(
+            self.inputs.to(device),
+            self.targets.to(device),
+            batch_size=self.batch_size,
+            shuffle=self.shuffle,
+            seed=self.seed,
+            transform=self.transform,
+        )
+        moved.epoch = self.epoch
+        return moved
+
+    def __iter__(self) -> Iterator[Batch]:
+        generator: torch.Generator | None = None
+        if self.shuffle:
+            # A generator of its own, so the order depends on nothing but (seed, epoch).
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(len(self.inputs), generator=generator)
+        else:
+            order = torch.arange(len(self.inputs))
+        order = order.to(self.inputs.device)
+        for start in range(0, len(order), self.batch_size):
+            index = order[start : start + self.batch_size]
+            inputs = self.inputs[index]
+            if self.transform is not None:
+                inputs = self.transform(inputs, generator)
+            yield inputs, self.targets[index]
+
+
+def build_workload(
+    name_or_entrypoint: str, params: Mapping[str, Any] | None = None, seed: int = 0
+) -> Workload:
+    """Build a built-in workload by name, or call user code given as "package.module:callable".
+
+    `seed` drives the model's initialisation and the batch order (the data of the built-ins is
+    fixed by their own data seeds, so every trial sees the same examples). User code is called
+    with `**params` after the global RNGs are seeded with `seed`. Raises `WorkloadError`.
+    """
+    params = dict(params or {})
+    if name_or_entrypoint in BUILTIN_WORKLOADS:
+        info = BUILTIN_WORKLOADS[name_or_entrypoint]
+        try:
+            resolved = resolve_params(info, params)
+        except ValueError as error:
+            raise WorkloadError(str(error)) from error
+        return _BUILDERS[name_or_entrypoint](resolved, seed)
+    if ":" not in name_or_entrypoint:
+        raise WorkloadError(
+            f"unknown workload {name_or_entrypoint!r}: built-ins are {sorted(BUILTIN_WORKLOADS)}, "
+            f"user code is given as 'package.module:callable'"
+        )
+    factory = check_entrypoint(name_or_entrypoint)
+    seed_everything(seed)
+    try:
+        workload = factory(**params)
+    except Exception as error:
+        raise WorkloadError(
+            f"entrypoint {name_or_entrypoint!r} raised {type(error).__name__}: {error}"
+        ) from error
+    if not isinstance(workload, Workload):
+        raise WorkloadError(
+            f"entrypoint {name_or_entrypoint!r} must return an lrtune.workers.workloads.Workload, "
+            f"got {type(workload).__name__}"
+        )
+    return workload
+
+
+def check_entrypoint(entrypoint: str) -> Callable[..., Any]:
+    """Import "package.module:callable" and return the callable; WorkloadError if that fails.
+
+    Cheap enough for a job to call before it starts any trial, so a typo fails the job at once.
+    """
+    if not ENTRYPOINT_PATTERN.match(entrypoint):
+        raise WorkloadError(
+            f"entrypoint must look like 'package.module:callable', got {entrypoint!r}"
+        )
+    module_name, _, attribute_path = entrypoint.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except Exception as error:  # a user module may raise anything while importing
+        raise WorkloadError(
+            f"cannot import {module_name!r} for entrypoint {entrypoint!r}: "
+            f"{type(error).__name__}: {error}"
+        ) from error
+    for attribute in attribute_path.split("."):
+        try:
+            target = getattr(target, attribute)
+        except AttributeError as error:
+            raise WorkloadError(
+                f"entrypoint {entrypoint!r}: {module_name!r} has no attribute {attribute_path!r}"
+            ) from error
+    if not callable(target):
+        raise WorkloadError(
+            f"entrypoint {entrypoint!r} is a {type(target).__name__}, not a callable"
+        )
+    return target
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's global generators (what user code may draw from)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# --- mnist1d ---------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=4)
+def mnist1d_arrays(n_train: int, n_test: int, data_seed: int) -> tuple[Tensor, ...]:
+    """MNIST-1D generated in memory (no download): x_train, y_train, x_test, y_test.
+
+    With the defaults (4,000 + 1,000, seed 42) this is the published dataset's split: the
+    package generates the examples in one shuffled pool and the first 80% are the training set.
+    """
+    from mnist1d.data import get_dataset_args, make_dataset  # heavy (matplotlib); only here
+
+    args = get_dataset_args()
+    # Whole classes: make_dataset makes num_samples // 10 examples of each digit.
+    args.num_samples = math.ceil((n_train + n_test) / 10) * 10
+    args.train_split = 1.0  # we split below, so n_train and n_test are exact
+    args.seed = data_seed
+    # make_dataset reseeds the global numpy and random generators; restore them so building a
+    # workload leaves a trial's seeding alone whether or not the dataset came from the cache.
+    numpy_state, python_state = np.random.get_state(), random.getstate()
+    try:
+        dataset = make_dataset(args)
+    finally:
+        np.random.set_state(numpy_state)
+        random.setstate(python_state)
+    x = torch.as_tensor(dataset["x"], dtype=torch.float32)
+    y = torch.as_tensor(dataset["y"], dtype=torch.int64)
+    return x[:n_train], y[:n_train], x[n_train : n_train + n_test], y[n_train : n_train + n_test]
+
+
+def _mnist1d(params: dict[str, Any], seed: int) -> Workload:
+    x_train, y_train, x_test, y_test = mnist1d_arrays(
+        params["n_train"], params["n_test"], params["data_seed"]
+    )
+    torch.manual_seed(seed)
+    model: nn.Module
+    if params["model"] == "mlp":
+        model = nn.Sequential(
+            OrderedDict(
+                hidden=nn.Sequential(nn.Linear(40, 100), nn.ReLU(), nn.Linear(100, 100), nn.ReLU()),
+                head=nn.Linear(100, 10),
+            )
+        )
+    else:
+        # The MNIST-1D paper's ConvBase: lengths 40 -> 19 -> 10 -> 5, so 25 x 5 features.
+        model = nn.Sequential(
+            OrderedDict(
+                channels=nn.Unflatten(1, (1, 40)),
+                features=nn.Sequential(
+                    nn.Conv1d(1, 25, 5, stride=2, padding=1),
+                    nn.ReLU(),
+                    nn.Conv1d(25, 25, 3, stride=2, padding=1),
+                    nn.ReLU(),
+                    nn.Conv1d(25, 25, 3, stride=2, padding=1),
+                    nn.ReLU(),
+                    nn.Flatten(),
+                ),
+                head=nn.Linear(125, 10),
+            )
+        )
+    batch_size = params["batch_size"]
+    return Workload(
+        model=model,
+        train_loader=TensorBatches(
+            x_train, y_train, batch_size=batch_size, shuffle=True, seed=seed
+        ),
+        val_loader=TensorBatches(x_test, y_test, batch_size=1024, shuffle=False),
+    )
+
+
+# --- digits ----------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=4)
+def digits_arrays(val_fraction: float, split_seed: int) -> tuple[Tensor, ...]:
+    """scikit-learn's digits scaled to [0, 1] as 1x8x8 images: x_train, y_train, x_val, y_val."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    x = (digits.images / 16.0).astype(np.float32)[:, None, :, :]
+    x_train, x_val, y_train, y_val = train_test_split(
+        x, digits.target, test_size=val_fraction, random_state=split_seed, stratify=digits.target
+    )
+    return (
+        torch.as_tensor(x_train),
+        torch.as_tensor(y_train, dtype=torch.int64),
+        torch.as_tensor(x_val),
+        torch.as_tensor(y_val, dtype=torch.int64),
+    )
+
+
+def _digits(params: dict[str, Any], seed: int) -> Workload:
+    x_train, y_train, x_val, y_val = digits_arrays(params["val_fraction"], params["split_seed"])
+    torch.manual_seed(seed)
+    model: nn.Module
+    if params["model"] == "mlp":
+        model = nn.Sequential(
+            OrderedDict(
+                hidden=nn.Sequential(nn.Flatten(), nn.Linear(64, 128), nn.ReLU()),
+                head=nn.Linear(128, 10),
+            )
+        )
+    else:
+        model = nn.Sequential(
+            OrderedDict(
+                features=nn.Sequential(
+                    nn.Conv2d(1, 16, 3, padding=1),
+                    nn.ReLU(),
+                    nn.Conv2d(16, 32, 3, padding=1),
+                    nn.ReLU(),
+                    nn.MaxPool2d(2),
+                    nn.Flatten(),
+                ),
+                head=nn.Linear(32 * 4 * 4, 10),
+            )
+        )
+    return Workload(
+        model=model,
+        train_loader=TensorBatches(
+            x_train, y_train, batch_size=params["batch_size"], shuffle=True, seed=seed
+        ),
+        val_loader=TensorBatches(x_val, y_val, batch_size=1024, shuffle=False),
+    )
+
+
+# --- cifar10 ---------------------------------------------------------------------------------
+
+CIFAR10_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+CIFAR10_TEST_FILE = "test_batch"
+# Per-channel statistics of the CIFAR-10 training set, the constants the literature uses.
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles the CIFAR batches' dicts of numpy arrays, lists and bytes, and nothing else.
+
+    `data_dir` comes from a job spec, and a plain pickle.load would run whatever code a file
+    names; the batches only ever need numpy's array reconstruction.
+    """
+
+    _ALLOWED: ClassVar[frozenset[tuple[str, str]]] = frozenset(
+        {
+            ("numpy.core.multiarray", "_reconstruct"),
+            ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy.core.multiarray", "scalar"),
+            ("numpy._core.multiarray", "scalar"),
+            ("numpy.core.numeric", "_frombuffer"),
+            ("numpy._core.numeric", "_frombuffer"),
+            ("numpy", "ndarray"),
+            ("numpy", "dtype"),
+            # Python 3 writes bytes into protocol-2 pickles as _codecs.encode(str, "latin1").
+            ("_codecs", "encode"),
+        }
+    )
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    if not path.is_file():
+        raise WorkloadError(f"CIFAR-10 file missing: {path}")
+    try:
+        with path.open("rb") as handle:
+            # The batches were pickled by Python 2; "bytes" keeps their str keys as b"data".
+            batch = _ArrayUnpickler(handle, encoding="bytes").load()
+    except Exception as error:
+        raise WorkloadError(
+            f"CIFAR-10 file {path} is not a python-version CIFAR batch: "
+            f"{type(error).__name__}: {error}"
+        ) from error
+    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+        raise WorkloadError(f"CIFAR-10 file {path} is not a dict with b'data' and b'labels'")
+    data, labels = np.asarray(batch[b"data"]), np.asarray(batch[b"labels"])
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise WorkloadError(
+            f"CIFAR-10 file {path}: b'data' must be uint8 of shape N x 3072, "
+            f"got {data.dtype} {data.shape}"
+        )
+    if labels.shape != (len(data),) or not np.issubdtype(labels.dtype, np.integer):
+        raise WorkloadError(
+            f"CIFAR-10 file {path}: b'labels' must be {len(data)} integers, got {labels.shape}"
+        )
+    if len(labels) and (labels.min() < 0 or labels.max() > 9):
+        raise WorkloadError(f"CIFAR-10 file {path}: labels must lie in 0..9")
+    return data, labels
+
+
+def _cifar_folder(data_dir: str) -> Path:
+    root = Path(data_dir).expanduser()
+    if not root.is_dir():
+        raise WorkloadError(f"CIFAR-10 data_dir does not exist or is not a folder: {root}")
+    # Accept the folder the official archive unpacks to, or its parent.
+    nested = root / "cifar-10-batches-py"
+    if not (root / CIFAR10_TEST_FILE).exists() and nested.is_dir():
+        return nested
+    return root
+
+
+@functools.lru_cache(maxsize=2)
+def cifar10_arrays(data_dir: str) -> tuple[Tensor, ...]:
+    """The CIFAR-10 python batches as uint8 N x 3 x 32 x 32 tensors: x_train, y_train, x_test,
+    y_test. Kept as uint8 (150 MB for the training set) and converted per batch."""
+    folder = _cifar_folder(data_dir)
+    train = [_read_cifar_batch(folder / name) for name in CIFAR10_TRAIN_FILES]
+    x_test, y_test = _read_cifar_batch(folder / CIFAR10_TEST_FILE)
+    x_train = np.concatenate([data for data, _ in train])
+    y_train = np.concatenate([labels for _, labels in train])
+    return (
+        torch.from_numpy(x_train.reshape(-1, 3, 32, 32)),
+        torch.from_numpy(y_train.astype(np.int64)),
+        torch.from_numpy(x_test.reshape(-1, 3, 32, 32)),
+        torch.from_numpy(y_test.astype(np.int64)),
+    )
+
+
+def _normalise_cifar(images: Tensor) -> Tensor:
+    mean = torch.tensor(CIFAR10_MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR10_STD, device=images.device).view(1, 3, 1, 1)
+    return (images.float() / 255.0 - mean) / std
+
+
+def _augment_cifar(images: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Normalise; when shuffling (training), random crop of the 4-padded image and h-flip."""
+    x = _normalise_cifar(images)
+    if generator is None:
+        return x
+    n = len(x)
+    # Random numbers come from the CPU generator, so the batch order and the crops share one
+    # reproducible stream; only the small index tensors move to the data's device.
+    offsets = torch.randint(0, 9, (n, 2), generator=generator).to(x.device)
+    flips = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    padded = F.pad(x, (4, 4, 4, 4))  # zero padding, i.e. the mean after normalisation
+    span = torch.arange(32, device=x.device)
+    rows = (offsets[:, 0:1] + span)[:, None, :, None]  # n x 1 x 32 x 1
+    cols = (offsets[:, 1:2] + span)[:, None, None, :]  # n x 1 x 1 x 32
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    channel = torch.arange(3, device=x.device)[None, :, None, None]
+    cropped = padded[batch, channel, rows, cols]
+    return torch.where(flips[:, None, None, None], cropped.flip(3), cropped)
+
+
+class _BasicBlock(nn.Module):
+    """Two 3x3 convolutions with a shortcut; option A of He et al.: a strided identity padded
+    with zero channels, so the CIFAR ResNets have no projection parameters."""
+
+    def __init__(self, in_channels: int, channels: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, channels, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.stride = stride
+        self.extra_channels = channels - in_channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        shortcut = x[:, :, :: self.stride, :: self.stride] if self.stride > 1 else x
+        if self.extra_channels:
+            half = self.extra_channels // 2
+            shortcut = F.pad(shortcut, (0, 0, 0, 0, half, self.extra_channels - half))
+        return F.relu(out + shortcut)
+
+
+def cifar_resnet(depth: int = 20, num_classes: int = 10) -> nn.Module:
+    """ResNet-{depth} for 32x32 images (He et al. 2016, section 4.2): 6n+2 layers in three
+    stages of 16, 32 and 64 channels."""
+    if depth < 8 or (depth - 2) % 6:
+        raise WorkloadError(f"ResNet depth must be 6n+2 with n >= 1 (20, 32, 44 ...), got {depth}")
+    n = (depth - 2) // 6
+    stages: list[tuple[str, nn.Module]] = [
+        (
+            "stem",
+            nn.Sequential(
+                nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU()
+            ),
+        )
+    ]
+    in_channels = 16
+    for index, channels in enumerate((16, 32, 64)):
+        blocks = []
+        for block in range(n):
+            stride = 2 if index > 0 and block == 0 else 1
+            blocks.append(_BasicBlock(in_channels, channels, stride))
+            in_channels = channels
+        stages.append((f"stage{index + 1}", nn.Sequential(*blocks)))
+    stages.append(
+        ("head", nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes)))
+    )
+    model = nn.Sequential(OrderedDict(stages))
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d | nn.Linear):
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    return model
+
+
+def _cifar10(params: dict[str, Any], seed: int) -> Workload:
+    x_train, y_train, x_test, y_test = cifar10_arrays(str(Path(params["data_dir"]).expanduser()))
+    if params["limit_train"] is not None:
+        x_train, y_train = x_train[: params["limit_train"]], y_train[: params["limit_train"]]
+    if params["limit_test"] is not None:
+        x_test, y_test = x_test[: params["limit_test"]], y_test[: params["limit_test"]]
+    if len(x_train) == 0 or len(x_test) == 0:
+        raise WorkloadError(f"CIFAR-10 data in {params['data_dir']} has no training or test images")
+    torch.manual_seed(seed)
+    model = cifar_resnet(params["depth"])
+    train_transform = _augment_cifar if params["augment"] else _no_augment
+    return Workload(
+        model=model,
+        train_loader=TensorBatches(
+            x_train,
+            y_train,
+            batch_size=params["batch_size"],
+            shuffle=True,
+            seed=seed,
+            transform=train_transform,
+        ),
+        val_loader=TensorBatches(
+            x_test, y_test, batch_size=500, shuffle=False, transform=_no_augment
+        ),
+    )
+
+
+def _no_augment(images: Tensor, generator: torch.Generator | None) -> Tensor:
+    return _normalise_cifar(images)
+
+
+_BUILDERS: dict[str, Callable[[dict[str, Any], int], Workload]] = {
+    "mnist1d": _mnist1d,
+    "digits": _digits,
+    "cifar10": _cifar10,
+}
