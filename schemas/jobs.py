@@ -60,7 +60,9 @@ class MetricSpec(BaseModel):
 
     model_config = _INPUT
 
-    name: str = Field(min_length=1, description="train_loss, val_loss or a workload metric.")
+    name: str = Field(
+        min_length=1, max_length=100, description="train_loss, val_loss or a workload metric."
+    )
     mode: Literal["min", "max"] | None = Field(None, description="Default: the workload's.")
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -12,7 +13,7 @@ from fastapi.responses import JSONResponse
 from lrtune.schemas.errors import ErrorBody, ErrorDetail, FieldProblem
 from lrtune.schemas.schedules import POLICY_NAMES
 from lrtune.service.errors import LrtuneError, http_status
-from lrtune.service.routes import health, schedules
+from lrtune.service.routes import best, health, jobs, schedules, trials
 from lrtune.service.settings import Settings
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -21,15 +22,30 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
+        lifespan=_lifespan,
         title="lrtune",
         version="0.1.0",
         description="Learning-rate schedule search: submit jobs, watch trials, get a schedule.",
     )
     app.state.settings = settings or Settings()
+    # The store (and its engine) is made on first use by deps.get_store: building the app opens
+    # no database and runs no migration.
+    app.state.store = None
     app.include_router(health.router)
     app.include_router(schedules.router)
+    app.include_router(jobs.router)
+    app.include_router(trials.router)
+    app.include_router(best.router)
     _install_error_handlers(app)
     return app
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    yield
+    if app.state.store is not None:
+        app.state.store.dispose()
+        app.state.store = None
 
 
 def _install_error_handlers(app: FastAPI) -> None:

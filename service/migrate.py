@@ -68,7 +68,11 @@ def schema_drift(url: str) -> list[object]:
 
 def ensure_schema_current(url: str) -> None:
     """Raise SchemaOutdatedError unless the database's schema is at head."""
-    current = current_revision(url)
+    check_revision(current_revision(url))
+
+
+def check_revision(current: str | None) -> None:
+    """Raise SchemaOutdatedError, saying what to do, unless `current` is the head revision."""
     head = head_revision()
     if current == head:
         return
@@ -76,10 +80,8 @@ def ensure_schema_current(url: str) -> None:
         raise SchemaOutdatedError(
             f"database schema is empty, head is {head}: run `lrtune db upgrade`"
         )
-    known = {
-        script.revision for script in ScriptDirectory.from_config(alembic_config()).walk_revisions()
-    }
-    if current not in known:
+    scripts = ScriptDirectory.from_config(alembic_config())
+    if current not in {script.revision for script in scripts.walk_revisions()}:
         raise SchemaOutdatedError(
             f"database schema is at {current}, which this lrtune does not know (head is "
             f"{head}): the database was migrated by a newer lrtune; upgrade lrtune"

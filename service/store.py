@@ -56,7 +56,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,8 @@ T = TypeVar("T")
 _RETRY_SQLSTATES = {"40001", "40P01"}  # serialization_failure, deadlock_detected
 _SQLITE_BUSY = ("database is locked", "database table is locked", "database is busy")
 _CURSOR_PREFIX = "id:"
+# Ids are 32-bit integers in SQL; anything larger names no row (and PostgreSQL would refuse it).
+MAX_ID = 2**31 - 1
 _METRIC_ROWS_PER_INSERT = 500
 
 
@@ -720,6 +722,12 @@ class Store:
                 raise ConflictError(
                     f"the change conflicts with stored data: {_first_line(error)}"
                 ) from error
+            except DataError as error:
+                # A value the database cannot hold (a NUL character, a number out of range):
+                # the client's input, not the server's fault.
+                raise InvalidInputError(
+                    f"the database cannot store a value of this request: {_first_line(error)}"
+                ) from error
             except DBAPIError as error:
                 if _retryable(error) and attempt < self.retry_attempts:
                     delay = min(1.0, self.retry_base_s * 2**attempt) * random.uniform(0.5, 1.5)
@@ -788,6 +796,8 @@ def decode_cursor(cursor: str | None) -> int | None:
         if not raw.startswith(_CURSOR_PREFIX):
             raise ValueError(raw)
         value = int(raw.removeprefix(_CURSOR_PREFIX))
+        if not 0 < value <= MAX_ID:
+            raise ValueError(raw)
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise InvalidInputError(
             "cursor is not one this API gave out; pass the next_cursor of the previous page",

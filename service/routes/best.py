@@ -1,0 +1,23 @@
+"""The best settings found so far, across every finished job, straight from SQL."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from lrtune.schemas.errors import ErrorBody
+from lrtune.schemas.jobs import BestSetting
+from lrtune.service.deps import StoreDep
+
+router = APIRouter(prefix="/v1", tags=["best"])
+
+
+@router.get("/best", response_model=list[BestSetting], responses={422: {"model": ErrorBody}})
+def best_settings(
+    store: StoreDep,
+    workload: Annotated[str | None, Query(max_length=200)] = None,
+    policy: Annotated[str | None, Query(max_length=32)] = None,
+    metric: Annotated[str | None, Query(max_length=100)] = None,
+) -> list[BestSetting]:
+    """Per workload and policy: the best completed trial of a succeeded job, with its schedule."""
+    return store.best_settings(workload=workload, policy=policy, metric=metric)
