@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 import yaml
+from lrtune.client.commands import commands
 from lrtune.service.settings import Settings
 from pydantic import ValidationError
 from rich.console import Console
@@ -20,6 +21,7 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database schema management (Alembic).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(commands)  # submit, jobs, status, watch, ...: the REST client commands
 
 err = Console(stderr=True)
 

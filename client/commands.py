@@ -1,0 +1,386 @@
+"""The `lrtune` commands that talk to a running service over REST (submit, jobs, watch, ...).
+
+The service's URL comes from --url or LRTUNE_URL, a bearer token from LRTUNE_TOKEN. An error
+answer of the API is printed as one red line on stderr and the command exits with status 1.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+import yaml
+from lrtune.client.api import DEFAULT_URL, FINISHED_JOB_STATUSES, ApiError, LrtuneClient
+from lrtune.schemas.jobs import Job, JobProgress
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+commands = typer.Typer(no_args_is_help=True)
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+UrlOption = Annotated[
+    str, typer.Option("--url", envvar="LRTUNE_URL", help="The lrtune service's base URL.")
+]
+JobArgument = Annotated[int, typer.Argument(help="The job's id.", show_default=False)]
+FINISHED_TRIALS = ("completed", "pruned", "diverged", "failed")
+
+
+class RecommendFormat(StrEnum):
+    text = "text"
+    json = "json"
+    torch = "torch"
+
+
+class OutputFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
+@commands.command()
+def submit(
+    job_file: Annotated[Path, typer.Argument(help="A job spec as YAML or JSON.")],
+    idempotency_key: Annotated[
+        str | None, typer.Option(help="Send again with the same key: no duplicate job.")
+    ] = None,
+    url: UrlOption = DEFAULT_URL,
+) -> None:
+    """Submit a job spec; prints the new job's id."""
+    spec = _read_job_file(job_file)
+    with _client(url) as client:
+        job = client.submit_job(spec, idempotency_key=idempotency_key)
+    typer.echo(job.id)
+
+
+@commands.command()
+def jobs(
+    status: Annotated[str | None, typer.Option(help="Only jobs in this status.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=500, help="Jobs per page.")] = 20,
+    cursor: Annotated[str | None, typer.Option(help="next_cursor of the previous page.")] = None,
+    url: UrlOption = DEFAULT_URL,
+) -> None:
+    """List jobs, newest first."""
+    with _client(url) as client:
+        page = client.list_jobs(status=status, limit=limit, cursor=cursor)
+    table = Table("id", "name", "status", "trials", "best", "created", box=None)
+    for job in page.items:
+        best = f"{_number(job.best.value)} ({job.best.policy})" if job.best else "-"
+        table.add_row(
+            str(job.id),
+            job.name or "-",
+            _status_text(job.status),
+            _progress_text(job.progress),
+            best,
+            f"{job.created_at:%Y-%m-%d %H:%M}",
+        )
+    out.print(table if page.items else "no jobs")
+    if page.next_cursor:
+        err.print(f"more: --cursor {page.next_cursor}")
+
+
+@commands.command()
+def status(job_id: JobArgument, url: UrlOption = DEFAULT_URL) -> None:
+    """Show one job: status, trials by status, best so far."""
+    with _client(url) as client:
+        job = client.get_job(job_id)
+    spec = job.spec
+    table = Table(box=None, show_header=False)
+    table.add_row("job", f"{job.id} {job.name}".strip())
+    table.add_row("status", _status_text(job.status))
+    table.add_row("workload", spec.workload.label)
+    table.add_row("metric", f"{spec.metric_name} ({spec.metric_mode})")
+    table.add_row("policies", ", ".join(p.policy for p in spec.policies) or "-")
+    counts = job.progress.model_dump()
+    table.add_row(
+        "trials",
+        f"{_progress_text(job.progress)}  "
+        + "  ".join(f"{name} {counts[name]}" for name in ("running", "pending", *FINISHED_TRIALS)),
+    )
+    if job.best is not None:
+        table.add_row(
+            "best", f"{_number(job.best.value)}  {job.best.policy}, trial {job.best.trial_id}"
+        )
+    table.add_row("created", f"{job.created_at:%Y-%m-%d %H:%M:%S %Z}")
+    if job.finished_at is not None:
+        table.add_row("finished", f"{job.finished_at:%Y-%m-%d %H:%M:%S %Z}")
+    if job.error:
+        table.add_row("error", f"[red]{job.error}[/red]")
+    out.print(table)
+
+
+@commands.command()
+def watch(
+    job_id: JobArgument,
+    interval: Annotated[float, typer.Option(min=0.05, help="Seconds between polls.")] = 2.0,
+    url: UrlOption = DEFAULT_URL,
+) -> None:
+    """Follow a job until it ends: a live progress bar of trials and the best so far.
+
+    Exits 0 when the job succeeded, 1 when it failed or was cancelled.
+    """
+    with _client(url) as client:
+        job = client.get_job(job_id)
+        columns = (
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[detail]}"),
+            TimeElapsedColumn(),
+        )
+        with Progress(*columns, console=out, transient=False) as progress:
+            task = progress.add_task(f"job {job_id}", total=None, detail="")
+            while True:
+                done, total = _finished_and_total(job.progress)
+                progress.update(task, completed=done, total=total, detail=_watch_detail(job))
+                if job.status in FINISHED_JOB_STATUSES:
+                    break
+                time.sleep(interval)
+                job = client.get_job(job_id)
+    if job.status != "succeeded":
+        reason = f": {job.error}" if job.error else ""
+        _fail(f"job {job_id} {job.status}{reason}")
+    best = f"; best {_number(job.best.value)} ({job.best.policy})" if job.best else ""
+    out.print(f"job {job_id} succeeded{best}")
+
+
+@commands.command()
+def trials(
+    job_id: JobArgument,
+    policy: Annotated[str | None, typer.Option(help="Only this policy's trials.")] = None,
+    status: Annotated[str | None, typer.Option(help="Only trials in this status.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="Trials per page.")] = 50,
+    cursor: Annotated[str | None, typer.Option(help="next_cursor of the previous page.")] = None,
+    url: UrlOption = DEFAULT_URL,
+) -> None:
+    """List a job's trials, newest first."""
+    with _client(url) as client:
+        page = client.list_trials(job_id, policy=policy, status=status, limit=limit, cursor=cursor)
+    table = Table("id", "policy", "status", "epochs", "last", "best", "seed", box=None)
+    for trial in page.items:
+        table.add_row(
+            str(trial.id),
+            trial.policy,
+            _status_text(trial.status),
+            str(trial.epochs_done),
+            _number(trial.last_metric),
+            _number(trial.best_metric),
+            str(trial.seed),
+        )
+    out.print(table if page.items else "no trials")
+    if page.next_cursor:
+        err.print(f"more: --cursor {page.next_cursor}")
+
+
+@commands.command()
+def recommend(
+    job_id: JobArgument,
+    output: Annotated[
+        RecommendFormat,
+        typer.Option("--format", help="text: a summary; json: the whole object; torch: code."),
+    ] = RecommendFormat.text,
+    url: UrlOption = DEFAULT_URL,
+) -> None:
+    """Show the job's recommended schedule, its rationale, or its PyTorch code."""
+    with _client(url) as client:
+        found = client.recommendation(job_id)
+    if output is RecommendFormat.json:
+        typer.echo(found.model_dump_json(indent=2))
+        return
+    if output is RecommendFormat.torch:
+        code = found.code.get("pytorch")
+        if not code:
+            _fail(f"job {job_id}'s recommendation has no PyTorch code")
+        typer.echo(code.rstrip("\n"))
+        return
+    state = "final" if found.final else "provisional: the job is still running"
+    out.print(f"[bold]Recommendation for job {job_id}[/bold] ({state})")
+    if found.winner is not None:
+        winner = found.winner
+        out.print(
+            f"winner: [bold]{winner.policy}[/bold]  {found.metric} "
+            f"{_mean_std(winner.metric_mean, winner.metric_std)} over {winner.n_seeds} seed(s)"
+        )
+        out.print(f"schedule: {winner.schedule.model_dump_json()}")
+    table = Table("policy", f"{found.metric} ({found.mode})", "seeds", box=None)
+    for evidence in found.by_policy:
+        table.add_row(
+            evidence.policy,
+            _mean_std(evidence.metric_mean, evidence.metric_std),
+            str(evidence.n_seeds),
+        )
+    if found.by_policy:
+        out.print(table)
+    out.print(found.rationale)
+
+
+@commands.command()
+def cancel(job_id: JobArgument, url: UrlOption = DEFAULT_URL) -> None:
+    """Cancel a job: no new trial starts; running ones are stopped."""
+    with _client(url) as client:
+        job = client.cancel_job(job_id)
+    out.print(f"job {job_id} is {job.status}")
+
+
+@commands.command("range-test")
+def range_test(
+    job_id: JobArgument,
+    output: Annotated[
+        OutputFormat, typer.Option("--format", help="text: the bounds and a table; json: all.")
+    ] = OutputFormat.text,
+    url: UrlOption = DEFAULT_URL,
+) -> None:
+    """Show a job's LR range test: the suggested bounds and the loss against the rate."""
+    with _client(url) as client:
+        result = client.range_test(job_id)
+    if output is OutputFormat.json:
+        typer.echo(result.model_dump_json(indent=2))
+        return
+    hint = result.suggestion
+    out.print(
+        f"[bold]suggested bounds[/bold]: min_lr {hint.min_lr:.3g} ({hint.min_method}), "
+        f"max_lr {hint.max_lr:.3g} ({hint.max_method})"
+    )
+    extras = [
+        f"{name} {value:.3g}"
+        for name, value in (
+            ("valley", hint.valley),
+            ("steep", hint.steep),
+            ("minimum", hint.minimum),
+        )
+        if value is not None
+    ]
+    if extras:
+        out.print("fastai's suggestions: " + ", ".join(extras))
+    stopped = ", stopped early: the loss diverged" if result.stopped_early else ""
+    out.print(f"{result.iterations} steps, {result.ramp} ramp{stopped}")
+    table = Table("lr", "loss", "smoothed", box=None)
+    count = len(result.lr)
+    for index in sorted({round(i * (count - 1) / 11) for i in range(12)} if count else set()):
+        table.add_row(
+            f"{result.lr[index]:.3g}",
+            _number(result.loss[index]),
+            _number(result.smoothed_loss[index]),
+        )
+    out.print(table)
+
+
+@commands.command()
+def best(
+    workload: Annotated[str | None, typer.Option(help="Only this workload.")] = None,
+    policy: Annotated[str | None, typer.Option(help="Only this policy.")] = None,
+    metric: Annotated[str | None, typer.Option(help="Only this metric.")] = None,
+    url: UrlOption = DEFAULT_URL,
+) -> None:
+    """The best setting of each (workload, policy) across finished jobs."""
+    with _client(url) as client:
+        found = client.best(workload=workload, policy=policy, metric=metric)
+    table = Table("workload", "policy", "metric", "value", "job", "trial", "schedule", box=None)
+    for setting in found:
+        table.add_row(
+            setting.workload,
+            setting.policy,
+            f"{setting.metric} ({setting.mode})",
+            _number(setting.value),
+            str(setting.job_id),
+            str(setting.trial_id),
+            json.dumps(setting.schedule),
+        )
+    out.print(table if found else "no finished job yet")
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+
+
+@contextmanager
+def _client(url: str) -> Iterator[LrtuneClient]:
+    """A client for `url`; an ApiError becomes one red line on stderr and exit status 1."""
+    try:
+        with LrtuneClient(url, token=os.environ.get("LRTUNE_TOKEN") or None) as client:
+            yield client
+    except ApiError as error:
+        status = f" (HTTP {error.status})" if error.status else ""
+        _fail(f"{error.message}{status}")
+
+
+def _read_job_file(path: Path) -> Any:
+    try:
+        text = path.read_text()
+    except OSError as error:
+        _fail(f"cannot read {path}: {error.strerror}")
+    kind = "JSON" if path.suffix == ".json" else "YAML"
+    try:
+        data = json.loads(text) if kind == "JSON" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        first = str(error).strip().splitlines()[0]
+        _fail(f"{path} is not valid {kind}: {first}")
+    if not isinstance(data, dict):
+        _fail(f"{path} must hold one job spec (a mapping), not {type(data).__name__}")
+    return data
+
+
+def _finished_and_total(progress: JobProgress) -> tuple[int, int]:
+    counts = progress.model_dump()
+    done = sum(counts[name] for name in FINISHED_TRIALS)
+    known = done + progress.running + progress.pending
+    return done, max(progress.planned, known)
+
+
+def _progress_text(progress: JobProgress) -> str:
+    done, total = _finished_and_total(progress)
+    return f"{done}/{total}"
+
+
+def _watch_detail(job: Job) -> str:
+    parts = [job.status]
+    if job.progress.running:
+        parts.append(f"{job.progress.running} running")
+    if job.best is not None:
+        parts.append(f"best {job.spec.metric_name} {_number(job.best.value)} ({job.best.policy})")
+    return "  ".join(parts)
+
+
+def _status_text(status: str) -> str:
+    colour = {
+        "succeeded": "green",
+        "completed": "green",
+        "running": "cyan",
+        "failed": "red",
+        "diverged": "red",
+        "cancelled": "yellow",
+        "cancelling": "yellow",
+        "pruned": "yellow",
+    }.get(status)
+    return f"[{colour}]{status}[/{colour}]" if colour else status
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if math.isnan(value) or math.isinf(value):
+        return str(value)
+    return f"{value:.4g}"
+
+
+def _mean_std(mean: float, std: float | None) -> str:
+    return _number(mean) if std is None else f"{_number(mean)} ± {_number(std)}"
+
+
+def _fail(message: str) -> NoReturn:
+    err.print(f"[red]error: {_escape(message)}[/red]")
+    raise typer.Exit(1)
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
