@@ -1,0 +1,169 @@
+"""Fixtures: a fresh, migrated database per test on SQLite and on PostgreSQL, and apps over it.
+
+Every fixture that needs a database is parametrised over both: a test that takes `database_url`,
+`store`, `app` or `api_client` runs once per database. The PostgreSQL half needs
+LRTUNE_TEST_POSTGRES_URL (an admin URL, e.g. postgresql://postgres@127.0.0.1:5432/postgres); it
+is skipped, and the summary says so, where that variable is unset, and fails where it is set but
+the server cannot be reached. Each session migrates one template database; each test gets a
+copy (CREATE DATABASE ... TEMPLATE on PostgreSQL, a file copy on SQLite), dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from lrtune.service.app import create_app
+from lrtune.service.migrate import upgrade_to_head
+from lrtune.service.settings import Settings
+from lrtune.service.store import Store
+from sqlalchemy.engine import make_url
+
+POSTGRES_ENV = "LRTUNE_TEST_POSTGRES_URL"
+DATABASES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+_counter = itertools.count()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not os.environ.get(POSTGRES_ENV):
+        terminalreporter.write_line(
+            f"PostgreSQL half SKIPPED: {POSTGRES_ENV} is unset, so only SQLite was tested "
+            f"(set it, e.g. {POSTGRES_ENV}=postgresql://postgres@127.0.0.1:5432/postgres)",
+            yellow=True,
+            bold=True,
+        )
+
+
+class PostgresServer:
+    """Creates and drops databases through an admin URL; names carry the pid, so runs in
+    parallel (other checkouts, CI jobs) never touch each other's databases."""
+
+    def __init__(self, admin_url: str) -> None:
+        self.admin_url = make_url(admin_url).set(drivername="postgresql")
+        self.prefix = f"lrtune_test_{os.getpid()}"
+
+    def url(self, database: str) -> str:
+        return self.admin_url.set(database=database).render_as_string(hide_password=False)
+
+    def execute(self, sql: str) -> None:
+        conninfo = self.url(self.admin_url.database or "postgres")
+        with psycopg.connect(conninfo, autocommit=True) as connection:
+            connection.execute(sql)  # type: ignore[arg-type]
+
+    def create(self, name: str, *, template: str | None = None) -> str:
+        self.drop(name)
+        suffix = f' TEMPLATE "{template}"' if template else ""
+        self.execute(f'CREATE DATABASE "{name}"{suffix}')
+        return self.url(name)
+
+    def drop(self, name: str) -> None:
+        self.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> PostgresServer:
+    admin_url = os.environ.get(POSTGRES_ENV)
+    if not admin_url:
+        pytest.skip(f"PostgreSQL half skipped: {POSTGRES_ENV} is unset")
+    server = PostgresServer(admin_url)
+    try:
+        server.execute("SELECT 1")
+    except psycopg.Error as error:
+        pytest.fail(f"{POSTGRES_ENV} is set but PostgreSQL cannot be reached: {error}")
+    return server
+
+
+@pytest.fixture(scope="session")
+def postgres_template(postgres_server: PostgresServer) -> Iterator[str]:
+    name = f"{postgres_server.prefix}_template"
+    upgrade_to_head(postgres_server.create(name))
+    yield name
+    postgres_server.drop(name)
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("sqlite-template") / "template.db"
+    upgrade_to_head(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture(params=DATABASES)
+def database_kind(request: pytest.FixtureRequest) -> str:
+    kind: str = request.param
+    return kind
+
+
+@pytest.fixture
+def database_url(
+    database_kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[str]:
+    """A fresh database at the migrations' head, on SQLite and on PostgreSQL."""
+    if database_kind == "sqlite":
+        path = tmp_path / "lrtune.db"
+        shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
+        yield f"sqlite:///{path}"
+        return
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    template: str = request.getfixturevalue("postgres_template")
+    name = f"{server.prefix}_{next(_counter)}"
+    yield server.create(name, template=template)
+    server.drop(name)
+
+
+@pytest.fixture
+def empty_database_url(
+    database_kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[str]:
+    """A fresh database with no schema at all (for migration tests)."""
+    if database_kind == "sqlite":
+        yield f"sqlite:///{tmp_path / 'empty.db'}"
+        return
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    name = f"{server.prefix}_empty_{next(_counter)}"
+    yield server.create(name)
+    server.drop(name)
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[Store]:
+    store = Store.from_url(database_url)
+    yield store
+    store.dispose()
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    return Settings(database_url=database_url, home=tmp_path / "home")
+
+
+@pytest.fixture
+def app(settings: Settings) -> FastAPI:
+    return create_app(settings)
+
+
+@pytest.fixture
+def api_client(app: FastAPI) -> Iterator[TestClient]:
+    """An HTTP client (httpx, through FastAPI's TestClient) over an app on a fresh database."""
+    with TestClient(app) as client:
+        yield client
+
+
+@pytest.fixture
+def job_body() -> dict[str, Any]:
+    """A small, valid job spec as a client sends it."""
+    return {
+        "name": "digits schedules",
+        "workload": {"name": "digits", "params": {"model": "mlp"}},
+        "metric": {"name": "val_accuracy", "mode": "max"},
+        "policies": ["fixed", "clr"],
+        "budget": {"epochs": 3, "trials_per_policy": 2},
+    }

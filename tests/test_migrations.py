@@ -1,0 +1,124 @@
+"""Alembic owns the schema: upgrade from empty to head and back, no drift, the head check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from fastapi.testclient import TestClient
+from lrtune.service.app import create_app
+from lrtune.service.db import make_engine
+from lrtune.service.errors import SchemaOutdatedError
+from lrtune.service.migrate import (
+    current_revision,
+    downgrade,
+    ensure_schema_current,
+    head_revision,
+    prepare_embedded_database,
+    schema_drift,
+    upgrade_to_head,
+)
+from lrtune.service.settings import Settings
+from sqlalchemy import inspect
+
+if TYPE_CHECKING:
+    from conftest import PostgresServer
+
+TABLES = {"jobs", "trials", "trial_metrics", "range_tests", "recommendations", "idempotency_keys"}
+
+
+def _tables(url: str) -> set[str]:
+    engine = make_engine(url)
+    try:
+        return set(inspect(engine).get_table_names()) - {"alembic_version"}
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_from_empty_to_head_and_back_down(empty_database_url: str) -> None:
+    assert current_revision(empty_database_url) is None
+    assert _tables(empty_database_url) == set()
+
+    assert upgrade_to_head(empty_database_url) == head_revision()
+    assert current_revision(empty_database_url) == head_revision()
+    assert _tables(empty_database_url) == TABLES
+
+    downgrade(empty_database_url, "base")
+    assert current_revision(empty_database_url) is None
+    assert _tables(empty_database_url) == set()
+
+    # And up again: the downgrade left nothing behind that blocks a fresh upgrade.
+    upgrade_to_head(empty_database_url)
+    assert _tables(empty_database_url) == TABLES
+
+
+def test_models_and_migrations_do_not_drift(database_url: str) -> None:
+    assert schema_drift(database_url) == []
+
+
+def test_constraints_and_indexes_are_named(database_url: str) -> None:
+    engine = make_engine(database_url)
+    try:
+        inspector = inspect(engine)
+        indexes = {i["name"] for i in inspector.get_indexes("trials")}
+        uniques = {u["name"] for u in inspector.get_unique_constraints("trials")}
+        assert {"ix_trials_job_id_id", "ix_trials_job_id_status"} <= indexes
+        assert "uq_trials_job_id_ray_trial_id" in uniques
+        assert inspector.get_pk_constraint("trial_metrics")["constrained_columns"] == [
+            "trial_id",
+            "epoch",
+        ]
+    finally:
+        engine.dispose()
+
+
+def test_schema_behind_head_is_refused_with_the_command_to_run(empty_database_url: str) -> None:
+    with pytest.raises(SchemaOutdatedError, match="run `lrtune db upgrade`"):
+        ensure_schema_current(empty_database_url)
+    upgrade_to_head(empty_database_url)
+    ensure_schema_current(empty_database_url)
+
+
+def test_readyz_answers_503_until_migrated_then_200(
+    empty_database_url: str, tmp_path: Path
+) -> None:
+    app = create_app(Settings(database_url=empty_database_url, home=tmp_path))
+    with TestClient(app) as client:
+        answer = client.get("/readyz")
+        assert answer.status_code == 503
+        assert answer.json()["error"]["code"] == "schema_outdated"
+        assert "lrtune db upgrade" in answer.json()["error"]["message"]
+        upgrade_to_head(empty_database_url)
+        answer = client.get("/readyz")
+        assert answer.status_code == 200
+        assert answer.json()["schema_revision"] == head_revision()
+
+
+def test_readyz_answers_503_when_the_database_is_unreachable(tmp_path: Path) -> None:
+    url = "postgresql://nobody@127.0.0.1:1/none"
+    with TestClient(create_app(Settings(database_url=url, home=tmp_path))) as client:
+        answer = client.get("/readyz")
+    assert answer.status_code == 503
+    assert answer.json()["error"]["code"] == "storage_unavailable"
+
+
+def test_embedded_sqlite_is_upgraded_automatically(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "home")
+    prepare_embedded_database(settings)
+    assert (tmp_path / "home" / "lrtune.db").exists()
+    assert current_revision(settings.resolved_database_url) == head_revision()
+
+
+@pytest.mark.postgres
+def test_a_server_database_is_never_migrated_implicitly(
+    postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    url = postgres_server.create(f"{postgres_server.prefix}_not_implicit")
+    try:
+        settings = Settings(database_url=url, home=tmp_path)
+        with pytest.raises(SchemaOutdatedError, match="lrtune db upgrade"):
+            prepare_embedded_database(settings)
+        assert current_revision(url) is None
+    finally:
+        postgres_server.drop(f"{postgres_server.prefix}_not_implicit")
