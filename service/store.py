@@ -905,3 +905,100 @@ def _retryable(error: DBAPIError) -> bool:
 def _first_line(error: BaseException) -> str:
     lines = str(getattr(error, "orig", None) or error).strip().splitlines()
     return lines[0] if lines else type(error).__name__
+
+
+def job_curves(
+    store: Store, *, job_id: int, per_policy: int
+) -> tuple[list[dict[str, Any]], list[tuple[Trial, list[TrialMetric]]]]:
+    """The dashboard's view of a job in one read transaction, whatever its number of trials.
+
+    Returns each policy's standing (trials by status, best and mean best metric, best trial id)
+    from the trials table alone, and the `per_policy` best trials of every policy (by their
+    denormalised best metric; trials with no epoch yet left out) with their epochs in order.
+    """
+
+    def work(
+        session: Session,
+    ) -> tuple[list[dict[str, Any]], list[tuple[Trial, list[TrialMetric]]]]:
+        job = session.get(JobRow, job_id)
+        if job is None:
+            raise NotFoundError(f"no job with id {job_id}")
+        descending = job.metric_mode == "max"
+        standings: dict[str, dict[str, Any]] = {}
+        for policy, status, count, low, high, total in session.execute(
+            select(
+                TrialRow.policy,
+                TrialRow.status,
+                func.count(),
+                func.min(TrialRow.best_metric),
+                func.max(TrialRow.best_metric),
+                func.sum(TrialRow.best_metric),
+            )
+            .where(TrialRow.job_id == job_id)
+            .group_by(TrialRow.policy, TrialRow.status)
+        ):
+            standing = standings.setdefault(
+                policy,
+                {
+                    "policy": policy,
+                    "trials": 0,
+                    "by_status": {},
+                    "best_metric": None,
+                    "best_trial_id": None,
+                    "_sum": 0.0,
+                    "_with_metric": 0,
+                },
+            )
+            standing["trials"] += count
+            standing["by_status"][status] = count
+            value = high if descending else low
+            if value is not None and is_better(value, standing["best_metric"], job.metric_mode):
+                standing["best_metric"] = value
+            if total is not None:
+                standing["_sum"] += total
+        for policy, with_metric in session.execute(
+            select(TrialRow.policy, func.count())
+            .where(TrialRow.job_id == job_id, TrialRow.best_metric.is_not(None))
+            .group_by(TrialRow.policy)
+        ):
+            standings[policy]["_with_metric"] = with_metric
+        order = TrialRow.best_metric.desc() if descending else TrialRow.best_metric.asc()
+        rank = (
+            func.row_number()
+            .over(partition_by=TrialRow.policy, order_by=(order.nulls_last(), TrialRow.id))
+            .label("rank")
+        )
+        ranked = (
+            select(TrialRow.id, rank)
+            .where(TrialRow.job_id == job_id, TrialRow.epochs_done > 0)
+            .subquery()
+        )
+        rows = list(
+            session.scalars(
+                select(TrialRow)
+                .join(ranked, ranked.c.id == TrialRow.id)
+                .where(ranked.c.rank <= per_policy)
+                .order_by(TrialRow.policy, ranked.c.rank)
+            )
+        )
+        epochs: dict[int, list[TrialMetric]] = {row.id: [] for row in rows}
+        if rows:
+            for metric_row in session.scalars(
+                select(TrialMetricRow)
+                .where(TrialMetricRow.trial_id.in_(list(epochs)))
+                .order_by(TrialMetricRow.trial_id, TrialMetricRow.epoch)
+            ):
+                epochs[metric_row.trial_id].append(_trial_metric(metric_row))
+        for row in rows:
+            standing = standings[row.policy]
+            if standing["best_trial_id"] is None and row.best_metric is not None:
+                standing["best_trial_id"] = row.id  # rows come best first within a policy
+        result = []
+        for standing in standings.values():
+            counted = standing.pop("_with_metric")
+            total = standing.pop("_sum")
+            standing["mean_best_metric"] = total / counted if counted else None
+            result.append(standing)
+        return result, [(_trial(row), epochs[row.id]) for row in rows]
+
+    return store._run(work, write=False)
