@@ -550,7 +550,7 @@ class Store:
             found = session.execute(query).first()
             if found is None:
                 raise NotFoundError(f"no trial with id {trial_id}")
-            trial, metric_name, mode = found.tuple()
+            trial, metric_name, mode = found
             stored: set[int] = set()
             for start in range(0, len(results), _METRIC_ROWS_PER_INSERT):
                 chunk = results[start : start + _METRIC_ROWS_PER_INSERT]

@@ -1,0 +1,309 @@
+"""The store's functions on SQLite and PostgreSQL: jobs, leases, trials, results, best settings."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import pytest
+from lrtune.schemas.jobs import JobSpec, TrialMetric
+from lrtune.service.errors import ConflictError, InvalidInputError, NotFoundError
+from lrtune.service.store import Store, decode_cursor, encode_cursor
+
+
+def _spec(body: dict[str, Any], **changes: Any) -> JobSpec:
+    return JobSpec.model_validate({**body, **changes})
+
+
+def _trial(store: Store, job_id: int, policy: str = "fixed", ray_id: str | None = None) -> int:
+    trial = store.create_trial(
+        job_id=job_id,
+        policy=policy,
+        schedule={"policy": policy, "lr": 0.1},
+        search_config={"lr": 0.1},
+        seed=0,
+        ray_trial_id=ray_id,
+    )
+    return trial.id
+
+
+def _result(trial_id: int, epoch: int, accuracy: float, store: Store) -> None:
+    store.record_trial_result(
+        trial_id=trial_id,
+        epoch=epoch,
+        step=epoch * 10,
+        lr=0.1,
+        train_loss=1.0 / epoch,
+        val_loss=1.5 / epoch,
+        metrics={"val_accuracy": accuracy},
+        elapsed_s=float(epoch),
+    )
+
+
+def _running_job(store: Store, body: dict[str, Any], **changes: Any) -> int:
+    job, _ = store.create_job(spec=_spec(body, **changes))
+    claimed = store.claim_next_job(worker_id="w1", lease_seconds=60)
+    assert claimed is not None and claimed.id == job.id
+    return job.id
+
+
+def test_create_get_and_page_through_jobs(store: Store, job_body: dict[str, Any]) -> None:
+    ids = [store.create_job(spec=_spec(job_body, name=f"job {i}"))[0].id for i in range(5)]
+    job = store.get_job(ids[0])
+    assert job.status == "queued" and job.name == "job 0"
+    assert job.progress.planned == 4  # 2 policies x 2 trials
+    assert job.spec.metric is not None and job.spec.metric.mode == "max"
+
+    first = store.list_jobs(limit=2)
+    assert [j.id for j in first.items] == ids[::-1][:2]
+    second = store.list_jobs(limit=2, cursor=first.next_cursor)
+    third = store.list_jobs(limit=2, cursor=second.next_cursor)
+    assert [j.id for j in second.items + third.items] == ids[::-1][2:]
+    assert third.next_cursor is None
+
+
+def test_list_jobs_filters_by_status(store: Store, job_body: dict[str, Any]) -> None:
+    store.create_job(spec=_spec(job_body))
+    second, _ = store.create_job(spec=_spec(job_body))
+    store.cancel_job(second.id)
+    assert [j.id for j in store.list_jobs(status="cancelled").items] == [second.id]
+    assert len(store.list_jobs(status="queued").items) == 1
+
+
+def test_unknown_ids_are_not_found(store: Store) -> None:
+    with pytest.raises(NotFoundError):
+        store.get_job(12345)
+    with pytest.raises(NotFoundError):
+        store.get_trial(12345)
+    with pytest.raises(NotFoundError):
+        store.list_trial_metrics(trial_id=12345)
+    with pytest.raises(NotFoundError):
+        store.cancel_job(12345)
+
+
+def test_cursor_round_trips_and_garbage_is_invalid() -> None:
+    assert decode_cursor(encode_cursor(42)) == 42
+    for bad in ("", "!!", "aWQ6eA", encode_cursor(0), "MTIz"):
+        with pytest.raises(InvalidInputError) as caught:
+            decode_cursor(bad)
+        assert caught.value.field == "cursor"
+
+
+def test_idempotency_key_returns_the_same_job_or_conflicts(
+    store: Store, job_body: dict[str, Any]
+) -> None:
+    job, created = store.create_job(spec=_spec(job_body), idempotency_key="key-1")
+    again, created_again = store.create_job(spec=_spec(job_body), idempotency_key="key-1")
+    assert created and not created_again and again.id == job.id
+    with pytest.raises(ConflictError, match="different job spec"):
+        store.create_job(spec=_spec(job_body, name="other"), idempotency_key="key-1")
+    assert len(store.list_jobs().items) == 1
+
+
+def test_cancel_transitions(store: Store, job_body: dict[str, Any]) -> None:
+    queued, _ = store.create_job(spec=_spec(job_body))
+    assert store.cancel_job(queued.id).status == "cancelled"
+    assert store.cancel_job(queued.id).status == "cancelled"
+
+    running = _running_job(store, job_body)
+    assert store.cancel_job(running).status == "cancelling"
+    assert store.cancel_job(running).status == "cancelling"
+    assert store.is_cancel_requested(running)
+    # No new trial starts once the cancel has answered.
+    with pytest.raises(ConflictError):
+        _trial(store, running)
+    finished = store.mark_job_cancelled(job_id=running)
+    assert finished.status == "cancelled" and finished.finished_at is not None
+
+    done = _running_job(store, job_body)
+    store.mark_job_succeeded(job_id=done)
+    with pytest.raises(ConflictError, match="succeeded"):
+        store.cancel_job(done)
+
+
+def test_claim_heartbeat_and_lease_expiry(store: Store, job_body: dict[str, Any]) -> None:
+    first, _ = store.create_job(spec=_spec(job_body))
+    second, _ = store.create_job(spec=_spec(job_body))
+    claimed = store.claim_next_job(worker_id="a", lease_seconds=0.2)
+    assert claimed is not None and claimed.id == first.id  # oldest first
+    assert claimed.status == "running" and claimed.started_at is not None
+    assert store.mark_job_running(job_id=first.id, worker_id="a")
+    assert not store.mark_job_running(job_id=first.id, worker_id="b")
+    other = store.claim_next_job(worker_id="b", lease_seconds=60)
+    assert other is not None and other.id == second.id
+    assert store.claim_next_job(worker_id="c", lease_seconds=60) is None
+
+    assert store.heartbeat(job_id=first.id, worker_id="a", lease_seconds=0.2)
+    assert not store.heartbeat(job_id=first.id, worker_id="b", lease_seconds=60)
+    time.sleep(0.3)
+    # Worker a stopped heartbeating: its job goes to whoever claims next.
+    taken = store.claim_next_job(worker_id="c", lease_seconds=60)
+    assert taken is not None and taken.id == first.id
+    assert not store.heartbeat(job_id=first.id, worker_id="a", lease_seconds=60)
+
+
+def test_reclaim_expired_jobs(store: Store, job_body: dict[str, Any]) -> None:
+    running, _ = store.create_job(spec=_spec(job_body))
+    cancelling, _ = store.create_job(spec=_spec(job_body))
+    store.claim_next_job(worker_id="a", lease_seconds=0.1)
+    store.claim_next_job(worker_id="a", lease_seconds=0.1)
+    store.cancel_job(cancelling.id)
+    assert store.reclaim_expired_jobs() == 0
+    time.sleep(0.2)
+    assert store.reclaim_expired_jobs() == 2
+    assert store.get_job(running.id).status == "queued"
+    assert store.get_job(cancelling.id).status == "cancelled"
+
+
+def test_job_outcomes(store: Store, job_body: dict[str, Any]) -> None:
+    job = _running_job(store, job_body)
+    failed = store.mark_job_failed(job_id=job, error="workload crashed: out of memory")
+    assert failed.status == "failed" and failed.error == "workload crashed: out of memory"
+    with pytest.raises(ConflictError):
+        store.mark_job_succeeded(job_id=job)
+
+
+def test_create_trial_is_idempotent_on_the_ray_trial_id(
+    store: Store, job_body: dict[str, Any]
+) -> None:
+    job = _running_job(store, job_body)
+    first = _trial(store, job, ray_id="ray-1")
+    assert _trial(store, job, ray_id="ray-1") == first
+    assert _trial(store, job, ray_id="ray-2") != first
+    with pytest.raises(NotFoundError):
+        _trial(store, 9999)
+
+
+def test_trial_status_timestamps_and_node(store: Store, job_body: dict[str, Any]) -> None:
+    trial_id = _trial(store, _running_job(store, job_body))
+    assert store.get_trial(trial_id).status == "pending"
+    running = store.update_trial_status(trial_id=trial_id, status="running", node_id="node-7")
+    assert running.started_at is not None and running.node_id == "node-7"
+    failed = store.update_trial_status(trial_id=trial_id, status="failed", error="boom")
+    assert failed.finished_at is not None and failed.error == "boom"
+    with pytest.raises(InvalidInputError):
+        store.update_trial_status(trial_id=trial_id, status="exploded")
+
+
+def test_results_are_stored_once_and_track_last_and_best(
+    store: Store, job_body: dict[str, Any]
+) -> None:
+    trial_id = _trial(store, _running_job(store, job_body))
+    _result(trial_id, 1, 0.50, store)
+    _result(trial_id, 2, 0.80, store)
+    _result(trial_id, 2, 0.99, store)  # reported twice: the first report stands
+    _result(trial_id, 3, 0.70, store)
+    trial = store.get_trial(trial_id)
+    assert trial.epochs_done == 3
+    assert trial.last_metric == 0.70
+    assert trial.best_metric == 0.80  # mode max
+    rows = store.list_trial_metrics(trial_id=trial_id)
+    assert [r.epoch for r in rows] == [1, 2, 3]
+    assert rows[1].metrics == {"val_accuracy": 0.80}
+
+
+def test_best_metric_honours_mode_min(store: Store, job_body: dict[str, Any]) -> None:
+    job = _running_job(store, job_body, metric={"name": "val_loss", "mode": "min"})
+    trial_id = _trial(store, job)
+    for epoch in (1, 2, 3):
+        _result(trial_id, epoch, 0.5, store)  # val_loss = 1.5 / epoch
+    assert store.get_trial(trial_id).best_metric == pytest.approx(0.5)
+
+
+def test_non_finite_values_round_trip(store: Store, job_body: dict[str, Any]) -> None:
+    trial_id = _trial(store, _running_job(store, job_body))
+    store.record_trial_result(
+        trial_id=trial_id,
+        epoch=1,
+        step=10,
+        lr=math.inf,
+        train_loss=math.nan,
+        val_loss=-math.inf,
+        metrics={"val_accuracy": math.nan, "grad_norm": math.inf, "other": -math.inf},
+        elapsed_s=0.5,
+    )
+    [row] = store.list_trial_metrics(trial_id=trial_id)
+    assert row.lr == math.inf
+    assert row.train_loss is not None and math.isnan(row.train_loss)
+    assert row.val_loss == -math.inf
+    assert math.isnan(row.metrics["val_accuracy"])
+    assert row.metrics["grad_norm"] == math.inf and row.metrics["other"] == -math.inf
+    trial = store.get_trial(trial_id)
+    assert trial.last_metric is not None and math.isnan(trial.last_metric)
+    assert trial.best_metric is None  # NaN is never best
+
+
+def test_batch_of_results_in_one_call(store: Store, job_body: dict[str, Any]) -> None:
+    trial_id = _trial(store, _running_job(store, job_body))
+    results = [
+        TrialMetric(epoch=e, step=e, lr=0.1, metrics={"val_accuracy": e / 10}, elapsed_s=e)
+        for e in range(1, 8)
+    ]
+    trial = store.record_trial_results(trial_id=trial_id, results=results)
+    assert trial.epochs_done == 7 and trial.best_metric == pytest.approx(0.7)
+    assert len(store.list_trial_metrics(trial_id=trial_id)) == 7
+
+
+def test_progress_and_best_so_far(store: Store, job_body: dict[str, Any]) -> None:
+    job = _running_job(store, job_body)
+    a, b, c = _trial(store, job, "fixed"), _trial(store, job, "clr"), _trial(store, job, "clr")
+    _result(a, 1, 0.6, store)
+    _result(b, 1, 0.9, store)
+    store.update_trial_status(trial_id=a, status="completed")
+    store.update_trial_status(trial_id=b, status="running")
+    store.update_trial_status(trial_id=c, status="diverged")
+    got = store.get_job(job)
+    assert got.progress.model_dump() == {
+        "planned": 4,
+        "pending": 0,
+        "running": 1,
+        "completed": 1,
+        "pruned": 0,
+        "diverged": 1,
+        "failed": 0,
+    }
+    assert got.best is not None
+    assert (got.best.trial_id, got.best.policy, got.best.value) == (b, "clr", 0.9)
+
+
+def test_trials_page_with_filters(store: Store, job_body: dict[str, Any]) -> None:
+    job = _running_job(store, job_body)
+    ids = [_trial(store, job, "fixed" if i % 2 else "clr") for i in range(5)]
+    store.update_trial_status(trial_id=ids[0], status="completed")
+    page = store.list_trials(job_id=job, limit=3)
+    assert [t.id for t in page.items] == ids[::-1][:3]
+    rest = store.list_trials(job_id=job, limit=3, cursor=page.next_cursor)
+    assert [t.id for t in rest.items] == ids[::-1][3:] and rest.next_cursor is None
+    assert {t.id for t in store.list_trials(job_id=job, policy="fixed").items} == {ids[1], ids[3]}
+    assert [t.id for t in store.list_trials(job_id=job, status="completed").items] == [ids[0]]
+    with pytest.raises(NotFoundError):
+        store.list_trials(job_id=9999)
+
+
+def test_best_settings_across_succeeded_jobs(store: Store, job_body: dict[str, Any]) -> None:
+    def finished_job(values: dict[str, list[float]], *, succeed: bool = True) -> list[int]:
+        job = _running_job(store, job_body)
+        trial_ids = []
+        for policy, accuracies in values.items():
+            for accuracy in accuracies:
+                trial_id = _trial(store, job, policy)
+                _result(trial_id, 1, accuracy, store)
+                store.update_trial_status(trial_id=trial_id, status="completed")
+                trial_ids.append(trial_id)
+        if succeed:
+            store.mark_job_succeeded(job_id=job)
+        return trial_ids
+
+    first = finished_job({"fixed": [0.5, 0.7], "clr": [0.8]})
+    second = finished_job({"fixed": [0.75], "clr": [0.6]})
+    finished_job({"fixed": [0.99]}, succeed=False)  # a running job does not count
+
+    best = {b.policy: b for b in store.best_settings(workload="digits")}
+    assert best["fixed"].trial_id == second[0] and best["fixed"].value == 0.75
+    assert best["clr"].trial_id == first[2] and best["clr"].value == 0.8
+    assert best["clr"].schedule == {"policy": "clr", "lr": 0.1}
+    assert best["clr"].mode == "max" and best["clr"].metric == "val_accuracy"
+    assert [b.policy for b in store.best_settings(policy="clr")] == ["clr"]
+    assert store.best_settings(workload="mnist1d") == []
+    assert store.best_settings(metric="val_loss") == []
