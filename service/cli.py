@@ -71,6 +71,48 @@ def preview(
     err.print(f"wrote {plot}")
 
 
+@app.command("run-trial")
+def run_trial_command(
+    config_file: Annotated[
+        Path, typer.Argument(help="A trial config (JSON/YAML), or a list of them, run in order.")
+    ],
+    repeat: Annotated[int, typer.Option(min=1, help="Run the list this many times.")] = 1,
+) -> None:
+    """Train trials one after another in this process, with no Ray and no database.
+
+    For debugging a workload or schedule, and as the plain-loop baseline of the worker benchmark.
+    """
+    import time
+
+    from lrtune.schemas.trials import EpochResult, TrialConfig
+    from lrtune.workers.trial import run_trials_sequentially
+
+    data = _read_spec_file(config_file)
+    items = data if isinstance(data, list) else [data]
+    try:
+        configs = [TrialConfig.model_validate(item) for item in items] * repeat
+    except ValidationError as error:
+        _fail(_validation_summary(error))
+
+    def show_epoch(index: int, result: EpochResult) -> None:
+        metrics = " ".join(f"{name}={value:.4g}" for name, value in result.metrics.items())
+        typer.echo(
+            f"trial {index} epoch {result.epoch} step {result.step} lr={result.lr:.4g} "
+            f"train_loss={result.train_loss:.4g} val_loss={result.val_loss:.4g} {metrics}"
+        )
+
+    start = time.perf_counter()
+    outcomes = run_trials_sequentially(configs, on_epoch=show_epoch)
+    elapsed = time.perf_counter() - start
+    for index, outcome in enumerate(outcomes):
+        best = "n/a" if outcome.best_metric is None else f"{outcome.best_metric:.4g}"
+        error = f" error: {outcome.error}" if outcome.error else ""
+        typer.echo(f"trial {index}: {outcome.status}, best {outcome.metric}={best}{error}")
+    typer.echo(f"{len(outcomes)} trials in {elapsed:.2f} s")
+    if any(outcome.status == "failed" for outcome in outcomes):
+        raise typer.Exit(1)
+
+
 def _serve_api(settings: Settings, *, host: str, port: int) -> None:
     import uvicorn
     from lrtune.service.app import create_app

@@ -1,4 +1,4 @@
-"""`lrtune preview`: print or plot a schedule from a spec file."""
+"""Local `lrtune` commands that need no server: `preview` and `run-trial`."""
 
 from __future__ import annotations
 
@@ -74,3 +74,29 @@ def test_preview_values_match_the_library(tmp_path: Path) -> None:
     np.testing.assert_allclose(
         rates, learning_rates(parse_schedule(spec), np.arange(50)), rtol=1e-9
     )
+
+
+def test_run_trial_trains_in_process(tmp_path: Path) -> None:
+    config = {
+        "workload": {"name": "digits", "params": {"model": "mlp"}},
+        "optimizer": {"name": "sgd", "momentum": 0.9},
+        "schedule": {"policy": "fixed", "lr": 0.05},
+        "epochs": 2,
+    }
+    path = _write(tmp_path, "t.json", json.dumps([config, {**config, "seed": 1}]))
+    result = runner.invoke(app, ["run-trial", str(path)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count(" epoch ") == 4
+    assert "trial 1: completed, best val_accuracy=" in result.stdout
+    assert "2 trials in" in result.stdout
+
+
+def test_run_trial_rejects_a_bad_config_naming_the_field(tmp_path: Path) -> None:
+    config = {
+        "workload": {"name": "digits"},
+        "schedule": {"policy": "fixed", "lr": 0.1},
+        "epochs": 0,
+    }
+    result = runner.invoke(app, ["run-trial", str(_write(tmp_path, "t.json", json.dumps(config)))])
+    assert result.exit_code == 2
+    assert "epochs" in result.output
