@@ -1,0 +1,166 @@
+"""`lrtune worker`: the worker daemon with the real store behind it.
+
+The workers code never imports the service; this module is where the two meet. `StoreSink`
+writes a job's trials and epochs through the store (from the Ray Tune driver, never from trial
+actors), and `run_worker` claims and runs jobs. Run one worker process with
+`python -m lrtune.service.worker [--once] [--worker-id ID] [--num-cpus N]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+from typing import Any
+
+from lrtune.schemas.jobs import FINISHED_TRIAL_STATUSES
+from lrtune.schemas.trials import EpochResult
+from lrtune.service.errors import ConflictError
+from lrtune.service.settings import Settings
+from lrtune.service.store import Store
+from lrtune.workers.daemon import Lease, WorkerOptions, ensure_ray, run_worker_loop
+from lrtune.workers.results import FinishedStatus
+
+log = logging.getLogger(__name__)
+
+_TRIALS_PAGE = 500
+
+
+class StoreSink:
+    """A job's `ResultSink` over the store; trial keys are stored as the trials' ray_trial_id."""
+
+    def __init__(self, store: Store, *, job_id: int, lease: Lease | None = None) -> None:
+        self.store = store
+        self.job_id = job_id
+        self.lease = lease
+        self._trial_ids: dict[str, int] = {}
+        self._node_recorded: set[str] = set()
+
+    @property
+    def lease_lost(self) -> bool:
+        return self.lease is not None and self.lease.lost.is_set()
+
+    def on_trial_start(
+        self,
+        trial_key: str,
+        *,
+        policy: str,
+        schedule: dict[str, Any],
+        search_config: dict[str, Any],
+        seed: int,
+        node_id: str | None,
+    ) -> int | None:
+        try:
+            trial = self.store.create_trial(
+                job_id=self.job_id,
+                policy=policy,
+                schedule=schedule,
+                search_config=search_config,
+                seed=seed,
+                ray_trial_id=trial_key,
+            )
+        except ConflictError:
+            return None  # cancelled or finished: the store takes no new trial
+        if trial.status in FINISHED_TRIAL_STATUSES:
+            return None
+        self.store.update_trial_status(trial_id=trial.id, status="running", node_id=node_id)
+        self._trial_ids[trial_key] = trial.id
+        return trial.id
+
+    def on_epoch(self, trial_key: str, result: EpochResult, *, node_id: str | None) -> None:
+        trial_id = self._trial_ids.get(trial_key)
+        if trial_id is None:
+            return
+        if node_id is not None and trial_key not in self._node_recorded:
+            self.store.update_trial_status(trial_id=trial_id, status="running", node_id=node_id)
+            self._node_recorded.add(trial_key)
+        self.store.record_trial_result(
+            trial_id=trial_id,
+            epoch=result.epoch,
+            step=result.step,
+            lr=result.lr,
+            train_loss=result.train_loss,
+            val_loss=result.val_loss,
+            metrics=result.metrics,
+            elapsed_s=result.elapsed_s if math.isfinite(result.elapsed_s) else 0.0,
+        )
+
+    def on_trial_end(self, trial_key: str, *, status: FinishedStatus, error: str | None) -> None:
+        trial_id = self._trial_ids.pop(trial_key, None)
+        if trial_id is None:
+            trial_id = self._find_trial(trial_key)
+        if trial_id is not None:
+            self.store.update_trial_status(trial_id=trial_id, status=status, error=error)
+
+    def should_stop(self) -> bool:
+        return self.lease_lost or self.store.is_cancel_requested(self.job_id)
+
+    def finished_trial_keys(self) -> set[str]:
+        keys: set[str] = set()
+        cursor: str | None = None
+        while True:
+            page = self.store.list_trials(job_id=self.job_id, limit=_TRIALS_PAGE, cursor=cursor)
+            keys.update(
+                trial.ray_trial_id
+                for trial in page.items
+                if trial.ray_trial_id is not None and trial.status in FINISHED_TRIAL_STATUSES
+            )
+            if page.next_cursor is None:
+                return keys
+            cursor = page.next_cursor
+
+    def _find_trial(self, trial_key: str) -> int | None:
+        # An error can arrive for a trial this process never saw start (a failure on restore).
+        cursor: str | None = None
+        while True:
+            page = self.store.list_trials(job_id=self.job_id, limit=_TRIALS_PAGE, cursor=cursor)
+            for trial in page.items:
+                if trial.ray_trial_id == trial_key:
+                    return trial.id
+            if page.next_cursor is None:
+                return None
+            cursor = page.next_cursor
+
+
+def run_worker(
+    settings: Settings,
+    *,
+    worker_id: str | None = None,
+    once: bool = False,
+    num_cpus: int | None = None,
+    store: Store | None = None,
+) -> None:
+    """Claim and run jobs from the database `settings` names, on the Ray cluster at
+    RAY_ADDRESS (or a local Ray sized to the machine, or `num_cpus`); with `once`, run at most
+    one claimable job and return. Ray Tune state goes under LRTUNE_HOME/ray."""
+    own_store = store is None
+    store = store if store is not None else Store.from_settings(settings)
+    ensure_ray(address=settings.ray_address, num_cpus=num_cpus)
+    options = WorkerOptions(
+        storage_path=settings.home_dir / "ray",
+        worker_id=worker_id or "",
+        lease_seconds=settings.job_lease_seconds,
+    )
+
+    def make_sink(job_id: int, lease: Lease) -> StoreSink:
+        return StoreSink(store, job_id=job_id, lease=lease)
+
+    try:
+        run_worker_loop(store, make_sink=make_sink, options=options, once=once)
+    finally:
+        if own_store:
+            store.dispose()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="lrtune-worker", description=__doc__)
+    parser.add_argument("--once", action="store_true", help="Run at most one job, then exit.")
+    parser.add_argument("--worker-id", default=None, help="Default: host:pid:random.")
+    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray.")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    run_worker(Settings(), worker_id=args.worker_id, once=args.once, num_cpus=args.num_cpus)
+
+
+if __name__ == "__main__":
+    main()

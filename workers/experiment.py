@@ -1,0 +1,469 @@
+"""A job spec as one Ray Tune experiment: per-policy search spaces, equal budgets, seeds, ASHA.
+
+Design: one Tuner per job, whose search algorithm is `EqualBudgetSearcher`. It hands out exactly
+`trials_per_policy` trials for each policy, round robin (so concurrent slots mix policies and a
+cancelled or failed job has spent its budget evenly), each trial's point coming from that
+policy's own space: random (Tune domains sampled from a seed derived from the job's seed, the
+policy and the trial's index: the same job gives the same points whatever the timing), grid
+(an evenly thinned Cartesian product) or tpe (one OptunaSearch per policy, so TPE never moves
+budget from one policy to another). The policy is part of each trial's config, so ASHA ranks
+all of them together and Ray Tune's experiment state covers the whole job (Tuner.restore).
+
+Seeds: the i-th trial of every policy gets the same seed (common random numbers), so two
+policies are compared on the same initialisations and batch orders.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+import pickle
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from lrtune.schemas.jobs import JobSpec, LrBounds, PolicySearch
+from lrtune.schemas.search import (
+    DEFAULT_SEARCH_SPACES,
+    Choice,
+    Domain,
+    IntRange,
+    LogUniform,
+    Uniform,
+    field_of,
+    resolve_schedule,
+    validate_search_space,
+)
+from lrtune.workers.results import CancelStopper, RecordResults, sink_for
+from lrtune.workers.trainable import make_trainable
+from pydantic import ValidationError
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.search import Searcher
+from ray.tune.search.sample import Domain as TuneDomain
+
+log = logging.getLogger(__name__)
+
+# Per-trial CSV/JSON/TensorBoard files nobody reads cost time on every result; results go to SQL.
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+# Experiment snapshots (what Tuner.restore resumes from) every 2 s instead of Tune's adaptive
+# 10 s or more, so a worker killed mid-job loses at most a couple of seconds of bookkeeping.
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+# The result grid Tuner.fit returns reads those files and warns for every trial; SQL has it all.
+logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+
+# Fields that carry a schedule's peak rate; explicit lr_bounds replace their default domains.
+_PEAK_RATE_FIELDS = ("lr", "max_lr", "eta_max")
+# Seeds are stored in a 32-bit SQL integer.
+_SEED_LIMIT = 2**31 - 1
+# Points per continuous dimension in a grid never go above this (budgets are small anyway).
+_MAX_GRID_POINTS_PER_DIM = 16
+# A trial that raises (a bug in user code, a node lost) is retried once before it is recorded
+# as failed; deterministic errors just fail twice, quickly.
+MAX_TRIAL_FAILURES = 1
+
+
+_DOMAIN_TYPES = (Choice, Uniform, LogUniform, IntRange)
+
+
+@dataclass(frozen=True)
+class PolicySpace:
+    """One policy's search space: fixed fields and searched fields (domains)."""
+
+    policy: str
+    fixed: dict[str, Any]
+    domains: dict[str, Domain]
+
+
+def policy_space(entry: PolicySearch, *, lr_bounds: LrBounds | None = None) -> PolicySpace:
+    """The policy's default space (GET /v1/policies), overridden key by key by the job's.
+
+    A job that sets `step_size_epochs` replaces the default's `step_size_frac` (same field).
+    Explicit `lr_bounds` recentre the default peak-rate domains on [min, max] (clr's base_lr
+    on [min/10, min]); fields the job sets itself are left as given.
+    """
+    policy = entry.policy
+    default = dict(DEFAULT_SEARCH_SPACES[policy])
+    override = dict(entry.search or {})
+    overridden_fields = {field_of(policy, key)[0] for key in override}
+    merged = {
+        key: value
+        for key, value in default.items()
+        if field_of(policy, key)[0] not in overridden_fields
+    }
+    if lr_bounds is not None:
+        for key in merged:
+            if key in _PEAK_RATE_FIELDS:
+                merged[key] = {"loguniform": [lr_bounds.min, lr_bounds.max]}
+            elif policy == "clr" and key == "base_lr":
+                merged[key] = {"loguniform": [lr_bounds.min / 10, lr_bounds.min]}
+    merged.update(override)
+    parsed = validate_search_space(policy, merged)
+    domains = {k: v for k, v in parsed.items() if isinstance(v, _DOMAIN_TYPES)}
+    fixed = {k: v for k, v in parsed.items() if k not in domains}
+    return PolicySpace(policy=policy, fixed=fixed, domains=domains)
+
+
+def to_tune_domain(domain: Domain) -> TuneDomain:
+    """Our domain as a Tune domain. Choices become a choice of indices (Optuna only takes
+    scalars, and some choices are lists, e.g. milestones); `int` bounds are inclusive in our
+    contract and Tune's randint excludes its upper bound."""
+    if isinstance(domain, Choice):
+        return tune.choice(list(range(len(domain.choice))))
+    if isinstance(domain, Uniform):
+        return tune.uniform(*domain.uniform)
+    if isinstance(domain, LogUniform):
+        return tune.loguniform(*domain.loguniform)
+    low, high = domain.int
+    return tune.randint(low, high + 1)
+
+
+def tune_space(space: PolicySpace) -> dict[str, TuneDomain]:
+    return {key: to_tune_domain(domain) for key, domain in space.domains.items()}
+
+
+def decode_point(space: PolicySpace, encoded: dict[str, Any]) -> dict[str, Any]:
+    """A full point (fixed fields included) from values of the Tune domains."""
+    point = dict(space.fixed)
+    for key, domain in space.domains.items():
+        value = _plain(encoded[key])
+        point[key] = domain.choice[int(value)] if isinstance(domain, Choice) else value
+    return point
+
+
+def trial_seed(base_seed: int, index: int) -> int:
+    """The seed of the index-th trial of every policy, from the job's search seed."""
+    state = np.random.SeedSequence([base_seed, index]).generate_state(1)[0]
+    return int(state) % _SEED_LIMIT
+
+
+def random_point(space: PolicySpace, *, base_seed: int, index: int) -> dict[str, Any]:
+    """The index-th random point of a policy: depends on nothing but (seed, policy, index)."""
+    rng = np.random.default_rng([base_seed, zlib.crc32(space.policy.encode()), index])
+    encoded = {key: domain.sample(random_state=rng) for key, domain in tune_space(space).items()}
+    return decode_point(space, encoded)
+
+
+def grid_points(space: PolicySpace, *, budget: int) -> list[dict[str, Any]]:
+    """`budget` points of a grid: choices and small int ranges in full, continuous ranges on
+    k evenly spaced values (k as small as gives at least `budget` points); the product is
+    thinned evenly when larger, and repeated (with new seeds) when smaller."""
+    discrete: dict[str, list[Any]] = {}
+    continuous: list[str] = []
+    for key, domain in space.domains.items():
+        if isinstance(domain, Choice):
+            discrete[key] = list(range(len(domain.choice)))
+        elif isinstance(domain, IntRange) and domain.int[1] - domain.int[0] < budget:
+            discrete[key] = list(range(domain.int[0], domain.int[1] + 1))
+        else:
+            continuous.append(key)
+    n_discrete = math.prod(len(values) for values in discrete.values())
+    k = 1
+    if continuous:
+        k = max(2, math.ceil((budget / n_discrete) ** (1 / len(continuous))))
+        k = min(k, _MAX_GRID_POINTS_PER_DIM)
+    axes: dict[str, list[Any]] = dict(discrete)
+    for key in continuous:
+        axes[key] = _grid_axis(space.domains[key], k)
+    keys = list(axes)
+    product = [dict(zip(keys, values, strict=True)) for values in itertools.product(*axes.values())]
+    if len(product) >= budget:
+        chosen = [product[(i * len(product)) // budget] for i in range(budget)]
+    else:
+        chosen = [product[i % len(product)] for i in range(budget)]
+    return [decode_point(space, encoded) for encoded in chosen]
+
+
+def _grid_axis(domain: Domain, k: int) -> list[Any]:
+    if isinstance(domain, Uniform):
+        low, high = domain.uniform
+        return [float(v) for v in np.linspace(low, high, k)]
+    if isinstance(domain, LogUniform):
+        low, high = domain.loguniform
+        return [float(v) for v in np.geomspace(low, high, k)]
+    assert isinstance(domain, IntRange)
+    first, last = domain.int
+    return sorted({round(float(v)) for v in np.linspace(first, last, k)})
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars as Python numbers (they go to JSON and to pydantic)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+@dataclass
+class _SearchState:
+    suggested: dict[str, int] = field(default_factory=dict)
+    # Tune trial id -> policy, for routing TPE feedback to that policy's searcher.
+    owner: dict[str, str] = field(default_factory=dict)
+
+
+class EqualBudgetSearcher(Searcher):
+    """Exactly `trials_per_policy` trials per policy, round robin, points per `algorithm`.
+
+    Each suggestion is a trial config: `trial_key` ("<policy>-<index>", stable across
+    restores), `policy`, `index`, `seed`, `point` (the sampled search-space point, durations
+    still in epochs or fractions) and `schedule` (resolved in steps) or `schedule_error`.
+    Suggests nothing once the job must stop (cancellation).
+    """
+
+    def __init__(
+        self,
+        *,
+        job_key: str,
+        spaces: list[PolicySpace],
+        trials_per_policy: int,
+        algorithm: str,
+        seed: int,
+        metric: str,
+        mode: str,
+        steps_per_epoch: int,
+        epochs: int,
+    ) -> None:
+        super().__init__(metric=metric, mode=mode)
+        self.job_key = job_key
+        self.spaces = {space.policy: space for space in spaces}
+        self.order = [space.policy for space in spaces]
+        self.trials_per_policy = trials_per_policy
+        self.algorithm = algorithm
+        self.seed = seed
+        self.steps_per_epoch = steps_per_epoch
+        self.epochs = epochs
+        self.state = _SearchState(suggested=dict.fromkeys(self.order, 0))
+        self._grids: dict[str, list[dict[str, Any]]] = {}
+        self._tpe: dict[str, Any] = {}
+        if algorithm == "tpe":
+            self._tpe = {space.policy: self._optuna(space) for space in spaces if space.domains}
+
+    def _optuna(self, space: PolicySpace) -> Any:
+        from ray.tune.search.optuna import OptunaSearch
+
+        return OptunaSearch(
+            space=tune_space(space),  # type: ignore[arg-type]  # Tune domains are converted
+            metric=self._metric,
+            mode=self._mode,
+            seed=(self.seed * 1_000_003 + zlib.crc32(space.policy.encode())) % _SEED_LIMIT,
+        )
+
+    def set_search_properties(
+        self, metric: str | None, mode: str | None, config: dict[str, Any], **spec: Any
+    ) -> bool:
+        # The metric and mode come from the job spec; the space from the policies.
+        return True
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        remaining = [p for p in self.order if self.state.suggested[p] < self.trials_per_policy]
+        if not remaining or sink_for(self.job_key).should_stop():
+            return Searcher.FINISHED  # type: ignore[return-value]  # Tune's sentinel string
+        # Round robin: the policy with the fewest trials so far, in the job's order.
+        policy = min(remaining, key=lambda p: self.state.suggested[p])
+        index = self.state.suggested[policy]
+        self.state.suggested[policy] = index + 1
+        self.state.owner[trial_id] = policy
+        space = self.spaces[policy]
+        point = self._point(space, index=index, trial_id=trial_id)
+        config: dict[str, Any] = {
+            "trial_key": f"{policy}-{index}",
+            "policy": policy,
+            "index": index,
+            "seed": trial_seed(self.seed, index),
+            "steps_per_epoch": self.steps_per_epoch,
+            "point": point,
+            "schedule": None,
+            "schedule_error": None,
+        }
+        try:
+            schedule = resolve_schedule(
+                policy,
+                point,
+                steps_per_epoch=self.steps_per_epoch,
+                total_steps=self.steps_per_epoch * self.epochs,
+            )
+            config["schedule"] = schedule.model_dump(mode="json")
+        except (ValidationError, ValueError) as error:
+            config["schedule_error"] = _first_problem(error)
+        return config
+
+    def _point(self, space: PolicySpace, *, index: int, trial_id: str) -> dict[str, Any]:
+        if not space.domains:
+            return dict(space.fixed)
+        if self.algorithm == "grid":
+            if space.policy not in self._grids:
+                self._grids[space.policy] = grid_points(space, budget=self.trials_per_policy)
+            return self._grids[space.policy][index]
+        if self.algorithm == "tpe":
+            return decode_point(space, self._tpe[space.policy].suggest(trial_id))
+        return random_point(space, base_seed=self.seed, index=index)
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        searcher = self._tpe.get(self.state.owner.get(trial_id, ""))
+        if searcher is not None and self._metric in result:
+            searcher.on_trial_result(trial_id, result)
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+    ) -> None:
+        searcher = self._tpe.get(self.state.owner.get(trial_id, ""))
+        if searcher is not None and trial_id in searcher._ot_trials:
+            value = (result or {}).get(str(self._metric))
+            # Optuna refuses NaN/inf; a diverged trial is a failure to TPE, not a number.
+            if value is not None and not math.isfinite(float(value)):
+                result, error = None, True
+            searcher.on_trial_complete(trial_id, result=result, error=error)
+
+    def get_state(self) -> dict[str, Any]:
+        return {"state": self.state, "tpe": self._tpe}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.state = state["state"]
+        self._tpe = state["tpe"]
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as file:
+            pickle.dump(self.get_state(), file)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as file:
+            self.set_state(pickle.load(file))
+
+
+def _first_problem(error: Exception) -> str:
+    if isinstance(error, ValidationError):
+        problem = error.errors()[0]
+        where = ".".join(str(part) for part in problem["loc"][1:]) or "schedule"
+        return f"{where}: {problem['msg']}"
+    return str(error)
+
+
+@dataclass(frozen=True)
+class ExperimentPlan:
+    """Everything a job's Tuner is built from; made in the driver, cheap to rebuild."""
+
+    job_key: str
+    spec: JobSpec
+    spaces: list[PolicySpace]
+    steps_per_epoch: int
+    path: Path
+
+    @property
+    def total_trials(self) -> int:
+        return len(self.spaces) * self.spec.budget.trials_per_policy
+
+
+def plan_experiment(
+    spec: JobSpec, *, job_key: str, storage_path: Path, steps_per_epoch: int | None = None
+) -> ExperimentPlan:
+    """The job's search spaces and where its Tune state lives (`storage_path`/job-<key>).
+
+    `steps_per_epoch` defaults to the workload's own (built once here, in the driver).
+    """
+    if spec.kind != "search":
+        raise ValueError(f"a {spec.kind} job is not a Ray Tune search")
+    bounds = spec.lr_bounds if isinstance(spec.lr_bounds, LrBounds) else None
+    if spec.lr_bounds == "auto":
+        log.warning("lr_bounds 'auto' needs a range test; job %s uses default spaces", job_key)
+    spaces = [policy_space(entry, lr_bounds=bounds) for entry in spec.policies]
+    if steps_per_epoch is None:
+        steps_per_epoch = workload_steps_per_epoch(spec)
+    return ExperimentPlan(
+        job_key=job_key,
+        spec=spec,
+        spaces=spaces,
+        steps_per_epoch=steps_per_epoch,
+        path=Path(storage_path) / f"job-{job_key}",
+    )
+
+
+def workload_steps_per_epoch(spec: JobSpec) -> int:
+    """Optimizer steps per epoch of the job's workload; builds it once (data and model)."""
+    from lrtune.workers.workloads import build_workload
+
+    target = spec.workload.name if spec.workload.name is not None else spec.workload.entrypoint
+    assert target is not None  # WorkloadSpec guarantees one of the two
+    return build_workload(target, spec.workload.params, seed=spec.search.seed).steps_per_epoch
+
+
+def make_scheduler(spec: JobSpec) -> TrialScheduler:
+    """ASHA on epochs when the job asks for early stopping, else first-in first-out."""
+    stopping = spec.early_stopping
+    if stopping.kind != "asha" or spec.budget.epochs <= stopping.grace_epochs:
+        return FIFOScheduler()
+    # Metric and mode come from TuneConfig (Tune refuses them twice).
+    return ASHAScheduler(
+        time_attr="training_iteration",
+        max_t=spec.budget.epochs,
+        grace_period=stopping.grace_epochs,
+        reduction_factor=stopping.reduction_factor,
+    )
+
+
+def build_tuner(plan: ExperimentPlan, *, skip_keys: set[str] | None = None) -> tune.Tuner:
+    """A new Tuner for the plan, or the restored one when its experiment state exists.
+
+    Restored: finished trials stay finished, unfinished ones run again from their start (the
+    trial function keeps no checkpoint: an epoch here costs about what a checkpoint would),
+    errored ones stay failed. `skip_keys` are trials the database has as finished although
+    Tune's last snapshot had them running; they return at once instead of training again.
+    """
+    trainable = make_trainable(plan.spec, skip_keys=skip_keys or ())
+    path = str(plan.path)
+    if tune.Tuner.can_restore(path):
+        log.info("resuming job %s from %s", plan.job_key, path)
+        return tune.Tuner.restore(
+            path, trainable, resume_unfinished=True, resume_errored=False, restart_errored=False
+        )
+    spec = plan.spec
+    searcher = EqualBudgetSearcher(
+        job_key=plan.job_key,
+        spaces=plan.spaces,
+        trials_per_policy=spec.budget.trials_per_policy,
+        algorithm=spec.search.algorithm,
+        seed=spec.search.seed,
+        metric=spec.metric_name,
+        mode=spec.metric_mode,
+        steps_per_epoch=plan.steps_per_epoch,
+        epochs=spec.budget.epochs,
+    )
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            metric=spec.metric_name,
+            mode=spec.metric_mode,
+            search_alg=searcher,
+            scheduler=make_scheduler(spec),
+            # The searcher ends the experiment after the last policy's budget; Tune must not
+            # stop asking earlier.
+            num_samples=-1,
+            max_concurrent_trials=spec.budget.max_concurrent_trials,
+            # One actor per concurrent slot for the whole job: no process start per trial.
+            reuse_actors=True,
+            trial_name_creator=trial_name,
+            trial_dirname_creator=trial_name,
+        ),
+        run_config=tune.RunConfig(
+            name=plan.path.name,
+            storage_path=str(plan.path.parent),
+            callbacks=[RecordResults(job_key=plan.job_key, epochs=spec.budget.epochs)],
+            stop=CancelStopper(job_key=plan.job_key),
+            failure_config=tune.FailureConfig(max_failures=MAX_TRIAL_FAILURES),
+            checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
+            verbose=0,
+        ),
+    )
+
+
+def trial_name(trial: Any) -> str:
+    """Short trial names and folders (Tune's default spells the whole config out)."""
+    return str(trial.config["trial_key"])
+
+
+def run_experiment(plan: ExperimentPlan) -> tune.ResultGrid:
+    """Run (or resume) the job's experiment to its end; the sink of `plan.job_key` must be
+    registered (`lrtune.workers.results.sink_registered`)."""
+    skip = sink_for(plan.job_key).finished_trial_keys()
+    tuner = build_tuner(plan, skip_keys=skip)
+    return tuner.fit()

@@ -1,0 +1,276 @@
+"""Results of a Ray Tune experiment, written from the driver: the `ResultSink` the workers code
+writes through, and `RecordResults`, the Tune callback that feeds it.
+
+Trial actors never open database connections: each trial reports its epochs with `tune.report`,
+Tune hands them to this callback in the driver process, and the callback calls the sink (the
+service wires the store behind it, see `lrtune.service.worker`). Every write is idempotent on
+the trial key and on (trial, epoch), so a result Tune delivers twice after a restore lands once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Literal, Protocol
+
+from lrtune.schemas.trials import EpochResult
+from ray.tune import Callback, Stopper
+
+log = logging.getLogger(__name__)
+
+# Keys of the dict a trial reports each epoch (besides the workload's metrics, flattened in).
+EPOCH_KEYS = ("epoch", "step", "lr", "train_loss", "val_loss", "elapsed_s")
+# Set on the one extra result a trial sends when it diverged: the trial function returns after
+# reporting the epoch, so only a further result can tell the driver how the trial ended.
+OUTCOME_KEY = "lrtune_outcome"
+NODE_KEY = "node_id"
+# A comma-separated list of the workload metrics flattened into the result.
+METRIC_NAMES_KEY = "metric_names"
+
+FinishedStatus = Literal["completed", "pruned", "diverged", "failed"]
+CANCELLED_ERROR = "stopped: the job was cancelled"
+
+
+class ResultSink(Protocol):
+    """Where an experiment's trials and epochs go; `trial_key` is stable across restores."""
+
+    def on_trial_start(
+        self,
+        trial_key: str,
+        *,
+        policy: str,
+        schedule: dict[str, Any],
+        search_config: dict[str, Any],
+        seed: int,
+        node_id: str | None,
+    ) -> int | None:
+        """Record the trial as running; its id, or None when it must not run (job cancelled)."""
+        ...
+
+    def on_epoch(self, trial_key: str, result: EpochResult, *, node_id: str | None) -> None:
+        """Record one epoch; the same (trial, epoch) twice is stored once."""
+        ...
+
+    def on_trial_end(self, trial_key: str, *, status: FinishedStatus, error: str | None) -> None:
+        """Record how the trial ended."""
+        ...
+
+    def should_stop(self) -> bool:
+        """True once the job must end: cancellation requested, or this worker lost the lease."""
+        ...
+
+    def finished_trial_keys(self) -> set[str]:
+        """Keys of the trials already finished in the database (not to be run again)."""
+        ...
+
+
+# A Tuner pickles its callbacks, stopper and search algorithm into the experiment folder (and
+# Tuner.restore unpickles them), so they must not hold a database-backed sink. They hold the
+# job's key instead and look the sink up here, where the daemon registers it for the run.
+_SINKS: dict[str, ResultSink] = {}
+_SINKS_LOCK = threading.Lock()
+
+
+@contextmanager
+def sink_registered(job_key: str, sink: ResultSink) -> Iterator[ResultSink]:
+    """Make `sink` the one the callback, stopper and searcher of `job_key` write to."""
+    with _SINKS_LOCK:
+        _SINKS[job_key] = sink
+    try:
+        yield sink
+    finally:
+        with _SINKS_LOCK:
+            _SINKS.pop(job_key, None)
+
+
+def sink_for(job_key: str) -> ResultSink:
+    with _SINKS_LOCK:
+        sink = _SINKS.get(job_key)
+    if sink is None:
+        raise RuntimeError(f"no result sink is registered for job {job_key}")
+    return sink
+
+
+def epoch_metrics(result: EpochResult, *, node_id: str | None) -> dict[str, Any]:
+    """The flat dict a trial passes to `tune.report` for one epoch."""
+    return {
+        **result.metrics,
+        "epoch": result.epoch,
+        "step": result.step,
+        "lr": result.lr,
+        "train_loss": result.train_loss,
+        "val_loss": result.val_loss,
+        "elapsed_s": result.elapsed_s,
+        METRIC_NAMES_KEY: ",".join(sorted(result.metrics)),
+        NODE_KEY: node_id,
+    }
+
+
+def parse_epoch(result: dict[str, Any]) -> EpochResult:
+    """Inverse of `epoch_metrics`: the EpochResult inside a result Tune delivered."""
+    names = [name for name in str(result.get(METRIC_NAMES_KEY, "")).split(",") if name]
+    return EpochResult(
+        epoch=int(result["epoch"]),
+        step=int(result["step"]),
+        lr=float(result["lr"]),
+        train_loss=float(result["train_loss"]),
+        val_loss=float(result["val_loss"]),
+        metrics={name: float(result[name]) for name in names},
+        elapsed_s=float(result["elapsed_s"]),
+    )
+
+
+class RecordResults(Callback):
+    """Tune callback: trial start, every epoch, completion, pruning and errors go to the sink.
+
+    A trial that ends before `epochs` without having diverged was stopped by the scheduler
+    (ASHA), hence "pruned"; unless the job was being cancelled, then it is "failed" with the
+    reason. Trials the database already lists as finished (completed before a worker died, but
+    after Tune's last experiment snapshot) are ignored: the trainable skips them too.
+    """
+
+    def __init__(self, *, job_key: str, epochs: int) -> None:
+        self.job_key = job_key
+        self.epochs = epochs
+        self._started: set[str] = set()
+        self._ignored: set[str] = set()
+        self._diverged: set[str] = set()
+        self._last_epoch: dict[str, int] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickled into the experiment folder before anything ran: keep only the configuration.
+        return {"job_key": self.job_key, "epochs": self.epochs}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(job_key=state["job_key"], epochs=state["epochs"])  # type: ignore[misc]
+
+    @property
+    def sink(self) -> ResultSink:
+        return sink_for(self.job_key)
+
+    def setup(
+        self,
+        stop: Stopper | None = None,
+        num_samples: int | None = None,
+        total_num_samples: int | None = None,
+        **info: Any,
+    ) -> None:
+        self._ignored |= self.sink.finished_trial_keys()
+
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        key = trial_key_of(trial)
+        if key in self._ignored:
+            return
+        config = trial.config
+        trial_id = self.sink.on_trial_start(
+            key,
+            policy=config["policy"],
+            schedule=config.get("schedule") or {"policy": config["policy"]},
+            search_config=config["point"],
+            seed=int(config["seed"]),
+            node_id=None,
+        )
+        if trial_id is None:
+            # The job was cancelled between Tune choosing the trial and starting it: nothing
+            # is recorded, and the stopper ends it at its first result.
+            self._ignored.add(key)
+            return
+        self._started.add(key)
+
+    def on_trial_result(
+        self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
+    ) -> None:
+        key = trial_key_of(trial)
+        if key in self._ignored or key not in self._started:
+            return
+        if result.get(OUTCOME_KEY) == "diverged":
+            self._diverged.add(key)
+        if "epoch" not in result or int(result["epoch"]) <= self._last_epoch.get(key, 0):
+            return  # the trial's closing result repeats its last epoch
+        epoch = parse_epoch(result)
+        self._last_epoch[key] = epoch.epoch
+        self.sink.on_epoch(key, epoch, node_id=result.get(NODE_KEY))
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        key = trial_key_of(trial)
+        if key in self._ignored or key not in self._started:
+            return
+        self._started.discard(key)
+        if key in self._diverged:
+            self.sink.on_trial_end(key, status="diverged", error=None)
+        elif self._last_epoch.get(key, 0) >= self.epochs:
+            self.sink.on_trial_end(key, status="completed", error=None)
+        elif self.sink.should_stop():
+            self.sink.on_trial_end(key, status="failed", error=CANCELLED_ERROR)
+        else:
+            self.sink.on_trial_end(key, status="pruned", error=None)
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        key = trial_key_of(trial)
+        if key in self._ignored:
+            return
+        self._started.discard(key)
+        self.sink.on_trial_end(key, status="failed", error=error_message(trial))
+
+    def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
+        # Trials still running when the experiment stops early were stopped by cancellation
+        # (a worker that lost its lease leaves them to the worker that resumes the job).
+        sink = self.sink
+        if not self._started or not sink.should_stop() or getattr(sink, "lease_lost", False):
+            return
+        for key in sorted(self._started):
+            sink.on_trial_end(key, status="failed", error=CANCELLED_ERROR)
+        self._started.clear()
+
+
+class CancelStopper(Stopper):
+    """Stops every trial, and the experiment, once the sink says the job must stop.
+
+    Tune asks after every result and every loop step; the database is asked at most every
+    `poll_s` seconds, and once the answer is yes it stays yes.
+    """
+
+    def __init__(self, *, job_key: str, poll_s: float = 0.5) -> None:
+        self.job_key = job_key
+        self.poll_s = poll_s
+        self._stopped = False
+        self._checked_at = -math.inf
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"job_key": self.job_key, "poll_s": self.poll_s}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(job_key=state["job_key"], poll_s=state["poll_s"])  # type: ignore[misc]
+
+    def _should_stop(self) -> bool:
+        now = time.monotonic()
+        if not self._stopped and now - self._checked_at >= self.poll_s:
+            self._checked_at = now
+            self._stopped = sink_for(self.job_key).should_stop()
+        return self._stopped
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return self._should_stop()
+
+    def stop_all(self) -> bool:
+        return self._should_stop()
+
+
+def trial_key_of(trial: Any) -> str:
+    """The stable key of a Tune trial: set by the searcher, the same after a restore."""
+    return str(trial.config["trial_key"])
+
+
+def error_message(trial: Any) -> str:
+    """The last line of the trial's error (the exception and its message), else a fallback."""
+    try:
+        error = trial.get_error()
+    except Exception:  # the error file may be gone; the status still matters more
+        error = None
+    text = str(error) if error is not None else ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "the trial failed (Ray Tune recorded no error message)"
