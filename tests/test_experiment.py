@@ -1,0 +1,189 @@
+"""Job spec -> experiment plan, without a Ray cluster: search spaces, seeds, equal budgets."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from lrtune.schemas.jobs import JobSpec, LrBounds, PolicySearch
+from lrtune.schemas.search import Choice, IntRange, LogUniform, Uniform
+from lrtune.workers.experiment import (
+    EqualBudgetSearcher,
+    grid_points,
+    plan_experiment,
+    policy_space,
+    random_point,
+    to_tune_domain,
+    trial_seed,
+)
+from lrtune.workers.results import sink_registered
+from ray.tune.search import Searcher
+
+
+class _NeverStop:
+    """A sink that only answers should_stop (the searcher asks nothing else)."""
+
+    def __init__(self) -> None:
+        self.stop = False
+
+    def should_stop(self) -> bool:
+        return self.stop
+
+
+def _spec(**overrides: Any) -> JobSpec:
+    data: dict[str, Any] = {
+        "workload": {"name": "digits"},
+        "policies": ["fixed", "exponential", "clr", "sgdr"],
+        "budget": {"epochs": 3, "trials_per_policy": 3, "max_concurrent_trials": 2},
+        "search": {"algorithm": "random", "seed": 7},
+    }
+    data.update(overrides)
+    return JobSpec.model_validate(data)
+
+
+def _searcher(spec: JobSpec, *, job_key: str = "1") -> EqualBudgetSearcher:
+    plan = plan_experiment(spec, job_key=job_key, storage_path=Path("/unused"), steps_per_epoch=22)
+    return EqualBudgetSearcher(
+        job_key=job_key,
+        spaces=plan.spaces,
+        trials_per_policy=spec.budget.trials_per_policy,
+        algorithm=spec.search.algorithm,
+        seed=spec.search.seed,
+        metric=spec.metric_name,
+        mode=spec.metric_mode,
+        steps_per_epoch=plan.steps_per_epoch,
+        epochs=spec.budget.epochs,
+    )
+
+
+def _drain(searcher: EqualBudgetSearcher, sink: object, *, job_key: str = "1") -> list[Any]:
+    configs = []
+    with sink_registered(job_key, sink):  # type: ignore[arg-type]
+        for n in range(1000):
+            config = searcher.suggest(f"t{n}")
+            if config == Searcher.FINISHED:
+                return configs
+            configs.append(config)
+    raise AssertionError("the searcher never finished")
+
+
+def test_job_space_overrides_the_default_field_by_field() -> None:
+    entry = PolicySearch(policy="clr", search={"max_lr": 0.5, "step_size_epochs": 2})
+    space = policy_space(entry)
+    assert space.fixed["max_lr"] == 0.5
+    # step_size_epochs replaces the default's step_size_frac; the rest of the default stays.
+    assert "step_size_frac" not in space.domains and space.fixed["step_size_epochs"] == 2
+    assert set(space.domains) == {"base_lr", "mode", "gamma"}
+
+
+def test_explicit_lr_bounds_recentre_the_default_rates() -> None:
+    space = policy_space(PolicySearch(policy="clr"), lr_bounds=LrBounds(min=0.01, max=0.3))
+    assert space.domains["max_lr"] == LogUniform(loguniform=(0.01, 0.3))
+    assert space.domains["base_lr"] == LogUniform(loguniform=(0.001, 0.01))
+
+
+def test_tune_domains_keep_int_bounds_inclusive() -> None:
+    domain = to_tune_domain(IntRange(int=(2, 4)))
+    values = {domain.sample(random_state=seed) for seed in range(200)}
+    assert values == {2, 3, 4}
+    choice = to_tune_domain(Choice(choice=[[1, 2], [3]]))
+    assert {choice.sample(random_state=seed) for seed in range(50)} == {0, 1}
+
+
+def test_random_points_depend_only_on_seed_policy_and_index() -> None:
+    space = policy_space(PolicySearch(policy="sgdr"))
+    first = [random_point(space, base_seed=3, index=i) for i in range(5)]
+    again = [random_point(space, base_seed=3, index=i) for i in range(5)]
+    other = [random_point(space, base_seed=4, index=i) for i in range(5)]
+    assert first == again
+    assert first != other
+    for point in first:
+        assert 1e-2 <= point["eta_max"] <= 1.0
+        assert point["t_0_frac"] in (0.1, 0.25, 0.5)
+
+
+def test_trial_seeds_are_shared_across_policies_and_differ_by_index() -> None:
+    seeds = [trial_seed(0, i) for i in range(10)]
+    assert len(set(seeds)) == 10 and all(0 <= s < 2**31 for s in seeds)
+    assert trial_seed(0, 3) == trial_seed(0, 3) != trial_seed(1, 3)
+
+
+def test_grid_covers_choices_and_spreads_continuous_ranges() -> None:
+    space = policy_space(
+        PolicySearch(policy="step", search={"lr": {"uniform": [0.1, 0.3]}, "gamma": 0.5})
+    )
+    points = grid_points(space, budget=6)
+    assert len(points) == 6
+    assert {p["step_size_frac"] for p in points} == {0.25, 0.34, 0.5}
+    assert {p["lr"] for p in points} <= {0.1, 0.3}
+    assert len({(p["lr"], p["step_size_frac"]) for p in points}) == 6
+
+
+@pytest.mark.parametrize("algorithm", ["random", "grid", "tpe"])
+def test_every_policy_gets_exactly_the_same_budget(algorithm: str) -> None:
+    spec = _spec(search={"algorithm": algorithm, "seed": 1})
+    configs = _drain(_searcher(spec), _NeverStop())
+    per_policy = Counter(c["policy"] for c in configs)
+    assert per_policy == dict.fromkeys(["fixed", "exponential", "clr", "sgdr"], 3)
+    assert len({c["trial_key"] for c in configs}) == 12
+    # Round robin: the first four trials are one of each policy.
+    assert {c["policy"] for c in configs[:4]} == set(per_policy)
+    for config in configs:
+        assert config["schedule_error"] is None
+        assert config["schedule"]["policy"] == config["policy"]
+        assert config["seed"] == trial_seed(1, config["index"])
+
+
+def test_durations_in_epochs_are_converted_with_steps_per_epoch() -> None:
+    spec = _spec(
+        policies=[{"policy": "exponential", "search": {"decay_steps_epochs": 2}}],
+        budget={"epochs": 3, "trials_per_policy": 1},
+    )
+    (config,) = _drain(_searcher(spec), _NeverStop())
+    assert config["point"]["decay_steps_epochs"] == 2
+    assert config["schedule"]["decay_steps"] == 44  # 2 epochs x 22 steps
+
+
+def test_an_invalid_point_becomes_a_trial_error_not_a_crash() -> None:
+    spec = _spec(
+        policies=[{"policy": "clr", "search": {"base_lr": 0.5, "max_lr": 0.1}}],
+        budget={"epochs": 1, "trials_per_policy": 1},
+    )
+    (config,) = _drain(_searcher(spec), _NeverStop())
+    assert config["schedule"] is None
+    assert "max_lr" in config["schedule_error"]
+
+
+def test_nothing_is_suggested_once_the_job_must_stop() -> None:
+    sink = _NeverStop()
+    searcher = _searcher(_spec())
+    with sink_registered("1", sink):  # type: ignore[arg-type]
+        assert isinstance(searcher.suggest("a"), dict)
+        sink.stop = True
+        assert searcher.suggest("b") == Searcher.FINISHED
+
+
+def test_searcher_state_survives_save_and_restore(tmp_path: Path) -> None:
+    spec = _spec(search={"algorithm": "tpe", "seed": 2})
+    searcher = _searcher(spec)
+    sink = _NeverStop()
+    with sink_registered("1", sink):  # type: ignore[arg-type]
+        first = [searcher.suggest(f"t{i}") for i in range(5)]
+        searcher.save(str(tmp_path / "state.pkl"))
+        restored = _searcher(spec)
+        restored.restore(str(tmp_path / "state.pkl"))
+        rest = _drain(restored, sink)
+    keys = [c["trial_key"] for c in first] + [c["trial_key"] for c in rest]  # type: ignore[index]
+    assert len(keys) == 12 and len(set(keys)) == 12
+
+
+def test_default_domains_are_domains() -> None:
+    # Guards the conversion table: every domain kind in the defaults converts to a Tune domain.
+    kinds = set()
+    for policy in ["fixed", "exponential", "clr", "sgdr", "one_cycle", "multistep"]:
+        for domain in policy_space(PolicySearch(policy=policy)).domains.values():
+            kinds.add(type(domain))
+            to_tune_domain(domain)
+    assert kinds == {Choice, Uniform, LogUniform}
