@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 from lrtune.schemas.errors import ErrorBody
 from lrtune.schemas.jobs import BestSetting
 from lrtune.service.deps import StoreDep
+from lrtune.service.routes.jobs import json_response
+from pydantic import TypeAdapter
 
 router = APIRouter(prefix="/v1", tags=["best"])
+_SETTINGS: TypeAdapter[list[BestSetting]] = TypeAdapter(list[BestSetting])
 
 
 @router.get("/best", response_model=list[BestSetting], responses={422: {"model": ErrorBody}})
@@ -18,6 +21,7 @@ def best_settings(
     workload: Annotated[str | None, Query(max_length=200)] = None,
     policy: Annotated[str | None, Query(max_length=32)] = None,
     metric: Annotated[str | None, Query(max_length=100)] = None,
-) -> list[BestSetting]:
+) -> Response:
     """Per workload and policy: the best completed trial of a succeeded job, with its schedule."""
-    return store.best_settings(workload=workload, policy=policy, metric=metric)
+    found = store.best_settings(workload=workload, policy=policy, metric=metric)
+    return json_response(found, adapter=_SETTINGS)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Response
 from lrtune.schemas.errors import ErrorBody
@@ -12,6 +12,7 @@ from lrtune.service.deps import SettingsDep, StoreDep
 from lrtune.service.errors import InvalidInputError, LimitExceededError
 from lrtune.service.settings import Settings
 from lrtune.service.store import MAX_ID
+from pydantic import BaseModel, TypeAdapter
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
@@ -56,15 +57,15 @@ def list_jobs(
     status: Annotated[JobStatus | None, Query(description="Only jobs in this status.")] = None,
     limit: Limit = 50,
     cursor: Cursor = None,
-) -> JobPage:
+) -> Response:
     """A page of jobs, newest first."""
-    return store.list_jobs(status=status, limit=limit, cursor=cursor)
+    return json_response(store.list_jobs(status=status, limit=limit, cursor=cursor))
 
 
 @router.get("/jobs/{job_id}", response_model=Job, responses=_ERRORS)
-def get_job(job_id: JobId, store: StoreDep) -> Job:
+def get_job(job_id: JobId, store: StoreDep) -> Response:
     """One job: its status, spec, progress and best trial so far."""
-    return store.get_job(job_id)
+    return json_response(store.get_job(job_id))
 
 
 @router.post("/jobs/{job_id}/cancel", status_code=202, response_model=Job, responses=_ERRORS)
@@ -81,15 +82,32 @@ def list_trials(
     status: Annotated[TrialStatus | None, Query(description="Only trials in this status.")] = None,
     limit: Limit = 50,
     cursor: Cursor = None,
-) -> TrialPage:
+) -> Response:
     """A page of a job's trials, newest first."""
     if policy is not None and policy not in POLICY_NAMES:
         raise InvalidInputError(
             f"unknown policy {policy!r}; policies are {list(POLICY_NAMES)}", field="policy"
         )
-    return store.list_trials(
+    page = store.list_trials(
         job_id=job_id, policy=policy, status=status, limit=limit, cursor=cursor
     )
+    return json_response(page)
+
+
+def json_response(
+    content: BaseModel | list[Any], *, adapter: TypeAdapter[Any] | None = None, status: int = 200
+) -> Response:
+    """Serialise a read model once, with its own config (NaN as "NaN").
+
+    FastAPI would otherwise dump the model, validate it again against `response_model` and
+    dump it a second time: most of the time of a page of trials.
+    """
+    if isinstance(content, BaseModel):
+        body = content.model_dump_json()
+    else:
+        assert adapter is not None
+        body = adapter.dump_json(content).decode()
+    return Response(content=body, status_code=status, media_type="application/json")
 
 
 def check_job_limits(spec: JobSpec, settings: Settings) -> None:

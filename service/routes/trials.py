@@ -4,25 +4,28 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Response
 from lrtune.schemas.errors import ErrorBody
 from lrtune.schemas.jobs import Trial, TrialMetric
 from lrtune.service.deps import StoreDep
+from lrtune.service.routes.jobs import json_response
 from lrtune.service.store import MAX_ID
+from pydantic import TypeAdapter
 
 router = APIRouter(prefix="/v1", tags=["trials"])
 
 TrialId = Annotated[int, Path(ge=1, le=MAX_ID, description="The trial's id.")]
+_METRIC_ROWS: TypeAdapter[list[TrialMetric]] = TypeAdapter(list[TrialMetric])
 _ERRORS: dict[int | str, dict[str, object]] = {404: {"model": ErrorBody}, 422: {"model": ErrorBody}}
 
 
 @router.get("/trials/{trial_id}", response_model=Trial, responses=_ERRORS)
-def get_trial(trial_id: TrialId, store: StoreDep) -> Trial:
+def get_trial(trial_id: TrialId, store: StoreDep) -> Response:
     """One trial: policy, resolved schedule, seed, status, epochs done, last and best metric."""
-    return store.get_trial(trial_id)
+    return json_response(store.get_trial(trial_id))
 
 
 @router.get("/trials/{trial_id}/metrics", response_model=list[TrialMetric], responses=_ERRORS)
-def list_trial_metrics(trial_id: TrialId, store: StoreDep) -> list[TrialMetric]:
+def list_trial_metrics(trial_id: TrialId, store: StoreDep) -> Response:
     """One row per epoch; NaN and infinities are the strings "NaN", "Infinity", "-Infinity"."""
-    return store.list_trial_metrics(trial_id=trial_id)
+    return json_response(store.list_trial_metrics(trial_id=trial_id), adapter=_METRIC_ROWS)
