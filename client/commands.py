@@ -27,7 +27,7 @@ from rich.table import Table
 commands = typer.Typer(no_args_is_help=True)
 
 out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)  # an error stays one line
 
 UrlOption = Annotated[
     str, typer.Option("--url", envvar="LRTUNE_URL", help="The lrtune service's base URL.")

@@ -1,0 +1,226 @@
+"""The REST client commands of `lrtune` against a live service, success and error exits alike."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+from lrtune.schemas.jobs import JobSpec, TrialMetric
+from lrtune.service.app import create_app
+from lrtune.service.cli import app as cli
+from lrtune.service.settings import Settings
+from lrtune.service.store import Store
+from typer.testing import CliRunner
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+runner = CliRunner()
+
+
+@pytest.fixture
+def service_url(settings: Settings) -> Iterator[str]:
+    """uvicorn serving the app over a fresh database, in a thread, on a free loopback port."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the service did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture
+def finished_job(store: Store, job_body: dict[str, object]) -> int:
+    """A succeeded job with two trials per policy, three epochs each, written by the store."""
+    job, _ = store.create_job(spec=JobSpec.model_validate(job_body))
+    store.claim_next_job(worker_id="w", lease_seconds=60)
+    for policy, lr in (("fixed", 0.1), ("fixed", 0.03), ("clr", 0.2), ("clr", 0.05)):
+        schedule = (
+            {"policy": "fixed", "lr": lr}
+            if policy == "fixed"
+            else {"policy": "clr", "base_lr": 0.001, "max_lr": lr, "step_size": 10}
+        )
+        trial = store.create_trial(
+            job_id=job.id, policy=policy, schedule=schedule, search_config={"lr": lr}, seed=0
+        )
+        store.record_trial_results(
+            trial_id=trial.id,
+            results=[
+                TrialMetric(
+                    epoch=e,
+                    step=10 * e,
+                    lr=lr,
+                    train_loss=1 / e,
+                    val_loss=1.2 / e,
+                    metrics={"val_accuracy": 0.5 + lr + 0.1 * e},
+                    elapsed_s=0.1 * e,
+                )
+                for e in (1, 2, 3)
+            ],
+        )
+        store.update_trial_status(trial_id=trial.id, status="completed")
+    store.mark_job_succeeded(job_id=job.id)
+    return job.id
+
+
+def run(url: str, *args: str) -> tuple[int, str, str]:
+    result = runner.invoke(cli, [*args, "--url", url], env={"COLUMNS": "200"})
+    return result.exit_code, result.stdout, result.stderr
+
+
+def assert_one_error_line(code: int, stderr: str, *words: str) -> None:
+    assert code == 1
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("error: ")
+    for word in words:
+        assert word in lines[0]
+
+
+def test_submit_prints_the_id_of_yaml_and_json_jobs(service_url: str, store: Store) -> None:
+    for example in ("job-digits.yaml", "job-mnist1d.json"):
+        code, out, _ = run(service_url, "submit", str(EXAMPLES / example))
+        assert code == 0
+        job = store.get_job(int(out.strip()))
+        assert job.status == "queued"
+    assert store.get_job(1).spec.workload.name == "digits"
+    assert store.get_job(2).spec.workload.name == "mnist1d"
+
+
+def test_submit_with_an_idempotency_key_makes_one_job(service_url: str) -> None:
+    path = str(EXAMPLES / "job-digits.yaml")
+    first = run(service_url, "submit", path, "--idempotency-key", "k1")
+    again = run(service_url, "submit", path, "--idempotency-key", "k1")
+    assert first[0] == again[0] == 0
+    assert first[1] == again[1]
+
+
+def test_submit_errors_are_one_line(service_url: str, tmp_path: Path) -> None:
+    invalid = tmp_path / "bad.json"
+    invalid.write_text(json.dumps({"workload": {"name": "digits"}, "budget": {"epochs": 0}}))
+    code, out, err = run(service_url, "submit", str(invalid))
+    assert_one_error_line(code, err, "budget.epochs", "HTTP 422")
+    assert out == ""
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: [unclosed")
+    assert_one_error_line(*run(service_url, "submit", str(broken))[::2], "not valid YAML")
+    missing = tmp_path / "missing.yaml"
+    assert_one_error_line(*run(service_url, "submit", str(missing))[::2], "cannot read")
+
+
+def test_jobs_lists_newest_first_and_pages(service_url: str, finished_job: int) -> None:
+    run(service_url, "submit", str(EXAMPLES / "job-digits.yaml"))
+    code, out, err = run(service_url, "jobs", "--limit", "1")
+    assert code == 0
+    assert "digits schedules" in out and "queued" in out
+    assert "more: --cursor" in err
+    cursor = err.split("--cursor", 1)[1].strip()
+    code, out, _ = run(service_url, "jobs", "--limit", "1", "--cursor", cursor)
+    assert code == 0 and "succeeded" in out and "4/4" in out
+    code, out, _ = run(service_url, "jobs", "--status", "succeeded")
+    assert code == 0 and "queued" not in out
+    assert_one_error_line(*run(service_url, "jobs", "--cursor", "nonsense")[::2], "cursor")
+
+
+def test_status_shows_progress_and_best(service_url: str, finished_job: int) -> None:
+    code, out, _ = run(service_url, "status", str(finished_job))
+    assert code == 0
+    assert "succeeded" in out
+    assert "4/4" in out and "completed 4" in out
+    assert "clr, trial 3" in out  # max_lr 0.2: val_accuracy 0.5 + 0.2 + 0.3 at epoch 3
+    assert_one_error_line(*run(service_url, "status", "999")[::2], "no job with id 999", "404")
+
+
+def test_watch_ends_with_the_job(service_url: str, finished_job: int, store: Store) -> None:
+    code, out, _ = run(service_url, "watch", str(finished_job), "--interval", "0.05")
+    assert code == 0
+    assert "4/4" in out
+    assert f"job {finished_job} succeeded; best 1 (clr)" in out
+
+    queued = int(run(service_url, "submit", str(EXAMPLES / "job-digits.yaml"))[1])
+    threading.Timer(0.3, lambda: store.cancel_job(queued)).start()
+    code, out, err = run(service_url, "watch", str(queued), "--interval", "0.05")
+    assert_one_error_line(code, err, f"job {queued} cancelled")
+    assert_one_error_line(*run(service_url, "watch", "999")[::2], "no job with id 999")
+
+
+def test_trials_lists_a_jobs_trials(service_url: str, finished_job: int) -> None:
+    code, out, _ = run(service_url, "trials", str(finished_job))
+    assert code == 0
+    assert out.count("completed") == 4
+    code, out, _ = run(service_url, "trials", str(finished_job), "--policy", "clr")
+    assert code == 0 and "fixed" not in out and out.count("clr") == 2
+    assert_one_error_line(*run(service_url, "trials", "999")[::2], "404")
+
+
+def test_recommend_in_every_format(service_url: str, finished_job: int) -> None:
+    code, out, err = run(service_url, "recommend", str(finished_job))
+    if code == 0:  # the recommendation endpoint answers
+        payload = json.loads(
+            run(service_url, "recommend", str(finished_job), "--format", "json")[1]
+        )
+        assert payload["winner"]["policy"] in out
+        torch_code = run(service_url, "recommend", str(finished_job), "--format", "torch")[1]
+        assert torch_code.strip() == payload["code"]["pytorch"].strip()
+    else:
+        assert_one_error_line(code, err, "404")
+    assert_one_error_line(*run(service_url, "recommend", "999")[::2], "404")
+    code, _, err = run(service_url, "recommend", str(finished_job), "--format", "pdf")
+    assert code == 2 and "pdf" in err
+
+
+def test_range_test_errors_for_a_job_without_one(service_url: str, finished_job: int) -> None:
+    assert_one_error_line(*run(service_url, "range-test", "999")[::2], "404")
+
+
+def test_cancel_queued_and_finished_jobs(service_url: str, finished_job: int) -> None:
+    queued = run(service_url, "submit", str(EXAMPLES / "job-digits.yaml"))[1].strip()
+    code, out, _ = run(service_url, "cancel", queued)
+    assert code == 0 and out.strip() == f"job {queued} is cancelled"
+    assert run(service_url, "cancel", queued)[0] == 0  # idempotent
+    code, _, err = run(service_url, "cancel", str(finished_job))
+    assert_one_error_line(code, err, "already succeeded", "409")
+
+
+def test_best_lists_settings_of_finished_jobs(service_url: str, finished_job: int) -> None:
+    code, out, _ = run(service_url, "best", "--workload", "digits")
+    assert code == 0
+    assert "fixed" in out and "clr" in out and "val_accuracy" in out
+    code, out, _ = run(service_url, "best", "--workload", "cifar10")
+    assert code == 0 and "no finished job yet" in out
+
+
+def test_unreachable_service_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    code, _, err = run(f"http://127.0.0.1:{port}", "jobs")
+    assert_one_error_line(code, err, "cannot reach lrtune")
+
+
+def test_console_script_reads_lrtune_url(service_url: str, finished_job: int) -> None:
+    lrtune = Path(sys.executable).parent / "lrtune"
+    done = subprocess.run(
+        [str(lrtune), "status", str(finished_job)],
+        env={"LRTUNE_URL": service_url, "LRTUNE_TOKEN": "secret", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "succeeded" in done.stdout
