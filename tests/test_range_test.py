@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 from lrtune.schemas.recommendations import BoundSuggestion, RangeTestConfig
-from lrtune.schemas.schedules import FixedSchedule
+from lrtune.schemas.schedules import FixedSchedule, ParamGroupRule
 from lrtune.schemas.search import DEFAULT_SEARCH_SPACES, validate_search_space
 from lrtune.schemas.trials import OptimizerSpec, TrialConfig, TrialOutcome
 from lrtune.schemas.workloads import WorkloadSpec
@@ -83,6 +83,22 @@ def test_smoothed_loss_is_the_debiased_ema_and_the_test_stops_on_a_blow_up() -> 
     assert not math.isfinite(last) or last > 4 * min(result.smoothed_loss[:-1])
 
 
+def test_a_linear_ramp_with_param_groups_records_the_base_rate() -> None:
+    test = RangeTestConfig(min_lr=0.01, max_lr=0.5, iterations=30, ramp="linear")
+    result = run_range_test(
+        workload=WorkloadSpec(name="digits"),
+        optimizer=OptimizerSpec(name="adam"),
+        test=test,
+        param_groups=[ParamGroupRule(match="head.", lr_mult=0.1)],
+        seed=3,
+    )
+    assert result.ramp == "linear"
+    np.testing.assert_allclose(result.lr, ramp_rates(test)[: result.iterations])
+    # The loss never stopped falling here: the method says the ramp should go higher.
+    if np.argmin(result.smoothed_loss) == result.iterations - 1:
+        assert "still falling" in result.suggestion.max_method
+
+
 def _synthetic_curve(n: int = 100) -> tuple[np.ndarray, np.ndarray]:
     # Flat at 2.3 until 1e-3, falls along a tanh in log lr (steepest at 1e-2), lowest near 0.3,
     # then climbs fast: the shape a range test draws.
@@ -105,6 +121,9 @@ def test_suggestions_on_a_synthetic_curve() -> None:
     assert bounds.valley is not None and 1e-5 < bounds.valley < lowest
     assert bounds.min_lr < bounds.max_lr
     assert "lowest smoothed loss" in bounds.max_method
+    assert "still falling" not in bounds.max_method
+    falling = suggest_bounds(lrs=lrs[:50].tolist(), smoothed=loss[:50].tolist())
+    assert "still falling" in falling.max_method
 
 
 def test_suggestions_ignore_non_finite_points_and_reject_bad_input() -> None:

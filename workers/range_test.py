@@ -193,6 +193,10 @@ def suggest_bounds(*, lrs: Sequence[float], smoothed: Sequence[float]) -> BoundS
         f"rate of the lowest smoothed loss ({lr[lowest]:.3g}) / {MAX_LR_SAFETY:g}: where the loss "
         "stops falling, before it turns up"
     )
+    if lowest == len(loss) - 1:
+        # No turn-up inside the ramp: the bound is only as high as the ramp went.
+        max_method += "; the loss was still falling at the end of the ramp, so a higher max_lr"
+        max_method += " in the range test may find a higher bound"
     min_lr = max_lr / MIN_LR_RATIO
     min_method = f"max_lr / {MIN_LR_RATIO:g} (a decade below max_lr)"
     descent_start = float(lr[valley_start])
