@@ -214,3 +214,32 @@ class IdempotencyKeyRow(Base):
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, default=utcnow
     )
+
+
+class BestSettingRow(Base):
+    """The best completed trial per (workload, policy, metric, mode) over succeeded jobs.
+
+    Denormalised when a job succeeds, so GET /v1/best reads a handful of rows instead of ranking
+    every trial ever run.
+    """
+
+    __tablename__ = "best_settings"
+    __table_args__ = (UniqueConstraint("workload", "policy", "metric_name", "metric_mode"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    workload: Mapped[str] = mapped_column(String(200), nullable=False)
+    policy: Mapped[str] = mapped_column(String(32), nullable=False)
+    metric_name: Mapped[str] = mapped_column(String(100), nullable=False)
+    metric_mode: Mapped[str] = mapped_column(String(3), nullable=False)
+    value: Mapped[float] = mapped_column(Float, nullable=False)
+    job_id: Mapped[int] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    trial_id: Mapped[int] = mapped_column(
+        ForeignKey("trials.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    schedule: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    epochs: Mapped[int] = mapped_column(Integer, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, default=utcnow
+    )

@@ -37,6 +37,7 @@ from lrtune.schemas.jobs import (
 from lrtune.service.db import WRITE_OPTION, make_engine
 from lrtune.service.errors import ConflictError, InvalidInputError, NotFoundError, StorageError
 from lrtune.service.models import (
+    BestSettingRow,
     FloatKind,
     IdempotencyKeyRow,
     JobRow,
@@ -47,9 +48,7 @@ from lrtune.service.models import (
 from lrtune.service.settings import Settings
 from sqlalchemy import (
     Engine,
-    Select,
     and_,
-    case,
     func,
     or_,
     select,
@@ -363,6 +362,8 @@ class Store:
             row.finished_at = utcnow()
             row.worker_id = None
             row.lease_expires_at = None
+            if status == "succeeded":
+                self._publish_best_settings(session, row)
 
         self._run(work, write=True)
         return self.get_job(job_id)
@@ -603,54 +604,18 @@ class Store:
         metric: str | None = None,
     ) -> list[BestSetting]:
         """For each (workload, policy, metric) the best completed trial of a succeeded job."""
-        signed = case(
-            (JobRow.metric_mode == "max", -TrialRow.best_metric), else_=TrialRow.best_metric
-        )
-        rank = (
-            func.row_number()
-            .over(
-                partition_by=(
-                    JobRow.workload,
-                    TrialRow.policy,
-                    JobRow.metric_name,
-                    JobRow.metric_mode,
-                ),
-                order_by=(signed.asc(), TrialRow.id.asc()),
-            )
-            .label("rank")
-        )
-        ranked = (
-            select(
-                JobRow.workload,
-                TrialRow.policy,
-                JobRow.metric_name,
-                JobRow.metric_mode,
-                TrialRow.best_metric,
-                TrialRow.job_id,
-                TrialRow.id.label("trial_id"),
-                TrialRow.epochs_done,
-                rank,
-            )
-            .join(JobRow, JobRow.id == TrialRow.job_id)
-            .where(
-                JobRow.status == "succeeded",
-                TrialRow.status == "completed",
-                TrialRow.best_metric.is_not(None),
-            )
+        query = select(BestSettingRow).order_by(
+            BestSettingRow.workload,
+            BestSettingRow.policy,
+            BestSettingRow.metric_name,
+            BestSettingRow.metric_mode,
         )
         if workload is not None:
-            ranked = ranked.where(JobRow.workload == workload)
+            query = query.where(BestSettingRow.workload == workload)
         if policy is not None:
-            ranked = ranked.where(TrialRow.policy == policy)
+            query = query.where(BestSettingRow.policy == policy)
         if metric is not None:
-            ranked = ranked.where(JobRow.metric_name == metric)
-        best = ranked.subquery()
-        query: Select[Any] = (
-            select(best, TrialRow.schedule)
-            .join(TrialRow, TrialRow.id == best.c.trial_id)
-            .where(best.c.rank == 1)
-            .order_by(best.c.workload, best.c.policy, best.c.metric_name, best.c.metric_mode)
-        )
+            query = query.where(BestSettingRow.metric_name == metric)
 
         def work(session: Session) -> list[BestSetting]:
             return [
@@ -659,16 +624,72 @@ class Store:
                     policy=row.policy,
                     metric=row.metric_name,
                     mode=row.metric_mode,
-                    value=row.best_metric,
+                    value=row.value,
                     job_id=row.job_id,
                     trial_id=row.trial_id,
                     schedule=row.schedule,
-                    epochs=row.epochs_done,
+                    epochs=row.epochs,
                 )
-                for row in session.execute(query)
+                for row in session.scalars(query)
             ]
 
         return self._run(work, write=False)
+
+    def _publish_best_settings(self, session: Session, job: JobRow) -> None:
+        """Fold a succeeded job's best trial per policy into best_settings (same transaction).
+
+        The upsert only replaces a stored setting that the new one beats, so jobs finishing at
+        the same time cannot overwrite a better result with a worse one.
+        """
+        signed = -TrialRow.best_metric if job.metric_mode == "max" else TrialRow.best_metric
+        place = (
+            func.row_number()
+            .over(partition_by=TrialRow.policy, order_by=(signed, TrialRow.id))
+            .label("place")
+        )
+        ranked = (
+            select(TrialRow.id, TrialRow.policy, TrialRow.best_metric, TrialRow.schedule)
+            .add_columns(TrialRow.epochs_done, place)
+            .where(
+                TrialRow.job_id == job.id,
+                TrialRow.status == "completed",
+                TrialRow.best_metric.is_not(None),
+            )
+            .subquery()
+        )
+        now = utcnow()
+        for trial in session.execute(select(ranked).where(ranked.c.place == 1)):
+            statement = self._insert(BestSettingRow).values(
+                workload=job.workload,
+                policy=trial.policy,
+                metric_name=job.metric_name,
+                metric_mode=job.metric_mode,
+                value=trial.best_metric,
+                job_id=job.id,
+                trial_id=trial.id,
+                schedule=trial.schedule,
+                epochs=trial.epochs_done,
+                updated_at=now,
+            )
+            beats = (
+                statement.excluded.value > BestSettingRow.value
+                if job.metric_mode == "max"
+                else statement.excluded.value < BestSettingRow.value
+            )
+            session.execute(
+                statement.on_conflict_do_update(
+                    index_elements=["workload", "policy", "metric_name", "metric_mode"],
+                    set_={
+                        "value": statement.excluded.value,
+                        "job_id": statement.excluded.job_id,
+                        "trial_id": statement.excluded.trial_id,
+                        "schedule": statement.excluded.schedule,
+                        "epochs": statement.excluded.epochs,
+                        "updated_at": statement.excluded.updated_at,
+                    },
+                    where=beats,
+                )
+            )
 
     # ---- helpers ------------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 from fastapi.testclient import TestClient
+from lrtune.schemas.jobs import JobSpec
 from lrtune.service.app import create_app
 from lrtune.service.db import make_engine
 from lrtune.service.errors import SchemaOutdatedError
@@ -20,12 +21,21 @@ from lrtune.service.migrate import (
     upgrade_to_head,
 )
 from lrtune.service.settings import Settings
+from lrtune.service.store import Store
 from sqlalchemy import inspect
 
 if TYPE_CHECKING:
     from conftest import PostgresServer
 
-TABLES = {"jobs", "trials", "trial_metrics", "range_tests", "recommendations", "idempotency_keys"}
+TABLES = {
+    "jobs",
+    "trials",
+    "trial_metrics",
+    "range_tests",
+    "recommendations",
+    "idempotency_keys",
+    "best_settings",
+}
 
 
 def _tables(url: str) -> set[str]:
@@ -51,6 +61,47 @@ def test_upgrade_from_empty_to_head_and_back_down(empty_database_url: str) -> No
     # And up again: the downgrade left nothing behind that blocks a fresh upgrade.
     upgrade_to_head(empty_database_url)
     assert _tables(empty_database_url) == TABLES
+
+
+def test_upgrading_a_database_made_by_0001_backfills_best_settings(database_url: str) -> None:
+    store = Store.from_url(database_url)
+    try:
+        job, _ = store.create_job(
+            spec=JobSpec.model_validate(
+                {
+                    "workload": {"name": "digits"},
+                    "policies": ["fixed", "clr"],
+                    "budget": {"epochs": 2, "trials_per_policy": 2},
+                }
+            )
+        )
+        store.claim_next_job(worker_id="w", lease_seconds=60)
+        for policy, accuracy in (("fixed", 0.6), ("fixed", 0.7), ("clr", 0.65)):
+            trial = store.create_trial(
+                job_id=job.id, policy=policy, schedule={"policy": policy}, search_config={}, seed=0
+            )
+            store.record_trial_result(
+                trial_id=trial.id,
+                epoch=1,
+                step=5,
+                lr=0.1,
+                train_loss=1.0,
+                val_loss=1.0,
+                metrics={"val_accuracy": accuracy},
+                elapsed_s=1.0,
+            )
+            store.update_trial_status(trial_id=trial.id, status="completed")
+        store.mark_job_succeeded(job_id=job.id)
+        before = store.best_settings()
+        assert [(b.policy, b.value) for b in before] == [("clr", 0.65), ("fixed", 0.7)]
+
+        downgrade(database_url, "0001")  # the schema as the first release left it, with data
+        assert current_revision(database_url) == "0001"
+        upgrade_to_head(database_url)
+        after = store.best_settings()
+        assert [b.model_dump() for b in after] == [b.model_dump() for b in before]
+    finally:
+        store.dispose()
 
 
 def test_models_and_migrations_do_not_drift(database_url: str) -> None:
