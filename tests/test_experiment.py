@@ -59,8 +59,8 @@ def _searcher(spec: JobSpec, *, job_key: str = "1") -> EqualBudgetSearcher:
 
 
 def _drain(searcher: EqualBudgetSearcher, sink: object, *, job_key: str = "1") -> list[Any]:
-    configs = []
-    with sink_registered(job_key, sink):  # type: ignore[arg-type]
+    configs: list[Any] = []
+    with sink_registered(job_key, sink):
         for n in range(1000):
             config = searcher.suggest(f"t{n}")
             if config == Searcher.FINISHED:
@@ -159,7 +159,7 @@ def test_an_invalid_point_becomes_a_trial_error_not_a_crash() -> None:
 def test_nothing_is_suggested_once_the_job_must_stop() -> None:
     sink = _NeverStop()
     searcher = _searcher(_spec())
-    with sink_registered("1", sink):  # type: ignore[arg-type]
+    with sink_registered("1", sink):
         assert isinstance(searcher.suggest("a"), dict)
         sink.stop = True
         assert searcher.suggest("b") == Searcher.FINISHED
@@ -169,13 +169,13 @@ def test_searcher_state_survives_save_and_restore(tmp_path: Path) -> None:
     spec = _spec(search={"algorithm": "tpe", "seed": 2})
     searcher = _searcher(spec)
     sink = _NeverStop()
-    with sink_registered("1", sink):  # type: ignore[arg-type]
+    with sink_registered("1", sink):
         first = [searcher.suggest(f"t{i}") for i in range(5)]
         searcher.save(str(tmp_path / "state.pkl"))
         restored = _searcher(spec)
         restored.restore(str(tmp_path / "state.pkl"))
         rest = _drain(restored, sink)
-    keys = [c["trial_key"] for c in first] + [c["trial_key"] for c in rest]  # type: ignore[index]
+    keys = [c["trial_key"] for c in first] + [c["trial_key"] for c in rest]
     assert len(keys) == 12 and len(set(keys)) == 12
 
 

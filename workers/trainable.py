@@ -40,6 +40,8 @@ def make_trainable(
 
     def lrtune_trial(config: dict[str, Any]) -> None:
         if config["trial_key"] in skip:
+            # Tune insists on the metric in a trial's results; the driver ignores this one.
+            tune.report({metric: math.nan, OUTCOME_KEY: "already_finished"})
             return
         if config.get("schedule_error"):
             # The sampled point makes no valid schedule (e.g. base_lr above max_lr): a failed

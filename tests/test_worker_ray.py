@@ -1,0 +1,234 @@
+"""The worker daemon against a real local Ray (2 CPUs, started once) and a real database.
+
+Jobs are tiny (digits, mlp, 2-3 epochs, 1-2 trials per policy) so the whole module stays within
+a minute or two on two cores.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+from lrtune.schemas.jobs import Job, JobSpec, Trial
+from lrtune.schemas.schedules import parse_schedule
+from lrtune.service.settings import Settings
+from lrtune.service.store import Store
+from lrtune.service.worker import run_worker
+from lrtune.workers.schedule_math import learning_rate
+
+pytestmark = pytest.mark.ray
+
+POLICIES = ["fixed", "exponential", "clr", "sgdr"]
+
+
+@pytest.fixture(scope="session")
+def ray_local() -> Iterator[str]:
+    """One local Ray for the whole run; yields its address for worker subprocesses."""
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+
+
+def _spec(**overrides: Any) -> JobSpec:
+    data: dict[str, Any] = {
+        "workload": {"name": "digits", "params": {"model": "mlp"}},
+        "policies": POLICIES,
+        "budget": {"epochs": 2, "trials_per_policy": 1, "max_concurrent_trials": 2},
+        "search": {"algorithm": "random", "seed": 0},
+    }
+    data.update(overrides)
+    return JobSpec.model_validate(data)
+
+
+def _trials(store: Store, job_id: int) -> list[Trial]:
+    return sorted(store.list_trials(job_id=job_id, limit=500).items, key=lambda t: t.id)
+
+
+def _wait(predicate: Any, *, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def _metrics_by_key(store: Store, job_id: int) -> dict[str, list[tuple[Any, ...]]]:
+    return {
+        str(trial.ray_trial_id): [
+            (m.epoch, m.step, m.lr, m.train_loss, m.val_loss, m.metrics)
+            for m in store.list_trial_metrics(trial_id=trial.id)
+        ]
+        for trial in _trials(store, job_id)
+    }
+
+
+def _run(settings: Settings, store: Store, spec: JobSpec) -> Job:
+    job, _ = store.create_job(spec=spec)
+    run_worker(settings, once=True, store=store)
+    return store.get_job(job.id)
+
+
+def test_job_runs_to_succeeded_with_every_trial_and_epoch_in_sql_and_repeats_exactly(
+    ray_local: str, settings: Settings, store: Store
+) -> None:
+    # sgdr gets an absurd peak rate: it must diverge, and that is a result, not a failure.
+    spec = _spec(policies=[*POLICIES[:3], {"policy": "sgdr", "search": {"eta_max": 50.0}}])
+    job = _run(settings, store, spec)
+    assert job.status == "succeeded", job.error
+    trials = _trials(store, job.id)
+    assert sorted(t.policy for t in trials) == sorted(POLICIES)
+    assert job.progress.planned == len(trials) == 4
+    status = {t.policy: t.status for t in trials}
+    assert status == {
+        "fixed": "completed",
+        "exponential": "completed",
+        "clr": "completed",
+        "sgdr": "diverged",
+    }
+    for trial in trials:
+        assert trial.node_id, "the node the trial ran on is recorded"
+        metrics = store.list_trial_metrics(trial_id=trial.id)
+        assert [m.epoch for m in metrics] == list(range(1, trial.epochs_done + 1))
+        expected_epochs = 2 if trial.status == "completed" else 1
+        assert trial.epochs_done == expected_epochs
+        schedule = parse_schedule(trial.schedule)
+        for row in metrics:
+            # The rate actually used by the epoch's last update.
+            assert row.lr == pytest.approx(learning_rate(schedule, max(row.step - 1, 0)))
+    diverged = next(t for t in trials if t.policy == "sgdr")
+    assert not all(
+        math.isfinite(m.train_loss or math.nan) and m.train_loss < 3
+        for m in store.list_trial_metrics(trial_id=diverged.id)
+    )
+
+    again = _run(settings, store, spec)
+    assert again.status == "succeeded"
+    assert _metrics_by_key(store, again.id) == _metrics_by_key(store, job.id)
+
+
+def test_asha_prunes_and_statuses_match_what_tune_reported(
+    ray_local: str, settings: Settings, store: Store
+) -> None:
+    spec = _spec(
+        budget={"epochs": 3, "trials_per_policy": 2, "max_concurrent_trials": 2},
+        early_stopping={"kind": "asha", "grace_epochs": 1, "reduction_factor": 2},
+    )
+    job = _run(settings, store, spec)
+    assert job.status == "succeeded", job.error
+    trials = _trials(store, job.id)
+    assert len(trials) == 8
+    by_status: dict[str, list[Trial]] = {}
+    for trial in trials:
+        by_status.setdefault(trial.status, []).append(trial)
+        assert len(store.list_trial_metrics(trial_id=trial.id)) == trial.epochs_done
+    assert by_status.get("pruned"), "ASHA stopped nothing"
+    assert by_status.get("completed"), "ASHA stopped everything"
+    assert all(t.epochs_done < 3 for t in by_status["pruned"])
+    assert all(t.epochs_done == 3 for t in by_status["completed"])
+    assert set(by_status) <= {"completed", "pruned", "diverged"}
+
+
+def test_cancel_mid_job_ends_cancelled_and_starts_no_trial_after_it(
+    ray_local: str, settings: Settings, store: Store
+) -> None:
+    spec = _spec(budget={"epochs": 3, "trials_per_policy": 2, "max_concurrent_trials": 2})
+    job, _ = store.create_job(spec=spec)
+    worker = threading.Thread(
+        target=run_worker, args=(settings,), kwargs={"once": True, "store": store}
+    )
+    worker.start()
+    _wait(
+        lambda: any(t.epochs_done >= 1 for t in _trials(store, job.id)),
+        timeout=60,
+        what="a first epoch",
+    )
+    store.cancel_job(job.id)
+    cancelled_at = datetime.now().astimezone()
+    started = time.monotonic()
+    worker.join(timeout=60)
+    assert not worker.is_alive()
+    assert time.monotonic() - started < 15, "running trials stop within seconds"
+    final = store.get_job(job.id)
+    assert final.status == "cancelled"
+    trials = _trials(store, job.id)
+    assert 0 < len(trials) < 8
+    assert all(t.created_at <= cancelled_at for t in trials)
+    assert all(t.status != "running" for t in trials)
+
+
+class _RecordingStore(Store):
+    """The real store, noting which trials were set running (i.e. started) by this worker."""
+
+    def __init__(self, url: str) -> None:
+        base = Store.from_url(url)
+        super().__init__(base.engine)
+        self.started: list[int] = []
+
+    def update_trial_status(self, **kwargs: Any) -> Trial:
+        if kwargs["status"] == "running":
+            self.started.append(kwargs["trial_id"])
+        return super().update_trial_status(**kwargs)
+
+
+def test_kill_9_mid_job_then_a_new_worker_finishes_it_without_rerunning_trials(
+    ray_local: str, settings: Settings, store: Store, tmp_path: Path
+) -> None:
+    spec = _spec(budget={"epochs": 3, "trials_per_policy": 2, "max_concurrent_trials": 2})
+    job, _ = store.create_job(spec=spec)
+    lease = 3.0
+    env = {
+        **os.environ,
+        "LRTUNE_DATABASE_URL": str(settings.database_url),
+        "LRTUNE_HOME": str(settings.home),
+        "LRTUNE_JOB_LEASE_SECONDS": str(lease),
+        "RAY_ADDRESS": ray_local,
+    }
+    log = (tmp_path / "worker.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lrtune.service.worker", "--once", "--worker-id", "doomed"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        _wait(
+            lambda: sum(t.status == "completed" for t in _trials(store, job.id)) >= 2,
+            timeout=90,
+            what="two completed trials in the first worker",
+        )
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    before = {t.ray_trial_id: t for t in _trials(store, job.id)}
+    done_before = {key for key, t in before.items() if t.status == "completed"}
+    assert len(before) < 8, "the job finished before the kill; nothing was tested"
+
+    recording = _RecordingStore(str(settings.database_url))
+    resumed = settings.model_copy(update={"job_lease_seconds": lease})
+    deadline = time.monotonic() + 60
+    while store.get_job(job.id).status == "running" and time.monotonic() < deadline:
+        run_worker(resumed, once=True, store=recording, worker_id="heir")
+        time.sleep(0.5)
+    final = store.get_job(job.id)
+    assert final.status == "succeeded", (final.error, (tmp_path / "worker.log").read_text()[-3000:])
+    trials = _trials(store, job.id)
+    assert len(trials) == 8
+    assert len({t.ray_trial_id for t in trials}) == 8
+    assert all(t.status == "completed" for t in trials)
+    for trial in trials:
+        epochs = [m.epoch for m in store.list_trial_metrics(trial_id=trial.id)]
+        assert epochs == [1, 2, 3], (trial.ray_trial_id, epochs)
+    rerun = {before[key].id for key in done_before} & set(recording.started)
+    assert not rerun, f"completed trials ran again: {rerun}"
+    recording.dispose()
