@@ -196,6 +196,9 @@ def main() -> None:
         conninfo = admin_url.render_as_string(hide_password=False)
         with psycopg.connect(conninfo, autocommit=True) as connection:
             connection.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
+            # Seeding commits 30,000 transactions; not waiting for each fsync makes that minutes
+            # faster and changes nothing about reads.
+            connection.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = off')  # type: ignore[arg-type]
         try:
             url = admin_url.set(database=name).render_as_string(hide_password=False)
             results.append(run_database("PostgreSQL", url, args))

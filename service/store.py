@@ -801,8 +801,10 @@ def _encode_float(value: Any) -> Any:
     return value
 
 
-def decode_floats(values: dict[str, Any]) -> dict[str, float]:
-    return {k: _NON_FINITE_TEXT[v] if isinstance(v, str) else v for k, v in values.items()}
+def decode_floats(values: dict[str, Any]) -> dict[str, Any]:
+    # Only the three spellings encode_floats writes are numbers; other strings (a sampled
+    # "triangular") stay strings.
+    return {k: _NON_FINITE_TEXT.get(v, v) if isinstance(v, str) else v for k, v in values.items()}
 
 
 def encode_cursor(last_id: int) -> str:

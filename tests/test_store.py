@@ -234,6 +234,17 @@ def test_non_finite_values_round_trip(store: Store, job_body: dict[str, Any]) ->
     assert trial.best_metric is None  # NaN is never best
 
 
+def test_search_config_keeps_strings_and_non_finite_numbers(
+    store: Store, job_body: dict[str, Any]
+) -> None:
+    job = _running_job(store, job_body)
+    point = {"mode": "triangular", "max_lr": 0.3, "t_mult": 2, "gamma": math.inf}
+    trial = store.create_trial(
+        job_id=job, policy="clr", schedule={"policy": "clr"}, search_config=point, seed=1
+    )
+    assert store.get_trial(trial.id).search_config == point
+
+
 def test_batch_of_results_in_one_call(store: Store, job_body: dict[str, Any]) -> None:
     trial_id = _trial(store, _running_job(store, job_body))
     results = [
