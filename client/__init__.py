@@ -1,1 +1,1 @@
-"""lrtune.client: a typed Python client for the lrtune REST API (httpx), and the CLI commands on it."""
+"""lrtune.client: a typed Python client for the lrtune REST API, and the CLI commands on it."""

@@ -14,7 +14,7 @@ from fastapi.staticfiles import StaticFiles
 from lrtune.schemas.errors import ErrorBody, ErrorDetail, FieldProblem
 from lrtune.schemas.schedules import POLICY_NAMES
 from lrtune.service.errors import LrtuneError, http_status
-from lrtune.service.routes import best, dashboard, health, jobs, schedules, trials
+from lrtune.service.routes import best, dashboard, health, jobs, schedules, trials, workloads
 from lrtune.service.settings import Settings
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -37,6 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(trials.router)
     app.include_router(best.router)
+    app.include_router(workloads.router)
     # The dashboard: its page at /, its scripts and the vendored chart library under /static.
     app.include_router(dashboard.router)
     app.mount("/static", StaticFiles(directory=dashboard.STATIC_DIR), name="static")

@@ -106,8 +106,8 @@ def run_trial_command(
     elapsed = time.perf_counter() - start
     for index, outcome in enumerate(outcomes):
         best = "n/a" if outcome.best_metric is None else f"{outcome.best_metric:.4g}"
-        error = f" error: {outcome.error}" if outcome.error else ""
-        typer.echo(f"trial {index}: {outcome.status}, best {outcome.metric}={best}{error}")
+        failure = f" error: {outcome.error}" if outcome.error else ""
+        typer.echo(f"trial {index}: {outcome.status}, best {outcome.metric}={best}{failure}")
     typer.echo(f"{len(outcomes)} trials in {elapsed:.2f} s")
     if any(outcome.status == "failed" for outcome in outcomes):
         raise typer.Exit(1)

@@ -244,3 +244,13 @@ def test_policy_catalogue_describes_every_policy(preview_client: TestClient) -> 
     assert clr_fields["mode"]["default"] == "triangular"
     assert clr_fields["max_lr"]["required"] is True
     assert clr_fields["step_size"]["duration"] is True
+
+
+def test_workload_catalogue_lists_the_built_ins(preview_client: TestClient) -> None:
+    workloads = {w["name"]: w for w in preview_client.get("/v1/workloads").json()}
+    assert set(workloads) == {"mnist1d", "digits", "cifar10"}
+    assert "val_accuracy" in workloads["digits"]["metrics"]
+    models = next(p for p in workloads["mnist1d"]["params"] if p["name"] == "model")
+    assert set(models["choices"]) == {"mlp", "cnn1d"}
+    data_dir = next(p for p in workloads["cifar10"]["params"] if p["name"] == "data_dir")
+    assert data_dir["required"] is True
