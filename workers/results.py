@@ -9,7 +9,6 @@ the trial key and on (trial, epoch), so a result Tune delivers twice after a res
 
 from __future__ import annotations
 
-import logging
 import math
 import threading
 import time
@@ -20,12 +19,10 @@ from typing import Any, Literal, Protocol
 from lrtune.schemas.trials import EpochResult
 from ray.tune import Callback, Stopper
 
-log = logging.getLogger(__name__)
-
 # Keys of the dict a trial reports each epoch (besides the workload's metrics, flattened in).
 EPOCH_KEYS = ("epoch", "step", "lr", "train_loss", "val_loss", "elapsed_s")
-# Set on the one extra result a trial sends when it diverged: the trial function returns after
-# reporting the epoch, so only a further result can tell the driver how the trial ended.
+# "diverged" on the epoch where the loss blew up (and on one closing result when the blow-up
+# came on an epoch's last step); "already_finished" on the one result of a skipped trial.
 OUTCOME_KEY = "lrtune_outcome"
 NODE_KEY = "node_id"
 # A comma-separated list of the workload metrics flattened into the result.
