@@ -18,7 +18,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import psycopg
@@ -164,9 +163,7 @@ def measure(url: str, job_ids: list[int], *, rate: float, seconds: float) -> lis
     return rows
 
 
-def run_database(
-    label: str, url: str, args: argparse.Namespace
-) -> tuple[str, list[tuple], float]:
+def run_database(label: str, url: str, args: argparse.Namespace) -> tuple[str, list[tuple], float]:
     upgrade_to_head(url)
     store = Store.from_url(url)
     started = time.perf_counter()
