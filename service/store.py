@@ -486,8 +486,6 @@ class Store:
         before = decode_cursor(cursor)
 
         def work(session: Session) -> TrialPage:
-            if session.get(JobRow, job_id) is None:
-                raise NotFoundError(f"no job with id {job_id}")
             query = (
                 select(TrialRow)
                 .where(TrialRow.job_id == job_id)
@@ -501,6 +499,9 @@ class Store:
             if before is not None:
                 query = query.where(TrialRow.id < before)
             rows = list(session.scalars(query))
+            # An empty page needs a second look: no such job, or no trials (yet)?
+            if not rows and session.get(JobRow, job_id) is None:
+                raise NotFoundError(f"no job with id {job_id}")
             more = len(rows) > limit
             rows = rows[:limit]
             return TrialPage(
