@@ -8,6 +8,7 @@ point into a concrete spec counted in steps.
 
 from __future__ import annotations
 
+import builtins
 import math
 from typing import Any
 
@@ -47,18 +48,26 @@ class LogUniform(BaseModel):
 
 class IntRange(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    int: tuple[int, int]
+    # The contract spells this domain {"int": [a, b]}; inside the class `int` is that field.
+    int: tuple[builtins.int, builtins.int]
 
     @field_validator("int")
     @classmethod
-    def _ordered(cls, bounds: tuple[int, int]) -> tuple[int, int]:
+    def _ordered(
+        cls, bounds: tuple[builtins.int, builtins.int]
+    ) -> tuple[builtins.int, builtins.int]:
         if bounds[1] < bounds[0]:
             raise ValueError(f"bounds are reversed: {list(bounds)}")
         return bounds
 
 
 Domain = Choice | Uniform | LogUniform | IntRange
-DOMAIN_KEYS = {"choice": Choice, "uniform": Uniform, "loguniform": LogUniform, "int": IntRange}
+DOMAIN_KEYS: dict[str, type[BaseModel]] = {
+    "choice": Choice,
+    "uniform": Uniform,
+    "loguniform": LogUniform,
+    "int": IntRange,
+}
 
 
 def parse_domain(value: Any) -> Domain | Any:

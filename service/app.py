@@ -82,13 +82,18 @@ def _install_error_handlers(app: FastAPI) -> None:
 def field_path(loc: Sequence[Any]) -> str:
     """`("body", "schedule", "clr", "max_lr")` -> `schedule.max_lr`.
 
-    Drops the request part and the union tag pydantic inserts for a discriminated union, so the
+    Drops the request part and what pydantic inserts for unions (a discriminated union's tag such
+    as `clr`, a member's class name such as `LrBounds`, a type such as `literal['auto']`), so the
     path is the one the user wrote.
     """
     parts = [str(p) for p in loc]
     if parts and parts[0] in ("body", "query", "path", "header"):
         parts = parts[1:]
-    return ".".join(p for p in parts if p not in POLICY_NAMES)
+    return ".".join(p for p in parts if not _is_union_member_label(p))
+
+
+def _is_union_member_label(part: str) -> bool:
+    return part in POLICY_NAMES or "[" in part or (part.isidentifier() and part[0].isupper())
 
 
 def _error(status: int, code: str, message: str, fields: list[FieldProblem]) -> JSONResponse:

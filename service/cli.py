@@ -35,14 +35,77 @@ def main() -> None:
 
 @app.command()
 def api(host: HostOption = "127.0.0.1", port: PortOption = 8000) -> None:
-    """Serve the REST API (and the dashboard) with uvicorn."""
-    _serve_api(Settings(), host=host, port=port)
+    """Serve the REST API and the dashboard (an embedded SQLite is migrated first)."""
+    settings = Settings()
+    _prepare_database(settings)
+    _serve_api(settings, host=host, port=port)
 
 
 @app.command()
 def serve(host: HostOption = "127.0.0.1", port: PortOption = 8000) -> None:
-    """Apply migrations to the embedded database, then serve the API."""
-    _serve_api(Settings(), host=host, port=port)
+    """Migrate the embedded database, then run the API and one worker together (quick start)."""
+    import subprocess
+    import sys
+
+    settings = Settings()
+    _prepare_database(settings)
+    # The worker is its own process, as in a deployment: Ray and the trials never share the
+    # API's event loop, and stopping one does not take the other's state with it.
+    worker = subprocess.Popen([sys.executable, "-m", "lrtune.service.cli", "worker"])
+    try:
+        _serve_api(settings, host=host, port=port)
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+
+
+@app.command()
+def worker(
+    once: Annotated[bool, typer.Option(help="Run at most one job, then exit.")] = False,
+    worker_id: Annotated[str | None, typer.Option(help="Default: host:pid:random.")] = None,
+    num_cpus: Annotated[
+        int | None, typer.Option(help="CPUs of a local Ray (default: the machine's).")
+    ] = None,
+) -> None:
+    """Claim queued jobs and run them as Ray Tune experiments (joins RAY_ADDRESS if set)."""
+    import logging
+
+    from lrtune.service.worker import run_worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    settings = Settings()
+    _check_database(settings)
+    run_worker(settings, worker_id=worker_id, once=once, num_cpus=num_cpus)
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply every pending migration to LRTUNE_DATABASE_URL."""
+    from lrtune.service.errors import StorageError
+    from lrtune.service.migrate import upgrade_to_head
+
+    settings = Settings()
+    try:
+        revision = upgrade_to_head(settings.resolved_database_url)
+    except StorageError as error:
+        _fail(error.message)
+    typer.echo(f"database at revision {revision}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Print the database's schema revision and the head revision."""
+    from lrtune.service.errors import StorageError
+    from lrtune.service.migrate import current_revision, head_revision
+
+    try:
+        current = current_revision(Settings().resolved_database_url)
+    except StorageError as error:
+        _fail(error.message)
+    typer.echo(f"current: {current or 'empty (no schema)'}\nhead: {head_revision()}")
 
 
 @app.command()
@@ -113,6 +176,26 @@ def run_trial_command(
         raise typer.Exit(1)
 
 
+def _prepare_database(settings: Settings) -> None:
+    from lrtune.service.errors import StorageError
+    from lrtune.service.migrate import prepare_embedded_database
+
+    try:
+        prepare_embedded_database(settings)
+    except StorageError as error:
+        _fail(error.message)
+
+
+def _check_database(settings: Settings) -> None:
+    from lrtune.service.errors import StorageError
+    from lrtune.service.migrate import ensure_schema_current
+
+    try:
+        ensure_schema_current(settings.resolved_database_url)
+    except StorageError as error:
+        _fail(error.message)
+
+
 def _serve_api(settings: Settings, *, host: str, port: int) -> None:
     import uvicorn
     from lrtune.service.app import create_app
@@ -159,3 +242,7 @@ def _plot_schedule(steps: Any, rates: Any, *, title: str, path: Path) -> None:
 def _fail(message: str, code: int = 2) -> Any:
     err.print(f"[red]error:[/red] {message}", highlight=False)
     raise typer.Exit(code)
+
+
+if __name__ == "__main__":
+    main()

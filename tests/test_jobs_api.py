@@ -80,7 +80,7 @@ INVALID_SPECS: list[tuple[str, dict[str, Any], str]] = [
     ("no policies", {"policies": []}, "policies"),
     ("policy twice", {"policies": ["clr", "clr"]}, "policies"),
     ("gpu negative", {"resources_per_trial": {"gpu": -1}}, "resources_per_trial.gpu"),
-    ("lr bounds reversed", {"lr_bounds": {"min": 1.0, "max": 0.1}}, "lr_bounds.LrBounds.max"),
+    ("lr bounds reversed", {"lr_bounds": {"min": 1.0, "max": 0.1}}, "lr_bounds.max"),
 ]
 
 
