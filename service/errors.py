@@ -31,11 +31,31 @@ class InvalidInputError(LrtuneError):
 
 
 class LimitExceededError(LrtuneError):
+    """A request bigger than this server or tenant allows (epochs, trials, preview steps)."""
+
     code = "limit_exceeded"
 
 
+class ConcurrencyLimitError(LimitExceededError):
+    """Too many of the tenant's jobs are active; the same request may succeed later (429)."""
+
+    code = "too_many_jobs"
+
+
+class PayloadTooLargeError(LimitExceededError):
+    code = "payload_too_large"
+
+
 class UnauthorizedError(LrtuneError):
+    """No credentials, or ones that are unknown or revoked (401 with WWW-Authenticate)."""
+
     code = "unauthorized"
+
+
+class ForbiddenError(LrtuneError):
+    """Known caller, refused action."""
+
+    code = "forbidden"
 
 
 class StorageError(LrtuneError):
@@ -53,7 +73,10 @@ HTTP_STATUS: dict[type[LrtuneError], int] = {
     ConflictError: 409,
     InvalidInputError: 422,
     LimitExceededError: 422,
+    ConcurrencyLimitError: 429,
+    PayloadTooLargeError: 413,
     UnauthorizedError: 401,
+    ForbiddenError: 403,
     StorageError: 503,
     SchemaOutdatedError: 503,
 }

@@ -108,13 +108,35 @@ def _connection(url: str) -> Iterator[Connection]:
     engine = make_engine(url, pool_size=1)
     try:
         with engine.connect() as connection:
+            if is_sqlite(url):
+                _sqlite_foreign_keys_off(connection)
             yield connection.execution_options(**{WRITE_OPTION: True})
             if connection.in_transaction():
                 connection.commit()
+            if is_sqlite(url):
+                _check_sqlite_foreign_keys(connection)
     except SQLAlchemyError as error:
         raise StorageError(f"cannot reach the database: {_first_line(error)}") from error
     finally:
         engine.dispose()
+
+
+def _sqlite_foreign_keys_off(connection: Connection) -> None:
+    """SQLite adds a foreign key by rebuilding the table (Alembic's batch mode), and dropping the
+    old `jobs` would cascade into its trials: migrations run with foreign keys off, as SQLite's
+    documentation prescribes. The pragma is a no-op inside a transaction, so it goes straight to
+    the driver before the migration's transaction begins; the engine is thrown away afterwards."""
+    driver = connection.connection.driver_connection
+    assert driver is not None
+    driver.execute("PRAGMA foreign_keys=OFF")
+
+
+def _check_sqlite_foreign_keys(connection: Connection) -> None:
+    # With the checks off during the migration, prove afterwards that no reference dangles.
+    dangling = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+    connection.rollback()
+    if dangling:
+        raise StorageError(f"the migration left dangling foreign keys: {dangling[:5]}")
 
 
 def _first_line(error: BaseException) -> str:

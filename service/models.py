@@ -52,12 +52,57 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# The tenant migration 0003 creates first: jobs stored before tenants existed, and every request
+# when authentication is off (the embedded single-user mode), belong to it.
+DEFAULT_TENANT_ID = 1
+DEFAULT_TENANT_NAME = "default"
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
 def _kind_column() -> Mapped[int]:
     return mapped_column(SmallInteger, nullable=False, default=0, server_default="0")
+
+
+class TenantRow(Base):
+    """Who owns jobs: every token acts for one tenant. A NULL limit means the server's default."""
+
+    __tablename__ = "tenants"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), nullable=False, unique=True)
+    max_concurrent_jobs: Mapped[int | None] = mapped_column(Integer)
+    max_trials_per_job: Mapped[int | None] = mapped_column(Integer)
+    max_epochs: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, default=utcnow
+    )
+
+
+class ApiTokenRow(Base):
+    """A bearer token: only its SHA-256 is stored, so the table cannot be used to log in."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    token_sha256: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    label: Mapped[str] = mapped_column(String(200), nullable=False, default="")
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, default=utcnow
+    )
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+def _tenant_column() -> Mapped[int]:
+    return mapped_column(
+        ForeignKey("tenants.id"), nullable=False, default=DEFAULT_TENANT_ID, server_default="1"
+    )
 
 
 class JobRow(Base):
@@ -75,9 +120,13 @@ class JobRow(Base):
         Index(None, "status", "lease_expires_at"),
         # GET /v1/best filters finished jobs by workload and metric.
         Index(None, "workload", "metric_name", "status"),
+        # A tenant's jobs, newest first, and its queued or running ones (the concurrency limit).
+        Index(None, "tenant_id", "id"),
+        Index(None, "tenant_id", "status"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int] = _tenant_column()
     name: Mapped[str] = mapped_column(String(200), nullable=False, default="")
     kind: Mapped[str] = mapped_column(String(16), nullable=False)
     status: Mapped[str] = mapped_column(String(16), nullable=False)
@@ -206,6 +255,10 @@ class IdempotencyKeyRow(Base):
 
     __tablename__ = "idempotency_keys"
 
+    # Keys are per tenant: two tenants may pick the same key without seeing each other's job.
+    tenant_id: Mapped[int] = mapped_column(
+        ForeignKey("tenants.id"), primary_key=True, default=DEFAULT_TENANT_ID, server_default="1"
+    )
     key: Mapped[str] = mapped_column(String(200), primary_key=True)
     body_sha256: Mapped[str] = mapped_column(String(64), nullable=False)
     job_id: Mapped[int] = mapped_column(
@@ -217,16 +270,27 @@ class IdempotencyKeyRow(Base):
 
 
 class BestSettingRow(Base):
-    """The best completed trial per (workload, policy, metric, mode) over succeeded jobs.
+    """Per tenant, the best completed trial per (workload, policy, metric, mode) of its jobs.
 
     Denormalised when a job succeeds, so GET /v1/best reads a handful of rows instead of ranking
     every trial ever run.
     """
 
     __tablename__ = "best_settings"
-    __table_args__ = (UniqueConstraint("workload", "policy", "metric_name", "metric_mode"),)
+    __table_args__ = (
+        UniqueConstraint(
+            "tenant_id",
+            "workload",
+            "policy",
+            "metric_name",
+            "metric_mode",
+            # The conventional name is longer than PostgreSQL's 63 characters.
+            name="uq_best_settings_tenant_setting",
+        ),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int] = _tenant_column()
     workload: Mapped[str] = mapped_column(String(200), nullable=False)
     policy: Mapped[str] = mapped_column(String(32), nullable=False)
     metric_name: Mapped[str] = mapped_column(String(100), nullable=False)

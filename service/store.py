@@ -5,6 +5,10 @@ serialization failures with a bounded, jittered backoff, and turns database erro
 lrtune's own (StorageError, ConflictError). Writes that race (claiming a job, idempotent
 submissions, results reported twice) rely on conditional updates and unique constraints rather
 than on reading first.
+
+Tenants: the reads and writes a request makes (jobs, trials, metrics, best settings, curves) take
+`tenant_id=` and see only that tenant's rows; another tenant's id is a NotFoundError, exactly like
+an id that does not exist. `tenant_id=None` is for the worker and for operators: no filter.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import hashlib
 import logging
 import math
 import random
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -34,13 +39,23 @@ from lrtune.schemas.jobs import (
     TrialPage,
     is_better,
 )
+from lrtune.schemas.tenants import ApiToken, Tenant, TenantLimits
 from lrtune.service.db import WRITE_OPTION, make_engine
-from lrtune.service.errors import ConflictError, InvalidInputError, NotFoundError, StorageError
+from lrtune.service.errors import (
+    ConcurrencyLimitError,
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    StorageError,
+)
 from lrtune.service.models import (
+    DEFAULT_TENANT_ID,
+    ApiTokenRow,
     BestSettingRow,
     FloatKind,
     IdempotencyKeyRow,
     JobRow,
+    TenantRow,
     TrialMetricRow,
     TrialRow,
     utcnow,
@@ -68,6 +83,11 @@ _CURSOR_PREFIX = "id:"
 # Ids are 32-bit integers in SQL; anything larger names no row (and PostgreSQL would refuse it).
 MAX_ID = 2**31 - 1
 _METRIC_ROWS_PER_INSERT = 500
+TOKEN_PREFIX = "lrt_"
+# last_used_at is a hint for operators, not an audit log: write it at most this often per token,
+# so authenticated reads do not each take SQLite's write lock.
+_LAST_USED_RESOLUTION = timedelta(seconds=60)
+_ACTIVE_JOB_STATUSES = ("queued", "running", "cancelling")
 
 
 class Store:
@@ -108,23 +128,152 @@ class Store:
 
         return self._run(work, write=False)
 
+    # ---- tenants and API tokens ---------------------------------------------------------------
+
+    def ensure_tenant(self, *, name: str) -> Tenant:
+        """The tenant called `name`, created (with the server's default limits) if missing."""
+
+        def work(session: Session) -> TenantRow:
+            statement = (
+                self._insert(TenantRow)
+                .values(name=name, created_at=utcnow())
+                .on_conflict_do_nothing(index_elements=["name"])
+            )
+            session.execute(statement)
+            row = session.scalar(select(TenantRow).where(TenantRow.name == name))
+            assert row is not None
+            return row
+
+        return _tenant(self._run(work, write=True))
+
+    def get_tenant(self, *, tenant_id: int) -> Tenant:
+        def work(session: Session) -> TenantRow:
+            row = session.get(TenantRow, tenant_id)
+            if row is None:
+                raise NotFoundError(f"no tenant with id {tenant_id}")
+            return row
+
+        return _tenant(self._run(work, write=False))
+
+    def set_tenant_limits(self, *, name: str, limits: TenantLimits) -> Tenant:
+        """Replace the tenant's own limits (None: the server's default)."""
+
+        def work(session: Session) -> TenantRow:
+            row = session.scalar(select(TenantRow).where(TenantRow.name == name))
+            if row is None:
+                raise NotFoundError(f"no tenant called {name!r}")
+            row.max_concurrent_jobs = limits.max_concurrent_jobs
+            row.max_trials_per_job = limits.max_trials_per_job
+            row.max_epochs = limits.max_epochs
+            return row
+
+        return _tenant(self._run(work, write=True))
+
+    def create_token(self, *, tenant: str, label: str = "") -> tuple[ApiToken, str]:
+        """A new bearer token for `tenant` (created if missing); returns (record, token).
+
+        The token itself is returned once and never stored: the table keeps its SHA-256.
+        """
+        tenant_row = self.ensure_tenant(name=tenant)
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+        def work(session: Session) -> int:
+            row = ApiTokenRow(
+                tenant_id=tenant_row.id,
+                token_sha256=token_digest(token),
+                label=label,
+                created_at=utcnow(),
+            )
+            session.add(row)
+            session.flush()
+            return row.id
+
+        token_id = self._run(work, write=True)
+        (record,) = [t for t in self.list_tokens() if t.id == token_id]
+        return record, token
+
+    def list_tokens(self) -> list[ApiToken]:
+        def work(session: Session) -> list[ApiToken]:
+            rows = session.execute(
+                select(ApiTokenRow, TenantRow.name)
+                .join(TenantRow, TenantRow.id == ApiTokenRow.tenant_id)
+                .order_by(ApiTokenRow.id)
+            )
+            return [_api_token(row, tenant) for row, tenant in rows]
+
+        return self._run(work, write=False)
+
+    def revoke_token(self, *, token_id: int) -> ApiToken:
+        """Revoke a token (idempotent): requests bearing it answer 401 from now on."""
+
+        def work(session: Session) -> None:
+            row = session.get(ApiTokenRow, token_id)
+            if row is None:
+                raise NotFoundError(f"no token with id {token_id}")
+            if row.revoked_at is None:
+                row.revoked_at = utcnow()
+
+        self._run(work, write=True)
+        (record,) = [t for t in self.list_tokens() if t.id == token_id]
+        return record
+
+    def authenticate(self, *, token: str) -> Tenant | None:
+        """The tenant a bearer token acts for; None for an unknown or revoked token."""
+        digest = token_digest(token)
+        now = utcnow()
+
+        def read(session: Session) -> tuple[int, datetime | None, TenantRow] | None:
+            found = session.execute(
+                select(ApiTokenRow.id, ApiTokenRow.last_used_at, TenantRow)
+                .join(TenantRow, TenantRow.id == ApiTokenRow.tenant_id)
+                .where(ApiTokenRow.token_sha256 == digest, ApiTokenRow.revoked_at.is_(None))
+            ).first()
+            return None if found is None else (found[0], found[1], found[2])
+
+        found = self._run(read, write=False)
+        if found is None:
+            return None
+        token_id, last_used, tenant_row = found
+        last = _utc(last_used)
+        if last is None or now - last > _LAST_USED_RESOLUTION:
+
+            def touch(session: Session) -> None:
+                session.execute(
+                    update(ApiTokenRow).where(ApiTokenRow.id == token_id).values(last_used_at=now)
+                )
+
+            self._run(touch, write=True)
+        return _tenant(tenant_row)
+
     # ---- jobs ---------------------------------------------------------------------------------
 
-    def create_job(self, *, spec: JobSpec, idempotency_key: str | None = None) -> tuple[Job, bool]:
-        """Store a queued job; returns (job, created).
+    def create_job(
+        self,
+        *,
+        spec: JobSpec,
+        idempotency_key: str | None = None,
+        tenant_id: int = DEFAULT_TENANT_ID,
+        max_active_jobs: int | None = None,
+    ) -> tuple[Job, bool]:
+        """Store a queued job of `tenant_id`; returns (job, created).
 
-        With an idempotency key, the same key and the same spec return the job made the first
-        time (created False); the same key with another spec is a ConflictError. Twenty
+        With an idempotency key (per tenant), the same key and the same spec return the job made
+        the first time (created False); the same key with another spec is a ConflictError. Twenty
         concurrent identical submissions make one job: the key's primary key decides the race.
+        With `max_active_jobs`, a tenant that already has that many jobs queued, running or
+        cancelling gets ConcurrencyLimitError; the tenant's row lock makes the count exact.
         """
         digest = hashlib.sha256(spec.model_dump_json().encode()).hexdigest()
         if idempotency_key is not None:
-            existing = self._job_for_key(idempotency_key, digest)
+            existing = self._job_for_key(idempotency_key, digest, tenant_id=tenant_id)
             if existing is not None:
                 return existing, False
 
         def work(session: Session) -> int:
+            if max_active_jobs is not None:
+                self._check_active_jobs(session, tenant_id=tenant_id, limit=max_active_jobs)
             row = JobRow(
+                tenant_id=tenant_id,
                 name=spec.name,
                 kind=spec.kind,
                 status="queued",
@@ -139,7 +288,12 @@ class Store:
             session.flush()
             if idempotency_key is not None:
                 session.add(
-                    IdempotencyKeyRow(key=idempotency_key, body_sha256=digest, job_id=row.id)
+                    IdempotencyKeyRow(
+                        tenant_id=tenant_id,
+                        key=idempotency_key,
+                        body_sha256=digest,
+                        job_id=row.id,
+                    )
                 )
                 session.flush()
             return row.id
@@ -150,15 +304,37 @@ class Store:
             if idempotency_key is None:
                 raise
             # Another request stored this key between our look-up and our insert.
-            existing = self._job_for_key(idempotency_key, digest)
+            existing = self._job_for_key(idempotency_key, digest, tenant_id=tenant_id)
             if existing is None:
                 raise
             return existing, False
         return self.get_job(job_id), True
 
-    def _job_for_key(self, key: str, digest: str) -> Job | None:
+    def _check_active_jobs(self, session: Session, *, tenant_id: int, limit: int) -> None:
+        # Lock the tenant's row (PostgreSQL; SQLite's writers are serial anyway) so that
+        # concurrent submissions count one after another and cannot all slip under the limit.
+        tenant = session.scalar(
+            select(TenantRow).where(TenantRow.id == tenant_id).with_for_update()
+            if self.is_postgres
+            else select(TenantRow).where(TenantRow.id == tenant_id)
+        )
+        if tenant is None:
+            raise NotFoundError(f"no tenant with id {tenant_id}")
+        active = session.scalar(
+            select(func.count())
+            .select_from(JobRow)
+            .where(JobRow.tenant_id == tenant_id, JobRow.status.in_(_ACTIVE_JOB_STATUSES))
+        )
+        if active is not None and active >= limit:
+            raise ConcurrencyLimitError(
+                f"tenant {tenant.name!r} already has {active} jobs queued or running; the limit "
+                f"(max_concurrent_jobs) is {limit}: wait for one to finish or cancel one",
+                field="max_concurrent_jobs",
+            )
+
+    def _job_for_key(self, key: str, digest: str, *, tenant_id: int) -> Job | None:
         def work(session: Session) -> tuple[str, int] | None:
-            row = session.get(IdempotencyKeyRow, key)
+            row = session.get(IdempotencyKeyRow, (tenant_id, key))
             return (row.body_sha256, row.job_id) if row is not None else None
 
         found = self._run(work, write=False)
@@ -170,25 +346,30 @@ class Store:
                 f"Idempotency-Key {key!r} was already used with a different job spec; "
                 "use a new key for a new job"
             )
-        return self.get_job(job_id)
+        return self.get_job(job_id, tenant_id=tenant_id)
 
-    def get_job(self, job_id: int) -> Job:
+    def get_job(self, job_id: int, *, tenant_id: int | None = None) -> Job:
         def work(session: Session) -> Job:
-            row = session.get(JobRow, job_id)
-            if row is None:
-                raise NotFoundError(f"no job with id {job_id}")
+            row = _job_row(session, job_id, tenant_id=tenant_id)
             return self._jobs_from_rows(session, [row])[0]
 
         return self._run(work, write=False)
 
     def list_jobs(
-        self, *, status: str | None = None, limit: int = 50, cursor: str | None = None
+        self,
+        *,
+        tenant_id: int | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
     ) -> JobPage:
         """A page of jobs, newest first."""
         before = decode_cursor(cursor)
 
         def work(session: Session) -> JobPage:
             query = select(JobRow).order_by(JobRow.id.desc()).limit(limit + 1)
+            if tenant_id is not None:
+                query = query.where(JobRow.tenant_id == tenant_id)
             if status is not None:
                 query = query.where(JobRow.status == status)
             if before is not None:
@@ -203,13 +384,11 @@ class Store:
 
         return self._run(work, write=False)
 
-    def cancel_job(self, job_id: int) -> Job:
+    def cancel_job(self, job_id: int, *, tenant_id: int | None = None) -> Job:
         """queued -> cancelled now; running -> cancelling (the worker ends it); idempotent."""
 
         def work(session: Session) -> None:
-            row = session.get(JobRow, job_id, with_for_update=self.is_postgres)
-            if row is None:
-                raise NotFoundError(f"no job with id {job_id}")
+            row = _job_row(session, job_id, tenant_id=tenant_id, lock=self.is_postgres)
             if row.status == "queued":
                 row.status = "cancelled"
                 row.finished_at = utcnow()
@@ -219,7 +398,7 @@ class Store:
                 raise ConflictError(f"job {job_id} has already {row.status}; nothing to cancel")
 
         self._run(work, write=True)
-        return self.get_job(job_id)
+        return self.get_job(job_id, tenant_id=tenant_id)
 
     def is_cancel_requested(self, job_id: int) -> bool:
         def work(session: Session) -> bool:
@@ -464,12 +643,9 @@ class Store:
         self._run(work, write=True)
         return self.get_trial(trial_id)
 
-    def get_trial(self, trial_id: int) -> Trial:
+    def get_trial(self, trial_id: int, *, tenant_id: int | None = None) -> Trial:
         def work(session: Session) -> Trial:
-            row = session.get(TrialRow, trial_id)
-            if row is None:
-                raise NotFoundError(f"no trial with id {trial_id}")
-            return _trial(row)
+            return _trial(_trial_row(session, trial_id, tenant_id=tenant_id))
 
         return self._run(work, write=False)
 
@@ -477,6 +653,7 @@ class Store:
         self,
         *,
         job_id: int,
+        tenant_id: int | None = None,
         policy: str | None = None,
         status: str | None = None,
         limit: int = 50,
@@ -486,6 +663,8 @@ class Store:
         before = decode_cursor(cursor)
 
         def work(session: Session) -> TrialPage:
+            if tenant_id is not None:
+                _job_row(session, job_id, tenant_id=tenant_id)  # 404 for another tenant's job
             query = (
                 select(TrialRow)
                 .where(TrialRow.job_id == job_id)
@@ -582,12 +761,13 @@ class Store:
         self._run(work, write=True)
         return self.get_trial(trial_id)
 
-    def list_trial_metrics(self, *, trial_id: int) -> list[TrialMetric]:
+    def list_trial_metrics(
+        self, *, trial_id: int, tenant_id: int | None = None
+    ) -> list[TrialMetric]:
         """One row per epoch, in epoch order."""
 
         def work(session: Session) -> list[TrialMetric]:
-            if session.get(TrialRow, trial_id) is None:
-                raise NotFoundError(f"no trial with id {trial_id}")
+            _trial_row(session, trial_id, tenant_id=tenant_id)
             rows = session.scalars(
                 select(TrialMetricRow)
                 .where(TrialMetricRow.trial_id == trial_id)
@@ -600,17 +780,22 @@ class Store:
     def best_settings(
         self,
         *,
+        tenant_id: int | None = None,
         workload: str | None = None,
         policy: str | None = None,
         metric: str | None = None,
     ) -> list[BestSetting]:
-        """For each (workload, policy, metric) the best completed trial of a succeeded job."""
+        """For each (workload, policy, metric) the best completed trial of a succeeded job of
+        `tenant_id` (every tenant's, one row each, when None)."""
         query = select(BestSettingRow).order_by(
+            BestSettingRow.tenant_id,
             BestSettingRow.workload,
             BestSettingRow.policy,
             BestSettingRow.metric_name,
             BestSettingRow.metric_mode,
         )
+        if tenant_id is not None:
+            query = query.where(BestSettingRow.tenant_id == tenant_id)
         if workload is not None:
             query = query.where(BestSettingRow.workload == workload)
         if policy is not None:
@@ -661,6 +846,7 @@ class Store:
         now = utcnow()
         for trial in session.execute(select(ranked).where(ranked.c.place == 1)):
             statement = self._insert(BestSettingRow).values(
+                tenant_id=job.tenant_id,
                 workload=job.workload,
                 policy=trial.policy,
                 metric_name=job.metric_name,
@@ -679,7 +865,13 @@ class Store:
             )
             session.execute(
                 statement.on_conflict_do_update(
-                    index_elements=["workload", "policy", "metric_name", "metric_mode"],
+                    index_elements=[
+                        "tenant_id",
+                        "workload",
+                        "policy",
+                        "metric_name",
+                        "metric_mode",
+                    ],
                     set_={
                         "value": statement.excluded.value,
                         "job_id": statement.excluded.job_id,
@@ -837,6 +1029,35 @@ def _utc(moment: datetime | None) -> datetime | None:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _tenant(row: TenantRow) -> Tenant:
+    return Tenant(
+        id=row.id,
+        name=row.name,
+        limits=TenantLimits(
+            max_concurrent_jobs=row.max_concurrent_jobs,
+            max_trials_per_job=row.max_trials_per_job,
+            max_epochs=row.max_epochs,
+        ),
+    )
+
+
+def _api_token(row: ApiTokenRow, tenant: str) -> ApiToken:
+    created = _utc(row.created_at)
+    assert created is not None
+    return ApiToken(
+        id=row.id,
+        tenant=tenant,
+        label=row.label,
+        created_at=created,
+        revoked_at=_utc(row.revoked_at),
+        last_used_at=_utc(row.last_used_at),
+    )
+
+
 def _job(row: JobRow, counts: dict[str, int], best: BestSoFar | None) -> Job:
     created = _utc(row.created_at)
     assert created is not None
@@ -918,6 +1139,30 @@ def _metric_value(result: TrialMetric, name: str) -> float | None:
     return result.metrics.get(name)
 
 
+def _job_row(session: Session, job_id: int, *, tenant_id: int | None, lock: bool = False) -> JobRow:
+    """The job's row; NotFoundError when there is none or it is another tenant's (same words,
+    so a caller cannot tell which ids other tenants own)."""
+    row = session.get(JobRow, job_id, with_for_update=lock)
+    if row is None or (tenant_id is not None and row.tenant_id != tenant_id):
+        raise NotFoundError(f"no job with id {job_id}")
+    return row
+
+
+def _trial_row(session: Session, trial_id: int, *, tenant_id: int | None) -> TrialRow:
+    """The trial's row; a trial belongs to its job's tenant."""
+    if tenant_id is None:
+        row = session.get(TrialRow, trial_id)
+    else:
+        row = session.scalar(
+            select(TrialRow)
+            .join(JobRow, JobRow.id == TrialRow.job_id)
+            .where(TrialRow.id == trial_id, JobRow.tenant_id == tenant_id)
+        )
+    if row is None:
+        raise NotFoundError(f"no trial with id {trial_id}")
+    return row
+
+
 def _retryable(error: DBAPIError) -> bool:
     if isinstance(error, OperationalError) and any(
         text_ in str(error.orig) for text_ in _SQLITE_BUSY
@@ -932,7 +1177,7 @@ def _first_line(error: BaseException) -> str:
 
 
 def job_curves(
-    store: Store, *, job_id: int, per_policy: int
+    store: Store, *, job_id: int, per_policy: int, tenant_id: int | None = None
 ) -> tuple[list[dict[str, Any]], list[tuple[Trial, list[TrialMetric]]]]:
     """The dashboard's view of a job in one read transaction, whatever its number of trials.
 
@@ -944,9 +1189,7 @@ def job_curves(
     def work(
         session: Session,
     ) -> tuple[list[dict[str, Any]], list[tuple[Trial, list[TrialMetric]]]]:
-        job = session.get(JobRow, job_id)
-        if job is None:
-            raise NotFoundError(f"no job with id {job_id}")
+        job = _job_row(session, job_id, tenant_id=tenant_id)
         descending = job.metric_mode == "max"
         standings: dict[str, dict[str, Any]] = {}
         for policy, status, count, low, high, total in session.execute(

@@ -35,6 +35,8 @@ TABLES = {
     "recommendations",
     "idempotency_keys",
     "best_settings",
+    "tenants",
+    "api_tokens",
 }
 
 
@@ -173,3 +175,62 @@ def test_a_server_database_is_never_migrated_implicitly(
         assert current_revision(url) is None
     finally:
         postgres_server.drop(f"{postgres_server.prefix}_not_implicit")
+
+
+def test_upgrading_a_database_made_by_0002_puts_its_jobs_in_the_default_tenant(
+    database_url: str,
+) -> None:
+    downgrade(database_url, "0002")
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql(
+                "INSERT INTO jobs (name, kind, status, spec, workload, metric_name, metric_mode, "
+                "planned_trials, created_at) VALUES ('old', 'search', 'failed', '{}', 'digits', "
+                "'val_accuracy', 'max', 2, CURRENT_TIMESTAMP)"
+            )
+            connection.exec_driver_sql(
+                "INSERT INTO idempotency_keys (key, body_sha256, job_id, created_at) "
+                "VALUES ('k', 'x', 1, CURRENT_TIMESTAMP)"
+            )
+        upgrade_to_head(database_url)
+        with engine.connect() as connection:
+            tenants = connection.exec_driver_sql("SELECT id, name FROM tenants").all()
+            jobs = connection.exec_driver_sql("SELECT name, tenant_id FROM jobs").all()
+            keys = connection.exec_driver_sql("SELECT key, tenant_id FROM idempotency_keys").all()
+    finally:
+        engine.dispose()
+    assert [tuple(t) for t in tenants] == [(1, "default")]
+    assert [tuple(j) for j in jobs] == [("old", 1)]
+    assert [tuple(k) for k in keys] == [("k", 1)]
+
+    # A second tenant's rows, then down to 0002: every job survives, with its trials.
+    store = Store.from_url(database_url)
+    try:
+        other = store.ensure_tenant(name="other")
+        spec = JobSpec.model_validate(
+            {
+                "workload": {"name": "digits"},
+                "policies": ["fixed"],
+                "budget": {"epochs": 1, "trials_per_policy": 1},
+            }
+        )
+        theirs, _ = store.create_job(spec=spec, tenant_id=other.id, idempotency_key="k")
+        store.claim_next_job(worker_id="w", lease_seconds=60)
+        trial = store.create_trial(
+            job_id=theirs.id, policy="fixed", schedule={"policy": "fixed"}, search_config={}, seed=0
+        )
+    finally:
+        store.dispose()
+    downgrade(database_url, "0002")
+    assert current_revision(database_url) == "0002"
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            names = connection.exec_driver_sql("SELECT name FROM jobs ORDER BY id").scalars().all()
+            trials = connection.exec_driver_sql("SELECT id FROM trials").scalars().all()
+    finally:
+        engine.dispose()
+    assert len(names) == 2 and names[0] == "old"
+    assert trials == [trial.id]  # rebuilding jobs on SQLite did not cascade into its trials
+    assert "tenants" not in _tables(database_url)
