@@ -7,13 +7,15 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from lrtune.schemas.errors import ErrorBody, ErrorDetail, FieldProblem
 from lrtune.schemas.schedules import POLICY_NAMES
-from lrtune.service.errors import LrtuneError, http_status
+from lrtune.service.deps import require_caller
+from lrtune.service.errors import LrtuneError, UnauthorizedError, http_status
+from lrtune.service.middleware import BodySizeLimit
 from lrtune.service.routes import best, dashboard, health, jobs, schedules, trials, workloads
 from lrtune.service.settings import Settings
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -33,16 +35,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # no database and runs no migration.
     app.state.store = None
     app.include_router(health.router)
-    app.include_router(schedules.router)
-    app.include_router(jobs.router)
-    app.include_router(trials.router)
-    app.include_router(best.router)
-    app.include_router(workloads.router)
+    # Every /v1 route needs a valid token when LRTUNE_AUTH=on; routers added later must be
+    # included with V1_GUARD too (tests/test_auth.py walks app.routes to check).
+    for router in (schedules.router, jobs.router, trials.router, best.router, workloads.router):
+        app.include_router(router, **V1_GUARD)
     # The dashboard: its page at /, its scripts and the vendored chart library under /static.
     app.include_router(dashboard.router)
     app.mount("/static", StaticFiles(directory=dashboard.STATIC_DIR), name="static")
     _install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=app.state.settings.max_request_bytes)
     return app
+
+
+# What every /v1 router is included with: the caller check and its documented 401.
+V1_GUARD: dict[str, Any] = {
+    "dependencies": [Depends(require_caller)],
+    "responses": {401: {"model": ErrorBody}},
+}
 
 
 @asynccontextmanager
@@ -57,7 +66,10 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(LrtuneError)
     async def on_lrtune_error(request: Request, error: LrtuneError) -> JSONResponse:
         fields = [FieldProblem(path=error.field, message=error.message)] if error.field else []
-        return _error(http_status(error), error.code, error.message, fields)
+        answer = _error(http_status(error), error.code, error.message, fields)
+        if isinstance(error, UnauthorizedError):
+            answer.headers["WWW-Authenticate"] = 'Bearer realm="lrtune"'
+        return answer
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, error: RequestValidationError) -> JSONResponse:

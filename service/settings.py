@@ -23,8 +23,24 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("RAY_ADDRESS", "LRTUNE_RAY_ADDRESS"),
         description="Join this Ray cluster; unset: start a local Ray sized to the machine.",
     )
+    auth: bool = Field(
+        False,
+        description="LRTUNE_AUTH=on: every /v1 request needs a bearer token (`lrtune token "
+        "create`); off: one trusted local user, the tenant 'default'.",
+    )
+    max_request_bytes: int = Field(
+        1024 * 1024, gt=0, description="Largest request body accepted (413 above it)."
+    )
     max_preview_steps: int = Field(1_000_000, gt=0)
-    max_epochs: int = Field(1000, gt=0, description="Most epochs a trial may train.")
+    max_epochs: int = Field(
+        1000, gt=0, description="Most epochs a trial may train (a tenant's own limit wins)."
+    )
+    max_concurrent_jobs: int = Field(
+        50, gt=0, description="Jobs a tenant may have queued or running at once (429 above it)."
+    )
+    max_trials_per_job: int = Field(
+        2000, gt=0, description="Most trials (planned, with confirmation seeds) in one job."
+    )
     max_trials_per_policy: int = Field(200, gt=0)
     max_policies_per_job: int = Field(32, gt=0)
     job_lease_seconds: float = Field(

@@ -4,6 +4,7 @@ no "database is locked"."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -85,6 +86,8 @@ def test_eight_processes_submit_and_poll_at_once(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            # 125 queued jobs of one tenant: above the default concurrent-jobs limit on purpose.
+            env={**os.environ, "LRTUNE_MAX_CONCURRENT_JOBS": "1000"},
         )
         for proc in range(PROCESSES)
     ]

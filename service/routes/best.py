@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 from lrtune.schemas.errors import ErrorBody
 from lrtune.schemas.jobs import BestSetting
-from lrtune.service.deps import StoreDep
+from lrtune.service.deps import StoreDep, TenantDep
 from lrtune.service.routes.jobs import json_response
 from pydantic import TypeAdapter
 
@@ -18,10 +18,13 @@ _SETTINGS: TypeAdapter[list[BestSetting]] = TypeAdapter(list[BestSetting])
 @router.get("/best", response_model=list[BestSetting], responses={422: {"model": ErrorBody}})
 def best_settings(
     store: StoreDep,
+    tenant: TenantDep,
     workload: Annotated[str | None, Query(max_length=200)] = None,
     policy: Annotated[str | None, Query(max_length=32)] = None,
     metric: Annotated[str | None, Query(max_length=100)] = None,
 ) -> Response:
-    """Per workload and policy: the best completed trial of a succeeded job, with its schedule."""
-    found = store.best_settings(workload=workload, policy=policy, metric=metric)
+    """Per workload and policy: your succeeded jobs' best completed trial, with its schedule."""
+    found = store.best_settings(
+        tenant_id=tenant.id, workload=workload, policy=policy, metric=metric
+    )
     return json_response(found, adapter=_SETTINGS)

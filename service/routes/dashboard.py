@@ -15,7 +15,7 @@ from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import FileResponse
 from lrtune.schemas.errors import ErrorBody
 from lrtune.schemas.jobs import Trial, TrialMetric
-from lrtune.service.deps import StoreDep
+from lrtune.service.deps import StoreDep, TenantDep
 from lrtune.service.store import MAX_ID, job_curves
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -82,11 +82,12 @@ def dashboard_page() -> FileResponse:
 @router.get(
     "/v1/jobs/{job_id}/curves",
     response_model=JobCurves,
-    responses={404: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+    responses={401: {"model": ErrorBody}, 404: {"model": ErrorBody}, 422: {"model": ErrorBody}},
 )
 def get_job_curves(
     job_id: Annotated[int, Path(ge=1, le=MAX_ID, description="The job's id.")],
     store: StoreDep,
+    tenant: TenantDep,
     per_policy: Annotated[
         int, Query(ge=1, le=100, description="Best trials of each policy to draw.")
     ] = 25,
@@ -95,8 +96,8 @@ def get_job_curves(
     ] = 200,
 ) -> Response:
     """Each policy's standing and its best trials' learning curves, in one compact answer."""
-    job = store.get_job(job_id)
-    standings, trials = job_curves(store, job_id=job_id, per_policy=per_policy)
+    job = store.get_job(job_id, tenant_id=tenant.id)
+    standings, trials = job_curves(store, job_id=job_id, per_policy=per_policy, tenant_id=tenant.id)
     metric = job.spec.metric_name
     body = JobCurves(
         job_id=job_id,

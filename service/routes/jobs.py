@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Path, Query, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 from lrtune.schemas.errors import ErrorBody
 from lrtune.schemas.jobs import Job, JobPage, JobSpec, JobStatus, TrialPage, TrialStatus
 from lrtune.schemas.schedules import POLICY_NAMES
-from lrtune.service.deps import SettingsDep, StoreDep
-from lrtune.service.errors import InvalidInputError, LimitExceededError
+from lrtune.schemas.tenants import Tenant
+from lrtune.service.deps import SettingsDep, StoreDep, TenantDep
+from lrtune.service.errors import ForbiddenError, InvalidInputError, LimitExceededError
 from lrtune.service.settings import Settings
 from lrtune.service.store import MAX_ID
 from pydantic import BaseModel, TypeAdapter
@@ -26,14 +27,25 @@ _ERRORS: dict[int | str, dict[str, object]] = {
     409: {"model": ErrorBody},
     422: {"model": ErrorBody},
 }
+_SUBMIT_ERRORS: dict[int | str, dict[str, object]] = {
+    **_ERRORS,
+    403: {"model": ErrorBody},
+    413: {"model": ErrorBody},
+    429: {"model": ErrorBody},
+}
+# Where a request comes from when it is this machine: the only callers that may name an
+# entrypoint while authentication is off.
+_LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 
-@router.post("/jobs", status_code=201, response_model=Job, responses=_ERRORS)
+@router.post("/jobs", status_code=201, response_model=Job, responses=_SUBMIT_ERRORS)
 def submit_job(
     spec: JobSpec,
+    request: Request,
     response: Response,
     store: StoreDep,
     settings: SettingsDep,
+    tenant: TenantDep,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -44,8 +56,15 @@ def submit_job(
     ] = None,
 ) -> Job:
     """Submit a schedule-search job; 200 with the same job when its Idempotency-Key is reused."""
-    check_job_limits(spec, settings)
-    job, created = store.create_job(spec=spec, idempotency_key=idempotency_key)
+    check_job_limits(spec, settings, tenant=tenant)
+    if spec.workload.entrypoint is not None:
+        check_entrypoint_allowed(request, settings)
+    job, created = store.create_job(
+        spec=spec,
+        idempotency_key=idempotency_key,
+        tenant_id=tenant.id,
+        max_active_jobs=tenant.limits.max_concurrent_jobs or settings.max_concurrent_jobs,
+    )
     if not created:
         response.status_code = 200
     return job
@@ -54,30 +73,33 @@ def submit_job(
 @router.get("/jobs", response_model=JobPage, responses=_ERRORS)
 def list_jobs(
     store: StoreDep,
+    tenant: TenantDep,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this status.")] = None,
     limit: Limit = 50,
     cursor: Cursor = None,
 ) -> Response:
     """A page of jobs, newest first."""
-    return json_response(store.list_jobs(status=status, limit=limit, cursor=cursor))
+    page = store.list_jobs(tenant_id=tenant.id, status=status, limit=limit, cursor=cursor)
+    return json_response(page)
 
 
 @router.get("/jobs/{job_id}", response_model=Job, responses=_ERRORS)
-def get_job(job_id: JobId, store: StoreDep) -> Response:
+def get_job(job_id: JobId, store: StoreDep, tenant: TenantDep) -> Response:
     """One job: its status, spec, progress and best trial so far."""
-    return json_response(store.get_job(job_id))
+    return json_response(store.get_job(job_id, tenant_id=tenant.id))
 
 
 @router.post("/jobs/{job_id}/cancel", status_code=202, response_model=Job, responses=_ERRORS)
-def cancel_job(job_id: JobId, store: StoreDep) -> Job:
+def cancel_job(job_id: JobId, store: StoreDep, tenant: TenantDep) -> Job:
     """Cancel a job; idempotent, and no new trial starts once this has answered."""
-    return store.cancel_job(job_id)
+    return store.cancel_job(job_id, tenant_id=tenant.id)
 
 
 @router.get("/jobs/{job_id}/trials", response_model=TrialPage, responses=_ERRORS)
 def list_trials(
     job_id: JobId,
     store: StoreDep,
+    tenant: TenantDep,
     policy: Annotated[str | None, Query(description="Only this policy's trials.")] = None,
     status: Annotated[TrialStatus | None, Query(description="Only trials in this status.")] = None,
     limit: Limit = 50,
@@ -89,7 +111,7 @@ def list_trials(
             f"unknown policy {policy!r}; policies are {list(POLICY_NAMES)}", field="policy"
         )
     page = store.list_trials(
-        job_id=job_id, policy=policy, status=status, limit=limit, cursor=cursor
+        job_id=job_id, tenant_id=tenant.id, policy=policy, status=status, limit=limit, cursor=cursor
     )
     return json_response(page)
 
@@ -110,12 +132,24 @@ def json_response(
     return Response(content=body, status_code=status, media_type="application/json")
 
 
-def check_job_limits(spec: JobSpec, settings: Settings) -> None:
-    """The checks that depend on this server's limits; pydantic has done the rest."""
-    if spec.budget.epochs > settings.max_epochs:
+def check_job_limits(spec: JobSpec, settings: Settings, *, tenant: Tenant) -> None:
+    """The checks that depend on this server's and the tenant's limits; pydantic did the rest.
+
+    A tenant's own limit (set with `lrtune token limits`) replaces the server's default.
+    """
+    max_epochs = tenant.limits.max_epochs or settings.max_epochs
+    if spec.budget.epochs > max_epochs:
         raise LimitExceededError(
-            f"budget.epochs may be at most {settings.max_epochs} on this server",
+            f"budget.epochs may be at most {max_epochs} for tenant {tenant.name!r} (max_epochs)",
             field="budget.epochs",
+        )
+    max_trials = tenant.limits.max_trials_per_job or settings.max_trials_per_job
+    if spec.planned_trials > max_trials:
+        raise LimitExceededError(
+            f"this job plans {spec.planned_trials} trials (policies x trials_per_policy, plus "
+            f"confirmation seeds); tenant {tenant.name!r} may run at most {max_trials} per job "
+            "(max_trials_per_job)",
+            field="budget.trials_per_policy",
         )
     if spec.budget.trials_per_policy > settings.max_trials_per_policy:
         raise LimitExceededError(
@@ -131,4 +165,21 @@ def check_job_limits(spec: JobSpec, settings: Settings) -> None:
     if len(spec.workload.label) > 200:
         raise InvalidInputError(
             "workload.entrypoint may be at most 200 characters", field="workload.entrypoint"
+        )
+
+
+def check_entrypoint_allowed(request: Request, settings: Settings) -> None:
+    """An entrypoint runs the caller's code on every worker: only a caller the server trusts may
+    name one. With auth on that is any token holder; with auth off (one local user, no tokens)
+    only a request from this machine, since anyone who can reach the port would otherwise run
+    code as the worker."""
+    if settings.auth:
+        return  # require_caller has authenticated the request
+    host = request.client.host if request.client is not None else None
+    if host not in _LOOPBACK:
+        raise ForbiddenError(
+            "workload.entrypoint runs your code on the workers; with LRTUNE_AUTH=off it is "
+            "accepted only from this machine. Turn authentication on (LRTUNE_AUTH=on) and send "
+            "a token, or submit from the server itself",
+            field="workload.entrypoint",
         )

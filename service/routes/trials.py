@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Response
 from lrtune.schemas.errors import ErrorBody
 from lrtune.schemas.jobs import Trial, TrialMetric
-from lrtune.service.deps import StoreDep
+from lrtune.service.deps import StoreDep, TenantDep
 from lrtune.service.routes.jobs import json_response
 from lrtune.service.store import MAX_ID
 from pydantic import TypeAdapter
@@ -20,12 +20,13 @@ _ERRORS: dict[int | str, dict[str, object]] = {404: {"model": ErrorBody}, 422: {
 
 
 @router.get("/trials/{trial_id}", response_model=Trial, responses=_ERRORS)
-def get_trial(trial_id: TrialId, store: StoreDep) -> Response:
+def get_trial(trial_id: TrialId, store: StoreDep, tenant: TenantDep) -> Response:
     """One trial: policy, resolved schedule, seed, status, epochs done, last and best metric."""
-    return json_response(store.get_trial(trial_id))
+    return json_response(store.get_trial(trial_id, tenant_id=tenant.id))
 
 
 @router.get("/trials/{trial_id}/metrics", response_model=list[TrialMetric], responses=_ERRORS)
-def list_trial_metrics(trial_id: TrialId, store: StoreDep) -> Response:
+def list_trial_metrics(trial_id: TrialId, store: StoreDep, tenant: TenantDep) -> Response:
     """One row per epoch; NaN and infinities are the strings "NaN", "Infinity", "-Infinity"."""
-    return json_response(store.list_trial_metrics(trial_id=trial_id), adapter=_METRIC_ROWS)
+    metrics = store.list_trial_metrics(trial_id=trial_id, tenant_id=tenant.id)
+    return json_response(metrics, adapter=_METRIC_ROWS)
