@@ -8,7 +8,6 @@ actors), and `run_worker` claims and runs jobs. Run one worker process with
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 from typing import Any
@@ -150,17 +149,3 @@ def run_worker(
     finally:
         if own_store:
             store.dispose()
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="lrtune-worker", description=__doc__)
-    parser.add_argument("--once", action="store_true", help="Run at most one job, then exit.")
-    parser.add_argument("--worker-id", default=None, help="Default: host:pid:random.")
-    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray.")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    run_worker(Settings(), worker_id=args.worker_id, once=args.once, num_cpus=args.num_cpus)
-
-
-if __name__ == "__main__":
-    main()

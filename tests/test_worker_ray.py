@@ -55,11 +55,12 @@ def _trials(store: Store, job_id: int) -> list[Trial]:
     return sorted(store.list_trials(job_id=job_id, limit=500).items, key=lambda t: t.id)
 
 
-def _wait(predicate: Any, *, timeout: float, what: str) -> None:
+def _wait(predicate: Any, *, timeout: float, what: str, log: Path | None = None) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            tail = log.read_text()[-4000:] if log is not None and log.exists() else ""
+            raise AssertionError(f"timed out waiting for {what}\n{tail}")
         time.sleep(0.2)
 
 
@@ -194,7 +195,7 @@ def test_kill_9_mid_job_then_a_new_worker_finishes_it_without_rerunning_trials(
     }
     log = (tmp_path / "worker.log").open("w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "lrtune.service.worker", "--once", "--worker-id", "doomed"],
+        [sys.executable, "-m", "lrtune.service.cli", "worker", "--once", "--worker-id", "doomed"],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -202,8 +203,9 @@ def test_kill_9_mid_job_then_a_new_worker_finishes_it_without_rerunning_trials(
     try:
         _wait(
             lambda: sum(t.status == "completed" for t in _trials(store, job.id)) >= 2,
-            timeout=90,
+            timeout=180,
             what="two completed trials in the first worker",
+            log=tmp_path / "worker.log",
         )
     finally:
         process.send_signal(signal.SIGKILL)
