@@ -21,6 +21,11 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database schema management (Alembic).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+token_app = typer.Typer(
+    help="API tokens and tenant limits (server side: talks to the database directly).",
+    no_args_is_help=True,
+)
+app.add_typer(token_app, name="token")
 app.add_typer(commands)  # submit, jobs, status, watch, ...: the REST client commands
 
 err = Console(stderr=True)
@@ -106,6 +111,89 @@ def db_current() -> None:
     except StorageError as error:
         _fail(error.message)
     typer.echo(f"current: {current or 'empty (no schema)'}\nhead: {head_revision()}")
+
+
+@token_app.command("create")
+def token_create(
+    tenant: Annotated[str, typer.Option(help="The tenant the token acts for (made if new).")],
+    label: Annotated[str, typer.Option(help="A note: whose token, what for.")] = "",
+) -> None:
+    """Create a token for TENANT and print it once: only its SHA-256 is stored."""
+    if not tenant.strip() or len(tenant) > 100:
+        _fail("--tenant must be 1 to 100 characters")
+    store = _store()
+    try:
+        record, token = store.create_token(tenant=tenant.strip(), label=label[:200])
+    finally:
+        store.dispose()
+    err.print(f"token {record.id} for tenant {record.tenant!r}; it is shown only this once:")
+    typer.echo(token)
+
+
+@token_app.command("list")
+def token_list() -> None:
+    """Every token: id, tenant, label, when created, revoked and last used (never the token)."""
+    from rich.table import Table
+
+    store = _store()
+    try:
+        tokens = store.list_tokens()
+    finally:
+        store.dispose()
+    table = Table("id", "tenant", "label", "created", "revoked", "last used")
+    for t in tokens:
+        table.add_row(
+            str(t.id),
+            t.tenant,
+            t.label,
+            _when(t.created_at),
+            _when(t.revoked_at),
+            _when(t.last_used_at),
+        )
+    Console().print(table)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    token_id: Annotated[int, typer.Argument(help="The id `token list` shows.")],
+) -> None:
+    """Revoke a token: requests bearing it answer 401 from now on."""
+    from lrtune.service.errors import NotFoundError
+
+    store = _store()
+    try:
+        record = store.revoke_token(token_id=token_id)
+    except NotFoundError as error:
+        _fail(error.message)
+    finally:
+        store.dispose()
+    typer.echo(f"token {record.id} of tenant {record.tenant!r} revoked")
+
+
+@token_app.command("limits")
+def token_limits(
+    tenant: Annotated[str, typer.Option(help="The tenant whose limits to set.")],
+    max_concurrent_jobs: Annotated[int | None, typer.Option(min=1)] = None,
+    max_trials_per_job: Annotated[int | None, typer.Option(min=1)] = None,
+    max_epochs: Annotated[int | None, typer.Option(min=1)] = None,
+) -> None:
+    """Set a tenant's own limits; a limit left out falls back to the server's default."""
+    from lrtune.schemas.tenants import TenantLimits
+    from lrtune.service.errors import NotFoundError
+
+    limits = TenantLimits(
+        max_concurrent_jobs=max_concurrent_jobs,
+        max_trials_per_job=max_trials_per_job,
+        max_epochs=max_epochs,
+    )
+    store = _store()
+    try:
+        found = store.set_tenant_limits(name=tenant, limits=limits)
+    except NotFoundError as error:
+        _fail(error.message)
+    finally:
+        store.dispose()
+    typer.echo(f"tenant {found.name!r}: {found.limits.model_dump_json()}")
 
 
 @app.command()
@@ -201,6 +289,19 @@ def _serve_api(settings: Settings, *, host: str, port: int) -> None:
     from lrtune.service.app import create_app
 
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+
+
+def _store() -> Any:
+    """The store over LRTUNE_DATABASE_URL, once its schema is at head."""
+    from lrtune.service.store import Store
+
+    settings = Settings()
+    _check_database(settings)
+    return Store.from_settings(settings)
+
+
+def _when(moment: Any) -> str:
+    return "" if moment is None else moment.strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _read_spec_file(path: Path) -> Any:

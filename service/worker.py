@@ -2,8 +2,8 @@
 
 The workers code never imports the service; this module is where the two meet. `StoreSink`
 writes a job's trials and epochs through the store (from the Ray Tune driver, never from trial
-actors), and `run_worker` claims and runs jobs. Run one worker process with
-`python -m lrtune.service.worker [--once] [--worker-id ID] [--num-cpus N]`.
+actors), and `run_worker` claims and runs jobs; `lrtune worker [--once] [--worker-id ID]
+[--num-cpus N]` runs one worker process.
 """
 
 from __future__ import annotations
