@@ -11,6 +11,7 @@ import math
 from datetime import datetime
 from typing import Any, Literal
 
+from lrtune.schemas.recommendations import RangeTestConfig
 from lrtune.schemas.schedules import POLICY_NAMES, ParamGroupRule
 from lrtune.schemas.search import DEFAULT_SEARCH_SPACES, validate_search_space
 from lrtune.schemas.trials import OptimizerSpec
@@ -27,6 +28,9 @@ from pydantic import (
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelling", "cancelled"]
 TrialStatus = Literal["pending", "running", "completed", "pruned", "diverged", "failed"]
+# A search trial samples the search space; a confirm trial reruns a top configuration with a
+# fresh seed (the job's `confirm`).
+TrialPhase = Literal["search", "confirm"]
 JOB_STATUSES: tuple[str, ...] = (
     "queued",
     "running",
@@ -184,6 +188,10 @@ class JobSpec(BaseModel):
     early_stopping: EarlyStopping = Field(default_factory=lambda: EarlyStopping.model_validate({}))
     search: SearchConfig = Field(default_factory=lambda: SearchConfig.model_validate({}))
     confirm: Confirm | None = None
+    range_test: RangeTestConfig = Field(
+        default_factory=lambda: RangeTestConfig.model_validate({}),
+        description='The LR range test of a range_test job, or of lr_bounds "auto".',
+    )
     resources_per_trial: Resources = Field(default_factory=lambda: Resources.model_validate({}))
     param_groups: list[ParamGroupRule] = Field(default_factory=list)
 
@@ -234,12 +242,19 @@ class JobSpec(BaseModel):
 
     @property
     def planned_trials(self) -> int:
-        """Search trials plus confirmation runs (top_k x seeds per policy)."""
+        """Search trials plus confirmation runs (top_k x seeds per policy).
+
+        A policy has at most `trials_per_policy` configurations to confirm, so top_k counts up
+        to that. (Fewer can run: pruned and failed trials are not confirmed, and a grid may
+        repeat a point; the worker then lowers the job's planned count to what it runs.)
+        """
         if self.kind != "search":
             return 0
         per_policy = self.budget.trials_per_policy
         if self.confirm is not None:
-            per_policy += self.confirm.top_k * self.confirm.seeds
+            per_policy += (
+                min(self.confirm.top_k, self.budget.trials_per_policy) * self.confirm.seeds
+            )
         return per_policy * len(self.policies)
 
 
@@ -284,6 +299,11 @@ class Job(BaseModel):
     progress: JobProgress
     best: BestSoFar | None = None
     error: str | None = None
+    search_spaces: dict[str, dict[str, Any]] | None = Field(
+        None,
+        description="Per policy, the search space the trials actually sampled (after the range "
+        'test for lr_bounds "auto"); None until the worker has planned the search.',
+    )
 
 
 class Trial(BaseModel):
@@ -297,6 +317,9 @@ class Trial(BaseModel):
     schedule: dict[str, Any] = Field(description="The resolved schedule spec, counted in steps.")
     search_config: dict[str, Any] = Field(description="The sampled point of the search space.")
     seed: int
+    phase: TrialPhase = Field(
+        "search", description="search: sampled from the space; confirm: a top config rerun."
+    )
     status: TrialStatus
     epochs_done: int
     last_metric: float | None = None

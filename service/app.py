@@ -16,7 +16,16 @@ from lrtune.schemas.schedules import POLICY_NAMES
 from lrtune.service.deps import require_caller
 from lrtune.service.errors import LrtuneError, UnauthorizedError, http_status
 from lrtune.service.middleware import BodySizeLimit
-from lrtune.service.routes import best, dashboard, health, jobs, schedules, trials, workloads
+from lrtune.service.routes import (
+    best,
+    dashboard,
+    health,
+    jobs,
+    recommendations,
+    schedules,
+    trials,
+    workloads,
+)
 from lrtune.service.settings import Settings
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -37,7 +46,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     # Every /v1 route needs a valid token when LRTUNE_AUTH=on; routers added later must be
     # included with V1_GUARD too (tests/test_auth.py walks app.routes to check).
-    for router in (schedules.router, jobs.router, trials.router, best.router, workloads.router):
+    for router in (
+        schedules.router,
+        jobs.router,
+        trials.router,
+        recommendations.router,
+        best.router,
+        workloads.router,
+    ):
         app.include_router(router, **V1_GUARD)
     # The dashboard: its page at /, its scripts and the vendored chart library under /static.
     app.include_router(dashboard.router)

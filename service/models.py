@@ -136,6 +136,8 @@ class JobRow(Base):
     metric_name: Mapped[str] = mapped_column(String(100), nullable=False)
     metric_mode: Mapped[str] = mapped_column(String(3), nullable=False)
     planned_trials: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    # Per policy, the space the trials sampled (derived from the range test for "auto").
+    search_spaces: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
     worker_id: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -153,6 +155,7 @@ class TrialRow(Base):
             "status IN ('pending', 'running', 'completed', 'pruned', 'diverged', 'failed')",
             name="status",
         ),
+        CheckConstraint("phase IN ('search', 'confirm')", name="phase"),
         # A trial the Ray callback reports twice is created once.
         UniqueConstraint("job_id", "ray_trial_id"),
         # Pages of a job's trials, newest first, and the progress counts.
@@ -168,6 +171,9 @@ class TrialRow(Base):
     schedule: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
     search_config: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
     seed: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    phase: Mapped[str] = mapped_column(
+        String(8), nullable=False, default="search", server_default="search"
+    )
     status: Mapped[str] = mapped_column(String(16), nullable=False, default="pending")
     epochs_done: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     last_metric: Mapped[float | None] = mapped_column(Float)

@@ -21,7 +21,8 @@ import math
 import random
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -39,6 +40,7 @@ from lrtune.schemas.jobs import (
     TrialPage,
     is_better,
 )
+from lrtune.schemas.recommendations import BoundSuggestion, RangeTestResult, Recommendation
 from lrtune.schemas.tenants import ApiToken, Tenant, TenantLimits
 from lrtune.service.db import WRITE_OPTION, make_engine
 from lrtune.service.errors import (
@@ -55,6 +57,8 @@ from lrtune.service.models import (
     FloatKind,
     IdempotencyKeyRow,
     JobRow,
+    RangeTestRow,
+    RecommendationRow,
     TenantRow,
     TrialMetricRow,
     TrialRow,
@@ -88,6 +92,17 @@ TOKEN_PREFIX = "lrt_"
 # so authenticated reads do not each take SQLite's write lock.
 _LAST_USED_RESOLUTION = timedelta(seconds=60)
 _ACTIVE_JOB_STATUSES = ("queued", "running", "cancelling")
+
+
+@dataclass(frozen=True)
+class RecommendationInputs:
+    """What a job's recommendation is computed from: the job, its trials, and per trial the
+    job's metric after each epoch (NaN where an epoch lacks it)."""
+
+    job: Job
+    trials: list[Trial]
+    metric_values: dict[int, list[float]]
+    steps_per_epoch: int | None
 
 
 class Store:
@@ -558,8 +573,11 @@ class Store:
         search_config: dict[str, Any],
         seed: int,
         ray_trial_id: str | None = None,
+        phase: str = "search",
     ) -> Trial:
         """Add a pending trial; the same (job, ray_trial_id) twice gives the first trial back.
+
+        `phase` is "search" (a point of the search space) or "confirm" (a rerun with a new seed).
 
         Refused (ConflictError) once the job's cancellation was requested or the job finished:
         no trial starts after POST /v1/jobs/{id}/cancel has answered.
@@ -592,6 +610,7 @@ class Store:
                 "schedule": schedule,
                 "search_config": encode_floats(search_config),
                 "seed": seed,
+                "phase": phase,
                 "status": "pending",
                 "epochs_done": 0,
                 "ray_trial_id": ray_trial_id,
@@ -884,6 +903,161 @@ class Store:
                 )
             )
 
+    # ---- search plan, range test, recommendation ----------------------------------------------
+
+    def set_search_spaces(self, *, job_id: int, spaces: Mapping[str, Mapping[str, Any]]) -> None:
+        """Record the spaces the job's trials sample, per policy (shown on the job)."""
+
+        def work(session: Session) -> None:
+            row = _job_row(session, job_id, tenant_id=None)
+            row.search_spaces = {policy: encode_floats(dict(s)) for policy, s in spaces.items()}
+
+        self._run(work, write=True)
+
+    def set_planned_trials(self, *, job_id: int, planned: int) -> None:
+        """Replace the job's planned trial count with what the worker will actually run."""
+        if planned < 0:
+            raise InvalidInputError(f"planned trials must be >= 0, got {planned}", field="planned")
+
+        def work(session: Session) -> None:
+            _job_row(session, job_id, tenant_id=None).planned_trials = planned
+
+        self._run(work, write=True)
+
+    def save_range_test(self, *, job_id: int, result: RangeTestResult) -> None:
+        """Store the job's LR range test (one per job; a second save replaces the first).
+
+        Losses may be NaN or infinite (the ramp's blow-up): the JSON arrays hold them as the
+        strings "NaN", "Infinity" and "-Infinity", as metric dicts do.
+        """
+        values = {
+            "status": "completed",
+            "lr": [_encode_float(v) for v in result.lr],
+            "loss": [_encode_float(v) for v in result.loss],
+            "smoothed_loss": [_encode_float(v) for v in result.smoothed_loss],
+            # The row has no columns for how the ramp ran; they travel with the suggestion.
+            "suggestion": {
+                "bounds": result.suggestion.model_dump(mode="json"),
+                "ramp": result.ramp,
+                "stopped_early": result.stopped_early,
+            },
+            "error": None,
+        }
+
+        def work(session: Session) -> None:
+            _job_row(session, job_id, tenant_id=None)
+            now = utcnow()
+            statement = self._insert(RangeTestRow).values(
+                job_id=job_id, created_at=now, updated_at=now, **values
+            )
+            session.execute(
+                statement.on_conflict_do_update(
+                    index_elements=["job_id"], set_={**values, "updated_at": now}
+                )
+            )
+
+        self._run(work, write=True)
+
+    def get_range_test(self, job_id: int, *, tenant_id: int | None = None) -> RangeTestResult:
+        """The job's LR range test; NotFoundError when the job has none (yet)."""
+
+        def work(session: Session) -> RangeTestRow:
+            job = _job_row(session, job_id, tenant_id=tenant_id)
+            row = session.scalar(
+                select(RangeTestRow).where(
+                    RangeTestRow.job_id == job_id, RangeTestRow.status == "completed"
+                )
+            )
+            if row is None:
+                raise NotFoundError(_no_range_test(job))
+            return row
+
+        row = self._run(work, write=False)
+        assert row.suggestion is not None  # saved with every completed test
+        lrs = [_decode_float(v) for v in row.lr]
+        return RangeTestResult(
+            lr=lrs,
+            loss=[_decode_float(v) for v in row.loss],
+            smoothed_loss=[_decode_float(v) for v in row.smoothed_loss],
+            suggestion=BoundSuggestion.model_validate(row.suggestion["bounds"]),
+            ramp=row.suggestion["ramp"],
+            iterations=len(lrs),
+            stopped_early=bool(row.suggestion["stopped_early"]),
+        )
+
+    def recommendation_inputs(
+        self, job_id: int, *, tenant_id: int | None = None
+    ) -> RecommendationInputs:
+        """The job, its trials and each trial's metric epoch by epoch, in one read transaction.
+
+        The trials and their epochs come from one query (trials outer-joined with their metric
+        rows), whatever the number of trials. `steps_per_epoch` is the step count after the
+        first epoch (the largest over trials: a trial that diverged in epoch 1 stopped early).
+        """
+
+        def work(session: Session) -> RecommendationInputs:
+            job_row = _job_row(session, job_id, tenant_id=tenant_id)
+            job = self._jobs_from_rows(session, [job_row])[0]
+            trials: dict[int, Trial] = {}
+            values: dict[int, list[float]] = {}
+            steps_per_epoch: int | None = None
+            rows = session.execute(
+                select(TrialRow, TrialMetricRow)
+                .outerjoin(TrialMetricRow, TrialMetricRow.trial_id == TrialRow.id)
+                .where(TrialRow.job_id == job_id)
+                .order_by(TrialRow.id, TrialMetricRow.epoch)
+            )
+            for trial_row, metric_row in rows:
+                if trial_row.id not in trials:
+                    trials[trial_row.id] = _trial(trial_row)
+                    values[trial_row.id] = []
+                if metric_row is None:
+                    continue
+                epoch = _trial_metric(metric_row)
+                value = _metric_value(epoch, job.spec.metric_name)
+                values[trial_row.id].append(math.nan if value is None else value)
+                if epoch.epoch == 1:
+                    steps_per_epoch = max(steps_per_epoch or 0, epoch.step) or None
+            return RecommendationInputs(
+                job=job,
+                trials=list(trials.values()),
+                metric_values=values,
+                steps_per_epoch=steps_per_epoch,
+            )
+
+        return self._run(work, write=False)
+
+    def save_recommendation(self, *, job_id: int, recommendation: Recommendation) -> None:
+        """Store the job's recommendation (one per job, replaced by a later save)."""
+        body = recommendation.model_dump(mode="json")
+        # mode="json" keeps NaN as float; the row's JSON holds the strings the API writes.
+        body = _json_safe(body)
+
+        def work(session: Session) -> None:
+            _job_row(session, job_id, tenant_id=None)
+            now = utcnow()
+            values = {"final": recommendation.final, "body": body, "updated_at": now}
+            statement = self._insert(RecommendationRow).values(
+                job_id=job_id, created_at=now, **values
+            )
+            session.execute(statement.on_conflict_do_update(index_elements=["job_id"], set_=values))
+
+        self._run(work, write=True)
+
+    def get_saved_recommendation(
+        self, job_id: int, *, tenant_id: int | None = None
+    ) -> Recommendation | None:
+        """The recommendation stored for the job (the worker saves the final one), or None."""
+
+        def work(session: Session) -> dict[str, Any] | None:
+            _job_row(session, job_id, tenant_id=tenant_id)
+            return session.scalar(
+                select(RecommendationRow.body).where(RecommendationRow.job_id == job_id)
+            )
+
+        body = self._run(work, write=False)
+        return Recommendation.model_validate(body) if body is not None else None
+
     # ---- helpers ------------------------------------------------------------------------------
 
     def _insert(self, model: Any) -> Any:
@@ -994,6 +1168,31 @@ def _encode_float(value: Any) -> Any:
     return value
 
 
+def _decode_float(value: Any) -> float:
+    return _NON_FINITE_TEXT[value] if isinstance(value, str) else float(value)
+
+
+def _json_safe(value: Any) -> Any:
+    """A JSON document with every non-finite float spelled as the API spells it."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return _encode_float(value)
+
+
+def _no_range_test(job: JobRow) -> str:
+    if job.kind == "search" and job.spec.get("lr_bounds") != "auto":
+        return (
+            f'job {job.id} has no LR range test: it is a search job without lr_bounds "auto" '
+            '(submit a range_test job, or a search job with lr_bounds "auto")'
+        )
+    return (
+        f"job {job.id} has no LR range test yet: it is {job.status}; the worker stores the test "
+        "when it has run"
+    )
+
+
 def decode_floats(values: dict[str, Any]) -> dict[str, Any]:
     # Only the three spellings encode_floats writes are numbers; other strings (a sampled
     # "triangular") stay strings.
@@ -1073,6 +1272,7 @@ def _job(row: JobRow, counts: dict[str, int], best: BestSoFar | None) -> Job:
         progress=JobProgress(planned=row.planned_trials, **counts),
         best=best,
         error=row.error,
+        search_spaces=row.search_spaces,
     )
 
 
@@ -1086,6 +1286,7 @@ def _trial(row: TrialRow) -> Trial:
         schedule=row.schedule,
         search_config=decode_floats(row.search_config),
         seed=row.seed,
+        phase=row.phase,
         status=row.status,
         epochs_done=row.epochs_done,
         last_metric=join_float(row.last_metric, row.last_metric_kind),

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import replace
 from typing import Any
 
 from lrtune.schemas.jobs import FINISHED_TRIAL_STATUSES
+from lrtune.schemas.recommendations import RangeTestResult
 from lrtune.schemas.trials import EpochResult
-from lrtune.service.errors import ConflictError
+from lrtune.service.errors import ConflictError, NotFoundError
+from lrtune.service.recommendations import publish_recommendation, trial_summaries
 from lrtune.service.settings import Settings
 from lrtune.service.store import Store
 from lrtune.workers.daemon import Lease, WorkerOptions, ensure_ray, run_worker_loop
+from lrtune.workers.recommendation import TrialSummary
 from lrtune.workers.results import FinishedStatus
 
 log = logging.getLogger(__name__)
@@ -26,7 +30,7 @@ _TRIALS_PAGE = 500
 
 
 class StoreSink:
-    """A job's `ResultSink` over the store; trial keys are stored as the trials' ray_trial_id."""
+    """A job's `JobSink` over the store; trial keys are stored as the trials' ray_trial_id."""
 
     def __init__(self, store: Store, *, job_id: int, lease: Lease | None = None) -> None:
         self.store = store
@@ -48,6 +52,7 @@ class StoreSink:
         search_config: dict[str, Any],
         seed: int,
         node_id: str | None,
+        phase: str = "search",
     ) -> int | None:
         try:
             trial = self.store.create_trial(
@@ -57,6 +62,7 @@ class StoreSink:
                 search_config=search_config,
                 seed=seed,
                 ray_trial_id=trial_key,
+                phase=phase,
             )
         except ConflictError:
             return None  # cancelled or finished: the store takes no new trial
@@ -107,6 +113,29 @@ class StoreSink:
             if page.next_cursor is None:
                 return keys
             cursor = page.next_cursor
+
+    def stored_range_test(self) -> RangeTestResult | None:
+        try:
+            return self.store.get_range_test(self.job_id)
+        except NotFoundError:
+            return None
+
+    def save_range_test(self, result: RangeTestResult) -> None:
+        self.store.save_range_test(job_id=self.job_id, result=result)
+
+    def save_search_spaces(self, spaces: dict[str, dict[str, Any]]) -> None:
+        self.store.set_search_spaces(job_id=self.job_id, spaces=spaces)
+
+    def set_planned_trials(self, planned: int) -> None:
+        self.store.set_planned_trials(job_id=self.job_id, planned=planned)
+
+    def search_summaries(self) -> list[TrialSummary]:
+        inputs = self.store.recommendation_inputs(self.job_id)
+        searched = [trial for trial in inputs.trials if trial.phase == "search"]
+        return trial_summaries(replace(inputs, trials=searched))
+
+    def on_job_succeeded(self) -> None:
+        publish_recommendation(self.store, job_id=self.job_id)
 
     def _find_trial(self, trial_key: str) -> int | None:
         # An error can arrive for a trial this process never saw start (a failure on restore).

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from lrtune.schemas.recommendations import BoundSuggestion, RangeTestResult
 from lrtune.service.app import create_app
 from lrtune.service.cli import app as cli
 from lrtune.service.settings import Settings
@@ -57,6 +58,21 @@ def tenants(auth_app: FastAPI, store: Store, job_body: dict[str, Any]) -> Iterat
             elapsed_s=0.1,
         )
         store.update_trial_status(trial_id=trial.id, status="completed")
+        # A range test too, so GET /v1/jobs/{id}/range-test has something to show its owner.
+        store.save_range_test(
+            job_id=job_id,
+            result=RangeTestResult(
+                lr=[0.01, 0.1],
+                loss=[2.0, 1.0],
+                smoothed_loss=[2.0, 1.5],
+                suggestion=BoundSuggestion(
+                    min_lr=0.01, max_lr=0.1, min_method="test", max_method="test"
+                ),
+                ramp="exponential",
+                iterations=2,
+                stopped_early=False,
+            ),
+        )
         store.mark_job_succeeded(job_id=job_id)
         yield {
             "client": client,

@@ -79,9 +79,13 @@ def test_job_space_overrides_the_default_field_by_field() -> None:
 
 
 def test_explicit_lr_bounds_recentre_the_default_rates() -> None:
+    # The same derivation as lr_bounds "auto" (derive_search_spaces), min/max as the bounds.
     space = policy_space(PolicySearch(policy="clr"), lr_bounds=LrBounds(min=0.01, max=0.3))
-    assert space.domains["max_lr"] == LogUniform(loguniform=(0.01, 0.3))
-    assert space.domains["base_lr"] == LogUniform(loguniform=(0.001, 0.01))
+    assert space.domains["max_lr"] == LogUniform(loguniform=(0.15, 0.3))
+    low, high = space.domains["base_lr"].loguniform  # type: ignore[union-attr]
+    assert (low, high) == (0.01, pytest.approx(0.1))
+    fixed = policy_space(PolicySearch(policy="fixed"), lr_bounds=LrBounds(min=0.01, max=0.3))
+    assert fixed.domains["lr"].loguniform == (pytest.approx(0.1), 0.3)  # type: ignore[union-attr]
 
 
 def test_tune_domains_keep_int_bounds_inclusive() -> None:

@@ -1,5 +1,6 @@
-"""The worker daemon: claim a queued job, run it as a Ray Tune experiment, keep its lease alive,
-and mark it succeeded, failed (with the reason) or cancelled.
+"""The worker daemon: claim a queued job, run it (an LR range test as a Ray task; a search as a
+Ray Tune experiment, after a range test for lr_bounds "auto" and followed by the confirmation
+run), keep its lease alive, and mark it succeeded, failed (with the reason) or cancelled.
 
 Plain code over two protocols, `JobQueue` (the store's job functions) and `ResultSink` (where
 trials and epochs go), so it never imports the service; `lrtune.service.worker` wires the real
@@ -19,7 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from lrtune.schemas.jobs import Job
+from lrtune.schemas.jobs import Job, JobSpec
+from lrtune.schemas.recommendations import RangeTestResult
+from lrtune.workers.recommendation import TrialSummary, select_for_confirmation
 from lrtune.workers.results import ResultSink, sink_registered
 
 log = logging.getLogger(__name__)
@@ -87,7 +90,29 @@ class Lease:
                 return
 
 
-SinkFactory = Callable[[int, Lease], ResultSink]
+class JobSink(ResultSink, Protocol):
+    """A job's `ResultSink` plus what the daemon records about the job as a whole."""
+
+    def stored_range_test(self) -> RangeTestResult | None:
+        """The job's range test if one was stored already (a resumed job does not rerun it)."""
+        ...
+
+    def save_range_test(self, result: RangeTestResult) -> None: ...
+
+    def save_search_spaces(self, spaces: dict[str, dict[str, Any]]) -> None: ...
+
+    def set_planned_trials(self, planned: int) -> None: ...
+
+    def search_summaries(self) -> list[TrialSummary]:
+        """The job's finished search-phase trials, for picking what to confirm."""
+        ...
+
+    def on_job_succeeded(self) -> None:
+        """The job has succeeded: store what is final about it (its recommendation)."""
+        ...
+
+
+SinkFactory = Callable[[int, Lease], JobSink]
 
 
 @dataclass(frozen=True)
@@ -164,12 +189,12 @@ def run_job(queue: JobQueue, job: Job, *, make_sink: SinkFactory, options: Worke
         if queue.is_cancel_requested(job.id):
             queue.mark_job_cancelled(job_id=job.id)
             return
-        if job.spec.kind != "search":
-            queue.mark_job_failed(
-                job_id=job.id, error=f"this worker does not run {job.spec.kind} jobs yet"
-            )
-            return
-        error = _run_search(job, sink=make_sink(job.id, lease), options=options)
+        sink = make_sink(job.id, lease)
+        if job.spec.kind == "range_test":
+            range_test(job, sink=sink)
+            error = None
+        else:
+            error = _run_search(job, sink=sink, options=options)
         if lease.lost.is_set():
             log.warning("job %s: lease lost, leaving it to the worker that holds it", job.id)
         elif queue.is_cancel_requested(job.id):
@@ -178,6 +203,7 @@ def run_job(queue: JobQueue, job: Job, *, make_sink: SinkFactory, options: Worke
             queue.mark_job_failed(job_id=job.id, error=error)
         else:
             queue.mark_job_succeeded(job_id=job.id)
+            _after_success(job, sink)
     except Exception as exc:  # the job fails with the reason; the worker goes on
         log.exception("job %s failed", job.id)
         if not lease.lost.is_set():
@@ -186,14 +212,88 @@ def run_job(queue: JobQueue, job: Job, *, make_sink: SinkFactory, options: Worke
         lease.release()
 
 
-def _run_search(job: Job, *, sink: ResultSink, options: WorkerOptions) -> str | None:
-    """Run the job's experiment; the job's error when no trial ran to an end, else None."""
-    from lrtune.workers.experiment import plan_experiment, run_experiment
+def _after_success(job: Job, sink: JobSink) -> None:
+    try:
+        sink.on_job_succeeded()
+    except Exception:  # the job did succeed; its recommendation is computed on read instead
+        log.exception("job %s: storing its final recommendation failed", job.id)
+
+
+def range_test(job: Job, *, sink: JobSink) -> RangeTestResult:
+    """The job's LR range test: the stored one when a worker already ran it, else run now as
+    a Ray task with the job's resources_per_trial (on a GPU node when the job asks for one)."""
+    stored = sink.stored_range_test()
+    if stored is not None:
+        return stored
+    import ray
+
+    task = ray.remote(_range_test_task).options(
+        num_cpus=job.spec.resources_per_trial.cpu,
+        num_gpus=job.spec.resources_per_trial.gpu,
+        max_retries=0,
+    )
+    result: RangeTestResult = ray.get(task.remote(job.spec))
+    sink.save_range_test(result)
+    return result
+
+
+def _range_test_task(spec: JobSpec) -> RangeTestResult:
+    """Runs on a Ray worker: the range test on the job's workload, optimizer and groups."""
+    import ray
+    import torch
+    from lrtune.workers.range_test import run_range_test
+
+    device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+    return run_range_test(
+        workload=spec.workload,
+        optimizer=spec.optimizer,
+        test=spec.range_test,
+        param_groups=spec.param_groups,
+        seed=spec.search.seed,
+        device=device,
+    )
+
+
+def _run_search(job: Job, *, sink: JobSink, options: WorkerOptions) -> str | None:
+    """Run the job: range test for lr_bounds "auto", the search experiment, then the
+    confirmation run when the job asks for one. The job's error when no trial ran to an end,
+    else None."""
+    from lrtune.workers.experiment import (
+        ConfirmationPick,
+        confirmation_configs,
+        plan_experiment,
+        run_confirmation,
+        run_experiment,
+    )
 
     key = str(job.id)
-    plan = plan_experiment(job.spec, job_key=key, storage_path=options.storage_path)
+    spec = job.spec
+    bounds = range_test(job, sink=sink).suggestion if spec.lr_bounds == "auto" else None
+    if sink.should_stop():
+        return None
+    plan = plan_experiment(spec, job_key=key, storage_path=options.storage_path, bounds=bounds)
+    sink.save_search_spaces(plan.search_spaces)
     with sink_registered(key, sink):
-        results = run_experiment(plan)
+        results = list(run_experiment(plan))
+        if spec.confirm is not None and not sink.should_stop():
+            chosen = select_for_confirmation(
+                sink.search_summaries(), top_k=spec.confirm.top_k, mode=spec.metric_mode
+            )
+            picks = [
+                ConfirmationPick(
+                    policy=policy,
+                    rank=rank,
+                    schedule=schedule.model_dump(mode="json"),
+                    point=schedule.model_dump(mode="json"),
+                )
+                for policy in plan.search_spaces
+                for rank, schedule in enumerate(chosen.get(policy, []))
+            ]
+            configs = confirmation_configs(plan, picks, seeds=spec.confirm.seeds)
+            # Pruned, failed and repeated configurations are not confirmed: plan what runs.
+            sink.set_planned_trials(plan.total_trials + len(configs))
+            if configs:
+                results += list(run_confirmation(plan, configs))
     errors = [result.error for result in results if result.error is not None]
     if len(results) > 0 and len(errors) == len(results):
         return f"every trial failed; the first: {_last_line(str(errors[0]))}"

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 from lrtune.schemas.jobs import JobSpec, LrBounds, PolicySearch
+from lrtune.schemas.recommendations import BoundSuggestion
 from lrtune.schemas.search import (
     DEFAULT_SEARCH_SPACES,
     Choice,
@@ -38,6 +39,7 @@ from lrtune.schemas.search import (
     resolve_schedule,
     validate_search_space,
 )
+from lrtune.workers.range_test import derive_search_spaces
 from lrtune.workers.results import CancelStopper, RecordResults, sink_for
 from lrtune.workers.trainable import make_trainable
 from pydantic import ValidationError
@@ -56,8 +58,6 @@ os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
 # The result grid Tuner.fit returns reads those files and warns for every trial; SQL has it all.
 logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
 
-# Fields that carry a schedule's peak rate; explicit lr_bounds replace their default domains.
-_PEAK_RATE_FIELDS = ("lr", "max_lr", "eta_max")
 # Seeds are stored in a 32-bit SQL integer.
 _SEED_LIMIT = 2**31 - 1
 # Points per continuous dimension in a grid never go above this (budgets are small anyway).
@@ -79,33 +79,52 @@ class PolicySpace:
     domains: dict[str, Domain]
 
 
-def policy_space(entry: PolicySearch, *, lr_bounds: LrBounds | None = None) -> PolicySpace:
-    """The policy's default space (GET /v1/policies), overridden key by key by the job's.
+def raw_space(entry: PolicySearch, *, bounds: BoundSuggestion | None = None) -> dict[str, Any]:
+    """The policy's search space as JSON: its default (GET /v1/policies), overridden key by key
+    by the job's, with the rate fields centred on `bounds` when given.
 
     A job that sets `step_size_epochs` replaces the default's `step_size_frac` (same field).
-    Explicit `lr_bounds` recentre the default peak-rate domains on [min, max] (clr's base_lr
-    on [min/10, min]); fields the job sets itself are left as given.
+    With bounds (the range test's for lr_bounds "auto", or explicit lr_bounds as min/max) the
+    rates come from `derive_search_spaces`; fields the job sets itself win.
     """
     policy = entry.policy
-    default = dict(DEFAULT_SEARCH_SPACES[policy])
     override = dict(entry.search or {})
+    if bounds is not None:
+        return derive_search_spaces(
+            policies=[policy],
+            bounds=bounds,
+            base_spaces=DEFAULT_SEARCH_SPACES,
+            overrides={policy: override},
+        )[policy]
     overridden_fields = {field_of(policy, key)[0] for key in override}
     merged = {
         key: value
-        for key, value in default.items()
+        for key, value in DEFAULT_SEARCH_SPACES[policy].items()
         if field_of(policy, key)[0] not in overridden_fields
     }
-    if lr_bounds is not None:
-        for key in merged:
-            if key in _PEAK_RATE_FIELDS:
-                merged[key] = {"loguniform": [lr_bounds.min, lr_bounds.max]}
-            elif policy == "clr" and key == "base_lr":
-                merged[key] = {"loguniform": [lr_bounds.min / 10, lr_bounds.min]}
     merged.update(override)
-    parsed = validate_search_space(policy, merged)
+    return merged
+
+
+def parse_space(policy: str, space: dict[str, Any]) -> PolicySpace:
+    """A JSON search space as fixed fields and domains (ValidationError when invalid)."""
+    parsed = validate_search_space(policy, space)
     domains = {k: v for k, v in parsed.items() if isinstance(v, _DOMAIN_TYPES)}
     fixed = {k: v for k, v in parsed.items() if k not in domains}
     return PolicySpace(policy=policy, fixed=fixed, domains=domains)
+
+
+def explicit_bounds(bounds: LrBounds) -> BoundSuggestion:
+    """Explicit lr_bounds as the suggestion `derive_search_spaces` centres spaces on."""
+    return BoundSuggestion(
+        min_lr=bounds.min, max_lr=bounds.max, min_method="given", max_method="given"
+    )
+
+
+def policy_space(entry: PolicySearch, *, lr_bounds: LrBounds | None = None) -> PolicySpace:
+    """The policy's parsed search space (see `raw_space`), explicit `lr_bounds` applied."""
+    bounds = explicit_bounds(lr_bounds) if lr_bounds is not None else None
+    return parse_space(entry.policy, raw_space(entry, bounds=bounds))
 
 
 def to_tune_domain(domain: Domain) -> TuneDomain:
@@ -138,6 +157,17 @@ def decode_point(space: PolicySpace, encoded: dict[str, Any]) -> dict[str, Any]:
 def trial_seed(base_seed: int, index: int) -> int:
     """The seed of the index-th trial of every policy, from the job's search seed."""
     state = np.random.SeedSequence([base_seed, index]).generate_state(1)[0]
+    return int(state) % _SEED_LIMIT
+
+
+# The stream confirmation seeds are drawn from: apart from the search trials' [seed, index].
+_CONFIRM_STREAM = 0x636F6E66  # "conf"
+
+
+def confirmation_seed(base_seed: int, index: int) -> int:
+    """The index-th confirmation seed of every configuration: fresh (not a search seed's
+    stream) and deterministic from the job's search seed."""
+    state = np.random.SeedSequence([base_seed, _CONFIRM_STREAM, index]).generate_state(1)[0]
     return int(state) % _SEED_LIMIT
 
 
@@ -341,11 +371,16 @@ def _first_problem(error: Exception) -> str:
 
 @dataclass(frozen=True)
 class ExperimentPlan:
-    """Everything a job's Tuner is built from; made in the driver, cheap to rebuild."""
+    """Everything a job's Tuner is built from; made in the driver, cheap to rebuild.
+
+    `search_spaces` is each policy's space as JSON (what the job records), `spaces` the same
+    parsed.
+    """
 
     job_key: str
     spec: JobSpec
     spaces: list[PolicySpace]
+    search_spaces: dict[str, dict[str, Any]]
     steps_per_epoch: int
     path: Path
 
@@ -353,26 +388,44 @@ class ExperimentPlan:
     def total_trials(self) -> int:
         return len(self.spaces) * self.spec.budget.trials_per_policy
 
+    @property
+    def confirmation_path(self) -> Path:
+        """Where the confirmation run's Tune state lives: its own experiment, next to the
+        search's, so a worker that resumes the job resumes either."""
+        return self.path.with_name(f"{self.path.name}-confirm")
+
 
 def plan_experiment(
-    spec: JobSpec, *, job_key: str, storage_path: Path, steps_per_epoch: int | None = None
+    spec: JobSpec,
+    *,
+    job_key: str,
+    storage_path: Path,
+    steps_per_epoch: int | None = None,
+    bounds: BoundSuggestion | None = None,
 ) -> ExperimentPlan:
     """The job's search spaces and where its Tune state lives (`storage_path`/job-<key>).
 
-    `steps_per_epoch` defaults to the workload's own (built once here, in the driver).
+    `bounds` are the range test's suggestion, required for lr_bounds "auto"; explicit lr_bounds
+    are used as min/max bounds of the same derivation. `steps_per_epoch` defaults to the
+    workload's own (built once here, in the driver).
     """
     if spec.kind != "search":
         raise ValueError(f"a {spec.kind} job is not a Ray Tune search")
-    bounds = spec.lr_bounds if isinstance(spec.lr_bounds, LrBounds) else None
-    if spec.lr_bounds == "auto":
-        log.warning("lr_bounds 'auto' needs a range test; job %s uses default spaces", job_key)
-    spaces = [policy_space(entry, lr_bounds=bounds) for entry in spec.policies]
+    if isinstance(spec.lr_bounds, LrBounds):
+        bounds = explicit_bounds(spec.lr_bounds)
+    elif spec.lr_bounds == "auto" and bounds is None:
+        raise ValueError('lr_bounds "auto" needs the range test\'s bounds; run it first')
+    elif spec.lr_bounds is None:
+        bounds = None
+    raw = {entry.policy: raw_space(entry, bounds=bounds) for entry in spec.policies}
+    spaces = [parse_space(policy, space) for policy, space in raw.items()]
     if steps_per_epoch is None:
         steps_per_epoch = workload_steps_per_epoch(spec)
     return ExperimentPlan(
         job_key=job_key,
         spec=spec,
         spaces=spaces,
+        search_spaces=raw,
         steps_per_epoch=steps_per_epoch,
         path=Path(storage_path) / f"job-{job_key}",
     )
@@ -466,4 +519,129 @@ def run_experiment(plan: ExperimentPlan) -> tune.ResultGrid:
     registered (`lrtune.workers.results.sink_registered`)."""
     skip = sink_for(plan.job_key).finished_trial_keys()
     tuner = build_tuner(plan, skip_keys=skip)
+    return tuner.fit()
+
+
+# --- confirmation: the top configurations again, with fresh seeds ---------------------------
+
+
+@dataclass(frozen=True)
+class ConfirmationPick:
+    """One configuration to confirm: the policy, its rank in the policy (0 = best), the
+    resolved schedule and the search point it came from."""
+
+    policy: str
+    rank: int
+    schedule: dict[str, Any]
+    point: dict[str, Any]
+
+
+def confirmation_configs(
+    plan: ExperimentPlan, picks: list[ConfirmationPick], *, seeds: int
+) -> list[dict[str, Any]]:
+    """The trial configs of the confirmation run: every pick with `seeds` confirmation seeds,
+    keyed `confirm-<policy>-<rank>-<seed index>` (stable across restores)."""
+    configs = []
+    for index in range(seeds):
+        for pick in picks:
+            configs.append(
+                {
+                    "trial_key": f"confirm-{pick.policy}-{pick.rank}-{index}",
+                    "phase": "confirm",
+                    "policy": pick.policy,
+                    "index": index,
+                    "seed": confirmation_seed(plan.spec.search.seed, index),
+                    "steps_per_epoch": plan.steps_per_epoch,
+                    "point": pick.point,
+                    "schedule": pick.schedule,
+                    "schedule_error": None,
+                }
+            )
+    return configs
+
+
+class ConfirmationSearcher(Searcher):
+    """Hands out a fixed list of trial configs, in order; nothing once the job must stop."""
+
+    def __init__(self, *, job_key: str, configs: list[dict[str, Any]], metric: str, mode: str):
+        super().__init__(metric=metric, mode=mode)
+        self.job_key = job_key
+        self.configs = configs
+        self.next_index = 0
+
+    def set_search_properties(
+        self, metric: str | None, mode: str | None, config: dict[str, Any], **spec: Any
+    ) -> bool:
+        return True
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if self.next_index >= len(self.configs) or sink_for(self.job_key).should_stop():
+            return Searcher.FINISHED  # type: ignore[return-value]  # Tune's sentinel string
+        config = self.configs[self.next_index]
+        self.next_index += 1
+        return dict(config)
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+    ) -> None:
+        return None
+
+    def get_state(self) -> dict[str, Any]:
+        return {"configs": self.configs, "next_index": self.next_index}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.configs = state["configs"]
+        self.next_index = state["next_index"]
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as file:
+            pickle.dump(self.get_state(), file)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as file:
+            self.set_state(pickle.load(file))
+
+
+def run_confirmation(plan: ExperimentPlan, configs: list[dict[str, Any]]) -> tune.ResultGrid:
+    """Run (or resume) the job's confirmation run: every config to its full budget (no early
+    stopping: the point is a fair estimate of each configuration), as a second Tune experiment
+    of the job. The sink of `plan.job_key` must be registered."""
+    skip = sink_for(plan.job_key).finished_trial_keys()
+    trainable = make_trainable(plan.spec, skip_keys=skip)
+    path = plan.confirmation_path
+    if tune.Tuner.can_restore(str(path)):
+        log.info("resuming the confirmation of job %s from %s", plan.job_key, path)
+        tuner = tune.Tuner.restore(
+            str(path), trainable, resume_unfinished=True, resume_errored=False
+        )
+        return tuner.fit()
+    spec = plan.spec
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            metric=spec.metric_name,
+            mode=spec.metric_mode,
+            search_alg=ConfirmationSearcher(
+                job_key=plan.job_key,
+                configs=configs,
+                metric=spec.metric_name,
+                mode=spec.metric_mode,
+            ),
+            scheduler=FIFOScheduler(),
+            num_samples=-1,
+            max_concurrent_trials=spec.budget.max_concurrent_trials,
+            reuse_actors=True,
+            trial_name_creator=trial_name,
+            trial_dirname_creator=trial_name,
+        ),
+        run_config=tune.RunConfig(
+            name=path.name,
+            storage_path=str(path.parent),
+            callbacks=[RecordResults(job_key=plan.job_key, epochs=spec.budget.epochs)],
+            stop=CancelStopper(job_key=plan.job_key),
+            failure_config=tune.FailureConfig(max_failures=MAX_TRIAL_FAILURES),
+            checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
+            verbose=0,
+        ),
+    )
     return tuner.fit()

@@ -44,8 +44,11 @@ class ResultSink(Protocol):
         search_config: dict[str, Any],
         seed: int,
         node_id: str | None,
+        phase: str = "search",
     ) -> int | None:
-        """Record the trial as running; its id, or None when it must not run (job cancelled)."""
+        """Record the trial as running; its id, or None when it must not run (job cancelled).
+
+        `phase` is "search" or "confirm" (a top configuration rerun with a fresh seed)."""
         ...
 
     def on_epoch(self, trial_key: str, result: EpochResult, *, node_id: str | None) -> None:
@@ -170,6 +173,7 @@ class RecordResults(Callback):
             search_config=config["point"],
             seed=int(config["seed"]),
             node_id=None,
+            phase=str(config.get("phase", "search")),
         )
         if trial_id is None:
             # The job was cancelled between Tune choosing the trial and starting it: nothing
