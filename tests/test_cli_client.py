@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import socket
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 import uvicorn
 from lrtune.schemas.jobs import JobSpec, TrialMetric
+from lrtune.schemas.recommendations import BoundSuggestion, RangeTestResult
 from lrtune.service.app import create_app
 from lrtune.service.cli import app as cli
 from lrtune.service.settings import Settings
@@ -169,22 +171,52 @@ def test_trials_lists_a_jobs_trials(service_url: str, finished_job: int) -> None
 
 def test_recommend_in_every_format(service_url: str, finished_job: int) -> None:
     code, out, err = run(service_url, "recommend", str(finished_job))
-    if code == 0:  # the recommendation endpoint answers
-        payload = json.loads(
-            run(service_url, "recommend", str(finished_job), "--format", "json")[1]
-        )
-        assert payload["winner"]["policy"] in out
-        torch_code = run(service_url, "recommend", str(finished_job), "--format", "torch")[1]
-        assert torch_code.strip() == payload["code"]["pytorch"].strip()
-    else:
-        assert_one_error_line(code, err, "404")
+    assert code == 0, err
+    # clr with max_lr 0.2 ends at val_accuracy 0.5 + 0.2 + 0.3 = 1.0, one seed.
+    assert "Recommendation for job" in out and "(final)" in out and "winner: clr" in out
+    payload = json.loads(run(service_url, "recommend", str(finished_job), "--format", "json")[1])
+    assert payload["final"] is True
+    assert payload["winner"]["policy"] == "clr"
+    assert payload["winner"]["metric_mean"] == pytest.approx(1.0)
+    assert payload["winner"]["n_seeds"] == 1
+    assert [p["policy"] for p in payload["by_policy"]] == ["clr", "fixed"]
+    torch_code = run(service_url, "recommend", str(finished_job), "--format", "torch")[1]
+    assert torch_code.strip() == payload["code"]["pytorch"].strip()
+    assert "CyclicLR" in torch_code
     assert_one_error_line(*run(service_url, "recommend", "999")[::2], "404")
     code, _, err = run(service_url, "recommend", str(finished_job), "--format", "pdf")
     assert code == 2 and "pdf" in err
 
 
-def test_range_test_errors_for_a_job_without_one(service_url: str, finished_job: int) -> None:
+def test_range_test_shows_the_bounds_and_the_curve(
+    service_url: str, finished_job: int, store: Store
+) -> None:
+    code, _, err = run(service_url, "range-test", str(finished_job))
+    assert_one_error_line(code, err, "404", "no LR range test")
     assert_one_error_line(*run(service_url, "range-test", "999")[::2], "404")
+    lrs = [1e-4 * 10 ** (i / 4) for i in range(16)]
+    losses = [2.0 - 0.1 * i for i in range(15)] + [math.inf]
+    store.save_range_test(
+        job_id=finished_job,
+        result=RangeTestResult(
+            lr=lrs,
+            loss=losses,
+            smoothed_loss=[*losses[:-1], math.nan],
+            suggestion=BoundSuggestion(
+                min_lr=0.001, max_lr=0.01, min_method="decade below", max_method="lowest / 3"
+            ),
+            ramp="exponential",
+            iterations=16,
+            stopped_early=True,
+        ),
+    )
+    code, out, err = run(service_url, "range-test", str(finished_job))
+    assert code == 0, err
+    assert "min_lr 0.001 (decade below)" in out and "max_lr 0.01 (lowest / 3)" in out
+    assert "16 steps, exponential ramp, stopped early" in out
+    payload = json.loads(run(service_url, "range-test", str(finished_job), "--format", "json")[1])
+    assert payload["loss"][-1] == "Infinity" and payload["smoothed_loss"][-1] == "NaN"
+    assert payload["lr"] == pytest.approx(lrs)
 
 
 def test_cancel_queued_and_finished_jobs(service_url: str, finished_job: int) -> None:
