@@ -23,6 +23,7 @@ from lrtune.service.migrate import (
 from lrtune.service.settings import Settings
 from lrtune.service.store import Store
 from sqlalchemy import inspect
+from sqlalchemy.exc import IntegrityError
 
 if TYPE_CHECKING:
     from conftest import PostgresServer
@@ -234,3 +235,62 @@ def test_upgrading_a_database_made_by_0002_puts_its_jobs_in_the_default_tenant(
     assert len(names) == 2 and names[0] == "old"
     assert trials == [trial.id]  # rebuilding jobs on SQLite did not cascade into its trials
     assert "tenants" not in _tables(database_url)
+
+
+def test_upgrading_a_database_made_by_0003_makes_its_trials_search_trials(
+    database_url: str,
+) -> None:
+    downgrade(database_url, "0003")
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql(
+                "INSERT INTO jobs (name, kind, status, spec, workload, metric_name, metric_mode, "
+                "planned_trials, created_at) VALUES ('old', 'search', 'succeeded', "
+                '\'{"workload": {"name": "digits"}, "policies": ["fixed"], '
+                '"budget": {"epochs": 1, "trials_per_policy": 1}}\', '
+                "'digits', 'val_accuracy', 'max', 1, CURRENT_TIMESTAMP)"
+            )
+            connection.exec_driver_sql(
+                "INSERT INTO trials (job_id, policy, schedule, search_config, seed, status, "
+                "epochs_done, last_metric_kind, created_at) VALUES (1, 'fixed', "
+                "'{\"policy\": \"fixed\", \"lr\": 0.1}', '{}', 0, 'completed', 1, 0, "
+                "CURRENT_TIMESTAMP)"
+            )
+        upgrade_to_head(database_url)
+        with engine.connect() as connection:
+            trials = connection.exec_driver_sql("SELECT id, phase FROM trials").all()
+            spaces = connection.exec_driver_sql("SELECT search_spaces FROM jobs").scalar_one()
+    finally:
+        engine.dispose()
+    assert [tuple(t) for t in trials] == [(1, "search")]
+    assert spaces is None
+
+    store = Store.from_url(database_url)
+    try:
+        assert store.get_job(1).search_spaces is None
+        assert store.get_trial(1).phase == "search"
+        store.set_search_spaces(job_id=1, spaces={"fixed": {"lr": {"loguniform": [0.01, 0.1]}}})
+        assert store.get_job(1).search_spaces == {"fixed": {"lr": {"loguniform": [0.01, 0.1]}}}
+    finally:
+        store.dispose()
+    # An unknown phase is refused by the constraint the migration added.
+    engine = make_engine(database_url)
+    try:
+        with pytest.raises(IntegrityError), engine.begin() as connection:
+            connection.exec_driver_sql("UPDATE trials SET phase = 'other' WHERE id = 1")
+    finally:
+        engine.dispose()
+
+    downgrade(database_url, "0003")
+    assert current_revision(database_url) == "0003"
+    engine = make_engine(database_url)
+    try:
+        trial_columns = {c["name"] for c in inspect(engine).get_columns("trials")}
+        job_columns = {c["name"] for c in inspect(engine).get_columns("jobs")}
+        with engine.connect() as connection:
+            kept = connection.exec_driver_sql("SELECT id, policy FROM trials").all()
+    finally:
+        engine.dispose()
+    assert "phase" not in trial_columns and "search_spaces" not in job_columns
+    assert [tuple(t) for t in kept] == [(1, "fixed")]
