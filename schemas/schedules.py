@@ -13,8 +13,11 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationInfo, 
 # A learning rate: finite and not negative (NaN and inf are refused with the field named).
 Rate = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
 PositiveRate = Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
+# Durations are bounded so the schedule math's int64 arithmetic cannot overflow (2**53: exact in
+# JSON and JavaScript, and far beyond any training run).
+MAX_STEPS = 2**53
 # A duration, in optimizer steps.
-Steps = Annotated[int, Field(gt=0)]
+Steps = Annotated[int, Field(gt=0, le=MAX_STEPS)]
 DecayFactor = Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)]
 NonNegative = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
 
@@ -30,7 +33,9 @@ class _Schedule(BaseModel):
     # fraction of the whole training (`_frac`).
     duration_fields: ClassVar[tuple[str, ...]] = ()
 
-    warmup_steps: int = Field(0, ge=0, description="Steps of linear warmup before the schedule.")
+    warmup_steps: int = Field(
+        0, ge=0, le=MAX_STEPS, description="Steps of linear warmup before the schedule."
+    )
     warmup_start_lr: Rate = Field(0.0, description="Rate at t = 0 when warmup_steps > 0.")
 
 
@@ -75,7 +80,7 @@ class PiecewiseSchedule(_Schedule):
     duration_fields: ClassVar[tuple[str, ...]] = ("boundaries",)
 
     policy: Literal["piecewise"] = "piecewise"
-    boundaries: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)
+    boundaries: list[Annotated[int, Field(ge=0, le=MAX_STEPS)]] = Field(min_length=1)
     values: list[Rate]
 
     @field_validator("boundaries")
@@ -334,7 +339,9 @@ class PreviewRequest(BaseModel):
 
     schedule: ScheduleSpec
     steps: int = Field(gt=0, le=1_000_000, description="How many steps to evaluate, from t = 0.")
-    every: int = Field(1, gt=0, description="Return every n-th step only (t = 0, n, 2n, ...).")
+    every: int = Field(
+        1, gt=0, le=MAX_STEPS, description="Return every n-th step only (t = 0, n, 2n, ...)."
+    )
 
 
 class PreviewResponse(BaseModel):

@@ -9,7 +9,7 @@ from lrtune.schemas.errors import ErrorBody
 from lrtune.schemas.policies import PolicyInfo, policy_catalogue
 from lrtune.schemas.schedules import PreviewRequest, PreviewResponse
 from lrtune.service.deps import SettingsDep
-from lrtune.service.errors import LimitExceededError
+from lrtune.service.errors import InvalidInputError, LimitExceededError
 from lrtune.workers.schedule_math import learning_rates
 
 router = APIRouter(prefix="/v1", tags=["schedules"])
@@ -29,6 +29,15 @@ def preview_schedule(request: PreviewRequest, settings: SettingsDep) -> Response
         )
     steps = np.arange(0, request.steps, request.every, dtype=np.int64)
     rates = learning_rates(request.schedule, steps)
+    if not np.isfinite(rates).all():
+        # Parameters each valid alone can overflow together (a huge num_periods times a step);
+        # JSON has no number for the result, and a trial could not train with it either.
+        bad = int(steps[np.argmin(np.isfinite(rates))])
+        raise InvalidInputError(
+            f"the schedule's rate is not a finite number at step {bad}: its parameters "
+            "overflow; use smaller values",
+            field="schedule",
+        )
     # orjson writes numpy arrays directly: a million points in milliseconds, not seconds.
     body = orjson.dumps({"step": steps, "lr": rates}, option=orjson.OPT_SERIALIZE_NUMPY)
     return Response(content=body, media_type="application/json")
