@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 POLICIES = ["fixed", "exponential", "clr", "sgdr"]
 TRIALS_PER_POLICY = 4
 
@@ -81,29 +83,41 @@ def _trial_configs(spec: Any) -> list[Any]:
 def _plain_seconds(configs: list[Any]) -> float:
     from lrtune.workers.trial import run_trials_sequentially
 
+    # One torch thread, like each Ray trial (Ray sets OMP_NUM_THREADS to its CPU share); for
+    # these small models it is also the plain loop's fastest setting, so the baseline is fair.
+    torch.set_num_threads(1)
     started = time.perf_counter()
     run_trials_sequentially(configs)
     return time.perf_counter() - started
 
 
 def _epochs_for(seconds: float) -> int:
-    """Epochs that make one digits/mlp trial last about `seconds` in the plain loop."""
+    """Epochs that make one whole digits/mlp trial last about `seconds` in the plain loop.
+
+    A trial costs a fixed part (building the model, the first evaluation) plus a part per epoch,
+    so time two lengths and solve for the epochs, instead of dividing by one trial's average.
+    """
     from lrtune.schemas.trials import TrialConfig
     from lrtune.workers.trial import run_trial
 
-    config = TrialConfig(
-        workload={"name": "digits"},
-        schedule={"policy": "fixed", "lr": 0.05},
-        epochs=5,
-    )
-    run_trial(config, lambda result: None)  # warm up: data load, torch kernels
-    timings = []
-    for _ in range(3):  # the best of three: the machine is shared
-        started = time.perf_counter()
-        run_trial(config, lambda result: None)
-        timings.append(time.perf_counter() - started)
-    per_epoch = min(timings) / 5
-    return max(1, round(seconds / per_epoch))
+    torch.set_num_threads(1)
+
+    def trial_seconds(epochs: int) -> float:
+        config = TrialConfig(
+            workload={"name": "digits"}, schedule={"policy": "fixed", "lr": 0.05}, epochs=epochs
+        )
+        timings = []
+        for _ in range(3):  # the best of three: the machine is shared
+            started = time.perf_counter()
+            run_trial(config, lambda result: None)
+            timings.append(time.perf_counter() - started)
+        return min(timings)
+
+    trial_seconds(1)  # warm up: data load, torch kernels
+    short, long = trial_seconds(2), trial_seconds(12)
+    per_epoch = (long - short) / 10
+    fixed = max(0.0, short - 2 * per_epoch)
+    return max(1, round((seconds - fixed) / per_epoch))
 
 
 def _service_seconds(spec: Any, home: Path) -> tuple[float, str]:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import replace
 from typing import Any
 
-from lrtune.schemas.jobs import FINISHED_TRIAL_STATUSES
+from lrtune.schemas.jobs import FINISHED_TRIAL_STATUSES, TrialMetric
 from lrtune.schemas.recommendations import RangeTestResult
 from lrtune.schemas.trials import EpochResult
 from lrtune.service.errors import ConflictError, NotFoundError
@@ -27,6 +28,7 @@ from lrtune.workers.results import FinishedStatus
 log = logging.getLogger(__name__)
 
 _TRIALS_PAGE = 500
+_FLUSH_SECONDS = 0.5
 
 
 class StoreSink:
@@ -38,6 +40,10 @@ class StoreSink:
         self.lease = lease
         self._trial_ids: dict[str, int] = {}
         self._node_recorded: set[str] = set()
+        # Epochs waiting to be written, per trial: one transaction per batch, not per epoch (a
+        # 2-second trial of a small model reports hundreds of epochs).
+        self._pending: dict[int, list[TrialMetric]] = {}
+        self._last_flush = time.monotonic()
 
     @property
     def lease_lost(self) -> bool:
@@ -79,25 +85,44 @@ class StoreSink:
         if node_id is not None and trial_key not in self._node_recorded:
             self.store.update_trial_status(trial_id=trial_id, status="running", node_id=node_id)
             self._node_recorded.add(trial_key)
-        self.store.record_trial_result(
-            trial_id=trial_id,
-            epoch=result.epoch,
-            step=result.step,
-            lr=result.lr,
-            train_loss=result.train_loss,
-            val_loss=result.val_loss,
-            metrics=result.metrics,
-            elapsed_s=result.elapsed_s if math.isfinite(result.elapsed_s) else 0.0,
+        self._pending.setdefault(trial_id, []).append(
+            TrialMetric(
+                epoch=result.epoch,
+                step=result.step,
+                lr=result.lr,
+                train_loss=result.train_loss,
+                val_loss=result.val_loss,
+                metrics=result.metrics,
+                elapsed_s=result.elapsed_s if math.isfinite(result.elapsed_s) else 0.0,
+            )
         )
+        if time.monotonic() - self._last_flush >= _FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write every buffered epoch. Epochs lost with a dying worker are not lost data: the
+        resumed job reruns unfinished trials from epoch 1 and reports them again."""
+        pending, self._pending = self._pending, {}
+        self._last_flush = time.monotonic()
+        for trial_id, results in pending.items():
+            self.store.record_trial_results(trial_id=trial_id, results=results)
 
     def on_trial_end(self, trial_key: str, *, status: FinishedStatus, error: str | None) -> None:
         trial_id = self._trial_ids.pop(trial_key, None)
         if trial_id is None:
             trial_id = self._find_trial(trial_key)
         if trial_id is not None:
+            # Its epochs reach SQL before its final status does.
+            results = self._pending.pop(trial_id, [])
+            if results:
+                self.store.record_trial_results(trial_id=trial_id, results=results)
             self.store.update_trial_status(trial_id=trial_id, status=status, error=error)
 
     def should_stop(self) -> bool:
+        # Tune polls this about every half second, so buffered epochs never wait much longer
+        # than that to reach SQL, even when no new result arrives to trigger a flush.
+        if self._pending and time.monotonic() - self._last_flush >= _FLUSH_SECONDS:
+            self.flush()
         return self.lease_lost or self.store.is_cancel_requested(self.job_id)
 
     def finished_trial_keys(self) -> set[str]:
