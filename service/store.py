@@ -92,6 +92,8 @@ TOKEN_PREFIX = "lrt_"
 # so authenticated reads do not each take SQLite's write lock.
 _LAST_USED_RESOLUTION = timedelta(seconds=60)
 _ACTIVE_JOB_STATUSES = ("queued", "running", "cancelling")
+# The words the worker records on a trial that cancellation stopped (workers/results.py).
+CANCELLED_TRIAL_ERROR = "stopped: the job was cancelled"
 
 
 @dataclass(frozen=True)
@@ -446,6 +448,9 @@ class Store:
         }
 
         def work(session: Session) -> int | None:
+            # A cancelled job whose worker died is claimed by nobody: end it here, or it would
+            # stay "cancelling" for ever.
+            _finish_expired_cancellations(session, now)
             candidate = select(JobRow.id).where(claimable).order_by(JobRow.id).limit(1)
             if self.is_postgres:
                 job_id = session.scalar(candidate.with_for_update(skip_locked=True))
@@ -498,13 +503,7 @@ class Store:
                 .values(status="queued", worker_id=None, lease_expires_at=None)
                 .returning(JobRow.id)
             ).all()
-            cancelled = session.execute(
-                update(JobRow)
-                .where(JobRow.status == "cancelling", expired)
-                .values(status="cancelled", worker_id=None, lease_expires_at=None, finished_at=now)
-                .returning(JobRow.id)
-            ).all()
-            return len(requeued) + len(cancelled)
+            return len(requeued) + _finish_expired_cancellations(session, now)
 
         return self._run(work, write=True)
 
@@ -1187,6 +1186,8 @@ def _no_range_test(job: JobRow) -> str:
             f'job {job.id} has no LR range test: it is a search job without lr_bounds "auto" '
             '(submit a range_test job, or a search job with lr_bounds "auto")'
         )
+    if job.status in ("failed", "cancelled"):
+        return f"job {job.id} has no LR range test: it {job.status} before the test finished"
     return (
         f"job {job.id} has no LR range test yet: it is {job.status}; the worker stores the test "
         "when it has run"
@@ -1338,6 +1339,27 @@ def _metric_value(result: TrialMetric, name: str) -> float | None:
     if name == "val_loss":
         return result.val_loss
     return result.metrics.get(name)
+
+
+def _finish_expired_cancellations(session: Session, now: datetime) -> int:
+    """cancelling jobs whose worker stopped heartbeating -> cancelled, and their unfinished
+    trials -> failed, as the worker records a trial that cancellation stopped."""
+    expired = and_(JobRow.lease_expires_at.is_not(None), JobRow.lease_expires_at < now)
+    cancelled = list(
+        session.scalars(
+            update(JobRow)
+            .where(JobRow.status == "cancelling", expired)
+            .values(status="cancelled", worker_id=None, lease_expires_at=None, finished_at=now)
+            .returning(JobRow.id)
+        )
+    )
+    if cancelled:
+        session.execute(
+            update(TrialRow)
+            .where(TrialRow.job_id.in_(cancelled), TrialRow.status.in_(("pending", "running")))
+            .values(status="failed", error=CANCELLED_TRIAL_ERROR, finished_at=now)
+        )
+    return len(cancelled)
 
 
 def _job_row(session: Session, job_id: int, *, tenant_id: int | None, lock: bool = False) -> JobRow:
