@@ -76,6 +76,8 @@ class StoreSink:
             return None
         self.store.update_trial_status(trial_id=trial.id, status="running", node_id=node_id)
         self._trial_ids[trial_key] = trial.id
+        # A trial Tune restarts (its node was lost) may run on another node: record it again.
+        self._node_recorded.discard(trial_key)
         return trial.id
 
     def on_epoch(self, trial_key: str, result: EpochResult, *, node_id: str | None) -> None:
