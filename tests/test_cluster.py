@@ -150,7 +150,7 @@ def _ray_env(token: str) -> dict[str, str]:
 def _node_args() -> tuple[list[str], int]:
     """`ray start` options giving one node of a one-machine cluster its own everything."""
     ports = _free_ports(16)
-    temp_dir = tempfile.mkdtemp(prefix="lrt-", dir="/tmp")  # Unix sockets: short paths
+    temp_dir = tempfile.mkdtemp(prefix="lrtray-", dir="/tmp")  # Unix sockets: short paths
     args = [
         "--num-cpus=1",
         "--num-gpus=0",
