@@ -9,8 +9,38 @@ export class ApiError extends Error {
   }
 }
 
-export async function api(path, { method = "GET", body, headers = {} } = {}) {
+// With LRTUNE_AUTH=on the API answers 401 until a bearer token is sent: ask for one (made with
+// `lrtune token create`), keep it in this browser, and send it with every request.
+const TOKEN_KEY = "lrtune.token";
+
+function askForToken(message) {
+  const token = window.prompt(`${message}\n\nThis lrtune server needs an API token:`);
+  if (token && token.trim()) {
+    localStorage.setItem(TOKEN_KEY, token.trim());
+    return true;
+  }
+  return false;
+}
+
+export async function api(path, options = {}) {
+  const sent = localStorage.getItem(TOKEN_KEY);
+  try {
+    return await request(path, options);
+  } catch (error) {
+    if (!(error instanceof ApiError) || error.status !== 401) throw error;
+    // Requests made at the same time all fail: ask once, the others retry with the new token.
+    const current = localStorage.getItem(TOKEN_KEY);
+    if (current && current !== sent) return await request(path, options);
+    localStorage.removeItem(TOKEN_KEY);
+    if (askForToken(error.message)) return await request(path, options);
+    throw error;
+  }
+}
+
+async function request(path, { method = "GET", body, headers = {} } = {}) {
   const init = { method, headers: { Accept: "application/json", ...headers } };
+  const token = localStorage.getItem(TOKEN_KEY);
+  if (token) init.headers.Authorization = `Bearer ${token}`;
   if (body !== undefined) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
