@@ -135,6 +135,13 @@ def test_twenty_identical_submissions_make_one_job(
     assert sorted(s for s, _ in answers) == [200] * 19 + [201]
     assert len({job_id for _, job_id in answers}) == 1
     assert len(_all_jobs(store)) == 1
+    # The same key with another body: 409, and still one job.
+    with TestClient(app) as client:
+        other = client.post(
+            "/v1/jobs", json={**job_body, "name": "other"}, headers={"Idempotency-Key": "same"}
+        )
+    assert other.status_code == 409 and other.json()["error"]["code"] == "conflict"
+    assert len(_all_jobs(store)) == 1
 
 
 def test_workers_claiming_at_once_never_share_a_job(

@@ -1,0 +1,410 @@
+"""Faults survived, on SQLite and PostgreSQL: kill -9 of the API or of the worker mid-job, cancel
+across a worker restart, expired leases, trials whose actor dies, jobs whose every trial fails.
+
+The API and the workers run as their own processes (`lrtune api`, `lrtune worker`), joined to the
+session's local Ray (2 CPUs); a short lease (LRTUNE_JOB_LEASE_SECONDS) makes reclaiming fast.
+Jobs are tiny (digits, mlp, 3 epochs, 2 policies x 2 trials), but for the kill x3 test, whose
+job must train long enough (~45 s: 10 trials of 10 epochs of a CNN at batch size 1) for three
+restarts (~11-14 s each on two cores: process start, lease expiry, Tune restore, trial actors
+started again, the interrupted trials' epochs redone) to stay within 2.5x of it.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import ray
+from lrtune.schemas.jobs import Job, JobSpec, Trial
+from lrtune.service.store import CANCELLED_TRIAL_ERROR, Store
+
+LEASE_SECONDS = 2.0
+EPOCHS = 3
+SPEC: dict[str, Any] = {
+    "name": "faults",
+    "workload": {"name": "digits", "params": {"model": "mlp"}},
+    "metric": {"name": "val_accuracy", "mode": "max"},
+    "policies": ["fixed", "clr"],
+    "budget": {"epochs": EPOCHS, "trials_per_policy": 2, "max_concurrent_trials": 2},
+    "search": {"algorithm": "random", "seed": 0},
+}
+# For the kill x3 test: the CNN's epochs take seconds, so the job's time is mostly training and
+# the restarts' cost (process start, lease expiry, Tune restore) can be compared with it.
+SLOW_EPOCHS = 10
+SLOW_TRIALS = 10
+SLOW_SPEC: dict[str, Any] = {
+    **SPEC,
+    "workload": {"name": "digits", "params": {"model": "cnn", "batch_size": 1}},
+    "budget": {"epochs": SLOW_EPOCHS, "trials_per_policy": 5, "max_concurrent_trials": 2},
+    # Small rates: at batch size 1 the default search spaces can diverge, and every trial here
+    # must train all its epochs.
+    "policies": [
+        {"policy": "fixed", "search": {"lr": {"loguniform": [0.0005, 0.003]}}},
+        {
+            "policy": "clr",
+            "search": {
+                "base_lr": {"loguniform": [0.0002, 0.0005]},
+                "max_lr": {"loguniform": [0.001, 0.003]},
+            },
+        },
+    ],
+}
+
+# A worker process like `lrtune worker`, noting in a file each trial it starts (sets running),
+# so a test can tell whether a trial finished by an earlier worker ran again.
+_RECORDING_WORKER = textwrap.dedent(
+    """
+    import sys
+    from lrtune.service.settings import Settings
+    from lrtune.service.store import Store
+    from lrtune.service.worker import run_worker
+
+    started = open(sys.argv[1], "a", buffering=1)
+
+    class RecordingStore(Store):
+        def update_trial_status(self, **kwargs):
+            if kwargs["status"] == "running":
+                started.write(f"{kwargs['trial_id']}\\n")
+            return super().update_trial_status(**kwargs)
+
+    settings = Settings()
+    run_worker(settings, store=RecordingStore(Store.from_settings(settings).engine))
+    """
+)
+
+# A user workload whose trial process dies (os._exit) as it builds, noting each attempt; planning
+# (in the worker's own process, not an actor) gets a real workload.
+_DYING_WORKLOAD = textwrap.dedent(
+    """
+    import os
+
+    import ray
+    from lrtune.workers.workloads import build_workload
+
+    def make(attempts: str = ""):
+        if ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None:
+            with open(attempts, "a") as log:
+                log.write(f"{os.getpid()}\\n")
+            os._exit(1)
+        return build_workload("digits", {"model": "mlp"})
+    """
+)
+
+
+@pytest.fixture(scope="session")
+def ray_local() -> Iterator[str]:
+    """One local Ray for the whole run (shared with the other Ray tests); yields its address."""
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+
+
+class Processes:
+    """The API and worker processes of a test, with their logs; all killed at the end."""
+
+    def __init__(self, *, database_url: str, home: Path, ray_address: str, logs: Path) -> None:
+        self.env = {
+            **os.environ,
+            "LRTUNE_DATABASE_URL": database_url,
+            "LRTUNE_HOME": str(home),
+            "LRTUNE_JOB_LEASE_SECONDS": str(LEASE_SECONDS),
+            "RAY_ADDRESS": ray_address,
+        }
+        self.logs = logs
+        self.started: list[subprocess.Popen[bytes]] = []
+        self.count = 0
+
+    def spawn(self, args: list[str], *, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+        self.count += 1
+        log = (self.logs / f"process-{self.count}.log").open("wb")
+        process = subprocess.Popen(
+            [sys.executable, *args], env=self.env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT
+        )
+        self.started.append(process)
+        return process
+
+    def api(self, port: int) -> subprocess.Popen[bytes]:
+        process = self.spawn(["-m", "lrtune.service.cli", "api", "--port", str(port)])
+        _wait(lambda: _ready(port), timeout=60, what="the API to answer /readyz", logs=self)
+        return process
+
+    def worker(self) -> subprocess.Popen[bytes]:
+        return self.spawn(["-m", "lrtune.service.cli", "worker"])
+
+    def recording_worker(self, started: Path) -> subprocess.Popen[bytes]:
+        return self.spawn(["-c", _RECORDING_WORKER, str(started)])
+
+    def tail(self) -> str:
+        return "\n".join(
+            f"--- {path.name}\n{path.read_text(errors='replace')[-2000:]}"
+            for path in sorted(self.logs.glob("process-*.log"))
+        )
+
+    def kill_all(self) -> None:
+        for process in self.started:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=30)
+
+
+@pytest.fixture
+def processes(database_url: str, ray_local: str, tmp_path: Path) -> Iterator[Processes]:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    found = Processes(
+        database_url=database_url, home=tmp_path / "home", ray_address=ray_local, logs=logs
+    )
+    yield found
+    found.kill_all()
+
+
+def kill_9(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _ready(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _wait(
+    predicate: Callable[[], bool], *, timeout: float, what: str, logs: Processes | None = None
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}\n{logs.tail() if logs else ''}")
+        time.sleep(0.2)
+
+
+def _trials(store: Store, job_id: int) -> list[Trial]:
+    return sorted(store.list_trials(job_id=job_id, limit=200).items, key=lambda t: t.id)
+
+
+def _epochs_stored(store: Store, job_id: int) -> int:
+    return sum(t.epochs_done for t in _trials(store, job_id))
+
+
+def _finished(store: Store, job_id: int) -> bool:
+    return store.get_job(job_id).status in ("succeeded", "failed", "cancelled")
+
+
+def _assert_complete_and_exact(
+    store: Store, job: Job, *, epochs: int = EPOCHS, trials: int = 4
+) -> None:
+    """The job succeeded with exactly its planned trials, each with epochs 1..E once."""
+    assert job.status == "succeeded", job.error
+    found = _trials(store, job.id)
+    assert len(found) == job.progress.planned == trials
+    assert len({t.ray_trial_id for t in found}) == trials  # no trial made twice
+    for trial in found:
+        assert trial.status == "completed", (trial.id, trial.status, trial.error)
+        stored = [m.epoch for m in store.list_trial_metrics(trial_id=trial.id)]
+        assert stored == list(range(1, epochs + 1)), (trial.id, stored)
+
+
+@pytest.mark.ray
+def test_api_killed_mid_job_then_restarted_the_job_completes_exactly(
+    processes: Processes, store: Store
+) -> None:
+    port = _free_port()
+    api = processes.api(port)
+    processes.worker()
+    base = f"http://127.0.0.1:{port}"
+    submitted = httpx.post(f"{base}/v1/jobs", json=SPEC, headers={"Idempotency-Key": "once"})
+    assert submitted.status_code == 201, submitted.text
+    job_id = submitted.json()["id"]
+    _wait(
+        lambda: _epochs_stored(store, job_id) >= 1, timeout=90, what="a first epoch", logs=processes
+    )
+
+    kill_9(api)
+    assert not _finished(store, job_id), "the job ended before the kill; nothing was tested"
+    processes.api(port)
+    # A client retrying its submission against the restarted API gets the same job.
+    again = httpx.post(f"{base}/v1/jobs", json=SPEC, headers={"Idempotency-Key": "once"})
+    assert again.status_code == 200 and again.json()["id"] == job_id
+
+    def succeeded() -> bool:
+        return httpx.get(f"{base}/v1/jobs/{job_id}").json()["status"] in ("succeeded", "failed")
+
+    _wait(succeeded, timeout=180, what="the job to finish", logs=processes)
+    _assert_complete_and_exact(store, store.get_job(job_id))
+    # And through the restarted API: every trial's epochs, once each.
+    page = httpx.get(f"{base}/v1/jobs/{job_id}/trials", params={"limit": 200}).json()
+    assert len(page["items"]) == 4
+    for trial in page["items"]:
+        metrics = httpx.get(f"{base}/v1/trials/{trial['id']}/metrics").json()
+        assert [m["epoch"] for m in metrics] == list(range(1, EPOCHS + 1))
+
+
+@pytest.mark.ray
+def test_worker_killed_three_times_the_job_completes_in_2_5x_without_rerunning_trials(
+    processes: Processes, store: Store, tmp_path: Path
+) -> None:
+    spec = JobSpec.model_validate(SLOW_SPEC)
+    # The same job uninterrupted, timed from the worker's start, as the interrupted one is.
+    calm, _ = store.create_job(spec=spec)
+    started = time.monotonic()
+    worker = processes.recording_worker(tmp_path / "calm.txt")
+    _wait(lambda: _finished(store, calm.id), timeout=180, what="the calm job", logs=processes)
+    uninterrupted = time.monotonic() - started
+    kill_9(worker)
+    _assert_complete_and_exact(
+        store, store.get_job(calm.id), epochs=SLOW_EPOCHS, trials=SLOW_TRIALS
+    )
+
+    seed = int(os.environ.get("LRTUNE_FAULT_SEED", random.randrange(1 << 30)))
+    rng = random.Random(seed)
+    job, _ = store.create_job(spec=spec)
+    started = time.monotonic()
+    worker = processes.recording_worker(tmp_path / "started-0.txt")
+    finished_when_killed: list[set[int]] = []
+    for kill in range(3):
+        # A random point of the run: after this worker has stored an epoch, within 3 s more.
+        stored = _epochs_stored(store, job.id)
+        _wait(
+            lambda before=stored: _epochs_stored(store, job.id) > before,
+            timeout=90,
+            what=f"progress before kill {kill + 1}",
+            logs=processes,
+        )
+        time.sleep(rng.uniform(0.0, 3.0))
+        kill_9(worker)
+        assert not _finished(store, job.id), f"finished before kill {kill + 1} (seed {seed})"
+        finished_when_killed.append(
+            {t.id for t in _trials(store, job.id) if t.status == "completed"}
+        )
+        worker = processes.recording_worker(tmp_path / f"started-{kill + 1}.txt")
+    _wait(lambda: _finished(store, job.id), timeout=240, what="the job", logs=processes)
+    interrupted = time.monotonic() - started
+
+    _assert_complete_and_exact(store, store.get_job(job.id), epochs=SLOW_EPOCHS, trials=SLOW_TRIALS)
+    for kill, finished in enumerate(finished_when_killed):
+        for later in range(kill + 1, 4):
+            path = tmp_path / f"started-{later}.txt"
+            rerun = (
+                finished & {int(x) for x in path.read_text().split()} if path.exists() else set()
+            )
+            assert not rerun, f"trials completed before kill {kill + 1} ran again: {rerun}"
+    assert interrupted <= 2.5 * uninterrupted, (
+        f"{interrupted:.1f} s with three kills vs {uninterrupted:.1f} s without (seed {seed})"
+    )
+    print(f"uninterrupted {uninterrupted:.1f} s, three kills {interrupted:.1f} s, seed {seed}")
+
+
+@pytest.mark.ray
+def test_cancel_is_idempotent_survives_a_worker_restart_and_reaches_cancelled(
+    processes: Processes, store: Store
+) -> None:
+    port = _free_port()
+    processes.api(port)
+    base = f"http://127.0.0.1:{port}"
+    job_id = httpx.post(f"{base}/v1/jobs", json=SPEC).json()["id"]
+    worker = processes.worker()
+    _wait(
+        lambda: _epochs_stored(store, job_id) >= 1, timeout=90, what="a first epoch", logs=processes
+    )
+    kill_9(worker)
+
+    answers = [httpx.post(f"{base}/v1/jobs/{job_id}/cancel") for _ in range(2)]
+    cancelled_at = datetime.now(UTC)
+    assert [a.status_code for a in answers] == [202, 202]
+    assert [a.json()["status"] for a in answers] == ["cancelling", "cancelling"]
+    processes.worker()
+    _wait(
+        lambda: store.get_job(job_id).status == "cancelled",
+        timeout=60,
+        what="cancelled after the restart",
+        logs=processes,
+    )
+    last = httpx.post(f"{base}/v1/jobs/{job_id}/cancel")
+    assert last.status_code == 202 and last.json()["status"] == "cancelled"
+    trials = _trials(store, job_id)
+    assert trials and all(t.created_at <= cancelled_at for t in trials)
+    assert all(t.status not in ("pending", "running") for t in trials)
+    time.sleep(LEASE_SECONDS)  # the restarted worker started nothing for it since
+    assert len(_trials(store, job_id)) == len(trials)
+    assert store.get_job(job_id).status == "cancelled"
+
+
+@pytest.mark.ray
+def test_trials_whose_actor_dies_are_retried_then_failed_and_the_job_fails_with_a_summary(
+    processes: Processes, store: Store, tmp_path: Path
+) -> None:
+    from lrtune.workers.experiment import MAX_TRIAL_FAILURES
+
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "dying_workload.py").write_text(_DYING_WORKLOAD)
+    attempts = tmp_path / "attempts.txt"
+    spec = {
+        **SPEC,
+        "workload": {"entrypoint": "dying_workload:make", "params": {"attempts": str(attempts)}},
+        "metric": {"name": "val_loss", "mode": "min"},
+        "budget": {"epochs": 1, "trials_per_policy": 1, "max_concurrent_trials": 2},
+    }
+    job, _ = store.create_job(spec=JobSpec.model_validate(spec))
+    # The trials import the user's module from the worker's directory: Ray puts the directory of
+    # a `python -c` driver on its workers' path (a deployment installs the module instead).
+    processes.spawn(["-c", "from lrtune.service.cli import main; main()", "worker"], cwd=code)
+    _wait(lambda: _finished(store, job.id), timeout=120, what="the job to end", logs=processes)
+
+    final = store.get_job(job.id)
+    assert final.status == "failed"
+    assert final.error is not None and final.error.startswith("every trial failed")
+    trials = _trials(store, job.id)
+    assert len(trials) == 2
+    for trial in trials:
+        assert trial.status == "failed" and trial.error, trial
+    # Each trial's process died once per attempt: the first run plus max_failures retries.
+    assert len(attempts.read_text().split()) == 2 * (MAX_TRIAL_FAILURES + 1)
+
+
+def test_an_expired_lease_is_reclaimed_and_an_expired_cancellation_ends(
+    store: Store,
+) -> None:
+    spec = JobSpec.model_validate(SPEC)
+    running, _ = store.create_job(spec=spec)
+    cancelling, _ = store.create_job(spec=spec)
+    assert store.claim_next_job(worker_id="dead", lease_seconds=0.2) is not None
+    assert store.claim_next_job(worker_id="dead", lease_seconds=0.2) is not None
+    trial = store.create_trial(
+        job_id=cancelling.id,
+        policy="fixed",
+        schedule={"policy": "fixed"},
+        search_config={},
+        seed=0,
+    )
+    store.update_trial_status(trial_id=trial.id, status="running")
+    store.cancel_job(cancelling.id)
+    # While the lease holds nobody else gets the job.
+    assert store.claim_next_job(worker_id="heir", lease_seconds=60) is None
+    time.sleep(0.3)
+    reclaimed = store.claim_next_job(worker_id="heir", lease_seconds=60)
+    assert reclaimed is not None and reclaimed.id == running.id
+    assert not store.heartbeat(job_id=running.id, worker_id="dead", lease_seconds=60)
+    assert store.get_job(cancelling.id).status == "cancelled"
+    ended = store.get_trial(trial.id)
+    assert ended.status == "failed" and ended.error == CANCELLED_TRIAL_ERROR
