@@ -232,7 +232,26 @@ class _SearchState:
     owner: dict[str, str] = field(default_factory=dict)
 
 
-class EqualBudgetSearcher(Searcher):
+class _StatefulSearcher(Searcher):
+    """A searcher whose whole state is `get_state()`; Tune saves it with the experiment so a
+    restored job continues the same sequence of trials."""
+
+    def get_state(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as file:
+            pickle.dump(self.get_state(), file)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as file:
+            self.set_state(pickle.load(file))
+
+
+class EqualBudgetSearcher(_StatefulSearcher):
     """Exactly `trials_per_policy` trials per policy, round robin, points per `algorithm`.
 
     Each suggestion is a trial config: `trial_key` ("<policy>-<index>", stable across
@@ -351,14 +370,6 @@ class EqualBudgetSearcher(Searcher):
     def set_state(self, state: dict[str, Any]) -> None:
         self.state = state["state"]
         self._tpe = state["tpe"]
-
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as file:
-            pickle.dump(self.get_state(), file)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as file:
-            self.set_state(pickle.load(file))
 
 
 def _first_problem(error: Exception) -> str:
@@ -560,7 +571,7 @@ def confirmation_configs(
     return configs
 
 
-class ConfirmationSearcher(Searcher):
+class ConfirmationSearcher(_StatefulSearcher):
     """Hands out a fixed list of trial configs, in order; nothing once the job must stop."""
 
     def __init__(self, *, job_key: str, configs: list[dict[str, Any]], metric: str, mode: str):
@@ -592,14 +603,6 @@ class ConfirmationSearcher(Searcher):
     def set_state(self, state: dict[str, Any]) -> None:
         self.configs = state["configs"]
         self.next_index = state["next_index"]
-
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as file:
-            pickle.dump(self.get_state(), file)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as file:
-            self.set_state(pickle.load(file))
 
 
 def run_confirmation(plan: ExperimentPlan, configs: list[dict[str, Any]]) -> tune.ResultGrid:
