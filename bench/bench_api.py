@@ -13,8 +13,6 @@ import asyncio
 import os
 import random
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,7 +24,7 @@ from lrtune.service.migrate import upgrade_to_head
 from lrtune.service.store import Store
 from sqlalchemy.engine import make_url
 
-from bench.bench_preview import _free_port, _wait_ready
+from bench.local_api import running_api
 from bench.results_file import machine_line, write_section
 
 HEADING = "Job API latency (issue 3)"
@@ -109,28 +107,6 @@ async def load(
 
 
 def measure(url: str, job_ids: list[int], *, rate: float, seconds: float) -> list[tuple]:
-    port = _free_port()
-    env = {
-        **os.environ,
-        "LRTUNE_DATABASE_URL": url,
-        "LRTUNE_HOME": tempfile.mkdtemp(prefix="lrtune-bench-"),
-    }
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--factory",
-            "lrtune.service.app:create_app",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ],
-        env=env,
-    )
-    base_url = f"http://127.0.0.1:{port}"
     rng = random.Random(1)
     endpoints = {
         "GET /v1/jobs/{id}": [f"/v1/jobs/{rng.choice(job_ids)}" for _ in range(500)],
@@ -140,9 +116,7 @@ def measure(url: str, job_ids: list[int], *, rate: float, seconds: float) -> lis
         "GET /v1/best": ["/v1/best", "/v1/best?workload=digits", "/v1/best?policy=clr"],
     }
     rows = []
-    try:
-        with httpx.Client(base_url=base_url) as client:
-            _wait_ready(client)
+    with running_api({"LRTUNE_DATABASE_URL": url}) as base_url:
         for name, paths in endpoints.items():
             load_before = os.getloadavg()[0]
             latencies, failures = asyncio.run(load(base_url, paths, rate=rate, seconds=seconds))
@@ -158,9 +132,6 @@ def measure(url: str, job_ids: list[int], *, rate: float, seconds: float) -> lis
                 )
             )
             print(rows[-1], flush=True)
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
     return rows
 
 

@@ -6,16 +6,12 @@ Run from the repository root: .venv/bin/python -m bench.bench_preview [--write]
 from __future__ import annotations
 
 import argparse
-import os
-import socket
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 
 import httpx
 
+from bench.local_api import running_api
 from bench.results_file import machine_line, write_section
 
 SPECS = {
@@ -36,23 +32,6 @@ SPECS = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_ready(client: httpx.Client, deadline_s: float = 30) -> None:
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        try:
-            if client.get("/healthz").status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.2)
-    raise RuntimeError("lrtune api did not start")
-
-
 def _time_requests(client: httpx.Client, body: dict, repeats: int) -> list[float]:
     times = []
     for _ in range(repeats):
@@ -70,35 +49,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
 
-    port = _free_port()
-    home = tempfile.mkdtemp(prefix="lrtune-bench-")
-    env = {**os.environ, "LRTUNE_HOME": home}
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--factory",
-            "lrtune.service.app:create_app",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        env=env,
-    )
     rows = []
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
-            _wait_ready(client)
-            for name, spec in SPECS.items():
-                for steps, every in ((1_000_000, 1), (1_000_000, 1000), (10_000, 1)):
-                    body = {"schedule": spec, "steps": steps, "every": every}
-                    times = _time_requests(client, body, args.repeats)
-                    rows.append((name, steps, every, statistics.median(times), min(times)))
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+    with running_api() as base_url, httpx.Client(base_url=base_url, timeout=60) as client:
+        for name, spec in SPECS.items():
+            for steps, every in ((1_000_000, 1), (1_000_000, 1000), (10_000, 1)):
+                request = {"schedule": spec, "steps": steps, "every": every}
+                times = _time_requests(client, request, args.repeats)
+                rows.append((name, steps, every, statistics.median(times), min(times)))
 
     table = [
         "| policy | steps | every | points | median ms | best ms |",
