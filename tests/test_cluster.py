@@ -443,10 +443,15 @@ def test_jobs_spread_over_two_ray_nodes_and_finish_on_the_head_when_one_is_lost(
 
 
 def _cluster_spec(policies: list[str]) -> JobSpec:
+    # About a second per epoch (a CNN at batch size 1), so a trial is seen mid-way on the second
+    # node however quiet the machine; small rates, so no trial diverges and ends early.
     return JobSpec.model_validate(
         {
-            "workload": {"name": "digits", "params": {"model": "cnn", "batch_size": 32}},
-            "policies": policies,
+            "workload": {"name": "digits", "params": {"model": "cnn", "batch_size": 1}},
+            "policies": [
+                {"policy": policy, "search": {"lr": {"loguniform": [0.0005, 0.003]}}}
+                for policy in policies
+            ],
             "budget": {"epochs": EPOCHS, "trials_per_policy": 1, "max_concurrent_trials": 2},
             "resources_per_trial": {"cpu": 1, "gpu": 0},
             "search": {"algorithm": "random", "seed": 0},

@@ -61,6 +61,12 @@ SLOW_SPEC: dict[str, Any] = {
         },
     ],
 }
+# For the API kill test: slow enough (a few seconds per trial) that the job is still running when
+# the API is killed after its first stored epoch, however quiet the machine.
+API_KILL_SPEC: dict[str, Any] = {
+    **SLOW_SPEC,
+    "budget": {"epochs": EPOCHS, "trials_per_policy": 2, "max_concurrent_trials": 2},
+}
 
 # A worker process like `lrtune worker`, noting in a file each trial it starts (sets running),
 # so a test can tell whether a trial finished by an earlier worker ran again.
@@ -232,7 +238,9 @@ def test_api_killed_mid_job_then_restarted_the_job_completes_exactly(
     api = processes.api(port)
     processes.worker()
     base = f"http://127.0.0.1:{port}"
-    submitted = httpx.post(f"{base}/v1/jobs", json=SPEC, headers={"Idempotency-Key": "once"})
+    submitted = httpx.post(
+        f"{base}/v1/jobs", json=API_KILL_SPEC, headers={"Idempotency-Key": "once"}
+    )
     assert submitted.status_code == 201, submitted.text
     job_id = submitted.json()["id"]
     _wait(
@@ -243,7 +251,7 @@ def test_api_killed_mid_job_then_restarted_the_job_completes_exactly(
     assert not _finished(store, job_id), "the job ended before the kill; nothing was tested"
     processes.api(port)
     # A client retrying its submission against the restarted API gets the same job.
-    again = httpx.post(f"{base}/v1/jobs", json=SPEC, headers={"Idempotency-Key": "once"})
+    again = httpx.post(f"{base}/v1/jobs", json=API_KILL_SPEC, headers={"Idempotency-Key": "once"})
     assert again.status_code == 200 and again.json()["id"] == job_id
 
     def succeeded() -> bool:
