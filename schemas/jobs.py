@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from lrtune.schemas.recommendations import RangeTestConfig
 from lrtune.schemas.schedules import POLICY_NAMES, ParamGroupRule
-from lrtune.schemas.search import DEFAULT_SEARCH_SPACES, validate_search_space
+from lrtune.schemas.search import validate_search_space
 from lrtune.schemas.trials import OptimizerSpec
 from lrtune.schemas.workloads import BUILTIN_WORKLOADS, WorkloadSpec
 from pydantic import (
@@ -71,7 +71,9 @@ class MetricSpec(BaseModel):
 
 
 class PolicySearch(BaseModel):
-    """One policy and its search space (the policy's default space when `search` is left out)."""
+    """One policy and its search space: `search` is laid over the policy's default space field by
+    field (a field it names replaces the default's; `step_size_epochs` replaces a default
+    `step_size_frac`), so naming one field keeps the others searched."""
 
     model_config = _INPUT
 
@@ -107,11 +109,6 @@ class PolicySearch(BaseModel):
             problem = error.errors()[0]
             raise ValueError(problem["msg"].removeprefix("Value error, ")) from None
         return search
-
-    @property
-    def space(self) -> dict[str, Any]:
-        """The search space trials sample from."""
-        return self.search if self.search is not None else DEFAULT_SEARCH_SPACES[self.policy]
 
 
 class LrBounds(BaseModel):
