@@ -45,7 +45,7 @@ def _trial_configs(spec: Any) -> list[Any]:
     """The 16 trials the job runs, as TrialConfigs for the plain loop."""
     from lrtune.schemas.schedules import parse_schedule
     from lrtune.schemas.trials import TrialConfig
-    from lrtune.workers.experiment import EqualBudgetSearcher, plan_experiment
+    from lrtune.workers.experiment import plan_experiment, plan_searcher
     from lrtune.workers.results import sink_registered
     from ray.tune.search import Searcher
 
@@ -54,17 +54,7 @@ def _trial_configs(spec: Any) -> list[Any]:
             return False
 
     plan = plan_experiment(spec, job_key="bench", storage_path=Path(tempfile.gettempdir()))
-    searcher = EqualBudgetSearcher(
-        job_key="bench",
-        spaces=plan.spaces,
-        trials_per_policy=TRIALS_PER_POLICY,
-        algorithm="random",
-        seed=0,
-        metric=spec.metric_name,
-        mode=spec.metric_mode,
-        steps_per_epoch=plan.steps_per_epoch,
-        epochs=spec.budget.epochs,
-    )
+    searcher = plan_searcher(plan)  # the job's own searcher: the same schedules and seeds
     configs: list[Any] = []
     with sink_registered("bench", _Go()):
         while (suggestion := searcher.suggest(f"t{len(configs)}")) != Searcher.FINISHED:

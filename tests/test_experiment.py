@@ -13,6 +13,7 @@ from lrtune.workers.experiment import (
     EqualBudgetSearcher,
     grid_points,
     plan_experiment,
+    plan_searcher,
     policy_space,
     random_point,
     to_tune_domain,
@@ -45,17 +46,7 @@ def _spec(**overrides: Any) -> JobSpec:
 
 def _searcher(spec: JobSpec, *, job_key: str = "1") -> EqualBudgetSearcher:
     plan = plan_experiment(spec, job_key=job_key, storage_path=Path("/unused"), steps_per_epoch=22)
-    return EqualBudgetSearcher(
-        job_key=job_key,
-        spaces=plan.spaces,
-        trials_per_policy=spec.budget.trials_per_policy,
-        algorithm=spec.search.algorithm,
-        seed=spec.search.seed,
-        metric=spec.metric_name,
-        mode=spec.metric_mode,
-        steps_per_epoch=plan.steps_per_epoch,
-        epochs=spec.budget.epochs,
-    )
+    return plan_searcher(plan)
 
 
 def _drain(searcher: EqualBudgetSearcher, sink: object, *, job_key: str = "1") -> list[Any]:

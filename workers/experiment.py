@@ -21,6 +21,7 @@ import math
 import os
 import pickle
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -473,15 +474,19 @@ def build_tuner(plan: ExperimentPlan, *, skip_keys: set[str] | None = None) -> t
     errored ones stay failed. `skip_keys` are trials the database has as finished although
     Tune's last snapshot had them running; they return at once instead of training again.
     """
-    trainable = make_trainable(plan.spec, skip_keys=skip_keys or ())
-    path = str(plan.path)
-    if tune.Tuner.can_restore(path):
-        log.info("resuming job %s from %s", plan.job_key, path)
-        return tune.Tuner.restore(
-            path, trainable, resume_unfinished=True, resume_errored=False, restart_errored=False
-        )
+    return _restore_or_build(
+        plan,
+        path=plan.path,
+        skip_keys=skip_keys or set(),
+        searcher=lambda: plan_searcher(plan),
+        scheduler=make_scheduler(plan.spec),
+    )
+
+
+def plan_searcher(plan: ExperimentPlan) -> EqualBudgetSearcher:
+    """The searcher that hands out the plan's trials: the job's budget, algorithm and seed."""
     spec = plan.spec
-    searcher = EqualBudgetSearcher(
+    return EqualBudgetSearcher(
         job_key=plan.job_key,
         spaces=plan.spaces,
         trials_per_policy=spec.budget.trials_per_policy,
@@ -492,15 +497,39 @@ def build_tuner(plan: ExperimentPlan, *, skip_keys: set[str] | None = None) -> t
         steps_per_epoch=plan.steps_per_epoch,
         epochs=spec.budget.epochs,
     )
+
+
+def _restore_or_build(
+    plan: ExperimentPlan,
+    *,
+    path: Path,
+    skip_keys: set[str],
+    searcher: Callable[[], Searcher],
+    scheduler: TrialScheduler,
+) -> tune.Tuner:
+    """One Tune experiment of the job at `path`: restored from its state when there is one
+    (finished trials stay finished, unfinished ones run again from their start, errored ones
+    stay failed), else new with `searcher()` and `scheduler`."""
+    trainable = make_trainable(plan.spec, skip_keys=skip_keys)
+    if tune.Tuner.can_restore(str(path)):
+        log.info("resuming job %s from %s", plan.job_key, path)
+        return tune.Tuner.restore(
+            str(path),
+            trainable,
+            resume_unfinished=True,
+            resume_errored=False,
+            restart_errored=False,
+        )
+    spec = plan.spec
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
             metric=spec.metric_name,
             mode=spec.metric_mode,
-            search_alg=searcher,
-            scheduler=make_scheduler(spec),
-            # The searcher ends the experiment after the last policy's budget; Tune must not
-            # stop asking earlier.
+            search_alg=searcher(),
+            scheduler=scheduler,
+            # The searcher ends the experiment after its last trial; Tune must not stop asking
+            # earlier.
             num_samples=-1,
             max_concurrent_trials=spec.budget.max_concurrent_trials,
             # One actor per concurrent slot for the whole job: no process start per trial.
@@ -509,8 +538,8 @@ def build_tuner(plan: ExperimentPlan, *, skip_keys: set[str] | None = None) -> t
             trial_dirname_creator=trial_name,
         ),
         run_config=tune.RunConfig(
-            name=plan.path.name,
-            storage_path=str(plan.path.parent),
+            name=path.name,
+            storage_path=str(path.parent),
             callbacks=[RecordResults(job_key=plan.job_key, epochs=spec.budget.epochs)],
             stop=CancelStopper(job_key=plan.job_key),
             failure_config=tune.FailureConfig(max_failures=MAX_TRIAL_FAILURES),
@@ -610,41 +639,14 @@ def run_confirmation(plan: ExperimentPlan, configs: list[dict[str, Any]]) -> tun
     stopping: the point is a fair estimate of each configuration), as a second Tune experiment
     of the job. The sink of `plan.job_key` must be registered."""
     skip = sink_for(plan.job_key).finished_trial_keys()
-    trainable = make_trainable(plan.spec, skip_keys=skip)
-    path = plan.confirmation_path
-    if tune.Tuner.can_restore(str(path)):
-        log.info("resuming the confirmation of job %s from %s", plan.job_key, path)
-        tuner = tune.Tuner.restore(
-            str(path), trainable, resume_unfinished=True, resume_errored=False
-        )
-        return tuner.fit()
     spec = plan.spec
-    tuner = tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(
-            metric=spec.metric_name,
-            mode=spec.metric_mode,
-            search_alg=ConfirmationSearcher(
-                job_key=plan.job_key,
-                configs=configs,
-                metric=spec.metric_name,
-                mode=spec.metric_mode,
-            ),
-            scheduler=FIFOScheduler(),
-            num_samples=-1,
-            max_concurrent_trials=spec.budget.max_concurrent_trials,
-            reuse_actors=True,
-            trial_name_creator=trial_name,
-            trial_dirname_creator=trial_name,
+    tuner = _restore_or_build(
+        plan,
+        path=plan.confirmation_path,
+        skip_keys=skip,
+        searcher=lambda: ConfirmationSearcher(
+            job_key=plan.job_key, configs=configs, metric=spec.metric_name, mode=spec.metric_mode
         ),
-        run_config=tune.RunConfig(
-            name=path.name,
-            storage_path=str(path.parent),
-            callbacks=[RecordResults(job_key=plan.job_key, epochs=spec.budget.epochs)],
-            stop=CancelStopper(job_key=plan.job_key),
-            failure_config=tune.FailureConfig(max_failures=MAX_TRIAL_FAILURES),
-            checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
-            verbose=0,
-        ),
+        scheduler=FIFOScheduler(),
     )
     return tuner.fit()
