@@ -11,10 +11,11 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
-from lrtune.schemas.jobs import FINISHED_TRIAL_STATUSES, TrialMetric
+from lrtune.schemas.jobs import FINISHED_TRIAL_STATUSES, Trial, TrialMetric
 from lrtune.schemas.recommendations import RangeTestResult
 from lrtune.schemas.trials import EpochResult
 from lrtune.service.errors import ConflictError, NotFoundError
@@ -128,18 +129,11 @@ class StoreSink:
         return self.lease_lost or self.store.is_cancel_requested(self.job_id)
 
     def finished_trial_keys(self) -> set[str]:
-        keys: set[str] = set()
-        cursor: str | None = None
-        while True:
-            page = self.store.list_trials(job_id=self.job_id, limit=_TRIALS_PAGE, cursor=cursor)
-            keys.update(
-                trial.ray_trial_id
-                for trial in page.items
-                if trial.ray_trial_id is not None and trial.status in FINISHED_TRIAL_STATUSES
-            )
-            if page.next_cursor is None:
-                return keys
-            cursor = page.next_cursor
+        return {
+            trial.ray_trial_id
+            for trial in self._job_trials()
+            if trial.ray_trial_id is not None and trial.status in FINISHED_TRIAL_STATUSES
+        }
 
     def stored_range_test(self) -> RangeTestResult | None:
         try:
@@ -166,14 +160,16 @@ class StoreSink:
 
     def _find_trial(self, trial_key: str) -> int | None:
         # An error can arrive for a trial this process never saw start (a failure on restore).
+        return next((t.id for t in self._job_trials() if t.ray_trial_id == trial_key), None)
+
+    def _job_trials(self) -> Iterator[Trial]:
+        """Every trial of the job, page by page."""
         cursor: str | None = None
         while True:
             page = self.store.list_trials(job_id=self.job_id, limit=_TRIALS_PAGE, cursor=cursor)
-            for trial in page.items:
-                if trial.ray_trial_id == trial_key:
-                    return trial.id
+            yield from page.items
             if page.next_cursor is None:
-                return None
+                return
             cursor = page.next_cursor
 
 
