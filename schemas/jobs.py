@@ -136,12 +136,69 @@ class Budget(BaseModel):
     max_concurrent_trials: int = Field(1, gt=0)
 
 
+# The probe's length as a share of the steps already trained, chosen on bench/bench_search.py:
+# the cheapest fraction that keeps the rank correlation with the final value (bench/RESULTS.md).
+DEFAULT_COOLDOWN_FRACTION = 1.0
+
+
+class Cooldown(BaseModel):
+    """The cooldown probe a trial runs at each rung: `fraction` x the steps trained so far, the
+    rate annealed from the schedule's current rate to 0 in `shape`."""
+
+    model_config = _INPUT
+
+    fraction: float = Field(
+        DEFAULT_COOLDOWN_FRACTION,
+        gt=0.0,
+        le=2.0,
+        allow_inf_nan=False,
+        description="The probe's length as a share of the steps already trained, in (0, 2].",
+    )
+    shape: Literal["linear", "1-sqrt"] = Field(
+        "linear", description="linear: lr0 (1 - i/n); 1-sqrt: lr0 (1 - sqrt(i/n))."
+    )
+
+
 class EarlyStopping(BaseModel):
+    """ASHA on epochs. At each rung a trial is judged by `judge`: "cooldown" (the default with
+    ASHA) runs a cooldown probe and compares what each trial would reach if annealed now;
+    "raw" compares the metric of the epoch reached (Ray Tune's ASHA as it is)."""
+
     model_config = _INPUT
 
     kind: Literal["none", "asha"] = "none"
     grace_epochs: int = Field(1, gt=0)
     reduction_factor: int = Field(3, ge=2)
+    judge: Literal["cooldown", "raw"] | None = Field(
+        None, validate_default=True, description='Default: "cooldown" with ASHA, none without.'
+    )
+    cooldown: Cooldown | None = Field(
+        None, validate_default=True, description='The probe of judge "cooldown".'
+    )
+
+    @field_validator("judge")
+    @classmethod
+    def _judge_needs_early_stopping(cls, judge: str | None, info: ValidationInfo) -> str | None:
+        kind = info.data.get("kind", "none")
+        if kind == "none":
+            if judge == "cooldown":
+                raise ValueError('judge "cooldown" needs early stopping (kind "asha")')
+            return judge
+        return judge or "cooldown"
+
+    @field_validator("cooldown")
+    @classmethod
+    def _cooldown_needs_its_judge(
+        cls, cooldown: Cooldown | None, info: ValidationInfo
+    ) -> Cooldown | None:
+        judge = info.data.get("judge")
+        if cooldown is not None and judge != "cooldown":
+            raise ValueError(
+                f'cooldown applies to judge "cooldown" with kind "asha"; this judge is {judge!r}'
+            )
+        if cooldown is None and judge == "cooldown":
+            return Cooldown.model_validate({})
+        return cooldown
 
 
 class SearchConfig(BaseModel):
@@ -326,6 +383,11 @@ class Trial(BaseModel):
     error: str | None = None
     ray_trial_id: str | None = None
     node_id: str | None = None
+    restored_from_epoch: int | None = Field(
+        None,
+        description="The epoch of the checkpoint the trial last resumed from (a worker or node "
+        "died mid-trial); None when it never resumed.",
+    )
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -343,6 +405,51 @@ class TrialMetric(BaseModel):
     val_loss: float | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
     elapsed_s: float = Field(ge=0.0, allow_inf_nan=False)
+
+
+RungDecision = Literal["continue", "stop"]
+
+
+class TrialProbe(BaseModel):
+    """A cooldown probe of a trial (see `lrtune.schemas.trials.ProbeResult`), as GET
+    /v1/trials/{id}/probes answers it; `decision` is what early stopping did at that rung."""
+
+    model_config = ConfigDict(ser_json_inf_nan="strings", extra="forbid")
+
+    epoch: int = Field(ge=1, description="The epoch whose end the probe branched from.")
+    step: int = Field(ge=0)
+    cooldown_steps: int = Field(ge=1)
+    train_loss: float | None = None
+    val_loss: float | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    elapsed_s: float = Field(ge=0.0, allow_inf_nan=False)
+    decision: RungDecision | None = Field(
+        None, description="continue: promoted past this rung; stop: pruned here."
+    )
+
+
+class RungTrial(BaseModel):
+    """One probed trial at a rung: the job's metric at the epoch reached (`raw`) beside the
+    value of its cooldown probe (`judged`, what early stopping compared); either may be None
+    (not reported) or "NaN"/"Infinity"/"-Infinity"."""
+
+    model_config = _OUTPUT
+
+    trial_id: int
+    policy: str
+    raw: float | None = Field(None, description="The job's metric of the epoch, unannealed.")
+    judged: float | None = Field(None, description="The job's metric of the cooldown probe.")
+    decision: RungDecision | None = None
+
+
+class JobRung(BaseModel):
+    """An epoch at which trials of the job were probed, its trials best first by `judged`
+    under the job's metric mode (a missing or non-finite value last)."""
+
+    model_config = _OUTPUT
+
+    epoch: int = Field(ge=1)
+    trials: list[RungTrial]
 
 
 class JobPage(BaseModel):

@@ -123,6 +123,30 @@ class EpochResult(BaseModel):
         return {"train_loss": self.train_loss, "val_loss": self.val_loss, **self.metrics}
 
 
+class ProbeResult(BaseModel):
+    """A cooldown probe: a branch from the trial's state at the end of `epoch` (a copy of model
+    and optimizer), trained `cooldown_steps` more steps with the rate annealed from the
+    schedule's current rate to 0, evaluated and thrown away. The trial goes on from before it.
+
+    What the trial would reach if its schedule annealed now: the value early stopping judges a
+    schedule by at a rung (a high rate mid-schedule looks worse than it will end).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    epoch: int = Field(ge=1, description="The epoch whose end the probe branched from.")
+    step: int = Field(ge=0, description="Optimizer steps the trial had taken then.")
+    cooldown_steps: int = Field(ge=1, description="Steps the probe trained, annealing to 0.")
+    train_loss: float = Field(description="Mean training loss over the probe's steps.")
+    val_loss: float
+    metrics: dict[str, float] = Field(default_factory=dict)
+    elapsed_s: float = Field(description="Seconds the probe took, evaluation included.")
+
+    def values(self) -> dict[str, float]:
+        """Every metric by name, train_loss and val_loss included (what `metric` refers to)."""
+        return {"train_loss": self.train_loss, "val_loss": self.val_loss, **self.metrics}
+
+
 class TrialOutcome(BaseModel):
     """How a trial ended. `diverged` is a result, not an error; `failed` carries the error."""
 
