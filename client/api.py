@@ -17,7 +17,17 @@ from typing import Any, TypeVar
 
 import httpx
 from lrtune.schemas.errors import ErrorBody, FieldProblem
-from lrtune.schemas.jobs import BestSetting, Job, JobPage, JobSpec, Trial, TrialMetric, TrialPage
+from lrtune.schemas.jobs import (
+    BestSetting,
+    Job,
+    JobPage,
+    JobRung,
+    JobSpec,
+    Trial,
+    TrialMetric,
+    TrialPage,
+    TrialProbe,
+)
 from lrtune.schemas.policies import PolicyInfo
 from lrtune.schemas.recommendations import RangeTestResult, Recommendation
 from lrtune.schemas.schedules import PreviewResponse
@@ -179,6 +189,16 @@ class LrtuneClient:
         response = self._request("GET", f"/v1/trials/{trial_id}/metrics")
         return _validate(_METRICS, response)
 
+    def trial_probes(self, trial_id: int) -> list[TrialProbe]:
+        """The trial's cooldown probes in epoch order, with early stopping's decisions."""
+        response = self._request("GET", f"/v1/trials/{trial_id}/probes")
+        return _validate(_PROBES, response)
+
+    def job_rungs(self, job_id: int) -> list[JobRung]:
+        """Per rung epoch, the job's probed trials best first: raw and judged values, decision."""
+        response = self._request("GET", f"/v1/jobs/{job_id}/rungs")
+        return _validate(_RUNGS, response)
+
     # ---- results ------------------------------------------------------------------------------
 
     def range_test(self, job_id: int) -> RangeTestResult:
@@ -238,6 +258,8 @@ class LrtuneClient:
 
 
 _METRICS: TypeAdapter[list[TrialMetric]] = TypeAdapter(list[TrialMetric])
+_PROBES: TypeAdapter[list[TrialProbe]] = TypeAdapter(list[TrialProbe])
+_RUNGS: TypeAdapter[list[JobRung]] = TypeAdapter(list[JobRung])
 _BEST: TypeAdapter[list[BestSetting]] = TypeAdapter(list[BestSetting])
 _POLICIES: TypeAdapter[list[PolicyInfo]] = TypeAdapter(list[PolicyInfo])
 _WORKLOADS: TypeAdapter[list[WorkloadInfo]] = TypeAdapter(list[WorkloadInfo])

@@ -33,6 +33,7 @@ UrlOption = Annotated[
     str, typer.Option("--url", envvar="LRTUNE_URL", help="The lrtune service's base URL.")
 ]
 JobArgument = Annotated[int, typer.Argument(help="The job's id.", show_default=False)]
+TrialArgument = Annotated[int, typer.Argument(help="The trial's id.", show_default=False)]
 FINISHED_TRIALS = ("completed", "pruned", "diverged", "failed")
 
 
@@ -179,6 +180,28 @@ def trials(
     out.print(table if page.items else "no trials")
     if page.next_cursor:
         err.print(f"more: --cursor {page.next_cursor}")
+
+
+@commands.command()
+def probes(trial_id: TrialArgument, url: UrlOption = DEFAULT_URL) -> None:
+    """List a trial's cooldown probes: what it reached annealed at each rung, and the decision."""
+    with _client(url) as client:
+        found = client.trial_probes(trial_id)
+    names = sorted({name for probe in found for name in probe.metrics})
+    table = Table(
+        "epoch", "step", "cooldown steps", "train_loss", "val_loss", *names, "decision", box=None
+    )
+    for probe in found:
+        table.add_row(
+            str(probe.epoch),
+            str(probe.step),
+            str(probe.cooldown_steps),
+            _number(probe.train_loss),
+            _number(probe.val_loss),
+            *(_number(probe.metrics.get(name)) for name in names),
+            _decision_text(probe.decision),
+        )
+    out.print(table if found else f"trial {trial_id} has no probes")
 
 
 @commands.command()
@@ -361,6 +384,13 @@ def _status_text(status: str) -> str:
         "pruned": "yellow",
     }.get(status)
     return f"[{colour}]{status}[/{colour}]" if colour else status
+
+
+def _decision_text(decision: str | None) -> str:
+    if decision is None:
+        return "-"
+    colour = "green" if decision == "continue" else "yellow"
+    return f"[{colour}]{decision}[/{colour}]"
 
 
 def _number(value: float | None) -> str:

@@ -184,6 +184,8 @@ class TrialRow(Base):
     error: Mapped[str | None] = mapped_column(Text)
     ray_trial_id: Mapped[str | None] = mapped_column(String(200))
     node_id: Mapped[str | None] = mapped_column(String(200))
+    # The epoch of the checkpoint the trial last resumed from; NULL when it never resumed.
+    restored_from_epoch: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, default=utcnow
     )
@@ -209,6 +211,29 @@ class TrialMetricRow(Base):
     val_loss_kind: Mapped[int] = _kind_column()
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
     elapsed_s: Mapped[float] = mapped_column(Float, nullable=False)
+
+
+class TrialProbeRow(Base):
+    """A trial's cooldown probe at the end of an epoch and early stopping's decision there; the
+    primary key makes a probe reported twice land once."""
+
+    __tablename__ = "trial_probes"
+    __table_args__ = (CheckConstraint("decision IN ('continue', 'stop')", name="decision"),)
+
+    trial_id: Mapped[int] = mapped_column(
+        ForeignKey("trials.id", ondelete="CASCADE"), primary_key=True
+    )
+    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
+    step: Mapped[int] = mapped_column(Integer, nullable=False)
+    cooldown_steps: Mapped[int] = mapped_column(Integer, nullable=False)
+    train_loss: Mapped[float | None] = mapped_column(Float)
+    train_loss_kind: Mapped[int] = _kind_column()
+    val_loss: Mapped[float | None] = mapped_column(Float)
+    val_loss_kind: Mapped[int] = _kind_column()
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    elapsed_s: Mapped[float] = mapped_column(Float, nullable=False)
+    # NULL: not decided (yet), or a probe outside a rung.
+    decision: Mapped[str | None] = mapped_column(String(8))
 
 
 class RangeTestRow(Base):

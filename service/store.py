@@ -34,10 +34,13 @@ from lrtune.schemas.jobs import (
     Job,
     JobPage,
     JobProgress,
+    JobRung,
     JobSpec,
+    RungTrial,
     Trial,
     TrialMetric,
     TrialPage,
+    TrialProbe,
     is_better,
 )
 from lrtune.schemas.recommendations import BoundSuggestion, RangeTestResult, Recommendation
@@ -61,6 +64,7 @@ from lrtune.service.models import (
     RecommendationRow,
     TenantRow,
     TrialMetricRow,
+    TrialProbeRow,
     TrialRow,
     utcnow,
 )
@@ -795,6 +799,107 @@ class Store:
 
         return self._run(work, write=False)
 
+    def record_trial_probes(self, *, trial_id: int, probes: Sequence[TrialProbe]) -> None:
+        """Store cooldown probes of a trial, idempotently on (trial, epoch): a probe already
+        stored keeps its values, except that a decision fills one still missing (a probe may
+        reach SQL before early stopping has decided at its rung)."""
+        merged = _merge_probes(probes)
+
+        def work(session: Session) -> None:
+            if session.get(TrialRow, trial_id) is None:
+                raise NotFoundError(f"no trial with id {trial_id}")
+            for start in range(0, len(merged), _METRIC_ROWS_PER_INSERT):
+                chunk = merged[start : start + _METRIC_ROWS_PER_INSERT]
+                statement = self._insert(TrialProbeRow).values(
+                    [_probe_values(trial_id, p) for p in chunk]
+                )
+                session.execute(
+                    statement.on_conflict_do_update(
+                        index_elements=["trial_id", "epoch"],
+                        set_={"decision": statement.excluded.decision},
+                        where=and_(
+                            TrialProbeRow.decision.is_(None),
+                            statement.excluded.decision.is_not(None),
+                        ),
+                    )
+                )
+
+        self._run(work, write=True)
+
+    def list_trial_probes(self, trial_id: int, *, tenant_id: int | None = None) -> list[TrialProbe]:
+        """The trial's cooldown probes, in epoch order."""
+
+        def work(session: Session) -> list[TrialProbe]:
+            _trial_row(session, trial_id, tenant_id=tenant_id)
+            rows = session.scalars(
+                select(TrialProbeRow)
+                .where(TrialProbeRow.trial_id == trial_id)
+                .order_by(TrialProbeRow.epoch)
+            )
+            return [_trial_probe(r) for r in rows]
+
+        return self._run(work, write=False)
+
+    def set_restored_from_epoch(self, *, trial_id: int, epoch: int) -> None:
+        """Record that the trial resumed from its checkpoint of `epoch`."""
+        if epoch < 0:
+            raise InvalidInputError(f"epoch must be >= 0, got {epoch}", field="epoch")
+
+        def work(session: Session) -> None:
+            row = session.get(TrialRow, trial_id)
+            if row is None:
+                raise NotFoundError(f"no trial with id {trial_id}")
+            row.restored_from_epoch = epoch
+
+        self._run(work, write=True)
+
+    def job_rungs(self, job_id: int, *, tenant_id: int | None = None) -> list[JobRung]:
+        """Every epoch at which the job's trials were probed, ascending, with each probed trial's
+        metric at that epoch (`raw`), its probe's (`judged`) and the decision, best judged first.
+
+        One query: the probes joined with their trials and outer-joined with the metric rows of
+        the same (trial, epoch), whatever the number of trials.
+        """
+
+        def work(session: Session) -> list[JobRung]:
+            job = _job_row(session, job_id, tenant_id=tenant_id)
+            rows = session.execute(
+                select(TrialProbeRow, TrialRow.policy, TrialMetricRow)
+                .join(TrialRow, TrialRow.id == TrialProbeRow.trial_id)
+                .outerjoin(
+                    TrialMetricRow,
+                    and_(
+                        TrialMetricRow.trial_id == TrialProbeRow.trial_id,
+                        TrialMetricRow.epoch == TrialProbeRow.epoch,
+                    ),
+                )
+                .where(TrialRow.job_id == job_id)
+                .order_by(TrialProbeRow.epoch, TrialProbeRow.trial_id)
+            )
+            rungs: dict[int, list[RungTrial]] = {}
+            for probe_row, policy, metric_row in rows:
+                probe = _trial_probe(probe_row)
+                raw = (
+                    _metric_value(_trial_metric(metric_row), job.metric_name)
+                    if metric_row is not None
+                    else None
+                )
+                rungs.setdefault(probe.epoch, []).append(
+                    RungTrial(
+                        trial_id=probe_row.trial_id,
+                        policy=policy,
+                        raw=raw,
+                        judged=_metric_value(probe, job.metric_name),
+                        decision=probe.decision,
+                    )
+                )
+            return [
+                JobRung(epoch=epoch, trials=_best_judged_first(trials, job.metric_mode))
+                for epoch, trials in rungs.items()
+            ]
+
+        return self._run(work, write=False)
+
     def best_settings(
         self,
         *,
@@ -1295,6 +1400,7 @@ def _trial(row: TrialRow) -> Trial:
         error=row.error,
         ray_trial_id=row.ray_trial_id,
         node_id=row.node_id,
+        restored_from_epoch=row.restored_from_epoch,
         created_at=created,
         started_at=_utc(row.started_at),
         finished_at=_utc(row.finished_at),
@@ -1333,7 +1439,66 @@ def _trial_metric(row: TrialMetricRow) -> TrialMetric:
     )
 
 
-def _metric_value(result: TrialMetric, name: str) -> float | None:
+def _probe_values(trial_id: int, probe: TrialProbe) -> dict[str, Any]:
+    train_loss, train_loss_kind = split_float(probe.train_loss)
+    val_loss, val_loss_kind = split_float(probe.val_loss)
+    return {
+        "trial_id": trial_id,
+        "epoch": probe.epoch,
+        "step": probe.step,
+        "cooldown_steps": probe.cooldown_steps,
+        "train_loss": train_loss,
+        "train_loss_kind": train_loss_kind,
+        "val_loss": val_loss,
+        "val_loss_kind": val_loss_kind,
+        "metrics": encode_floats(probe.metrics),
+        "elapsed_s": probe.elapsed_s,
+        "decision": probe.decision,
+    }
+
+
+def _trial_probe(row: TrialProbeRow) -> TrialProbe:
+    return TrialProbe.model_validate(
+        {
+            "epoch": row.epoch,
+            "step": row.step,
+            "cooldown_steps": row.cooldown_steps,
+            "train_loss": join_float(row.train_loss, row.train_loss_kind),
+            "val_loss": join_float(row.val_loss, row.val_loss_kind),
+            "metrics": decode_floats(row.metrics),
+            "elapsed_s": row.elapsed_s,
+            "decision": row.decision,
+        }
+    )
+
+
+def _merge_probes(probes: Sequence[TrialProbe]) -> list[TrialProbe]:
+    """One probe per epoch, as the table keeps them: the first reported, with the first decision
+    (PostgreSQL refuses an upsert that touches the same row twice in one statement)."""
+    by_epoch: dict[int, TrialProbe] = {}
+    for probe in probes:
+        first = by_epoch.get(probe.epoch)
+        if first is None:
+            by_epoch[probe.epoch] = probe
+        elif first.decision is None and probe.decision is not None:
+            by_epoch[probe.epoch] = first.model_copy(update={"decision": probe.decision})
+    return list(by_epoch.values())
+
+
+def _best_judged_first(trials: list[RungTrial], mode: str) -> list[RungTrial]:
+    """Best `judged` first under `mode`; a missing or non-finite value last; ties by trial id."""
+
+    def key(trial: RungTrial) -> tuple[bool, float, int]:
+        value = trial.judged
+        if value is None or not math.isfinite(value):
+            return True, 0.0, trial.trial_id
+        return False, -value if mode == "max" else value, trial.trial_id
+
+    return sorted(trials, key=key)
+
+
+def _metric_value(result: TrialMetric | TrialProbe, name: str) -> float | None:
+    """The value of metric `name` in an epoch or a probe (train_loss and val_loss included)."""
     if name == "train_loss":
         return result.train_loss
     if name == "val_loss":

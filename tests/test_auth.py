@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from lrtune.schemas.jobs import TrialProbe
 from lrtune.schemas.recommendations import BoundSuggestion, RangeTestResult
 from lrtune.service.app import create_app
 from lrtune.service.cli import app as cli
@@ -32,7 +33,8 @@ def auth_app(settings: Settings) -> FastAPI:
 
 @pytest.fixture
 def tenants(auth_app: FastAPI, store: Store, job_body: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """Tenants A and B with a token each; A owns a succeeded job with a trial and an epoch."""
+    """Tenants A and B with a token each; A owns a succeeded job with a trial, an epoch and a
+    cooldown probe."""
     with TestClient(auth_app) as client:
         _, token_a = store.create_token(tenant="a", label="alice")
         _, token_b = store.create_token(tenant="b")
@@ -56,6 +58,21 @@ def tenants(auth_app: FastAPI, store: Store, job_body: dict[str, Any]) -> Iterat
             val_loss=1.0,
             metrics={"val_accuracy": 0.5},
             elapsed_s=0.1,
+        )
+        store.record_trial_probes(
+            trial_id=trial.id,
+            probes=[
+                TrialProbe(
+                    epoch=1,
+                    step=10,
+                    cooldown_steps=10,
+                    train_loss=0.9,
+                    val_loss=0.9,
+                    metrics={"val_accuracy": 0.6},
+                    elapsed_s=0.1,
+                    decision="continue",
+                )
+            ],
         )
         store.update_trial_status(trial_id=trial.id, status="completed")
         # A range test too, so GET /v1/jobs/{id}/range-test has something to show its owner.
@@ -156,8 +173,10 @@ def test_every_v1_route_with_ids_answers_404_to_another_tenant(
         "/v1/jobs/{job_id}",
         "/v1/jobs/{job_id}/cancel",
         "/v1/jobs/{job_id}/trials",
+        "/v1/jobs/{job_id}/rungs",
         "/v1/trials/{trial_id}",
         "/v1/trials/{trial_id}/metrics",
+        "/v1/trials/{trial_id}/probes",
     }
     for method, template in with_ids:
         path = _path_values(template, tenants["ids"])
@@ -167,6 +186,7 @@ def test_every_v1_route_with_ids_answers_404_to_another_tenant(
         if method == "GET":  # and the owner does see it (the 404 is about the tenant)
             mine = _call(client, method, path, _bearer(tenants["a"]), job_body)
             assert mine.status_code == 200, (method, path, mine.text)
+            assert mine.json(), (method, path)  # something to see: not an empty list
     # Cancelling another tenant's job changed nothing.
     job = client.get(f"/v1/jobs/{tenants['ids']['job_id']}", headers=_bearer(tenants["a"]))
     assert job.json()["status"] == "succeeded"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import uvicorn
-from lrtune.schemas.jobs import JobSpec, TrialMetric
+from lrtune.schemas.jobs import JobSpec, TrialMetric, TrialProbe
 from lrtune.schemas.recommendations import BoundSuggestion, RangeTestResult
 from lrtune.service.app import create_app
 from lrtune.service.cli import app as cli
@@ -167,6 +167,37 @@ def test_trials_lists_a_jobs_trials(service_url: str, finished_job: int) -> None
     code, out, _ = run(service_url, "trials", str(finished_job), "--policy", "clr")
     assert code == 0 and "fixed" not in out and out.count("clr") == 2
     assert_one_error_line(*run(service_url, "trials", "999")[::2], "404")
+
+
+def test_probes_lists_a_trials_probes(service_url: str, finished_job: int, store: Store) -> None:
+    trial_id = store.list_trials(job_id=finished_job).items[-1].id
+    code, out, _ = run(service_url, "probes", str(trial_id))
+    assert code == 0 and f"trial {trial_id} has no probes" in out
+    store.record_trial_probes(
+        trial_id=trial_id,
+        probes=[
+            TrialProbe.model_validate(
+                {
+                    "epoch": epoch,
+                    "step": 10 * epoch,
+                    "cooldown_steps": 7 * epoch,
+                    "train_loss": 0.25,
+                    "val_loss": math.nan if epoch == 3 else 0.5,
+                    "metrics": {"val_accuracy": 0.8125},
+                    "elapsed_s": 0.1,
+                    "decision": decision,
+                }
+            )
+            for epoch, decision in ((1, "continue"), (3, None))
+        ],
+    )
+    code, out, err = run(service_url, "probes", str(trial_id))
+    assert code == 0, err
+    header, first, third = [" ".join(line.split()) for line in out.strip().splitlines()]
+    assert header == "epoch step cooldown steps train_loss val_loss val_accuracy decision"
+    assert first == "1 10 7 0.25 0.5 0.8125 continue"
+    assert third == "3 30 21 0.25 nan 0.8125 -"
+    assert_one_error_line(*run(service_url, "probes", "999")[::2], "no trial with id 999", "404")
 
 
 def test_recommend_in_every_format(service_url: str, finished_job: int) -> None:

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from lrtune.client.api import ApiError, LrtuneClient, ServiceUnreachable
-from lrtune.schemas.jobs import Job, JobSpec, TrialMetric
+from lrtune.schemas.jobs import Job, JobRung, JobSpec, TrialMetric, TrialProbe
 from lrtune.schemas.schedules import PreviewResponse
 from lrtune.service.store import Store
 
@@ -114,6 +114,46 @@ def test_trials_metrics_and_best(
     assert client.get_job(job.id).best is not None
 
 
+def test_probes_and_rungs(client: LrtuneClient, store: Store, job_body: dict[str, Any]) -> None:
+    job = client.submit_job(job_body)
+    trial_ids = finish_job(store, job)
+    assert client.trial_probes(trial_ids[0]) == []
+    assert client.job_rungs(job.id) == []
+    for trial_id, accuracy, decision in (
+        (trial_ids[0], 0.8, "continue"),
+        (trial_ids[1], math.nan, "stop"),
+    ):
+        store.record_trial_probes(
+            trial_id=trial_id,
+            probes=[
+                TrialProbe.model_validate(
+                    {
+                        "epoch": 1,
+                        "step": 5,
+                        "cooldown_steps": 5,
+                        "train_loss": 0.5,
+                        "val_loss": math.inf,
+                        "metrics": {"val_accuracy": accuracy},
+                        "elapsed_s": 0.1,
+                        "decision": decision,
+                    }
+                )
+            ],
+        )
+    [probe] = client.trial_probes(trial_ids[1])
+    assert isinstance(probe, TrialProbe) and probe.decision == "stop"
+    assert probe.val_loss == math.inf and math.isnan(probe.metrics["val_accuracy"])
+    [rung] = client.job_rungs(job.id)
+    assert isinstance(rung, JobRung) and rung.epoch == 1
+    assert [(t.trial_id, t.raw, t.decision) for t in rung.trials] == [
+        (trial_ids[0], pytest.approx(0.3), "continue"),
+        (trial_ids[1], pytest.approx(0.2), "stop"),
+    ]
+    assert rung.trials[0].judged == 0.8
+    judged = rung.trials[1].judged
+    assert judged is not None and math.isnan(judged)
+
+
 def test_preview_and_policies(client: LrtuneClient) -> None:
     curve = client.preview({"policy": "step", "lr": 0.1, "step_size": 2}, steps=6, every=2)
     assert isinstance(curve, PreviewResponse)
@@ -130,6 +170,8 @@ def test_unknown_ids_are_404(client: LrtuneClient) -> None:
         lambda: client.get_job(404),
         lambda: client.get_trial(404),
         lambda: client.trial_metrics(404),
+        lambda: client.trial_probes(404),
+        lambda: client.job_rungs(404),
         lambda: client.list_trials(404),
         lambda: client.cancel_job(404),
         lambda: client.recommendation(404),

@@ -39,12 +39,12 @@ CHECKS = [
 
 @pytest.fixture
 def fuzzed_app(settings: Settings, store: Store, job_body: dict[str, Any]) -> Iterator[FastAPI]:
-    """The API with auth on; a job with a trial and an epoch, so ids 1 name real rows."""
+    """The API with auth on; a job with a trial, an epoch and a probe, so ids 1 name real rows."""
     # A small preview limit: the route's refusal is fuzzed too, and a million-point answer per
     # example would spend the time budget on JSON, not on finding faults.
     app = create_app(settings.model_copy(update={"auth": True, "max_preview_steps": 5000}))
     record, token = store.create_token(tenant="fuzz")
-    from lrtune.schemas.jobs import JobSpec
+    from lrtune.schemas.jobs import JobSpec, TrialProbe
 
     job, _ = store.create_job(spec=JobSpec.model_validate(job_body), tenant_id=record.id)
     store.claim_next_job(worker_id="w", lease_seconds=60)
@@ -64,6 +64,21 @@ def fuzzed_app(settings: Settings, store: Store, job_body: dict[str, Any]) -> It
         val_loss=1.0,
         metrics={"val_accuracy": 0.5},
         elapsed_s=0.1,
+    )
+    store.record_trial_probes(
+        trial_id=trial.id,
+        probes=[
+            TrialProbe(
+                epoch=1,
+                step=10,
+                cooldown_steps=10,
+                train_loss=0.8,
+                val_loss=0.9,
+                metrics={"val_accuracy": 0.6},
+                elapsed_s=0.1,
+                decision="continue",
+            )
+        ],
     )
     app.state.fuzz_token = token
     yield app

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 from fastapi.testclient import TestClient
-from lrtune.schemas.jobs import JobSpec
+from lrtune.schemas.jobs import JobSpec, TrialProbe
 from lrtune.service.app import create_app
 from lrtune.service.db import make_engine
 from lrtune.service.errors import SchemaOutdatedError
@@ -38,6 +38,7 @@ TABLES = {
     "best_settings",
     "tenants",
     "api_tokens",
+    "trial_probes",
 }
 
 
@@ -294,3 +295,84 @@ def test_upgrading_a_database_made_by_0003_makes_its_trials_search_trials(
         engine.dispose()
     assert "phase" not in trial_columns and "search_spaces" not in job_columns
     assert [tuple(t) for t in kept] == [(1, "fixed")]
+
+
+def test_upgrading_a_database_made_by_0004_leaves_its_trials_unrestored_and_unprobed(
+    database_url: str,
+) -> None:
+    downgrade(database_url, "0004")
+    assert "trial_probes" not in _tables(database_url)
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql(
+                "INSERT INTO jobs (name, kind, status, spec, workload, metric_name, metric_mode, "
+                "planned_trials, created_at) VALUES ('old', 'search', 'running', "
+                '\'{"workload": {"name": "digits"}, "policies": ["fixed"], '
+                '"budget": {"epochs": 2, "trials_per_policy": 1}}\', '
+                "'digits', 'val_accuracy', 'max', 1, CURRENT_TIMESTAMP)"
+            )
+            connection.exec_driver_sql(
+                "INSERT INTO trials (job_id, policy, phase, schedule, search_config, seed, status, "
+                "epochs_done, last_metric_kind, created_at) VALUES (1, 'fixed', 'search', "
+                "'{\"policy\": \"fixed\", \"lr\": 0.1}', '{}', 0, 'running', 1, 0, "
+                "CURRENT_TIMESTAMP)"
+            )
+            connection.exec_driver_sql(
+                "INSERT INTO trial_metrics (trial_id, epoch, step, lr, lr_kind, train_loss, "
+                "train_loss_kind, val_loss, val_loss_kind, metrics, elapsed_s) VALUES "
+                "(1, 1, 10, 0.1, 0, 1.0, 0, 1.2, 0, '{\"val_accuracy\": 0.5}', 0.5)"
+            )
+        upgrade_to_head(database_url)
+        with engine.connect() as connection:
+            restored = connection.exec_driver_sql(
+                "SELECT id, restored_from_epoch FROM trials"
+            ).all()
+            probes = connection.exec_driver_sql("SELECT count(*) FROM trial_probes").scalar_one()
+    finally:
+        engine.dispose()
+    assert [tuple(t) for t in restored] == [(1, None)]
+    assert probes == 0
+
+    store = Store.from_url(database_url)
+    try:
+        assert store.get_trial(1).restored_from_epoch is None
+        assert store.list_trial_probes(1) == []
+        assert store.job_rungs(1) == []
+        store.record_trial_probes(
+            trial_id=1,
+            probes=[
+                TrialProbe(epoch=1, step=10, cooldown_steps=10, elapsed_s=0.1),
+            ],
+        )
+        store.set_restored_from_epoch(trial_id=1, epoch=1)
+        assert store.get_trial(1).restored_from_epoch == 1
+    finally:
+        store.dispose()
+    # A decision other than continue or stop is refused by the table's constraint.
+    engine = make_engine(database_url)
+    try:
+        with pytest.raises(IntegrityError), engine.begin() as connection:
+            connection.exec_driver_sql("UPDATE trial_probes SET decision = 'maybe'")
+    finally:
+        engine.dispose()
+
+    downgrade(database_url, "0004")
+    assert current_revision(database_url) == "0004"
+    assert "trial_probes" not in _tables(database_url)
+    engine = make_engine(database_url)
+    try:
+        trial_columns = {c["name"] for c in inspect(engine).get_columns("trials")}
+        with engine.connect() as connection:
+            kept = connection.exec_driver_sql("SELECT id, policy, phase FROM trials").all()
+            epochs = connection.exec_driver_sql("SELECT trial_id, epoch FROM trial_metrics").all()
+        # Rebuilding trials on SQLite kept its constraints (and did not cascade into its epochs).
+        with pytest.raises(IntegrityError), engine.begin() as connection:
+            connection.exec_driver_sql("UPDATE trials SET phase = 'other' WHERE id = 1")
+    finally:
+        engine.dispose()
+    assert "restored_from_epoch" not in trial_columns
+    assert [tuple(t) for t in kept] == [(1, "fixed", "search")]
+    assert [tuple(e) for e in epochs] == [(1, 1)]
+    upgrade_to_head(database_url)
+    assert schema_drift(database_url) == []

@@ -1,4 +1,5 @@
-"""The store's functions on SQLite and PostgreSQL: jobs, leases, trials, results, best settings."""
+"""The store's functions on SQLite and PostgreSQL: jobs, leases, trials, results, probes, rungs and
+best settings."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import time
 from typing import Any
 
 import pytest
-from lrtune.schemas.jobs import JobSpec, TrialMetric
+from lrtune.schemas.jobs import JobSpec, TrialMetric, TrialProbe
 from lrtune.service.errors import ConflictError, InvalidInputError, NotFoundError
 from lrtune.service.store import Store, decode_cursor, encode_cursor
 
@@ -318,3 +319,160 @@ def test_best_settings_across_succeeded_jobs(store: Store, job_body: dict[str, A
     assert [b.policy for b in store.best_settings(policy="clr")] == ["clr"]
     assert store.best_settings(workload="mnist1d") == []
     assert store.best_settings(metric="val_loss") == []
+
+
+def _probe(epoch: int, accuracy: float, decision: str | None = None, **changes: Any) -> TrialProbe:
+    return TrialProbe.model_validate(
+        {
+            "epoch": epoch,
+            "step": epoch * 10,
+            "cooldown_steps": epoch * 10,
+            "train_loss": 0.8 / epoch,
+            "val_loss": 1.2 / epoch,
+            "metrics": {"val_accuracy": accuracy},
+            "elapsed_s": 0.25,
+            "decision": decision,
+            **changes,
+        }
+    )
+
+
+def test_probes_round_trip_with_non_finite_values(store: Store, job_body: dict[str, Any]) -> None:
+    trial_id = _trial(store, _running_job(store, job_body))
+    blown_up = _probe(
+        3,
+        math.nan,
+        "stop",
+        train_loss=math.inf,
+        val_loss=-math.inf,
+        metrics={"val_accuracy": math.nan, "grad_norm": math.inf, "other": -math.inf},
+    )
+    store.record_trial_probes(trial_id=trial_id, probes=[blown_up, _probe(1, 0.6, "continue")])
+    first, third = store.list_trial_probes(trial_id)  # in epoch order
+    assert first == _probe(1, 0.6, "continue")
+    assert (third.epoch, third.step, third.cooldown_steps, third.decision) == (3, 30, 30, "stop")
+    assert third.train_loss == math.inf and third.val_loss == -math.inf
+    assert math.isnan(third.metrics["val_accuracy"])
+    assert third.metrics["grad_norm"] == math.inf and third.metrics["other"] == -math.inf
+    # Probes are not epochs: the trial's progress and metrics are untouched.
+    assert store.get_trial(trial_id).epochs_done == 0
+    assert store.list_trial_metrics(trial_id=trial_id) == []
+
+
+def test_probes_are_stored_once_and_a_decision_fills_a_missing_one(
+    store: Store, job_body: dict[str, Any]
+) -> None:
+    trial_id = _trial(store, _running_job(store, job_body))
+    store.record_trial_probes(trial_id=trial_id, probes=[_probe(1, 0.5), _probe(2, 0.6, "stop")])
+    # Reported again (a restored trial, Tune delivering twice): the first values stand, but the
+    # decision that was missing is filled in; a decision already stored is never replaced.
+    store.record_trial_probes(
+        trial_id=trial_id, probes=[_probe(1, 0.9, "continue"), _probe(2, 0.9, "continue")]
+    )
+    # The same epoch twice in one call, the decision on the second copy.
+    store.record_trial_probes(trial_id=trial_id, probes=[_probe(3, 0.7), _probe(3, 0.1, "stop")])
+    store.record_trial_probes(trial_id=trial_id, probes=[_probe(3, 0.2)])  # None fills nothing
+    probes = store.list_trial_probes(trial_id)
+    assert [(p.epoch, p.metrics["val_accuracy"], p.decision) for p in probes] == [
+        (1, 0.5, "continue"),
+        (2, 0.6, "stop"),
+        (3, 0.7, "stop"),
+    ]
+    store.record_trial_probes(trial_id=trial_id, probes=[])
+    assert len(store.list_trial_probes(trial_id)) == 3
+
+
+def test_probes_of_unknown_or_other_tenants_trials_are_not_found(
+    store: Store, job_body: dict[str, Any]
+) -> None:
+    trial_id = _trial(store, _running_job(store, job_body))
+    other = store.ensure_tenant(name="other")
+    with pytest.raises(NotFoundError, match="no trial with id 12345"):
+        store.list_trial_probes(12345)
+    with pytest.raises(NotFoundError, match=f"no trial with id {trial_id}"):
+        store.list_trial_probes(trial_id, tenant_id=other.id)
+    assert store.list_trial_probes(trial_id, tenant_id=1) == []
+    with pytest.raises(NotFoundError):
+        store.record_trial_probes(trial_id=12345, probes=[_probe(1, 0.5)])
+    with pytest.raises(NotFoundError):
+        store.set_restored_from_epoch(trial_id=12345, epoch=1)
+
+
+def test_restored_from_epoch_round_trips(store: Store, job_body: dict[str, Any]) -> None:
+    trial_id = _trial(store, _running_job(store, job_body))
+    assert store.get_trial(trial_id).restored_from_epoch is None
+    store.set_restored_from_epoch(trial_id=trial_id, epoch=2)
+    assert store.get_trial(trial_id).restored_from_epoch == 2
+    store.set_restored_from_epoch(trial_id=trial_id, epoch=4)  # the latest restore counts
+    (listed,) = store.list_trials(job_id=store.get_trial(trial_id).job_id).items
+    assert listed.restored_from_epoch == 4
+    with pytest.raises(InvalidInputError):
+        store.set_restored_from_epoch(trial_id=trial_id, epoch=-1)
+
+
+def test_job_rungs_rank_trials_by_their_probes_for_max(
+    store: Store, job_body: dict[str, Any]
+) -> None:
+    job = _running_job(store, job_body)  # val_accuracy, max
+    a, b, c, d = (_trial(store, job, policy) for policy in ("fixed", "clr", "clr", "fixed"))
+    for trial_id, accuracy in ((a, 0.5), (b, 0.4), (c, 0.3)):
+        _result(trial_id, 1, accuracy, store)
+    # Judged by the probe, c (lowest raw accuracy) is best: its rate was the highest.
+    store.record_trial_probes(trial_id=a, probes=[_probe(1, 0.6, "continue")])
+    store.record_trial_probes(trial_id=b, probes=[_probe(1, 0.55, "stop")])
+    store.record_trial_probes(trial_id=c, probes=[_probe(1, 0.8, "continue")])
+    store.record_trial_probes(trial_id=d, probes=[_probe(1, math.nan, "stop")])  # no epoch row
+    _result(a, 3, 0.7, store)
+    store.record_trial_probes(trial_id=a, probes=[_probe(3, 0.75)])
+    store.record_trial_probes(trial_id=c, probes=[_probe(3, 0.9, "continue")])  # no epoch 3 row
+
+    first, third = store.job_rungs(job)
+    assert first.epoch == 1 and third.epoch == 3
+    assert [(t.trial_id, t.policy, t.raw, t.judged, t.decision) for t in first.trials[:3]] == [
+        (c, "clr", 0.3, 0.8, "continue"),
+        (a, "fixed", 0.5, 0.6, "continue"),
+        (b, "clr", 0.4, 0.55, "stop"),
+    ]
+    nan_trial = first.trials[3]
+    assert nan_trial.trial_id == d and nan_trial.raw is None
+    assert nan_trial.judged is not None and math.isnan(nan_trial.judged)
+    assert [(t.trial_id, t.raw, t.judged, t.decision) for t in third.trials] == [
+        (c, None, 0.9, "continue"),
+        (a, 0.7, 0.75, None),
+    ]
+
+
+def test_job_rungs_rank_trials_by_their_probes_for_min(
+    store: Store, job_body: dict[str, Any]
+) -> None:
+    job = _running_job(store, job_body, metric={"name": "val_loss", "mode": "min"})
+    other_job = _running_job(store, job_body)
+    a, b, c = (_trial(store, job) for _ in range(3))
+    for trial_id in (a, b, c):
+        _result(trial_id, 2, 0.5, store)  # val_loss 1.5 / 2
+    store.record_trial_probes(trial_id=a, probes=[_probe(2, 0.5, val_loss=0.4)])
+    store.record_trial_probes(trial_id=b, probes=[_probe(2, 0.5, val_loss=0.2)])
+    store.record_trial_probes(trial_id=c, probes=[_probe(2, 0.5, val_loss=math.inf)])
+    # Another job's probes are not this job's rungs.
+    store.record_trial_probes(trial_id=_trial(store, other_job), probes=[_probe(1, 0.5)])
+
+    (rung,) = store.job_rungs(job)
+    assert rung.epoch == 2
+    assert [(t.trial_id, t.raw, t.judged) for t in rung.trials] == [
+        (b, 0.75, 0.2),
+        (a, 0.75, 0.4),
+        (c, 0.75, math.inf),  # non-finite: last whatever the mode
+    ]
+    assert [r.epoch for r in store.job_rungs(other_job)] == [1]
+
+
+def test_job_rungs_of_unknown_or_other_tenants_jobs_are_not_found(
+    store: Store, job_body: dict[str, Any]
+) -> None:
+    job = _running_job(store, job_body)
+    other = store.ensure_tenant(name="other")
+    assert store.job_rungs(job) == []  # no probe yet
+    with pytest.raises(NotFoundError, match="no job with id 12345"):
+        store.job_rungs(12345)
+    with pytest.raises(NotFoundError, match=f"no job with id {job}"):
+        store.job_rungs(job, tenant_id=other.id)

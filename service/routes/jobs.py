@@ -1,4 +1,4 @@
-"""Job routes: submit (idempotently), list, read and cancel jobs, and list a job's trials."""
+"""Job routes: submit (idempotently), list, read and cancel jobs, list a job's trials and rungs."""
 
 from __future__ import annotations
 
@@ -6,7 +6,15 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from lrtune.schemas.errors import ErrorBody
-from lrtune.schemas.jobs import Job, JobPage, JobSpec, JobStatus, TrialPage, TrialStatus
+from lrtune.schemas.jobs import (
+    Job,
+    JobPage,
+    JobRung,
+    JobSpec,
+    JobStatus,
+    TrialPage,
+    TrialStatus,
+)
 from lrtune.schemas.schedules import POLICY_NAMES
 from lrtune.schemas.tenants import Tenant
 from lrtune.service.deps import SettingsDep, StoreDep, TenantDep
@@ -33,6 +41,8 @@ _SUBMIT_ERRORS: dict[int | str, dict[str, object]] = {
     413: {"model": ErrorBody},
     429: {"model": ErrorBody},
 }
+_RUNGS: TypeAdapter[list[JobRung]] = TypeAdapter(list[JobRung])
+
 # Where a request comes from when it is this machine: the only callers that may name an
 # entrypoint while authentication is off.
 _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
@@ -114,6 +124,12 @@ def list_trials(
         job_id=job_id, tenant_id=tenant.id, policy=policy, status=status, limit=limit, cursor=cursor
     )
     return json_response(page)
+
+
+@router.get("/jobs/{job_id}/rungs", response_model=list[JobRung], responses=_ERRORS)
+def list_job_rungs(job_id: JobId, store: StoreDep, tenant: TenantDep) -> Response:
+    """Each rung epoch's probed trials, best cooldown value first, with raw metric and decision."""
+    return json_response(store.job_rungs(job_id, tenant_id=tenant.id), adapter=_RUNGS)
 
 
 def json_response(

@@ -1,4 +1,4 @@
-"""Trial routes: one trial, and its metrics epoch by epoch."""
+"""Trial routes: one trial, its metrics epoch by epoch, and its cooldown probes."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Response
 from lrtune.schemas.errors import ErrorBody
-from lrtune.schemas.jobs import Trial, TrialMetric
+from lrtune.schemas.jobs import Trial, TrialMetric, TrialProbe
 from lrtune.service.deps import StoreDep, TenantDep
 from lrtune.service.routes.jobs import json_response
 from lrtune.service.store import MAX_ID
@@ -16,6 +16,7 @@ router = APIRouter(prefix="/v1", tags=["trials"])
 
 TrialId = Annotated[int, Path(ge=1, le=MAX_ID, description="The trial's id.")]
 _METRIC_ROWS: TypeAdapter[list[TrialMetric]] = TypeAdapter(list[TrialMetric])
+_PROBE_ROWS: TypeAdapter[list[TrialProbe]] = TypeAdapter(list[TrialProbe])
 _ERRORS: dict[int | str, dict[str, object]] = {404: {"model": ErrorBody}, 422: {"model": ErrorBody}}
 
 
@@ -30,3 +31,10 @@ def list_trial_metrics(trial_id: TrialId, store: StoreDep, tenant: TenantDep) ->
     """One row per epoch; NaN and infinities are the strings "NaN", "Infinity", "-Infinity"."""
     metrics = store.list_trial_metrics(trial_id=trial_id, tenant_id=tenant.id)
     return json_response(metrics, adapter=_METRIC_ROWS)
+
+
+@router.get("/trials/{trial_id}/probes", response_model=list[TrialProbe], responses=_ERRORS)
+def list_trial_probes(trial_id: TrialId, store: StoreDep, tenant: TenantDep) -> Response:
+    """The trial's cooldown probes in epoch order, with early stopping's decision at each."""
+    probes = store.list_trial_probes(trial_id, tenant_id=tenant.id)
+    return json_response(probes, adapter=_PROBE_ROWS)
