@@ -6,17 +6,23 @@ No Ray here: the Ray Tune runner wraps `run_trial` and turns `report` into `tune
 
 from __future__ import annotations
 
+import copy
 import math
+import random
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from lrtune.schemas.jobs import Cooldown
 from lrtune.schemas.schedules import ParamGroupRule, ScheduleSpec
 from lrtune.schemas.trials import (
     EpochResult,
     OptimizerSpec,
+    ProbeResult,
     TrialConfig,
     TrialOutcome,
     TrialStatus,
@@ -40,7 +46,64 @@ Report = Callable[[EpochResult], bool | None]
 _LOSS_SMOOTHING = 0.9
 
 
-def run_trial(config: TrialConfig, report: Report) -> TrialOutcome:
+@dataclass(frozen=True)
+class Probing:
+    """Cooldown probes after the given epochs (1-based), each handed to `on_probe` before that
+    epoch is reported (so a scheduler can judge the epoch by its probe)."""
+
+    epochs: frozenset[int]
+    cooldown: Cooldown
+    on_probe: Callable[[ProbeResult], None]
+
+
+@dataclass(frozen=True)
+class Checkpointing:
+    """After each epoch for which `due(epoch)` holds, the trial's state goes to `save`, before
+    that epoch is reported."""
+
+    due: Callable[[int], bool]
+    save: Callable[[TrialState], None]
+
+
+@dataclass
+class TrialState:
+    """Everything a trial needs to go on exactly after `epoch`: the model, the optimizer, the
+    schedule's step, every global RNG, the divergence tracker and the epochs reported so far.
+
+    The data order is a function of (seed, epoch) for `TensorBatches`, and a loader drawing
+    from the global RNGs is covered by their states, so the position is the epoch itself.
+    """
+
+    epoch: int
+    step: int
+    model: dict[str, Any]
+    optimizer: dict[str, Any]
+    schedule: dict[str, int]
+    rng: dict[str, Any]
+    reference_loss: float | None
+    smoothed: float
+    history: list[EpochResult]
+    elapsed_s: float
+
+    def save(self, path: Path) -> None:
+        payload = {**self.__dict__, "history": [r.model_dump() for r in self.history]}
+        torch.save(payload, path)
+
+    @classmethod
+    def load(cls, path: Path) -> TrialState:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+        payload["history"] = [EpochResult.model_validate(r) for r in payload["history"]]
+        return cls(**payload)
+
+
+def run_trial(
+    config: TrialConfig,
+    report: Report,
+    *,
+    probing: Probing | None = None,
+    checkpointing: Checkpointing | None = None,
+    resume: TrialState | None = None,
+) -> TrialOutcome:
     """Train `config.workload` for `config.epochs` epochs, calling `report` after each epoch.
 
     The rate is set before every optimizer step from the schedule (t = steps already taken), times
@@ -48,6 +111,10 @@ def run_trial(config: TrialConfig, report: Report) -> TrialOutcome:
     a training loss is NaN/inf or the smoothed loss exceeds `divergence_factor` x the first
     batch's loss (after reporting that epoch), else "completed". Raises WorkloadError for a
     workload that cannot be built and ValueError for a config that cannot run (e.g. no CUDA).
+
+    `probing` runs cooldown probes after some epochs, `checkpointing` saves the trial's state,
+    and `resume` goes on from a saved state: the epochs after it are the same, number for
+    number, as those of an uninterrupted run (on a CPU), and probes change nothing either.
     """
     started = time.perf_counter()
     device = _device(config.device)
@@ -75,10 +142,20 @@ def run_trial(config: TrialConfig, report: Report) -> TrialOutcome:
 
     history: list[EpochResult] = []
     step = 0
+    first_epoch = 0
     reference_loss: float | None = None
     smoothed = 0.0
+    if resume is not None:
+        model.load_state_dict(resume.model)
+        optimizer.load_state_dict(resume.optimizer)
+        driver.load_state_dict(resume.schedule)
+        set_rng_state(resume.rng)
+        history = list(resume.history)
+        step, first_epoch = resume.step, resume.epoch
+        reference_loss, smoothed = resume.reference_loss, resume.smoothed
+        started -= resume.elapsed_s
     status: TrialStatus = "completed"
-    for epoch in range(config.epochs):
+    for epoch in range(first_epoch, config.epochs):
         set_epoch = getattr(train_loader, "set_epoch", None)
         if callable(set_epoch):
             set_epoch(epoch)
@@ -119,6 +196,36 @@ def run_trial(config: TrialConfig, report: Report) -> TrialOutcome:
             elapsed_s=time.perf_counter() - started,
         )
         history.append(result)
+        if probing is not None and epoch + 1 in probing.epochs and not diverged and step > 0:
+            probing.on_probe(
+                cooldown_probe(
+                    workload,
+                    model,
+                    optimizer,
+                    config,
+                    train_loader=train_loader,
+                    val_loader=val_loader,
+                    device=device,
+                    epoch=epoch + 1,
+                    step=step,
+                    cooldown=probing.cooldown,
+                )
+            )
+        if checkpointing is not None and not diverged and checkpointing.due(epoch + 1):
+            checkpointing.save(
+                TrialState(
+                    epoch=epoch + 1,
+                    step=step,
+                    model=model.state_dict(),
+                    optimizer=optimizer.state_dict(),
+                    schedule=driver.state_dict(),
+                    rng=rng_state(),
+                    reference_loss=reference_loss,
+                    smoothed=smoothed,
+                    history=list(history),
+                    elapsed_s=time.perf_counter() - started,
+                )
+            )
         stop = report(result)
         if diverged:
             status = "diverged"
@@ -129,6 +236,104 @@ def run_trial(config: TrialConfig, report: Report) -> TrialOutcome:
     return _outcome(
         status, history, step, metric, config.metric_mode, time.perf_counter() - started
     )
+
+
+def cooldown_probe(
+    workload: Workload,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    config: TrialConfig,
+    *,
+    train_loader: Iterable[tuple[Tensor, Tensor]],
+    val_loader: Iterable[tuple[Tensor, Tensor]],
+    device: torch.device,
+    epoch: int,
+    step: int,
+    cooldown: Cooldown,
+) -> ProbeResult:
+    """What the trial would reach if its schedule annealed now.
+
+    A branch: copies of the model and the optimizer train `ceil(fraction x step)` more steps on
+    the batches that come next (the following epochs' order), the rate going from the
+    schedule's current one, lr(step), to 0 in `cooldown.shape` (times each group's
+    multiplier), then are evaluated and thrown away. The global RNGs are put back as they
+    were, so the trial itself goes on exactly as without the probe.
+    """
+    started = time.perf_counter()
+    saved_rng = rng_state()
+    branch = copy.deepcopy(model)
+    branch_optimizer = build_optimizer(
+        branch, config.optimizer, config.schedule, config.param_groups
+    )
+    # A deep copy: load_state_dict may keep the very tensors it is given (same dtype and
+    # device), and the branch's steps would then move the trial's momentum buffers.
+    branch_optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+    steps = max(1, math.ceil(cooldown.fraction * step))
+    start_lr = learning_rate(config.schedule, step)
+    multipliers = [group.get("lr_mult", 1.0) for group in branch_optimizer.param_groups]
+    branch.train()
+    losses: list[float] = []
+    done = 0
+    data_epoch = epoch
+    set_epoch = getattr(train_loader, "set_epoch", None)
+    while done < steps:
+        if callable(set_epoch):
+            set_epoch(data_epoch)
+        data_epoch += 1
+        for inputs, targets in train_loader:
+            rate = start_lr * cooldown_factor(cooldown.shape, done, steps)
+            for group, multiplier in zip(branch_optimizer.param_groups, multipliers, strict=True):
+                group["lr"] = rate * multiplier
+            inputs, targets = inputs.to(device), targets.to(device)
+            branch_optimizer.zero_grad(set_to_none=True)
+            loss = workload.loss_fn(branch(inputs), targets)
+            losses.append(float(loss.item()))
+            if not math.isfinite(losses[-1]):
+                done = steps
+                break
+            loss.backward()
+            branch_optimizer.step()
+            done += 1
+            if done == steps:
+                break
+    val_loss, metrics = evaluate(workload, branch, val_loader, device)
+    set_rng_state(saved_rng)
+    return ProbeResult(
+        epoch=epoch,
+        step=step,
+        cooldown_steps=steps,
+        train_loss=float(np.mean(losses)) if losses else math.nan,
+        val_loss=val_loss,
+        metrics=metrics,
+        elapsed_s=time.perf_counter() - started,
+    )
+
+
+def cooldown_factor(shape: str, index: int, steps: int) -> float:
+    """The share of the starting rate at the probe's `index`-th step of `steps` (0-based):
+    1 at the first step, approaching 0 at the last (Hägele et al. 2024's cooldown shapes)."""
+    progress = index / steps
+    return 1.0 - progress if shape == "linear" else 1.0 - math.sqrt(progress)
+
+
+def rng_state() -> dict[str, Any]:
+    """Python's, numpy's and torch's global generator states (CUDA's too, when present)."""
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def build_optimizer(
