@@ -11,7 +11,8 @@ RUN pip install --no-cache-dir -e .
 
 FROM python:3.11-slim
 RUN useradd --create-home --uid 1000 lrtune \
-    && mkdir -p /var/lib/lrtune && chown lrtune /var/lib/lrtune
+    && mkdir -p /var/lib/lrtune /var/lib/lrtune-runs \
+    && chown lrtune /var/lib/lrtune /var/lib/lrtune-runs
 COPY --from=build /opt/lrtune /opt/lrtune
 COPY --from=build /src /src
 ENV PATH=/opt/lrtune/bin:$PATH \

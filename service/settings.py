@@ -53,10 +53,26 @@ class Settings(BaseSettings):
         30_000, ge=0, description="How long a SQLite writer waits for the lock before retrying."
     )
     db_pool_size: int = Field(10, gt=0, description="PostgreSQL connections kept per process.")
+    storage: str | None = Field(
+        None,
+        description="Where Ray Tune keeps experiment state and trial checkpoints: a folder, a "
+        "shared folder, or a pyarrow filesystem URI (s3://..., gs://...); a cluster needs one "
+        "every node reaches. Default: LRTUNE_HOME/ray.",
+    )
+    checkpoint_every_epochs: int = Field(
+        5,
+        ge=0,
+        description="A trial also checkpoints every this many epochs (it always does at ASHA's "
+        "rungs); 0: at the rungs only. A dying worker or node costs at most this many epochs.",
+    )
 
     @cached_property
     def home_dir(self) -> Path:
         return self.home.expanduser()
+
+    @property
+    def resolved_storage(self) -> str:
+        return self.storage or str(self.home_dir / "ray")
 
     @property
     def resolved_database_url(self) -> str:

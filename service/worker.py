@@ -1,9 +1,9 @@
 """`lrtune worker`: the worker daemon with the real store behind it.
 
 The workers code never imports the service; this module is where the two meet. `StoreSink`
-writes a job's trials and epochs through the store (from the Ray Tune driver, never from trial
-actors), and `run_worker` claims and runs jobs; `lrtune worker [--once] [--worker-id ID]
-[--num-cpus N]` runs one worker process.
+writes a job's trials, epochs and cooldown probes through the store (from the Ray Tune driver,
+never from trial actors), and `run_worker` claims and runs jobs; `lrtune worker [--once]
+[--worker-id ID] [--num-cpus N]` runs one worker process.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
-from lrtune.schemas.jobs import FINISHED_TRIAL_STATUSES, Trial, TrialMetric
+from lrtune.schemas.jobs import FINISHED_TRIAL_STATUSES, Trial, TrialMetric, TrialProbe
 from lrtune.schemas.recommendations import RangeTestResult
-from lrtune.schemas.trials import EpochResult
+from lrtune.schemas.trials import EpochResult, ProbeResult
 from lrtune.service.errors import ConflictError, NotFoundError
 from lrtune.service.recommendations import publish_recommendation, trial_summaries
 from lrtune.service.settings import Settings
@@ -41,9 +41,10 @@ class StoreSink:
         self.lease = lease
         self._trial_ids: dict[str, int] = {}
         self._node_recorded: set[str] = set()
-        # Epochs waiting to be written, per trial: one transaction per batch, not per epoch (a
-        # 2-second trial of a small model reports hundreds of epochs).
+        # Epochs and probes waiting to be written, per trial: one transaction per batch, not per
+        # epoch (a 2-second trial of a small model reports hundreds of epochs).
         self._pending: dict[int, list[TrialMetric]] = {}
+        self._pending_probes: dict[int, list[TrialProbe]] = {}
         self._last_flush = time.monotonic()
 
     @property
@@ -96,36 +97,66 @@ class StoreSink:
                 train_loss=result.train_loss,
                 val_loss=result.val_loss,
                 metrics=result.metrics,
-                elapsed_s=result.elapsed_s if math.isfinite(result.elapsed_s) else 0.0,
+                elapsed_s=_seconds(result.elapsed_s),
             )
         )
-        if time.monotonic() - self._last_flush >= _FLUSH_SECONDS:
-            self.flush()
+        self._flush_when_due()
+
+    def on_probe(self, trial_key: str, probe: ProbeResult, *, decision: str | None) -> None:
+        trial_id = self._trial_ids.get(trial_key)
+        if trial_id is None:
+            return
+        # Validated here: a decision other than "continue", "stop" or None is a bug upstream.
+        stored = TrialProbe.model_validate(
+            {**probe.model_dump(), "elapsed_s": _seconds(probe.elapsed_s), "decision": decision}
+        )
+        self._pending_probes.setdefault(trial_id, []).append(stored)
+        self._flush_when_due()
+
+    def on_trial_restored(self, trial_key: str, *, epoch: int) -> None:
+        trial_id = self._trial_ids.get(trial_key)
+        if trial_id is None:
+            trial_id = self._find_trial(trial_key)
+        if trial_id is not None:
+            self.store.set_restored_from_epoch(trial_id=trial_id, epoch=epoch)
+
+    def on_checkpoint(self, trial_key: str, *, epoch: int) -> None:
+        # Tune's experiment state is about to point at this checkpoint, and a trial resumed
+        # from it does not report its epochs again: they must be in SQL first. Every trial's
+        # buffer goes, not only this one's (they would within half a second anyway).
+        self.flush()
 
     def flush(self) -> None:
-        """Write every buffered epoch. Epochs lost with a dying worker are not lost data: the
-        resumed job reruns unfinished trials from epoch 1 and reports them again."""
+        """Write every buffered epoch and probe. Results lost with a dying worker are not lost
+        data: the resumed job reruns unfinished trials from their last checkpoint (epoch 1
+        without one), and everything up to a checkpoint was written when it was taken."""
         pending, self._pending = self._pending, {}
+        probes, self._pending_probes = self._pending_probes, {}
         self._last_flush = time.monotonic()
         for trial_id, results in pending.items():
             self.store.record_trial_results(trial_id=trial_id, results=results)
+        for trial_id, trial_probes in probes.items():
+            self.store.record_trial_probes(trial_id=trial_id, probes=trial_probes)
 
     def on_trial_end(self, trial_key: str, *, status: FinishedStatus, error: str | None) -> None:
         trial_id = self._trial_ids.pop(trial_key, None)
         if trial_id is None:
             trial_id = self._find_trial(trial_key)
         if trial_id is not None:
-            # Its epochs reach SQL before its final status does.
+            # Its epochs and probes reach SQL before its final status does.
             results = self._pending.pop(trial_id, [])
             if results:
                 self.store.record_trial_results(trial_id=trial_id, results=results)
+            probes = self._pending_probes.pop(trial_id, [])
+            if probes:
+                self.store.record_trial_probes(trial_id=trial_id, probes=probes)
             self.store.update_trial_status(trial_id=trial_id, status=status, error=error)
 
     def should_stop(self) -> bool:
-        # Tune polls this about every half second, so buffered epochs never wait much longer
+        # Tune polls this about every half second, so buffered results never wait much longer
         # than that to reach SQL, even when no new result arrives to trigger a flush.
-        if self._pending and time.monotonic() - self._last_flush >= _FLUSH_SECONDS:
-            self.flush()
+        if self._pending or self._pending_probes:
+            self._flush_when_due()
         return self.lease_lost or self.store.is_cancel_requested(self.job_id)
 
     def finished_trial_keys(self) -> set[str]:
@@ -158,6 +189,10 @@ class StoreSink:
     def on_job_succeeded(self) -> None:
         publish_recommendation(self.store, job_id=self.job_id)
 
+    def _flush_when_due(self) -> None:
+        if time.monotonic() - self._last_flush >= _FLUSH_SECONDS:
+            self.flush()
+
     def _find_trial(self, trial_key: str) -> int | None:
         # An error can arrive for a trial this process never saw start (a failure on restore).
         return next((t.id for t in self._job_trials() if t.ray_trial_id == trial_key), None)
@@ -173,6 +208,11 @@ class StoreSink:
             cursor = page.next_cursor
 
 
+def _seconds(elapsed_s: float) -> float:
+    """A duration the store accepts: a non-finite or negative clock reading counts as 0."""
+    return elapsed_s if math.isfinite(elapsed_s) and elapsed_s >= 0.0 else 0.0
+
+
 def run_worker(
     settings: Settings,
     *,
@@ -183,12 +223,14 @@ def run_worker(
 ) -> None:
     """Claim and run jobs from the database `settings` names, on the Ray cluster at
     RAY_ADDRESS (or a local Ray sized to the machine, or `num_cpus`); with `once`, run at most
-    one claimable job and return. Ray Tune state goes under LRTUNE_HOME/ray."""
+    one claimable job and return. Ray Tune state and trial checkpoints go to LRTUNE_STORAGE
+    (default LRTUNE_HOME/ray)."""
     own_store = store is None
     store = store if store is not None else Store.from_settings(settings)
     ensure_ray(address=settings.ray_address, num_cpus=num_cpus)
     options = WorkerOptions(
-        storage_path=settings.home_dir / "ray",
+        storage=settings.resolved_storage,
+        checkpoint_every_epochs=settings.checkpoint_every_epochs,
         worker_id=worker_id or "",
         lease_seconds=settings.job_lease_seconds,
     )

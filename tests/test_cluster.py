@@ -102,6 +102,15 @@ def test_docker_compose_config_accepts_the_file_and_it_deploys_what_the_issue_as
         assert services[name]["environment"]["RAY_AUTH_TOKEN"] == "token-from-env"
         assert services[name]["environment"]["RAY_AUTH_MODE"] == "token"
 
+    # One run storage for the daemon and the nodes that run trials (checkpoints and Tune's
+    # state): a shared volume, named by LRTUNE_STORAGE.
+    assert worker["environment"]["LRTUNE_STORAGE"] == "/var/lib/lrtune-runs"
+    for name in ("worker", "ray-worker"):
+        assert any(
+            "lrtune-runs:/var/lib/lrtune-runs" in str(v) or "lrtune-runs" in str(v)
+            for v in services[name]["volumes"]
+        ), services[name]["volumes"]
+
     # No secret has a default: without them the file is refused, naming what is missing.
     for missing in secrets_env:
         partial = {k: v for k, v in secrets_env.items() if k != missing}
@@ -371,6 +380,9 @@ def test_jobs_spread_over_two_ray_nodes_and_finish_on_the_head_when_one_is_lost(
         "RAY_ADDRESS": cluster.address,
         "LRTUNE_DATABASE_URL": cluster_database_url,
         "LRTUNE_HOME": str(tmp_path / "home"),
+        # Both nodes are on this machine, so LRTUNE_HOME/ray is the shared storage a cluster
+        # needs; a checkpoint after every epoch.
+        "LRTUNE_CHECKPOINT_EVERY_EPOCHS": "1",
     }
     worker = _start(
         "lrtune-worker",
@@ -398,8 +410,8 @@ def test_jobs_spread_over_two_ray_nodes_and_finish_on_the_head_when_one_is_lost(
             "both nodes ran a trial: " + _job_state(store, spread.id)
         )
 
-        # 2. The second node is lost mid-trial: that trial runs again on the head, the job
-        # completes.
+        # 2. The second node is lost mid-trial: that trial goes on on the head from its latest
+        # checkpoint, the job completes.
         job, _ = store.create_job(spec=_cluster_spec(["fixed", "cosine", "exponential"]))
         victim: list[Trial] = []
 
@@ -414,7 +426,8 @@ def test_jobs_spread_over_two_ray_nodes_and_finish_on_the_head_when_one_is_lost(
                 for t in _trials(store, job.id)
                 if t.node_id == cluster.node_id
                 and t.status == "running"
-                and 1 <= t.epochs_done <= EPOCHS - 2
+                # Two epochs stored: the checkpoint of the first is in Tune's hands for sure.
+                and 2 <= t.epochs_done <= EPOCHS - 2
             ][:1]
             return bool(victim)
 
@@ -435,6 +448,8 @@ def test_jobs_spread_over_two_ray_nodes_and_finish_on_the_head_when_one_is_lost(
         assert all(t.epochs_done == EPOCHS for t in trials)
         (retried,) = [t for t in trials if t.id == victim[0].id]
         assert retried.node_id == cluster.head_id, _job_state(store, job.id)
+        assert retried.restored_from_epoch is not None, _job_state(store, job.id)
+        assert 1 <= retried.restored_from_epoch < EPOCHS
         epochs = [m.epoch for m in store.list_trial_metrics(trial_id=retried.id)]
         assert epochs == list(range(1, EPOCHS + 1))
     finally:

@@ -212,6 +212,17 @@ def _epochs_stored(store: Store, job_id: int) -> int:
     return sum(t.epochs_done for t in _trials(store, job_id))
 
 
+def _curves(store: Store, job_id: int) -> dict[str, list[tuple[Any, ...]]]:
+    """Every trial's epochs by trial key, without the wall-clock column."""
+    return {
+        str(trial.ray_trial_id): [
+            (m.epoch, m.step, m.lr, m.train_loss, m.val_loss, m.metrics)
+            for m in store.list_trial_metrics(trial_id=trial.id)
+        ]
+        for trial in _trials(store, job_id)
+    }
+
+
 def _finished(store: Store, job_id: int) -> bool:
     return store.get_job(job_id).status in ("succeeded", "failed", "cancelled")
 
@@ -272,6 +283,8 @@ def test_worker_killed_three_times_the_job_completes_in_2_5x_without_rerunning_t
     processes: Processes, store: Store, tmp_path: Path
 ) -> None:
     spec = JobSpec.model_validate(SLOW_SPEC)
+    # A checkpoint after every epoch, so each kill lands after some running trial's checkpoint.
+    processes.env["LRTUNE_CHECKPOINT_EVERY_EPOCHS"] = "1"
     # The same job uninterrupted, timed from the worker's start, as the interrupted one is.
     calm, _ = store.create_job(spec=spec)
     started = time.monotonic()
@@ -316,6 +329,12 @@ def test_worker_killed_three_times_the_job_completes_in_2_5x_without_rerunning_t
                 finished & {int(x) for x in path.read_text().split()} if path.exists() else set()
             )
             assert not rerun, f"trials completed before kill {kill + 1} ran again: {rerun}"
+    # Trials cut off mid-way resumed from their checkpoints, and every epoch of every trial is
+    # the uninterrupted job's, number for number.
+    resumed = [t for t in _trials(store, job.id) if t.restored_from_epoch is not None]
+    assert resumed, f"no trial resumed from a checkpoint (seed {seed})"
+    assert all(1 <= t.restored_from_epoch < SLOW_EPOCHS for t in resumed)  # type: ignore[operator]
+    assert _curves(store, job.id) == _curves(store, calm.id)
     assert interrupted <= 2.5 * uninterrupted, (
         f"{interrupted:.1f} s with three kills vs {uninterrupted:.1f} s without (seed {seed})"
     )

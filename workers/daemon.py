@@ -5,7 +5,8 @@ run), keep its lease alive, and mark it succeeded, failed (with the reason) or c
 Plain code over two protocols, `JobQueue` (the store's job functions) and `ResultSink` (where
 trials and epochs go), so it never imports the service; `lrtune.service.worker` wires the real
 store in. A worker that dies leaves its job running with a lease that expires; the next worker
-to claim it resumes the experiment from Ray Tune's state under `storage_path`.
+to claim it resumes the experiment from Ray Tune's state in the run storage, each unfinished
+trial from its latest checkpoint; the checkpoints are removed when the job ends.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -117,22 +118,19 @@ SinkFactory = Callable[[int, Lease], JobSink]
 
 @dataclass(frozen=True)
 class WorkerOptions:
-    """How a worker runs: its id, where Ray Tune state lives, lease and polling periods."""
+    """How a worker runs: its id, the run storage (Ray Tune state and trial checkpoints: a
+    folder or a pyarrow filesystem URI), the checkpoint period, lease and polling periods."""
 
-    storage_path: Path
+    storage: str | Path
     worker_id: str = ""
     lease_seconds: float = 60.0
     poll_seconds: float = 1.0
+    checkpoint_every_epochs: int = 0
 
     def with_defaults(self) -> WorkerOptions:
         if self.worker_id:
             return self
-        return WorkerOptions(
-            storage_path=self.storage_path,
-            worker_id=default_worker_id(),
-            lease_seconds=self.lease_seconds,
-            poll_seconds=self.poll_seconds,
-        )
+        return replace(self, worker_id=default_worker_id())
 
 
 def default_worker_id() -> str:
@@ -183,9 +181,11 @@ def run_job(queue: JobQueue, job: Job, *, make_sink: SinkFactory, options: Worke
     lease = Lease(
         queue, job_id=job.id, worker_id=options.worker_id, lease_seconds=options.lease_seconds
     ).start()
+    ran = False  # this worker ran the job (and so may clean up after it)
     try:
         if not queue.mark_job_running(job_id=job.id, worker_id=options.worker_id):
             return  # another worker took it between the claim and now
+        ran = True
         if queue.is_cancel_requested(job.id):
             queue.mark_job_cancelled(job_id=job.id)
             return
@@ -210,6 +210,21 @@ def run_job(queue: JobQueue, job: Job, *, make_sink: SinkFactory, options: Worke
             queue.mark_job_failed(job_id=job.id, error=_last_line(f"{type(exc).__name__}: {exc}"))
     finally:
         lease.release()
+        if ran and job.spec.kind == "search" and not lease.lost.is_set():
+            _remove_checkpoints(job, options)
+
+
+def _remove_checkpoints(job: Job, options: WorkerOptions) -> None:
+    """A job that has ended needs its trials' checkpoints no more (a job whose lease was lost
+    keeps them: the worker that holds it now resumes from them)."""
+    from lrtune.workers.experiment import remove_checkpoints
+
+    try:
+        removed = remove_checkpoints(options.storage, str(job.id))
+    except Exception:  # storage unreachable: the job's outcome stands, the files stay
+        log.exception("job %s: removing its checkpoints failed", job.id)
+        return
+    log.info("job %s: removed %d trial checkpoints", job.id, removed)
 
 
 def _after_success(job: Job, sink: JobSink) -> None:
@@ -271,7 +286,13 @@ def _run_search(job: Job, *, sink: JobSink, options: WorkerOptions) -> str | Non
     bounds = range_test(job, sink=sink).suggestion if spec.lr_bounds == "auto" else None
     if sink.should_stop():
         return None
-    plan = plan_experiment(spec, job_key=key, storage_path=options.storage_path, bounds=bounds)
+    plan = plan_experiment(
+        spec,
+        job_key=key,
+        storage_path=options.storage,
+        bounds=bounds,
+        checkpoint_every_epochs=options.checkpoint_every_epochs,
+    )
     sink.save_search_spaces(plan.search_spaces)
     with sink_registered(key, sink):
         results = list(run_experiment(plan))

@@ -40,12 +40,13 @@ from lrtune.schemas.search import (
     resolve_schedule,
     validate_search_space,
 )
+from lrtune.workers.early_stopping import make_scheduler
 from lrtune.workers.range_test import derive_search_spaces
 from lrtune.workers.results import CancelStopper, RecordResults, sink_for
 from lrtune.workers.trainable import make_trainable
 from pydantic import ValidationError
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.sample import Domain as TuneDomain
 
@@ -386,7 +387,8 @@ class ExperimentPlan:
     """Everything a job's Tuner is built from; made in the driver, cheap to rebuild.
 
     `search_spaces` is each policy's space as JSON (what the job records), `spaces` the same
-    parsed.
+    parsed. `storage` is the run's storage (a local folder, a shared one or a pyarrow
+    filesystem URI): the experiment state and the trials' checkpoints live under it.
     """
 
     job_key: str
@@ -394,26 +396,43 @@ class ExperimentPlan:
     spaces: list[PolicySpace]
     search_spaces: dict[str, dict[str, Any]]
     steps_per_epoch: int
-    path: Path
+    storage: str
+    checkpoint_every_epochs: int = 0
 
     @property
     def total_trials(self) -> int:
         return len(self.spaces) * self.spec.budget.trials_per_policy
 
     @property
-    def confirmation_path(self) -> Path:
-        """Where the confirmation run's Tune state lives: its own experiment, next to the
-        search's, so a worker that resumes the job resumes either."""
-        return self.path.with_name(f"{self.path.name}-confirm")
+    def names(self) -> tuple[str, str]:
+        """The search's and the confirmation's experiment names: two experiments side by
+        side in the storage, so a worker that resumes the job resumes either."""
+        return experiment_names(self.job_key)
+
+    def location(self, name: str) -> str:
+        return f"{self.storage.rstrip('/')}/{name}"
+
+
+def experiment_names(job_key: str) -> tuple[str, str]:
+    return f"job-{job_key}", f"job-{job_key}-confirm"
+
+
+def storage_uri(storage: str | Path) -> str:
+    """An absolute local path for a folder (Tune and pyarrow both want one), a URI as given."""
+    text = str(storage)
+    if "://" in text:
+        return text
+    return str(Path(text).expanduser().resolve())
 
 
 def plan_experiment(
     spec: JobSpec,
     *,
     job_key: str,
-    storage_path: Path,
+    storage_path: str | Path,
     steps_per_epoch: int | None = None,
     bounds: BoundSuggestion | None = None,
+    checkpoint_every_epochs: int = 0,
 ) -> ExperimentPlan:
     """The job's search spaces and where its Tune state lives (`storage_path`/job-<key>).
 
@@ -439,8 +458,29 @@ def plan_experiment(
         spaces=spaces,
         search_spaces=raw,
         steps_per_epoch=steps_per_epoch,
-        path=Path(storage_path) / f"job-{job_key}",
+        storage=storage_uri(storage_path),
+        checkpoint_every_epochs=checkpoint_every_epochs,
     )
+
+
+def remove_checkpoints(storage: str | Path, job_key: str) -> int:
+    """Delete the trial checkpoints of a job that has ended (Tune's experiment state stays:
+    it is small and tells what ran). Returns how many were removed."""
+    import pyarrow.fs
+
+    filesystem, root = pyarrow.fs.FileSystem.from_uri(storage_uri(storage))
+    removed = 0
+    for name in experiment_names(job_key):
+        selector = pyarrow.fs.FileSelector(
+            f"{root.rstrip('/')}/{name}", recursive=True, allow_not_found=True
+        )
+        for info in filesystem.get_file_info(selector):
+            if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith(
+                "checkpoint_"
+            ):
+                filesystem.delete_dir(info.path)
+                removed += 1
+    return removed
 
 
 def workload_steps_per_epoch(spec: JobSpec) -> int:
@@ -452,31 +492,17 @@ def workload_steps_per_epoch(spec: JobSpec) -> int:
     return build_workload(target, spec.workload.params, seed=spec.search.seed).steps_per_epoch
 
 
-def make_scheduler(spec: JobSpec) -> TrialScheduler:
-    """ASHA on epochs when the job asks for early stopping, else first-in first-out."""
-    stopping = spec.early_stopping
-    if stopping.kind != "asha" or spec.budget.epochs <= stopping.grace_epochs:
-        return FIFOScheduler()
-    # Metric and mode come from TuneConfig (Tune refuses them twice).
-    return ASHAScheduler(
-        time_attr="training_iteration",
-        max_t=spec.budget.epochs,
-        grace_period=stopping.grace_epochs,
-        reduction_factor=stopping.reduction_factor,
-    )
-
-
 def build_tuner(plan: ExperimentPlan, *, skip_keys: set[str] | None = None) -> tune.Tuner:
     """A new Tuner for the plan, or the restored one when its experiment state exists.
 
-    Restored: finished trials stay finished, unfinished ones run again from their start (the
-    trial function keeps no checkpoint: an epoch here costs about what a checkpoint would),
-    errored ones stay failed. `skip_keys` are trials the database has as finished although
-    Tune's last snapshot had them running; they return at once instead of training again.
+    Restored: finished trials stay finished, unfinished ones go on from their latest checkpoint
+    (or their start, before their first), errored ones stay failed. `skip_keys` are trials the
+    database has as finished although Tune's last snapshot had them running; they return at
+    once instead of training again.
     """
     return _restore_or_build(
         plan,
-        path=plan.path,
+        name=plan.names[0],
         skip_keys=skip_keys or set(),
         searcher=lambda: plan_searcher(plan),
         scheduler=make_scheduler(plan.spec),
@@ -502,19 +528,22 @@ def plan_searcher(plan: ExperimentPlan) -> EqualBudgetSearcher:
 def _restore_or_build(
     plan: ExperimentPlan,
     *,
-    path: Path,
+    name: str,
     skip_keys: set[str],
     searcher: Callable[[], Searcher],
     scheduler: TrialScheduler,
 ) -> tune.Tuner:
-    """One Tune experiment of the job at `path`: restored from its state when there is one
-    (finished trials stay finished, unfinished ones run again from their start, errored ones
-    stay failed), else new with `searcher()` and `scheduler`."""
-    trainable = make_trainable(plan.spec, skip_keys=skip_keys)
-    if tune.Tuner.can_restore(str(path)):
-        log.info("resuming job %s from %s", plan.job_key, path)
+    """One Tune experiment of the job, `name` in the plan's storage: restored from its state
+    when there is one (finished trials stay finished, unfinished ones go on from their latest
+    checkpoint, errored ones stay failed), else new with `searcher()` and `scheduler`."""
+    trainable = make_trainable(
+        plan.spec, skip_keys=skip_keys, checkpoint_every_epochs=plan.checkpoint_every_epochs
+    )
+    location = plan.location(name)
+    if tune.Tuner.can_restore(location):
+        log.info("resuming job %s from %s", plan.job_key, location)
         return tune.Tuner.restore(
-            str(path),
+            location,
             trainable,
             resume_unfinished=True,
             resume_errored=False,
@@ -538,12 +567,13 @@ def _restore_or_build(
             trial_dirname_creator=trial_name,
         ),
         run_config=tune.RunConfig(
-            name=path.name,
-            storage_path=str(path.parent),
+            name=name,
+            storage_path=plan.storage,
             callbacks=[RecordResults(job_key=plan.job_key, epochs=spec.budget.epochs)],
             stop=CancelStopper(job_key=plan.job_key),
             failure_config=tune.FailureConfig(max_failures=MAX_TRIAL_FAILURES),
-            checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
+            # The latest checkpoint of each trial is all a resume needs.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_at_end=False),
             verbose=0,
         ),
     )
@@ -642,7 +672,7 @@ def run_confirmation(plan: ExperimentPlan, configs: list[dict[str, Any]]) -> tun
     spec = plan.spec
     tuner = _restore_or_build(
         plan,
-        path=plan.confirmation_path,
+        name=plan.names[1],
         skip_keys=skip,
         searcher=lambda: ConfirmationSearcher(
             job_key=plan.job_key, configs=configs, metric=spec.metric_name, mode=spec.metric_mode

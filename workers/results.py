@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Literal, Protocol
 
-from lrtune.schemas.trials import EpochResult
+from lrtune.schemas.trials import EpochResult, ProbeResult
 from ray.tune import Callback, Stopper
 
 # Keys of the dict a trial reports each epoch (besides the workload's metrics, flattened in).
@@ -24,6 +24,10 @@ EPOCH_KEYS = ("epoch", "step", "lr", "train_loss", "val_loss", "elapsed_s")
 # "diverged" on the epoch where the loss blew up (and on one closing result when the blow-up
 # came on an epoch's last step); "already_finished" on the one result of a skipped trial.
 OUTCOME_KEY = "lrtune_outcome"
+# The cooldown probe of a rung epoch (a ProbeResult as JSON), in that epoch's result.
+PROBE_KEY = "lrtune_probe"
+# The epoch of the checkpoint a restarted trial resumed from, in its first result after that.
+RESTORED_KEY = "lrtune_restored_from_epoch"
 NODE_KEY = "node_id"
 # A comma-separated list of the workload metrics flattened into the result.
 METRIC_NAMES_KEY = "metric_names"
@@ -53,6 +57,21 @@ class ResultSink(Protocol):
 
     def on_epoch(self, trial_key: str, result: EpochResult, *, node_id: str | None) -> None:
         """Record one epoch; the same (trial, epoch) twice is stored once."""
+        ...
+
+    def on_probe(self, trial_key: str, probe: ProbeResult, *, decision: str | None) -> None:
+        """Record a cooldown probe and what early stopping decided at its rung ("continue",
+        "stop", or None outside a rung); the same (trial, epoch) twice is stored once."""
+        ...
+
+    def on_trial_restored(self, trial_key: str, *, epoch: int) -> None:
+        """The trial resumed from its checkpoint of `epoch` (its worker or node had died)."""
+        ...
+
+    def on_checkpoint(self, trial_key: str, *, epoch: int) -> None:
+        """The trial saved a checkpoint after `epoch`: what it reported up to then must be
+        durable before Tune's experiment state points at that checkpoint (a resumed trial does
+        not report those epochs again)."""
         ...
 
     def on_trial_end(self, trial_key: str, *, status: FinishedStatus, error: str | None) -> None:
@@ -125,7 +144,8 @@ def parse_epoch(result: dict[str, Any]) -> EpochResult:
 
 
 class RecordResults(Callback):
-    """Tune callback: trial start, every epoch, completion, pruning and errors go to the sink.
+    """Tune callback: trial start, every epoch and probe, checkpoints, restores, completion,
+    pruning and errors go to the sink.
 
     A trial that ends before `epochs` without having diverged was stopped by the scheduler
     (ASHA), hence "pruned"; unless the job was being cancelled, then it is "failed" with the
@@ -190,11 +210,32 @@ class RecordResults(Callback):
             return
         if result.get(OUTCOME_KEY) == "diverged":
             self._diverged.add(key)
+        if RESTORED_KEY in result:
+            # Before the epoch check: a trial Tune restarted in this same run repeats epochs.
+            self.sink.on_trial_restored(key, epoch=int(result[RESTORED_KEY]))
         if "epoch" not in result or int(result["epoch"]) <= self._last_epoch.get(key, 0):
             return  # the trial's closing result repeats its last epoch
         epoch = parse_epoch(result)
         self._last_epoch[key] = epoch.epoch
         self.sink.on_epoch(key, epoch, node_id=result.get(NODE_KEY))
+        if PROBE_KEY in result:
+            probe = ProbeResult.model_validate(result[PROBE_KEY])
+            self.sink.on_probe(key, probe, decision=self._decision(epoch.epoch, result))
+
+    def _decision(self, epoch: int, result: dict[str, Any]) -> str:
+        """What ASHA decided at this rung: Tune marks the result `done` when the scheduler stops
+        the trial there (or the job is being cancelled, which is no rung decision)."""
+        if result.get("done") and epoch < self.epochs and not self.sink.should_stop():
+            return "stop"
+        return "continue"
+
+    def on_checkpoint(
+        self, iteration: int, trials: list[Any], trial: Any, checkpoint: Any, **info: Any
+    ) -> None:
+        key = trial_key_of(trial)
+        if key in self._ignored or key not in self._started:
+            return
+        self.sink.on_checkpoint(key, epoch=self._last_epoch.get(key, 0))
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         key = trial_key_of(trial)

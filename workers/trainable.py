@@ -2,34 +2,50 @@
 
 The trial's config comes from the experiment's searcher (`lrtune.workers.experiment`): the
 trial key, policy, sampled point, seed and the schedule already resolved in steps. What is the
-same for every trial of the job (workload, optimizer, epochs, metric) is bound when the
-trainable is made. No database here: results travel to the driver's callback.
+same for every trial of the job (workload, optimizer, epochs, metric, rungs) is bound when the
+trainable is made. No database here: results, probes and checkpoints travel to the driver
+through Tune (checkpoints by way of the run's storage).
 """
 
 from __future__ import annotations
 
 import math
+import tempfile
 from collections.abc import Callable, Collection
+from pathlib import Path
 from typing import Any
 
 import ray
 from lrtune.schemas.jobs import JobSpec
 from lrtune.schemas.schedules import parse_schedule
-from lrtune.schemas.trials import EpochResult, TrialConfig
-from lrtune.workers.results import OUTCOME_KEY, epoch_metrics
-from lrtune.workers.trial import run_trial
+from lrtune.schemas.trials import EpochResult, ProbeResult, TrialConfig
+from lrtune.workers.early_stopping import JUDGED_KEY, judged_value, probe_epochs, rung_epochs
+from lrtune.workers.results import OUTCOME_KEY, PROBE_KEY, RESTORED_KEY, epoch_metrics
+from lrtune.workers.trial import Checkpointing, Probing, TrialState, run_trial
 from ray import tune
+from ray.tune import Checkpoint
 
 # Tune names the trainable after the function; Tuner.restore checks the name, so it is fixed.
 TRAINABLE_NAME = "lrtune_trial"
 
 
+# The file a trial checkpoint holds (a `TrialState`), in the folder Tune persists.
+CHECKPOINT_FILE = "trial.pt"
+
+
 def make_trainable(
-    spec: JobSpec, *, skip_keys: Collection[str] = ()
+    spec: JobSpec,
+    *,
+    skip_keys: Collection[str] = (),
+    checkpoint_every_epochs: int = 0,
 ) -> Callable[[dict[str, Any]], None]:
     """The trainable for `spec`'s trials, with the resources each trial asks Ray for.
 
-    Trials whose key is in `skip_keys` (finished in the database already) return at once.
+    Trials whose key is in `skip_keys` (finished in the database already) return at once. A
+    trial checkpoints through Tune after every rung epoch of the job's ASHA and every
+    `checkpoint_every_epochs` epochs (0: rungs only), probes at the rungs when judged by
+    cooldown, and resumes from its latest checkpoint when Tune restarts it (a restored job, a
+    lost node).
     """
     skip = frozenset(skip_keys)
     workload = spec.workload
@@ -37,6 +53,15 @@ def make_trainable(
     param_groups = list(spec.param_groups)
     epochs = spec.budget.epochs
     metric, mode = spec.metric_name, spec.metric_mode
+    rungs = rung_epochs(spec)
+    probed = probe_epochs(spec)
+    cooldown = spec.early_stopping.cooldown
+
+    def checkpoint_due(epoch: int) -> bool:
+        if epoch >= epochs:
+            return False  # a finished trial is never resumed
+        every = checkpoint_every_epochs
+        return epoch in rungs or (every > 0 and epoch % every == 0)
 
     def lrtune_trial(config: dict[str, Any]) -> None:
         if config["trial_key"] in skip:
@@ -59,8 +84,10 @@ def make_trainable(
             mode=mode,
         )
         node_id = ray.get_runtime_context().get_node_id()
+        resume = _latest_state()
         last: dict[str, Any] = {}
-
+        # What the epoch being reported brought besides its metrics: its probe, its state.
+        pending: dict[str, Any] = {}
         steps_per_epoch = int(config["steps_per_epoch"])
 
         def report(result: EpochResult) -> None:
@@ -70,11 +97,34 @@ def make_trainable(
                 # run_trial cuts an epoch short only when the loss diverged. Said now, because
                 # a scheduler may stop the trial at this very result, before it returns.
                 last[OUTCOME_KEY] = "diverged"
+            extra: dict[str, Any] = {}
+            if resume is not None and not pending.get("restore_said"):
+                pending["restore_said"] = True
+                extra[RESTORED_KEY] = resume.epoch
+            probe: ProbeResult | None = pending.pop("probe", None)
+            if probe is not None:
+                extra[PROBE_KEY] = probe.model_dump(mode="json")
+                extra[JUDGED_KEY] = judged_value(probe.values()[metric], mode=mode)
+            state: TrialState | None = pending.pop("state", None)
             # Blocks until the driver has the result; when Tune stops the trial (ASHA,
             # cancellation) this call ends the trial's thread instead of returning.
-            tune.report(dict(last))
+            if state is None:
+                tune.report({**last, **extra})
+                return
+            with tempfile.TemporaryDirectory(prefix="lrtune-checkpoint-") as folder:
+                state.save(Path(folder) / CHECKPOINT_FILE)
+                # Tune copies the folder to the run's storage before this returns.
+                tune.report({**last, **extra}, checkpoint=Checkpoint.from_directory(folder))
 
-        outcome = run_trial(trial_config, report)
+        probing = None
+        if probed and cooldown is not None:
+            probing = Probing(
+                epochs=probed, cooldown=cooldown, on_probe=lambda p: pending.update(probe=p)
+            )
+        checkpointing = Checkpointing(due=checkpoint_due, save=lambda s: pending.update(state=s))
+        outcome = run_trial(
+            trial_config, report, probing=probing, checkpointing=checkpointing, resume=resume
+        )
         if outcome.status == "diverged" and last and OUTCOME_KEY not in last:
             # One more result, the last epoch again, so the driver learns how the trial ended.
             tune.report({**last, OUTCOME_KEY: "diverged"})
@@ -83,6 +133,15 @@ def make_trainable(
     lrtune_trial.__qualname__ = TRAINABLE_NAME
     resources = {"cpu": spec.resources_per_trial.cpu, "gpu": spec.resources_per_trial.gpu}
     return tune.with_resources(lrtune_trial, resources)
+
+
+def _latest_state() -> TrialState | None:
+    """The state of the trial's latest checkpoint, when Tune restarted it from one."""
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        return TrialState.load(Path(folder) / CHECKPOINT_FILE)
 
 
 def _device() -> str:
