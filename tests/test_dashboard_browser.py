@@ -1,7 +1,8 @@
 """The dashboard in a real browser (Debian's chromium through Playwright) against a live service.
 
-A finished job is written through the store's functions (the worker's path into SQL), the service
-runs under uvicorn on a loopback port, and the pages are driven as a person would. Screenshots go
+A finished job is written through the store's functions (the worker's path into SQL), cooldown
+probes and early stopping's decisions included, the service runs under uvicorn on a loopback port,
+and the pages are driven as a person would. Screenshots go
 to pytest's tmp dir and, when LRTUNE_TEST_ARTIFACTS is set, are copied there.
 """
 
@@ -15,12 +16,12 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import pytest
 import uvicorn
-from lrtune.schemas.jobs import JobSpec, TrialMetric
+from lrtune.schemas.jobs import JobSpec, RungDecision, TrialMetric, TrialProbe
 from lrtune.service.app import create_app
 from lrtune.service.settings import Settings
 from lrtune.service.store import Store
@@ -43,10 +44,34 @@ playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install 
 
 POLICIES = ("fixed", "cosine", "clr")
 EPOCHS = 12
+# Trials (policy, seed) probed at the rungs of epochs 1 and 3; fixed-3 is pruned at epoch 3.
+PROBED = (("fixed", 0), ("fixed", 3), ("cosine", 0), ("cosine", 1), ("clr", 0), ("clr", 1))
+RUNG_EPOCHS = (1, 3)
+PRUNED = ("fixed", 3)
+RESTORED_FROM_EPOCH = 2  # the pruned trial's worker died once; it resumed from this checkpoint
+# What annealing the rate to 0 adds to the metric at a rung: more for the higher rates.
+PROBE_GAIN = {"fixed": 0.03, "cosine": 0.015, "clr": 0.06}
+
+
+def cooldown_probe(
+    epoch: int, accuracy: float, loss: float, *, gain: float, decision: RungDecision
+) -> TrialProbe:
+    """A cooldown probe as the worker reports it: as long as the steps trained so far."""
+    return TrialProbe(
+        epoch=epoch,
+        step=epoch * 30,
+        cooldown_steps=epoch * 30,
+        train_loss=loss * 0.8,
+        val_loss=loss * 0.85,
+        metrics={"val_accuracy": accuracy + gain},
+        elapsed_s=0.2 * epoch,
+        decision=decision,
+    )
 
 
 def seed_finished_job(store: Store) -> int:
-    """A succeeded digits job: three policies x four trials, twelve epochs each, one diverged."""
+    """A succeeded digits job under ASHA: three policies x four trials, twelve epochs each, one
+    diverged, six probed at the rungs of epochs 1 and 3, one of them pruned at epoch 3."""
     spec = JobSpec.model_validate(
         {
             "name": "digits: fixed vs cosine vs clr",
@@ -54,6 +79,7 @@ def seed_finished_job(store: Store) -> int:
             "metric": {"name": "val_accuracy", "mode": "max"},
             "policies": list(POLICIES),
             "budget": {"epochs": EPOCHS, "trials_per_policy": 4},
+            "early_stopping": {"kind": "asha", "grace_epochs": 1, "reduction_factor": 3},
         }
     )
     job, _ = store.create_job(spec=spec)
@@ -82,7 +108,9 @@ def seed_finished_job(store: Store) -> int:
             )
             store.update_trial_status(trial_id=trial.id, status="running")
             diverged = policy == "clr" and k == 3
+            pruned = (policy, k) == PRUNED
             rows = []
+            probes = []
             for epoch in range(1, EPOCHS + 1):
                 accuracy = ceiling[policy] - 0.02 * k - 0.6 * math.exp(-(epoch + p_index) / 3)
                 loss = 2.3 * math.exp(-epoch / (3 + k)) + 0.1 * (1 + k)
@@ -99,12 +127,77 @@ def seed_finished_job(store: Store) -> int:
                         elapsed_s=0.4 * epoch,
                     )
                 )
-                if diverged and epoch > 4:
+                if (policy, k) in PROBED and epoch in RUNG_EPOCHS:
+                    stop = pruned and epoch == RUNG_EPOCHS[-1]
+                    probes.append(
+                        cooldown_probe(
+                            epoch,
+                            accuracy,
+                            loss,
+                            gain=PROBE_GAIN[policy],
+                            decision="stop" if stop else "continue",
+                        )
+                    )
+                if (diverged and epoch > 4) or (pruned and epoch == RUNG_EPOCHS[-1]):
                     break
             store.record_trial_results(trial_id=trial.id, results=rows)
-            store.update_trial_status(
-                trial_id=trial.id, status="diverged" if diverged else "completed"
-            )
+            if probes:
+                store.record_trial_probes(trial_id=trial.id, probes=probes)
+            if pruned:
+                store.set_restored_from_epoch(trial_id=trial.id, epoch=RESTORED_FROM_EPOCH)
+            status = "diverged" if diverged else "pruned" if pruned else "completed"
+            store.update_trial_status(trial_id=trial.id, status=status)
+    store.mark_job_succeeded(job_id=job.id)
+    return job.id
+
+
+WIDE_RUNG_TRIALS = 30
+WIDE_RUNG_KEPT = 15
+
+
+def seed_wide_rung_job(store: Store) -> int:
+    """A job whose one rung (epoch 1) judged 30 trials and kept the best 15: too many to list."""
+    spec = JobSpec.model_validate(
+        {
+            "name": "digits: a wide rung",
+            "workload": {"name": "digits", "params": {"model": "mlp"}},
+            "metric": {"name": "val_accuracy", "mode": "max"},
+            "policies": list(POLICIES),
+            "budget": {"epochs": 3, "trials_per_policy": WIDE_RUNG_TRIALS // len(POLICIES)},
+            "early_stopping": {"kind": "asha", "grace_epochs": 1, "reduction_factor": 2},
+        }
+    )
+    job, _ = store.create_job(spec=spec)
+    store.claim_next_job(worker_id="test-worker", lease_seconds=600)
+    for k in range(WIDE_RUNG_TRIALS):
+        policy = POLICIES[k % len(POLICIES)]
+        trial = store.create_trial(
+            job_id=job.id,
+            policy=policy,
+            schedule={"policy": "fixed", "lr": 0.01 * (k + 1)},
+            search_config={"lr": 0.01 * (k + 1)},
+            seed=k,
+            ray_trial_id=f"wide-{k}",
+        )
+        store.update_trial_status(trial_id=trial.id, status="running")
+        accuracy = 0.9 - 0.01 * k  # trial k is judged k-th best
+        metric = TrialMetric(
+            epoch=1,
+            step=30,
+            lr=0.01 * (k + 1),
+            train_loss=1.0,
+            val_loss=1.1,
+            metrics={"val_accuracy": accuracy},
+            elapsed_s=0.4,
+        )
+        kept = k < WIDE_RUNG_KEPT
+        decision: RungDecision = "continue" if kept else "stop"
+        store.record_trial_results(trial_id=trial.id, results=[metric])
+        store.record_trial_probes(
+            trial_id=trial.id,
+            probes=[cooldown_probe(1, accuracy, 1.1, gain=0.05, decision=decision)],
+        )
+        store.update_trial_status(trial_id=trial.id, status="completed" if kept else "pruned")
     store.mark_job_succeeded(job_id=job.id)
     return job.id
 
@@ -137,19 +230,42 @@ class LiveService:
         self.thread.join(timeout=10)
 
 
+class Seeded(NamedTuple):
+    database_url: str
+    job_id: int
+    wide_rung_job_id: int
+
+
 @pytest.fixture(scope="module")
-def service(
-    sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[str, int]]:
-    folder = tmp_path_factory.mktemp("dashboard")
-    database = folder / "lrtune.db"
+def seeded(sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Seeded:
+    """Both finished jobs, written before the service starts (and before any other job is
+    queued: the store claims the oldest)."""
+    database = tmp_path_factory.mktemp("dashboard") / "lrtune.db"
     shutil.copyfile(sqlite_template, database)
     url = f"sqlite:///{database}"
     store = Store.from_url(url)
-    job_id = seed_finished_job(store)
-    store.dispose()
-    with LiveService(Settings(database_url=url, home=folder / "home")) as live:
-        yield live.url, job_id
+    try:
+        return Seeded(url, seed_finished_job(store), seed_wide_rung_job(store))
+    finally:
+        store.dispose()
+
+
+@pytest.fixture(scope="module")
+def service(seeded: Seeded, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
+    home = tmp_path_factory.mktemp("dashboard-home")
+    with LiveService(Settings(database_url=seeded.database_url, home=home)) as live:
+        yield live.url, seeded.job_id
+
+
+@pytest.fixture(scope="module")
+def wide_rung_job(seeded: Seeded) -> int:
+    return seeded.wide_rung_job_id
+
+
+def trial_ids(url: str, job_id: int) -> dict[tuple[str, int], int]:
+    """(policy, seed) -> trial id, from the API."""
+    page = httpx.get(f"{url}/v1/jobs/{job_id}/trials", params={"limit": 100}).json()
+    return {(t["policy"], t["seed"]): t["id"] for t in page["items"]}
 
 
 @pytest.fixture(scope="module")
@@ -305,3 +421,122 @@ def test_new_job_form_shows_the_422_message(
     assert "policies" in error.inner_text()
     assert page.url.endswith("#/new")
     screenshot(page, tmp_path, "new-job-422")
+
+
+def test_trial_page_draws_the_cooldown_probes_of_a_pruned_trial(
+    page: Any, service: tuple[str, int], tmp_path: Path
+) -> None:
+    url, job_id = service
+    trial_id = trial_ids(url, job_id)[PRUNED]
+    probes = httpx.get(f"{url}/v1/trials/{trial_id}/probes").json()
+    assert [p["decision"] for p in probes] == ["continue", "stop"]
+    page.goto(f"{url}/#/trials/{trial_id}")
+    page.get_by_test_id("probes-table").wait_for()
+    # The probes are a second series on the metric chart, with their own legend entry.
+    chart = page.get_by_test_id("trial-metric-chart")
+    assert chart.get_attribute("data-series") == "2"
+    assert chart.get_attribute("data-probes") == "2"
+    assert chart.locator("canvas").count() == 1
+    assert "cooldown probe" in page.get_by_test_id("trial-metric-legend").inner_text()
+    rows = page.get_by_test_id("probes-table").locator("tbody tr")
+    assert rows.count() == len(RUNG_EPOCHS)
+    last = rows.nth(1)
+    assert last.get_attribute("class") == "stopped-on"
+    assert last.get_by_test_id("decision").inner_text() == "stop"
+    assert rows.nth(0).get_by_test_id("decision").inner_text() == "continue"
+    reached = probes[-1]["metrics"]["val_accuracy"]
+    assert last.locator("td").nth(2).inner_text() == f"{reached:.4g}"
+    note = page.get_by_test_id("pruned-note").inner_text()
+    assert note.startswith(f"pruned at epoch {RUNG_EPOCHS[-1]}; annealed there it reached")
+    assert f"{reached:.4g}" in note
+    assert page.get_by_test_id("restored").inner_text() == (
+        f" · resumed from its epoch {RESTORED_FROM_EPOCH} checkpoint"
+    )
+    screenshot(page, tmp_path, "trial-page-probes")
+    page.get_by_test_id("trial-metric-chart").screenshot(path=str(tmp_path / "probe-chart.png"))
+
+
+def test_trial_page_without_probes_has_no_probe_section(
+    page: Any, service: tuple[str, int]
+) -> None:
+    url, job_id = service
+    trial_id = trial_ids(url, job_id)[("cosine", 2)]
+    assert httpx.get(f"{url}/v1/trials/{trial_id}/probes").json() == []
+    page.goto(f"{url}/#/trials/{trial_id}")
+    page.get_by_test_id("metrics-table").wait_for()
+    page.get_by_test_id("trial-metric-chart").locator("canvas").wait_for()
+    assert page.get_by_test_id("trial-metric-chart").get_attribute("data-series") == "1"
+    for absent in ("probes", "probes-table", "trial-metric-legend", "pruned-note", "restored"):
+        assert page.get_by_test_id(absent).count() == 0
+    assert "cooldown" not in page.locator("#view").inner_text()
+
+
+def test_job_page_shows_each_rungs_decisions(
+    page: Any, service: tuple[str, int], tmp_path: Path
+) -> None:
+    url, job_id = service
+    ids = trial_ids(url, job_id)
+    page.goto(f"{url}/#/jobs/{job_id}")
+    page.wait_for_function("document.body.dataset.jobPage === 'drawn'")
+    card = page.get_by_test_id("rungs")
+    assert card.is_visible()
+    for epoch in RUNG_EPOCHS:
+        rung = card.get_by_test_id(f"rung-{epoch}")
+        rows = rung.locator("tbody tr[data-trial-id]")
+        assert rows.count() == len(PROBED)
+        # Best judged first: clr's probe gains the most from annealing.
+        assert rows.nth(0).get_attribute("data-trial-id") == str(ids[("clr", 0)])
+        decisions = {
+            int(rows.nth(i).get_attribute("data-trial-id")): rows.nth(i)
+            .get_by_test_id("decision")
+            .inner_text()
+            for i in range(rows.count())
+        }
+        pruned_here = epoch == RUNG_EPOCHS[-1]
+        assert decisions.pop(ids[PRUNED]) == ("stop" if pruned_here else "continue")
+        assert set(decisions.values()) == {"continue"}
+        assert rung.get_by_test_id("cut").count() == (1 if pruned_here else 0)
+        assert rung.locator("a[href^='#/trials/']").count() == len(PROBED)
+    # Six rows a rung: nothing is folded away.
+    assert card.get_by_test_id("rungs-toggle").count() == 0
+    screenshot(page, tmp_path, "job-page-rungs")
+    card.screenshot(path=str(tmp_path / "rungs-card.png"))
+    # A trial's link leads to its probes; one kept at every rung has no pruned note.
+    last_rung = card.get_by_test_id(f"rung-{RUNG_EPOCHS[-1]}")
+    last_rung.locator("tbody tr[data-trial-id] a").first.click()
+    page.wait_for_url(f"**/#/trials/{ids[('clr', 0)]}")
+    page.get_by_test_id("probes-table").wait_for()
+    assert page.get_by_test_id("probes-table").locator("tbody tr").count() == len(RUNG_EPOCHS)
+    assert page.get_by_test_id("pruned-note").count() == 0
+    assert page.locator("tr.stopped-on").count() == 0
+    chart = page.get_by_test_id("trial-metric-chart")
+    chart.screenshot(path=str(tmp_path / "kept-probe-chart.png"))
+
+
+def test_job_page_folds_a_wide_rung_to_its_top_and_its_cut(
+    page: Any, service: tuple[str, int], wide_rung_job: int, tmp_path: Path
+) -> None:
+    url, _ = service
+    page.goto(f"{url}/#/jobs/{wide_rung_job}")
+    page.wait_for_function("document.body.dataset.jobPage === 'drawn'")
+    rung = page.get_by_test_id("rung-1")
+    rows = rung.locator("tbody tr[data-trial-id]")
+    # The top ten, then the last kept and the first pruned on either side of the cut.
+    assert rows.count() == 12
+    ranks = [rows.nth(i).locator("td").first.inner_text() for i in range(rows.count())]
+    assert ranks == [str(r) for r in [*range(1, 11), WIDE_RUNG_KEPT, WIDE_RUNG_KEPT + 1]]
+    gaps = rung.locator("tr.gap")
+    assert [gaps.nth(i).inner_text() for i in range(gaps.count())] == [
+        f"⋯ {WIDE_RUNG_KEPT - 11} more",
+        f"⋯ {WIDE_RUNG_TRIALS - WIDE_RUNG_KEPT - 1} more",
+    ]
+    assert f"{WIDE_RUNG_KEPT} above continue" in rung.get_by_test_id("cut").inner_text()
+    assert f"{WIDE_RUNG_KEPT} of {WIDE_RUNG_TRIALS} continue" in rung.inner_text()
+    page.get_by_test_id("rungs").screenshot(path=str(tmp_path / "wide-rung-folded.png"))
+    page.get_by_test_id("rungs-toggle").click()
+    page.wait_for_function(
+        "document.querySelectorAll('[data-testid=rung-1] tbody tr[data-trial-id]').length === 30"
+    )
+    assert rung.locator("tr.gap").count() == 0
+    assert page.get_by_test_id("rungs-toggle").inner_text() == "show fewer"
+    screenshot(page, tmp_path, "wide-rung-all")

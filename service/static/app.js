@@ -28,8 +28,13 @@ function h(tag, attrs = {}, ...children) {
   return el;
 }
 
-function badge(status) {
-  return h("span", { class: `badge ${status}`, "data-testid": "status" }, status);
+function badge(status, testid = "status") {
+  return h("span", { class: `badge ${status}`, "data-testid": testid }, status);
+}
+
+// What early stopping did at a rung: continue (promoted), stop (pruned), or nothing yet.
+function decisionBadge(decision) {
+  return decision ? badge(decision, "decision") : h("span", { class: "muted" }, "–");
 }
 
 function chip(policy) {
@@ -190,10 +195,11 @@ function jobRow(job) {
 async function jobPage(jobId) {
   const mine = generation;
   const job = await api(`/v1/jobs/${jobId}`);
-  const [curves, recommendation, rangeTest] = await Promise.all([
+  const [curves, recommendation, rangeTest, rungs] = await Promise.all([
     api(`/v1/jobs/${jobId}/curves?per_policy=25&max_points=200`),
     apiOptional(`/v1/jobs/${jobId}/recommendation`).catch(() => null),
     apiOptional(`/v1/jobs/${jobId}/range-test`).catch(() => null),
+    apiOptional(`/v1/jobs/${jobId}/rungs`).catch(() => null),
   ]);
   if (mine !== generation) return;
 
@@ -204,8 +210,9 @@ async function jobPage(jobId) {
   const curvesCard = h("div", { class: "card", "data-testid": "curves" });
   const lrCard = h("div", { class: "card", "data-testid": "lr-curves" });
   const rangeCard = h("div", { class: "card", "data-testid": "range-test" });
+  const rungsCard = h("div", { class: "card", "data-testid": "rungs" });
   const trialsCard = h("div", { class: "card", "data-testid": "trials" });
-  view.replaceChildren(head, progressCard, recoCard, boardCard, curvesCard,
+  view.replaceChildren(head, progressCard, recoCard, boardCard, curvesCard, rungsCard,
     h("div", { class: "grid2" }, lrCard, rangeCard), h("div", { style: "height:16px" }), trialsCard);
 
   const state = { job, curves, recommendation };
@@ -214,6 +221,7 @@ async function jobPage(jobId) {
   renderRecommendation(recoCard, recommendation, job);
   renderLeaderboard(boardCard, curves, winnerIds(state));
   renderCurves(curvesCard, curves, winnerIds(state));
+  renderRungs(rungsCard, rungs, job);
   renderRangeTest(rangeCard, rangeTest);
   performance.mark("lrtune:job-page-drawn");
   document.body.dataset.jobPage = "drawn";
@@ -231,9 +239,10 @@ async function jobPage(jobId) {
       renderProgress(progressCard, fresh);
       const finished = FINISHED_JOB.has(fresh.status);
       if (tick % 2 === 0 || finished) {
-        const [c, r] = await Promise.all([
+        const [c, r, g] = await Promise.all([
           api(`/v1/jobs/${jobId}/curves?per_policy=25&max_points=200`).catch(() => null),
           apiOptional(`/v1/jobs/${jobId}/recommendation`).catch(() => null),
+          apiOptional(`/v1/jobs/${jobId}/rungs`).catch(() => null),
         ]);
         if (mine !== generation || !c) return;
         state.curves = c;
@@ -241,6 +250,7 @@ async function jobPage(jobId) {
         renderRecommendation(recoCard, r, fresh);
         renderLeaderboard(boardCard, c, winnerIds(state));
         renderCurves(curvesCard, c, winnerIds(state));
+        renderRungs(rungsCard, g, fresh);
       }
       if (finished) {
         timers.forEach(clearInterval);
@@ -402,6 +412,80 @@ function renderCurves(card, curves, winners) {
   lineChart(lossChart, curveSeries(curves, "val_loss", winners), { xLabel: "epoch", yLabel: "val_loss", logY: true });
 }
 
+// Early stopping's rungs: at each rung epoch, the trials that reached it best-first by the value
+// they were judged by, and what was decided. Big rungs show their top rows and the rows where the
+// decision changes (the cut), the rest behind "show all".
+const RUNG_TOP_ROWS = 10;
+
+function renderRungs(card, rungs, job) {
+  card.hidden = !(rungs && rungs.length);
+  if (card.hidden) {
+    card.replaceChildren();
+    return;
+  }
+  const showAll = card.dataset.showAll === "true";
+  const judge = job.spec.early_stopping && job.spec.early_stopping.judge;
+  const metric = job.spec.metric ? job.spec.metric.name : "val_loss";
+  const tables = rungs.map((rung) => rungTable(rung, showAll));
+  const folded = rungs.some((rung) => rung.trials.some((_, i) => !rungRowShown(rung.trials, i)));
+  const toggle = h("button", { "data-testid": "rungs-toggle" }, showAll ? "show fewer" : "show all");
+  toggle.onclick = () => {
+    card.dataset.showAll = String(!showAll);
+    renderRungs(card, rungs, job);
+  };
+  card.replaceChildren(
+    h("div", { class: "row" }, h("h2", { style: "margin:0" }, "Rungs"),
+      h("span", { class: "muted small" }, judge === "raw"
+        ? `early stopping judged each trial by its ${metric} at the rung epoch`
+        : `raw: ${metric} at the rung epoch · judged: ${metric} after a cooldown probe (the rate annealed to 0 from there), which early stopping compared`),
+      h("div", { class: "spacer" }), folded ? toggle : null),
+    h("div", { class: "rungs" }, tables),
+  );
+}
+
+// The top rows, and the two rows either side of each change of decision.
+function rungRowShown(trials, i) {
+  const decision = trials[i].decision;
+  return i < RUNG_TOP_ROWS || (i > 0 && trials[i - 1].decision !== decision)
+    || (i + 1 < trials.length && trials[i + 1].decision !== decision);
+}
+
+function rungTable(rung, showAll) {
+  const trials = rung.trials;
+  const kept = trials.filter((t) => t.decision === "continue").length;
+  // A clean cut: every continue above every stop (asynchronous ASHA need not decide so).
+  const firstStop = trials.findIndex((t) => t.decision === "stop");
+  const cut = firstStop > 0 && !trials.slice(firstStop).some((t) => t.decision === "continue") ? firstStop : -1;
+  const rows = [];
+  let skipped = 0;
+  const flush = () => {
+    if (skipped) rows.push(h("tr", { class: "gap" }, h("td", { colspan: 6, class: "muted small" }, `⋯ ${skipped} more`)));
+    skipped = 0;
+  };
+  trials.forEach((t, i) => {
+    if (!showAll && !rungRowShown(trials, i)) {
+      skipped += 1;
+      return;
+    }
+    flush();
+    if (i === cut) rows.push(h("tr", { class: "cut", "data-testid": "cut" }, h("td", { colspan: 6 }, `cut: the ${kept} above continue`)));
+    rows.push(h("tr", { "data-trial-id": t.trial_id, class: t.decision === "stop" ? "stopped" : "" },
+      h("td", { class: "num muted" }, String(i + 1)),
+      h("td", {}, h("a", { href: `#/trials/${t.trial_id}` }, `#${t.trial_id}`)),
+      h("td", {}, chip(t.policy)),
+      h("td", { class: "num" }, fmt(t.raw)),
+      h("td", { class: "num" }, h("b", {}, fmt(t.judged))),
+      h("td", {}, decisionBadge(t.decision))));
+  });
+  flush();
+  return h("div", { class: "rung", "data-testid": `rung-${rung.epoch}` },
+    h("div", { class: "chart-title" }, `epoch ${rung.epoch}`,
+      h("span", { class: "muted small" }, ` · ${kept} of ${trials.length} continue`)),
+    h("table", { class: "compact" },
+      h("thead", {}, h("tr", {}, ["#", "Trial", "Policy", "Raw", "Judged", "Decision"].map((c, i) => h("th", { class: [0, 3, 4].includes(i) ? "num" : "" }, c)))),
+      h("tbody", {}, rows)));
+}
+
 async function renderLrCurves(card, curves) {
   const chart = h("div", { class: "chart", "data-testid": "lr-chart" });
   card.replaceChildren(h("h2", {}, "Learning rate of each policy's best trial"), chart);
@@ -489,22 +573,28 @@ function trialsTable(card, jobId, policies) {
 async function trialPage(trialId) {
   const mine = generation;
   const trial = await api(`/v1/trials/${trialId}`);
-  const [metrics, job] = await Promise.all([
+  const [metrics, job, probes] = await Promise.all([
     api(`/v1/trials/${trialId}/metrics`),
     api(`/v1/jobs/${trial.job_id}`),
+    apiOptional(`/v1/trials/${trialId}/probes`).catch(() => null),
   ]);
   if (mine !== generation) return;
+  const probed = probes || [];
   const metricName = job.spec.metric ? job.spec.metric.name : "val_loss";
   const value = (row, name) => (name === "train_loss" || name === "val_loss" ? row[name] : row.metrics[name]);
   const extraNames = [...new Set(metrics.flatMap((m) => Object.keys(m.metrics)))];
   const metricChart = h("div", { class: "chart", "data-testid": "trial-metric-chart" });
   const lossChart = h("div", { class: "chart", "data-testid": "trial-loss-chart" });
   const lrChart = h("div", { class: "chart", "data-testid": "trial-lr-chart" });
+  const colour = policyColour(trial.policy);
+  const restored = trial.restored_from_epoch;
   view.replaceChildren(
     h("div", { class: "pagehead" }, h("div", {},
       h("div", { class: "row" }, h("h1", {}, `Trial #${trial.id}`), badge(trial.status), chip(trial.policy)),
       h("div", { class: "meta" }, "of ", h("a", { href: `#/jobs/${job.id}` }, job.name || `job #${job.id}`),
-        ` · ${trial.epochs_done} epochs · best ${metricName} ${fmt(trial.best_metric)}`))),
+        ` · ${trial.epochs_done} epochs · best ${metricName} ${fmt(trial.best_metric)}`,
+        restored === null || restored === undefined ? null
+          : h("span", { "data-testid": "restored" }, ` · resumed from its epoch ${restored} checkpoint`)))),
     h("div", { class: "grid2" },
       h("div", { class: "card" }, h("h2", {}, "Spec"),
         h("dl", { class: "kv" },
@@ -523,8 +613,12 @@ async function trialPage(trialId) {
         h("pre", { class: "json" }, JSON.stringify(trial.search_config, null, 2))),
       h("div", { class: "card" },
         h("div", { class: "chart-title" }, `${metricName} by epoch`), metricChart,
+        probed.length ? h("div", { class: "legend", "data-testid": "trial-metric-legend", style: "margin: 0 0 10px" },
+          h("span", {}, h("span", { class: "key-line", style: `--key: ${colour}` }), metricName),
+          h("span", {}, h("span", { class: "key-probe", style: `--key: ${colour}` }), "cooldown probe")) : null,
         h("div", { class: "chart-title" }, "loss by epoch"), lossChart,
         h("div", { class: "chart-title" }, "learning rate by epoch (last update of the epoch)"), lrChart)),
+    probeCard(trial, probed, metrics, metricName, value),
     h("div", { class: "card", style: "margin-top:16px" }, h("h2", {}, "Metrics"),
       h("table", { "data-testid": "metrics-table" },
         h("thead", {}, h("tr", {}, ["epoch", "step", "lr", "train_loss", "val_loss", ...extraNames, "elapsed s"].map((c) => h("th", { class: "num" }, c)))),
@@ -537,13 +631,41 @@ async function trialPage(trialId) {
     return;
   }
   const epochs = metrics.map((m) => m.epoch);
-  const colour = policyColour(trial.policy);
-  lineChart(metricChart, [{ label: metricName, x: epochs, y: metrics.map((m) => value(m, metricName)), colour, width: 2 }], { xLabel: "epoch", yLabel: metricName, height: 180 });
+  const metricSeries = [{ label: metricName, x: epochs, y: metrics.map((m) => value(m, metricName)), colour, width: 2 }];
+  if (probed.length) {
+    metricSeries.push({ label: "cooldown probe", x: probed.map((p) => p.epoch), y: probed.map((p) => value(p, metricName)), colour, hollow: true, linkTo: 0 });
+  }
+  lineChart(metricChart, metricSeries, { xLabel: "epoch", yLabel: metricName, height: 180 });
+  metricChart.dataset.probes = String(probed.length);
   lineChart(lossChart, [
     { label: "train_loss", x: epochs, y: metrics.map((m) => m.train_loss), colour: "#6b7380", width: 1.5 },
     { label: "val_loss", x: epochs, y: metrics.map((m) => m.val_loss), colour, width: 2 },
   ], { xLabel: "epoch", yLabel: "loss", height: 180 });
   lineChart(lrChart, [{ label: "lr", x: epochs, y: metrics.map((m) => finite(m.lr)), colour, width: 2 }], { xLabel: "epoch", yLabel: "lr", height: 150 });
+}
+
+// The trial's cooldown probes, one a rung; none, no card. A pruned trial's last probe is the value
+// it was stopped on.
+function probeCard(trial, probes, metrics, metricName, value) {
+  if (!probes.length) return null;
+  const raw = new Map(metrics.map((m) => [m.epoch, value(m, metricName)]));
+  const stoppedOn = trial.status === "pruned" ? probes[probes.length - 1] : null;
+  const note = stoppedOn && h("div", { class: "notice pruned-note", "data-testid": "pruned-note" },
+    `pruned at epoch ${stoppedOn.epoch}; annealed there it reached ${metricName} ${fmt(value(stoppedOn, metricName))}`,
+    raw.has(stoppedOn.epoch) ? ` (${fmt(raw.get(stoppedOn.epoch))} without the cooldown)` : "");
+  return h("div", { class: "card", style: "margin-top:16px", "data-testid": "probes" },
+    h("div", { class: "row" }, h("h2", { style: "margin:0" }, "Cooldown probes"),
+      h("span", { class: "muted small" }, "at each rung a throw-away branch annealed the rate to 0 and was evaluated; early stopping judged the trial by it")),
+    note,
+    h("table", { class: "compact", "data-testid": "probes-table", style: "margin-top:8px" },
+      h("thead", {}, h("tr", {}, ["epoch", "cooldown steps", `${metricName} annealed`, `${metricName} raw`, "val_loss annealed", "decision"].map((c, i) => h("th", { class: i < 5 ? "num" : "" }, c)))),
+      h("tbody", {}, probes.map((p) => h("tr", { class: p === stoppedOn ? "stopped-on" : "", "data-epoch": p.epoch },
+        h("td", { class: "num" }, String(p.epoch)),
+        h("td", { class: "num" }, String(p.cooldown_steps)),
+        h("td", { class: "num" }, h("b", {}, fmt(value(p, metricName)))),
+        h("td", { class: "num" }, fmt(raw.get(p.epoch))),
+        h("td", { class: "num" }, fmt(p.val_loss)),
+        h("td", {}, decisionBadge(p.decision)))))));
 }
 
 // ---- new job form ------------------------------------------------------------------------------

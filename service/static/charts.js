@@ -31,7 +31,9 @@ export function withAlpha(hex, alpha) {
 const charts = new WeakMap();
 
 // series: [{label, x: [...], y: [...], colour, width}] - each with its own x; they are merged onto
-// one sorted x axis (missing points are gaps that lines span).
+// one sorted x axis (missing points are gaps that lines span). A series with `hollow: true` is
+// drawn as open circles without a line; with `linkTo: i` each of its points is joined by a dashed
+// line to series i's point at the same x (e.g. a probe to the curve it branched from).
 export function lineChart(element, series, options = {}) {
   const { xLabel = "", yLabel = "", logX = false, logY = false, height = 260, marks = [], bare = false } = options;
   const old = charts.get(element);
@@ -65,21 +67,54 @@ export function lineChart(element, series, options = {}) {
     ],
     series: [
       { label: xLabel },
-      ...series.map((s) => ({
-        label: s.label,
-        stroke: s.colour,
-        width: s.width || 1.25,
-        spanGaps: true,
-        points: { show: s.x.length < 3 },
-      })),
+      ...series.map((s) => (s.hollow
+        ? {
+          label: s.label,
+          stroke: s.colour,
+          paths: () => null,
+          points: { show: true, size: 10, width: 2, stroke: s.colour, fill: "#ffffff" },
+        }
+        : {
+          label: s.label,
+          stroke: s.colour,
+          width: s.width || 1.25,
+          spanGaps: true,
+          points: { show: s.x.length < 3 },
+        })),
     ],
-    hooks: { draw: [(u) => drawMarks(u, marks)] },
+    hooks: {
+      // Links go under the series, marks over them.
+      drawAxes: [(u) => drawLinks(u, series)],
+      draw: [(u) => drawMarks(u, marks)],
+    },
   };
   const chart = new uPlot(opts, data, element);
   charts.set(element, chart);
   element.dataset.series = String(series.length);
   element.dataset.points = String(xs.length);
   return chart;
+}
+
+function drawLinks(u, series) {
+  const { ctx } = u;
+  series.forEach((s, index) => {
+    if (s.linkTo === undefined) return;
+    const from = u.data[index + 1];
+    const to = u.data[s.linkTo + 1];
+    ctx.save();
+    ctx.strokeStyle = s.colour;
+    ctx.lineWidth = 1.5 * devicePixelRatio;
+    ctx.setLineDash([3 * devicePixelRatio, 2 * devicePixelRatio]);
+    ctx.beginPath();
+    u.data[0].forEach((x, i) => {
+      if (from[i] === null || to[i] === null) return;
+      const px = u.valToPos(x, "x", true);
+      ctx.moveTo(px, u.valToPos(to[i], "y", true));
+      ctx.lineTo(px, u.valToPos(from[i], "y", true));
+    });
+    ctx.stroke();
+    ctx.restore();
+  });
 }
 
 // Vertical dashed lines at x values, labelled (e.g. the suggested bounds of a range test).
