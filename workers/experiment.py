@@ -7,7 +7,8 @@ policy's own space: random (Tune domains sampled from a seed derived from the jo
 policy and the trial's index: the same job gives the same points whatever the timing), grid
 (an evenly thinned Cartesian product) or tpe (one OptunaSearch per policy, so TPE never moves
 budget from one policy to another). The policy is part of each trial's config, so ASHA ranks
-all of them together and Ray Tune's experiment state covers the whole job (Tuner.restore).
+all of them together (by their cooldown probes at rungs: `lrtune.workers.early_stopping`) and
+Ray Tune's experiment state and the trials' checkpoints cover the whole job (Tuner.restore).
 
 Seeds: the i-th trial of every policy gets the same seed (common random numbers), so two
 policies are compared on the same initialisations and batch orders.
@@ -57,6 +58,9 @@ os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 # Experiment snapshots (what Tuner.restore resumes from) every 2 s instead of Tune's adaptive
 # 10 s or more, so a worker killed mid-job loses at most a couple of seconds of bookkeeping.
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+# Keeping one checkpoint per trial makes Tune snapshot the experiment at each checkpoint (so its
+# state never names a deleted one); that is wanted, and Tune's warning about it is noise here.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 # The result grid Tuner.fit returns reads those files and warns for every trial; SQL has it all.
 logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
 
