@@ -54,10 +54,10 @@ def run_job(spec: Any, *, every: int) -> tuple[float, int]:
     from lrtune.service.settings import Settings
     from lrtune.service.store import Store
     from lrtune.service.worker import run_worker
-    from lrtune.workers import experiment
+    from lrtune.workers import run_storage
 
     sizes: list[int] = []
-    real_remove = experiment.remove_checkpoints
+    real_remove = run_storage.remove_checkpoints
 
     def measure_then_remove(storage: Any, job_key: str) -> int:
         # Look before the worker cleans up after the job.
@@ -65,7 +65,7 @@ def run_job(spec: Any, *, every: int) -> tuple[float, int]:
             sizes.append(path.stat().st_size)
         return real_remove(storage, job_key)
 
-    experiment.remove_checkpoints = measure_then_remove  # type: ignore[assignment]
+    run_storage.remove_checkpoints = measure_then_remove  # type: ignore[assignment]
     try:
         with tempfile.TemporaryDirectory() as folder:
             home = Path(folder)
@@ -82,7 +82,7 @@ def run_job(spec: Any, *, every: int) -> tuple[float, int]:
             finally:
                 store.dispose()
     finally:
-        experiment.remove_checkpoints = real_remove  # type: ignore[assignment]
+        run_storage.remove_checkpoints = real_remove  # type: ignore[assignment]
     return seconds, max(sizes, default=0)
 
 

@@ -44,6 +44,7 @@ from lrtune.schemas.search import (
 from lrtune.workers.early_stopping import make_scheduler
 from lrtune.workers.range_test import derive_search_spaces
 from lrtune.workers.results import CancelStopper, RecordResults, sink_for
+from lrtune.workers.run_storage import PruneCheckpoints, experiment_names, storage_uri
 from lrtune.workers.trainable import make_trainable
 from pydantic import ValidationError
 from ray import tune
@@ -58,9 +59,6 @@ os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 # Experiment snapshots (what Tuner.restore resumes from) every 2 s instead of Tune's adaptive
 # 10 s or more, so a worker killed mid-job loses at most a couple of seconds of bookkeeping.
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
-# Keeping one checkpoint per trial makes Tune snapshot the experiment at each checkpoint (so its
-# state never names a deleted one); that is wanted, and Tune's warning about it is noise here.
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 # The result grid Tuner.fit returns reads those files and warns for every trial; SQL has it all.
 logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
 
@@ -417,18 +415,6 @@ class ExperimentPlan:
         return f"{self.storage.rstrip('/')}/{name}"
 
 
-def experiment_names(job_key: str) -> tuple[str, str]:
-    return f"job-{job_key}", f"job-{job_key}-confirm"
-
-
-def storage_uri(storage: str | Path) -> str:
-    """An absolute local path for a folder (Tune and pyarrow both want one), a URI as given."""
-    text = str(storage)
-    if "://" in text:
-        return text
-    return str(Path(text).expanduser().resolve())
-
-
 def plan_experiment(
     spec: JobSpec,
     *,
@@ -465,26 +451,6 @@ def plan_experiment(
         storage=storage_uri(storage_path),
         checkpoint_every_epochs=checkpoint_every_epochs,
     )
-
-
-def remove_checkpoints(storage: str | Path, job_key: str) -> int:
-    """Delete the trial checkpoints of a job that has ended (Tune's experiment state stays:
-    it is small and tells what ran). Returns how many were removed."""
-    import pyarrow.fs
-
-    filesystem, root = pyarrow.fs.FileSystem.from_uri(storage_uri(storage))
-    removed = 0
-    for name in experiment_names(job_key):
-        selector = pyarrow.fs.FileSelector(
-            f"{root.rstrip('/')}/{name}", recursive=True, allow_not_found=True
-        )
-        for info in filesystem.get_file_info(selector):
-            if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith(
-                "checkpoint_"
-            ):
-                filesystem.delete_dir(info.path)
-                removed += 1
-    return removed
 
 
 def workload_steps_per_epoch(spec: JobSpec) -> int:
@@ -573,11 +539,15 @@ def _restore_or_build(
         run_config=tune.RunConfig(
             name=name,
             storage_path=plan.storage,
-            callbacks=[RecordResults(job_key=plan.job_key, epochs=spec.budget.epochs)],
+            callbacks=[
+                RecordResults(job_key=plan.job_key, epochs=spec.budget.epochs),
+                PruneCheckpoints(),
+            ],
             stop=CancelStopper(job_key=plan.job_key),
             failure_config=tune.FailureConfig(max_failures=MAX_TRIAL_FAILURES),
-            # The latest checkpoint of each trial is all a resume needs.
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_at_end=False),
+            # Tune keeps every checkpoint; PruneCheckpoints deletes the obsolete ones once no
+            # experiment state can name them (see lrtune.workers.run_storage).
+            checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
             verbose=0,
         ),
     )
