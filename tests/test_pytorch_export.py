@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 from lrtune.schemas.schedules import POLICY_NAMES, ParamGroupRule, ScheduleSpec, parse_schedule
-from lrtune.workers.recommendation import pytorch_snippet
+from lrtune.workers.code_export import pytorch_snippet
 from lrtune.workers.schedule_math import learning_rates
 
 STEPS = 3000
