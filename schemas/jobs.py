@@ -14,7 +14,7 @@ from typing import Any, Literal
 from lrtune.schemas.recommendations import RangeTestConfig
 from lrtune.schemas.schedules import POLICY_NAMES, ParamGroupRule
 from lrtune.schemas.search import validate_search_space
-from lrtune.schemas.trials import OptimizerSpec
+from lrtune.schemas.trials import OptimizerSpec, schedule_free_policy_error
 from lrtune.schemas.workloads import BUILTIN_WORKLOADS, WorkloadSpec
 from pydantic import (
     BaseModel,
@@ -284,6 +284,17 @@ class JobSpec(BaseModel):
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ValueError(f"each policy may be listed once; repeated: {repeated}")
+        return policies
+
+    @field_validator("policies")
+    @classmethod
+    def _schedule_free_runs_fixed(
+        cls, policies: list[PolicySearch], info: ValidationInfo
+    ) -> list[PolicySearch]:
+        optimizer: OptimizerSpec | None = info.data.get("optimizer")
+        scheduled = [p.policy for p in policies if p.policy != "fixed"]
+        if optimizer is not None and optimizer.schedule_free and scheduled:
+            raise ValueError(schedule_free_policy_error(optimizer.name, scheduled))
         return policies
 
     @property
