@@ -62,6 +62,7 @@ def compute_recommendation(inputs: RecommendationInputs) -> Recommendation | Non
         final=inputs.job.status == "succeeded",
         param_groups=spec.param_groups,
         training_steps=spec.budget.epochs * steps if steps is not None else None,
+        optimizer=spec.optimizer,
     )
 
 

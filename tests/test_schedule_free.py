@@ -5,32 +5,42 @@ range test."""
 
 from __future__ import annotations
 
+import importlib
+import json
 import math
 import re
+import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
 from lrtune.schemas.jobs import Cooldown, JobSpec
 from lrtune.schemas.recommendations import RangeTestConfig
-from lrtune.schemas.schedules import parse_schedule
+from lrtune.schemas.schedules import ParamGroupRule, parse_schedule
 from lrtune.schemas.trials import EpochResult, OptimizerSpec, ProbeResult, TrialConfig
 from lrtune.schemas.workloads import WorkloadSpec
 from lrtune.workers import trial as trial_module
+from lrtune.workers.code_export import pytorch_snippet
 from lrtune.workers.range_test import run_range_test
+from lrtune.workers.recommendation import TrialSummary, build_recommendation
+from lrtune.workers.schedule_math import learning_rates
+from lrtune.workers.torch_schedule import ScheduleDriver
 from lrtune.workers.trial import (
     Checkpointing,
     Probing,
     TrialState,
     build_optimizer,
+    eval_weights,
     evaluate,
     recalibrate_batchnorm,
     run_trial,
+    train_weights,
 )
 from lrtune.workers.workloads import Workload, build_workload
 from pydantic import ValidationError
@@ -77,6 +87,7 @@ OPTIMIZERS = {
     "sgd_schedulefree": ({"name": "sgd_schedulefree", "weight_decay": 1e-4}, 0.5),
     "adamw_schedulefree": ({"name": "adamw_schedulefree", "weight_decay": 1e-4}, 0.01),
 }
+OPTIMIZER_CLASSES = {"sgd_schedulefree": SGDScheduleFree, "adamw_schedulefree": AdamWScheduleFree}
 
 
 @pytest.fixture
@@ -424,3 +435,169 @@ def test_the_range_test_ramps_a_schedule_free_optimizer(optimizer: str) -> None:
     assert result.iterations > 10
     assert all(math.isfinite(v) for v in result.loss[:10])
     assert min(result.smoothed_loss) < result.smoothed_loss[0]
+
+
+# --- the exported code ------------------------------------------------------------------------
+
+# The model and batches of both sides: a BatchNorm layer, so the snippet's recalibration counts.
+EXPORT_MODEL = """
+from collections import OrderedDict
+
+import torch
+
+
+def make_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        OrderedDict(
+            hidden=torch.nn.Sequential(
+                torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU()
+            ),
+            head=torch.nn.Linear(8, 3),
+        )
+    )
+
+
+def make_batches():
+    data = torch.Generator().manual_seed(1)
+    return [
+        (torch.randn(16, 4, generator=data), torch.randint(0, 3, (16,), generator=data))
+        for _ in range(60)
+    ]
+"""
+# Trains with nothing but the snippet (and the user's loop), in a fresh interpreter.
+EXPORT_HARNESS = """
+import json
+import sys
+
+import torch
+from export_model import make_batches, make_model
+
+results = []
+for case in json.load(open(sys.argv[1])):
+    model = make_model()
+    namespace = {"model": model}
+    exec(case["snippet"], namespace)
+    optimizer, scheduler = namespace["optimizer"], namespace["scheduler"]
+    batches = make_batches()
+    rates = []
+    namespace["lrtune_train"]()
+    for inputs, targets in batches[: case["steps"]]:
+        rates.append([group["lr"] for group in optimizer.param_groups])
+        loss = torch.nn.functional.cross_entropy(model(inputs), targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+    namespace["lrtune_eval"](batches)
+    results.append(
+        {
+            "optimizer": type(optimizer).__name__,
+            "rates": rates,
+            "eval_mode": not model.training and not optimizer.param_groups[0]["train_mode"],
+            "state": {name: value.tolist() for name, value in model.state_dict().items()},
+        }
+    )
+json.dump(results, open(sys.argv[2], "w"))
+"""
+EXPORT_STEPS = 40
+EXPORT_SCHEDULE = {"policy": "fixed", "lr": 0.05, "warmup_steps": 10}
+EXPORT_CASES = [
+    (name, rules)
+    for name in OPTIMIZERS
+    for rules in ([], [ParamGroupRule(match="head.", lr_mult=0.5)])
+]
+
+
+def test_the_exported_code_builds_the_optimizer_swaps_it_and_trains_as_the_trial_did(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "export_model.py").write_text(EXPORT_MODEL)
+    (tmp_path / "harness.py").write_text(EXPORT_HARNESS)
+    schedule = parse_schedule(EXPORT_SCHEDULE)
+    cases = [
+        {
+            "snippet": pytorch_snippet(
+                schedule,
+                param_groups=rules or None,
+                training_steps=EXPORT_STEPS,
+                optimizer=OptimizerSpec.model_validate(OPTIMIZERS[name][0]),
+            ),
+            "steps": EXPORT_STEPS,
+        }
+        for name, rules in EXPORT_CASES
+    ]
+    (tmp_path / "cases.json").write_text(json.dumps(cases))
+    completed = subprocess.run(
+        [sys.executable, "harness.py", "cases.json", "out.json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    results = json.loads((tmp_path / "out.json").read_text())
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    export_model = importlib.import_module("export_model")
+    try:
+        for (name, rules), case, result in zip(EXPORT_CASES, cases, results, strict=True):
+            assert "optimizer.train()" in case["snippet"] and "optimizer.eval()" in case["snippet"]
+            assert result["optimizer"] == OPTIMIZER_CLASSES[name].__name__ and result["eval_mode"]
+            mults = [0.5, 1.0] if rules else [1.0]  # the head's group first, as in a trial
+            expected_rates = learning_rates(schedule, np.arange(EXPORT_STEPS))[:, None] * mults
+            np.testing.assert_allclose(result["rates"], expected_rates, rtol=1e-12, atol=0.0)
+
+            # lrtune's own trial code on the same model and batches ends at the same average.
+            model = export_model.make_model()
+            spec = OptimizerSpec.model_validate(OPTIMIZERS[name][0])
+            optimizer = build_optimizer(model, spec, schedule, rules)
+            driver = ScheduleDriver(optimizer, schedule, total_steps=EXPORT_STEPS)
+            batches = export_model.make_batches()
+            train_weights(model, optimizer)
+            for inputs, targets in batches[:EXPORT_STEPS]:
+                loss = torch.nn.functional.cross_entropy(model(inputs), targets)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                driver.step()
+            eval_weights(
+                model, optimizer, train_loader=batches, device=torch.device("cpu"), data_epoch=0
+            )
+            for key, value in model.state_dict().items():
+                np.testing.assert_allclose(
+                    np.asarray(result["state"][key]), value.numpy(), rtol=1e-6, atol=1e-7
+                )
+    finally:
+        sys.modules.pop("export_model", None)
+
+
+def test_the_recommendation_of_a_schedule_free_job_exports_its_optimizer() -> None:
+    fixed = parse_schedule({"policy": "fixed", "lr": 0.01, "warmup_steps": 20})
+    trials = [
+        TrialSummary(
+            trial_id=f"t{seed}",
+            policy="fixed",
+            schedule=fixed,
+            seed=seed,
+            metric_values=[0.8, 0.9],
+            status="completed",
+        )
+        for seed in range(2)
+    ]
+    recommendation = build_recommendation(
+        job_id="j",
+        trials=trials,
+        metric="val_accuracy",
+        mode="max",
+        final=True,
+        optimizer=OptimizerSpec(name="adamw_schedulefree"),
+    )
+    code = recommendation.code["pytorch"]
+    assert "optimizer = schedulefree.AdamWScheduleFree(" in code
+    assert "def lrtune_train():" in code and "def lrtune_eval(" in code
+    plain = build_recommendation(
+        job_id="j", trials=trials, metric="val_accuracy", mode="max", final=True
+    )
+    assert "schedulefree" not in plain.code["pytorch"]

@@ -27,6 +27,7 @@ from lrtune.schemas.schedules import (
     SgdrSchedule,
     StepSchedule,
 )
+from lrtune.schemas.trials import OptimizerSpec
 
 __all__ = ["pytorch_snippet"]
 
@@ -39,6 +40,7 @@ def pytorch_snippet(
     *,
     param_groups: Sequence[ParamGroupRule] | None = None,
     training_steps: int | None = None,
+    optimizer: OptimizerSpec | None = None,
 ) -> str:
     """Python code that builds `scheduler` for an existing `optimizer` (any lr it was built with).
 
@@ -50,7 +52,9 @@ def pytorch_snippet(
     `param_groups`, the snippet also needs `model`: each optimizer group's multiplier comes from
     the names of its parameters. `training_steps` (steps the training will run) matters only for
     one_cycle: past total_steps OneCycleLR raises, while lrtune holds the final rate, so a longer
-    training gets a LambdaLR.
+    training gets a LambdaLR. With a schedule-free `optimizer` the snippet builds the optimizer
+    too (over `model`, one group per rule as a trial does) and defines `lrtune_train()` and
+    `lrtune_eval(train_batches)`, its train()/eval() swaps with BatchNorm recalibrated at x.
     """
     rules = list(param_groups or [])
     header = [
@@ -60,7 +64,10 @@ def pytorch_snippet(
     torch_class = None if spec.warmup_steps > 0 else _torch_class(spec, rules, training_steps)
     header += ["import fnmatch"] if rules else []
     header += ["import math"] if torch_class is None else []
-    header += ["", "import torch", ""]
+    schedule_free = optimizer is not None and optimizer.schedule_free
+    header += ["", *(["import schedulefree"] if schedule_free else []), "import torch", ""]
+    if optimizer is not None and schedule_free:
+        header += _schedule_free_optimizer_code(optimizer, rules)
     header += _multiplier_code(rules)
     if torch_class is not None:
         start, build = torch_class
@@ -79,7 +86,90 @@ def pytorch_snippet(
             "    group['initial_lr'] = group['lr'] = mult",
             "scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lrtune_rate)",
         ]
+    if schedule_free:
+        body += _SCHEDULE_FREE_SWAPS
     return "\n".join([*header, *body, ""])
+
+
+def _schedule_free_optimizer_code(
+    optimizer: OptimizerSpec, rules: list[ParamGroupRule]
+) -> list[str]:
+    """`optimizer = schedulefree...(...)` as lrtune's trial builds it (build_optimizer)."""
+    if optimizer.name == "sgd_schedulefree":
+        build = "schedulefree.SGDScheduleFree("
+        arguments = f"momentum={optimizer.momentum!r}, weight_decay={optimizer.weight_decay!r}"
+    else:
+        build = "schedulefree.AdamWScheduleFree("
+        arguments = (
+            f"betas={tuple(optimizer.betas)!r}, eps={optimizer.eps!r}, "
+            f"weight_decay={optimizer.weight_decay!r}"
+        )
+    lines = [
+        f"# The optimizer lrtune trained with ({optimizer.name}). Its own warmup stays 0: the",
+        "# scheduler below sets its rate every step, warmup included. Needs `model`.",
+    ]
+    if not rules:
+        lines += ["lrtune_params = list(model.parameters())"]
+    else:
+        patterns = [rule.match for rule in rules]
+        lines += [
+            "# One param group per rule, in order, then the unmatched parameters.",
+            f"lrtune_patterns = {patterns!r}",
+            "lrtune_grouped = [[] for _ in range(len(lrtune_patterns) + 1)]",
+            "for name, parameter in model.named_parameters():",
+            "    index = next(",
+            "        (i for i, pattern in enumerate(lrtune_patterns)",
+            "         if name.startswith(pattern) or fnmatch.fnmatchcase(name, pattern)),",
+            "        len(lrtune_patterns),",
+            "    )",
+            "    lrtune_grouped[index].append(parameter)",
+            "lrtune_params = [{'params': params} for params in lrtune_grouped if params]",
+        ]
+    return [
+        *lines,
+        f"optimizer = {build}",
+        f"    lrtune_params, lr=0.0, {arguments}, warmup_steps=0",
+        ")",
+        "",
+    ]
+
+
+# A schedule-free optimizer's weights are y (where gradients are taken) while training and the
+# average x for evaluation and checkpoints; BatchNorm's statistics gathered at y are recomputed
+# at x, as schedulefree's README says and lrtune's trial does.
+_SCHEDULE_FREE_SWAPS = [
+    "",
+    "",
+    "def lrtune_train():",
+    '    """Before training steps, where model.train() goes: the weights to y."""',
+    "    model.train()",
+    "    optimizer.train()",
+    "",
+    "",
+    "@torch.no_grad()",
+    "def lrtune_eval(train_batches=None, batches=50):",
+    '    """Before every evaluation and checkpoint, where model.eval() goes: the weights to the',
+    "    average x. With BatchNorm, pass training batches ((inputs, targets) pairs): its",
+    '    statistics are recomputed at x from `batches` of them."""',
+    "    optimizer.eval()",
+    "    norms = [",
+    "        m for m in model.modules()",
+    "        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats",
+    "    ]",
+    "    if norms and train_batches is not None:",
+    "        momenta = [norm.momentum for norm in norms]",
+    "        for norm in norms:",
+    "            norm.reset_running_stats()",
+    "            norm.momentum = None  # an equal average over the batches",
+    "        model.train()",
+    "        for index, (inputs, _) in enumerate(train_batches):",
+    "            if index == batches:",
+    "                break",
+    "            model(inputs)",
+    "        for norm, momentum in zip(norms, momenta):",
+    "            norm.momentum = momentum",
+    "    model.eval()",
+]
 
 
 def _multiplier_code(rules: list[ParamGroupRule]) -> list[str]:

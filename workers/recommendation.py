@@ -14,6 +14,7 @@ from typing import Literal
 
 from lrtune.schemas.recommendations import Comparison, PolicyEvidence, Recommendation
 from lrtune.schemas.schedules import ParamGroupRule, ScheduleSpec
+from lrtune.schemas.trials import OptimizerSpec
 from lrtune.workers.code_export import pytorch_snippet
 from scipy import stats
 
@@ -92,13 +93,15 @@ def build_recommendation(
     final: bool,
     param_groups: Sequence[ParamGroupRule] | None = None,
     training_steps: int | None = None,
+    optimizer: OptimizerSpec | None = None,
 ) -> Recommendation:
     """The winner, the best configuration of each policy, how sure we are, and the export.
 
     Configurations (identical schedule specs) are scored on the mean of their counted trials'
     final metric; the winner has the best mean (mode decides the sense; ties go to the smaller
     spread, then more seeds). The comparison is a Welch t-interval on the winner's mean minus
-    the best other policy's. `param_groups` and `training_steps` (the job's optimizer steps)
+    the best other policy's. `param_groups`, `training_steps` (the job's optimizer steps) and
+    `optimizer` (a schedule-free one is built in the PyTorch code)
     shape the PyTorch snippet. With `final` false this is the best so far.
     """
     configs = _ranked(_configs(trials), mode)
@@ -124,7 +127,10 @@ def build_recommendation(
     code: dict[str, str] = {}
     if winner is not None:
         code["pytorch"] = pytorch_snippet(
-            winner.schedule, param_groups=param_groups, training_steps=training_steps
+            winner.schedule,
+            param_groups=param_groups,
+            training_steps=training_steps,
+            optimizer=optimizer,
         )
     return Recommendation(
         job_id=job_id,
