@@ -88,7 +88,7 @@ class TrialState:
     step: int
     model: dict[str, Any]
     optimizer: dict[str, Any]
-    schedule: dict[str, int]
+    schedule: dict[str, Any]
     rng: dict[str, Any]
     reference_loss: float | None
     smoothed: float
@@ -136,6 +136,11 @@ def run_trial(
         raise WorkloadError(
             f"metric {metric!r} is not reported by workload {config.workload.label!r}; "
             f"it reports {sorted(reported)}"
+        )
+    if config.schedule.policy == "plateau" and config.schedule.mode != config.metric_mode:
+        raise ValueError(
+            f"plateau watches {metric!r}, whose mode is {config.metric_mode!r}, but its own "
+            f"mode is {config.schedule.mode!r}"
         )
     steps_per_epoch = workload.steps_per_epoch
     total_steps = config.epochs * steps_per_epoch
@@ -202,13 +207,16 @@ def run_trial(
             epoch=epoch + 1,
             step=step,
             # The rate of the epoch's last update; before any update, the first one's.
-            lr=learning_rate(config.schedule, max(step - 1, 0)),
+            lr=driver.rate(max(step - 1, 0)),
             train_loss=float(np.mean(losses)) if losses else math.nan,
             val_loss=val_loss,
             metrics=metrics,
             elapsed_s=time.perf_counter() - started,
         )
         history.append(result)
+        # Plateau's rate follows the job's metric: the driver gets each epoch's value once,
+        # after its evaluation (every other policy ignores it).
+        driver.on_epoch_end(result.values()[metric])
         if probing is not None and epoch + 1 in probing.epochs and not diverged and step > 0:
             probing.on_probe(
                 cooldown_probe(
@@ -222,6 +230,7 @@ def run_trial(
                     epoch=epoch + 1,
                     step=step,
                     cooldown=probing.cooldown,
+                    start_lr=driver.rate(step),
                 )
             )
         if checkpointing is not None and not diverged and checkpointing.due(epoch + 1):
@@ -263,6 +272,7 @@ def cooldown_probe(
     epoch: int,
     step: int,
     cooldown: Cooldown,
+    start_lr: float | None = None,
 ) -> ProbeResult:
     """What the trial would reach if its schedule annealed now.
 
@@ -270,7 +280,9 @@ def cooldown_probe(
     the batches that come next (the following epochs' order), the rate going from the
     schedule's current one, lr(step), to 0 in `cooldown.shape` (times each group's
     multiplier), then are evaluated and thrown away. The global RNGs are put back as they
-    were, so the trial itself goes on exactly as without the probe.
+    were, so the trial itself goes on exactly as without the probe. `start_lr` is the
+    schedule's rate at `step` when it is not the spec's lr(step) alone (plateau's follows the
+    metric: the trial's driver knows it).
 
     Schedule-free: the branch starts from the trial's eval-mode state, trains in train mode
     (gradients at y) and is evaluated at its average x, BatchNorm recomputed there. What
@@ -291,7 +303,8 @@ def cooldown_probe(
     # device), and the branch's steps would then move the trial's momentum buffers.
     branch_optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))
     steps = max(1, math.ceil(cooldown.fraction * step))
-    start_lr = learning_rate(config.schedule, step)
+    if start_lr is None:
+        start_lr = learning_rate(config.schedule, step)
     multipliers = [group.get("lr_mult", 1.0) for group in branch_optimizer.param_groups]
     # Schedule-free: the trial is at x (eval mode) here; the branch trains at y like the trial.
     train_weights(branch, branch_optimizer)
