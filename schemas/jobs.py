@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from lrtune.schemas.recommendations import RangeTestConfig
 from lrtune.schemas.schedules import POLICY_NAMES, ParamGroupRule
-from lrtune.schemas.search import validate_search_space
+from lrtune.schemas.search import check_metric_mode, validate_search_space
 from lrtune.schemas.trials import OptimizerSpec, schedule_free_policy_error
 from lrtune.schemas.workloads import BUILTIN_WORKLOADS, WorkloadSpec
 from pydantic import (
@@ -295,6 +295,17 @@ class JobSpec(BaseModel):
         scheduled = [p.policy for p in policies if p.policy != "fixed"]
         if optimizer is not None and optimizer.schedule_free and scheduled:
             raise ValueError(schedule_free_policy_error(optimizer.name, scheduled))
+        return policies
+
+    @field_validator("policies")
+    @classmethod
+    def _plateau_watches_the_metric(
+        cls, policies: list[PolicySearch], info: ValidationInfo
+    ) -> list[PolicySearch]:
+        metric: MetricSpec | None = info.data.get("metric")
+        mode = metric.mode if metric is not None and metric.mode else "min"
+        for entry in policies:
+            check_metric_mode(entry.policy, entry.search or {}, mode)
         return policies
 
     @property

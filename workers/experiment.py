@@ -333,6 +333,7 @@ class EqualBudgetSearcher(_StatefulSearcher):
                 point,
                 steps_per_epoch=self.steps_per_epoch,
                 total_steps=self.steps_per_epoch * self.epochs,
+                metric_mode=self._mode,
             )
             config["schedule"] = schedule.model_dump(mode="json")
         except (ValidationError, ValueError) as error:
