@@ -14,6 +14,7 @@ from lrtune.schemas.schedules import (
     CyclicSchedule,
     ExponentialSchedule,
     FixedSchedule,
+    InverseSqrtSchedule,
     InverseTimeSchedule,
     LinearCosineSchedule,
     MultiStepSchedule,
@@ -22,10 +23,13 @@ from lrtune.schemas.schedules import (
     OneCycleSchedule,
     ParamGroupRule,
     PiecewiseSchedule,
+    PlateauSchedule,
     PolynomialSchedule,
+    RexSchedule,
     ScheduleSpec,
     SgdrSchedule,
     StepSchedule,
+    WsdSchedule,
 )
 from lrtune.schemas.trials import OptimizerSpec
 
@@ -52,11 +56,15 @@ def pytorch_snippet(
     `param_groups`, the snippet also needs `model`: each optimizer group's multiplier comes from
     the names of its parameters. `training_steps` (steps the training will run) matters only for
     one_cycle: past total_steps OneCycleLR raises, while lrtune holds the final rate, so a longer
-    training gets a LambdaLR. With a schedule-free `optimizer` the snippet builds the optimizer
-    too (over `model`, one group per rule as a trial does) and defines `lrtune_train()` and
-    `lrtune_eval(train_batches)`, its train()/eval() swaps with BatchNorm recalibrated at x.
+    training gets a LambdaLR. plateau is torch's ReduceLROnPlateau, stepped with the metric
+    after every epoch instead (and a LambdaLR for its warmup). With a schedule-free `optimizer`
+    the snippet builds the optimizer too (over `model`, one group per rule as a trial does) and
+    defines `lrtune_train()` and `lrtune_eval(train_batches)`, its train()/eval() swaps with
+    BatchNorm recalibrated at x.
     """
     rules = list(param_groups or [])
+    if isinstance(spec, PlateauSchedule):
+        return _plateau_snippet(spec, rules)
     header = [
         f"# lrtune schedule ({spec.policy}): {spec.model_dump_json()}",
         "# Call scheduler.step() after every optimizer.step().",
@@ -270,7 +278,18 @@ def _lambda_code(spec: ScheduleSpec) -> list[str]:
         "",
         "",
     ]
-    if spec.warmup_steps > 0:
+    if spec.warmup_steps > 0 and spec.policy == "wsd":
+        lines += [
+            "def lrtune_rate(t):",
+            f"    # Linear warmup from {spec.warmup_start_lr!r} to lr; WSD's clock counts the",
+            "    # warmup (total_steps includes it).",
+            f"    if t < {spec.warmup_steps}:",
+            f"        start = {spec.warmup_start_lr!r}",
+            f"        first = lrtune_inner({spec.warmup_steps})",
+            f"        return start + (first - start) * (t / {spec.warmup_steps})",
+            "    return lrtune_inner(t)",
+        ]
+    elif spec.warmup_steps > 0:
         lines += [
             "def lrtune_rate(t):",
             f"    # Linear warmup from {spec.warmup_start_lr!r} to the schedule's first rate,",
@@ -461,6 +480,93 @@ def _one_cycle_code(spec: OneCycleSchedule) -> list[str]:
     ]
 
 
+def _wsd_code(spec: WsdSchedule) -> list[str]:
+    total, decay, ratio, lr = spec.total_steps, spec.decay_steps, spec.min_lr_ratio, spec.lr
+    assert decay is not None  # WsdSchedule fills it in from decay_frac
+    shape = {
+        "linear": "1.0 - p",
+        "1-sqrt": "1.0 - math.sqrt(p)",
+        "cosine": "0.5 * (1.0 + math.cos(math.pi * p))",
+    }[spec.decay_shape]
+    return [
+        "# t counts every step, the warmup's too: the decay ends at total_steps.",
+        f"if t < {total - decay}:",
+        f"    return {lr!r}  # stable",
+        f"if t >= {total}:",
+        f"    return {ratio!r} * {lr!r}",
+        f"p = (t - {total - decay}) / {decay}",
+        f"return {lr!r} * (({shape}) * (1.0 - {ratio!r}) + {ratio!r})",
+    ]
+
+
+def _inverse_sqrt_code(spec: InverseSqrtSchedule) -> list[str]:
+    return [f"return {spec.lr!r} / math.sqrt((t + {spec.timescale}) / {spec.timescale})"]
+
+
+def _rex_code(spec: RexSchedule) -> list[str]:
+    total = spec.total_steps
+    return [
+        f"progress = min(t, {total}) / {total}",
+        f"return {spec.min_lr!r} + ({spec.lr!r} - {spec.min_lr!r}) "
+        "* ((1.0 - progress) / (1.0 - progress / 2.0))",
+    ]
+
+
+def _plateau_snippet(spec: PlateauSchedule, rules: list[ParamGroupRule]) -> str:
+    """ReduceLROnPlateau on the monitored metric, each group from lr x its multiplier (torch
+    keeps one rate per group, so min_lr is scaled per group too); a LambdaLR for the warmup."""
+    warmup = spec.warmup_steps
+    lines = [
+        f"# lrtune schedule (plateau): {spec.model_dump_json()}",
+        f"# torch's ReduceLROnPlateau on the metric lrtune monitored (mode {spec.mode!r}): call",
+        "# scheduler.step(metric) after every epoch's evaluation with that epoch's value, not",
+        "# after optimizer.step().",
+    ]
+    if warmup:
+        lines += [
+            f"# With the warmup: warmup.step() after each of the first {warmup} optimizer steps,",
+            f"# and scheduler.step(metric) only for epochs that end at or after step {warmup}:",
+            "#     optimizer.step(); steps_done += 1",
+            f"#     if steps_done <= {warmup}: warmup.step()",
+            "#     ...after evaluating an epoch:",
+            f"#     if steps_done >= {warmup}: scheduler.step(metric)",
+        ]
+    lines += ["import fnmatch"] if rules else []
+    lines += ["", "import torch", "", *_multiplier_code(rules)]
+    if warmup:
+        lines += [
+            "",
+            "",
+            "def lrtune_warmup(t):",
+            f"    # Linear from {spec.warmup_start_lr!r} to lr, then lr (ReduceLROnPlateau's).",
+            f"    if t < {warmup}:",
+            f"        start = {spec.warmup_start_lr!r}",
+            f"        return start + ({spec.lr!r} - start) * (t / {warmup})",
+            f"    return {spec.lr!r}",
+            "",
+            "",
+            "# LambdaLR multiplies each group's initial_lr by lrtune_warmup(t): the multiplier.",
+            "for group, mult in zip(optimizer.param_groups, lr_mults):",
+            "    group['initial_lr'] = group['lr'] = mult",
+            "warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lrtune_warmup)",
+        ]
+    else:
+        lines += [
+            "",
+            "for group, mult in zip(optimizer.param_groups, lr_mults):",
+            f"    group['lr'] = {spec.lr!r} * mult",
+        ]
+    lines += [
+        "scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(",
+        f"    optimizer, mode={spec.mode!r}, factor={spec.factor!r}, patience={spec.patience},",
+        f"    threshold={spec.threshold!r}, threshold_mode={spec.threshold_mode!r}, "
+        f"cooldown={spec.cooldown},",
+        f"    min_lr=[{spec.min_lr!r} * m for m in lr_mults], eps={spec.eps!r},",
+        ")",
+    ]
+    return "\n".join([*lines, ""])
+
+
 # Each takes its own policy's spec; the policy name picks the right one.
 _INNER_CODE: dict[str, Callable[[Any], list[str]]] = {
     "fixed": _fixed_code,
@@ -477,4 +583,7 @@ _INNER_CODE: dict[str, Callable[[Any], list[str]]] = {
     "clr": _clr_code,
     "sgdr": _sgdr_code,
     "one_cycle": _one_cycle_code,
+    "wsd": _wsd_code,
+    "inverse_sqrt": _inverse_sqrt_code,
+    "rex": _rex_code,
 }
