@@ -407,6 +407,27 @@ def test_new_job_form_previews_and_submits_a_valid_job(
     assert page.get_by_test_id("cancel").count() == 1  # a queued job can be cancelled
 
 
+def test_new_job_form_offers_the_new_policies_from_the_catalogue(
+    page: Any, service: tuple[str, int], tmp_path: Path
+) -> None:
+    url, _ = service
+    page.goto(f"{url}/#/new")
+    page.get_by_test_id("new-job-form").wait_for()
+    for policy in ("wsd", "inverse_sqrt", "rex", "plateau"):
+        page.locator(f"input[data-policy={policy}]").check()
+        page.get_by_test_id(f"preview-{policy}").locator("canvas").wait_for()
+    # plateau's card says why its preview is flat: the rate follows the job's metric.
+    card = page.locator(".policy-card", has=page.get_by_test_id("preview-plateau"))
+    assert "follows the job's metric" in card.locator(".preview-msg").inner_text()
+    screenshot(page, tmp_path, "new-job-new-policies")
+    page.get_by_test_id("submit").click()
+    page.wait_for_url("**/#/jobs/*")
+    job = httpx.get(f"{url}/v1/jobs/{int(page.url.rsplit('/', 1)[1])}").json()
+    assert {"wsd", "inverse_sqrt", "rex", "plateau"} <= {
+        p["policy"] for p in job["spec"]["policies"]
+    }
+
+
 def test_new_job_form_shows_the_422_message(
     page: Any, service: tuple[str, int], tmp_path: Path
 ) -> None:

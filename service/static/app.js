@@ -495,6 +495,11 @@ async function renderLrCurves(card, curves) {
     return;
   }
   const series = await Promise.all(best.map(async (t) => {
+    if (t.policy === "plateau") {
+      // Its rate followed the trial's metric, which a preview does not know: the recorded rates.
+      const rows = await api(`/v1/trials/${t.trial_id}/metrics`).catch(() => null);
+      return rows && { label: t.policy, x: rows.map((m) => m.step), y: rows.map((m) => finite(m.lr)), colour: policyColour(t.policy), width: 1.6 };
+    }
     const steps = Math.max(1, t.steps);
     const preview = await api("/v1/schedules/preview", {
       method: "POST", body: { schedule: t.schedule, steps, every: Math.max(1, Math.floor(steps / 300)) },
@@ -841,7 +846,7 @@ function policyCard(info, onChange) {
         try {
           const schedule = middleSchedule(info, parsed, total);
           const curve = await api("/v1/schedules/preview", { method: "POST", body: { schedule, steps: total, every: Math.max(1, Math.floor(total / 150)) } });
-          message.textContent = "";
+          message.textContent = info.name === "plateau" ? "constant until the metric stalls: it follows the job's metric each epoch" : "";
           lineChart(chart, [{ label: info.name, x: curve.step, y: curve.lr, colour: policyColour(info.name), width: 1.6 }], { height: 86, bare: true });
           chart.title = `lr from ${fmt(Math.max(...curve.lr), 3)} (max) over ${total} steps`;
         } catch (error) {
