@@ -25,6 +25,9 @@ from lrtune.schemas.recommendations import RangeTestConfig
 from lrtune.schemas.schedules import ParamGroupRule, parse_schedule
 from lrtune.schemas.trials import EpochResult, OptimizerSpec, ProbeResult, TrialConfig
 from lrtune.schemas.workloads import WorkloadSpec
+from lrtune.service.settings import Settings
+from lrtune.service.store import Store
+from lrtune.service.worker import run_worker
 from lrtune.workers import trial as trial_module
 from lrtune.workers.code_export import pytorch_snippet
 from lrtune.workers.range_test import run_range_test
@@ -601,3 +604,48 @@ def test_the_recommendation_of_a_schedule_free_job_exports_its_optimizer() -> No
         job_id="j", trials=trials, metric="val_accuracy", mode="max", final=True
     )
     assert "schedulefree" not in plain.code["pytorch"]
+
+
+# --- a job through the real worker ------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def ray_local() -> Iterator[str]:
+    """One local Ray for the whole run (the same as tests/test_worker_ray.py's)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+
+
+@pytest.mark.ray
+def test_a_schedule_free_job_runs_to_its_recommendation(
+    ray_local: str, settings: Settings, store: Store, api_client: TestClient
+) -> None:
+    """The range test, cooldown-judged ASHA (probes, checkpoints at the rung) and the export,
+    with adamw_schedulefree under the fixed policy and a searched warmup."""
+    spec = JobSpec.model_validate(
+        {
+            "workload": DIGITS_MLP,
+            "optimizer": {"name": "adamw_schedulefree"},
+            "policies": [{"policy": "fixed", "search": {"warmup_steps": {"int": [0, 20]}}}],
+            "lr_bounds": "auto",
+            "range_test": {"iterations": 40, "min_lr": 1e-5, "max_lr": 10.0},
+            "budget": {"epochs": 3, "trials_per_policy": 2, "max_concurrent_trials": 2},
+            "early_stopping": {"kind": "asha", "grace_epochs": 1, "reduction_factor": 3},
+        }
+    )
+    job, _ = store.create_job(spec=spec)
+    run_worker(settings, once=True, store=store)
+    job = store.get_job(job.id)
+
+    assert job.status == "succeeded", job.error
+    trials = store.list_trials(job_id=job.id, limit=10).items
+    assert len(trials) == 2 and {t.status for t in trials} <= {"completed", "pruned"}
+    probes = [api_client.get(f"/v1/trials/{t.id}/probes").json() for t in trials]
+    assert all(p and p[0]["epoch"] == 1 for p in probes)  # each judged at the rung by a probe
+    answer = api_client.get(f"/v1/jobs/{job.id}/recommendation")
+    assert answer.status_code == 200, answer.text
+    code = answer.json()["code"]["pytorch"]
+    assert "schedulefree.AdamWScheduleFree(" in code and "def lrtune_eval(" in code
