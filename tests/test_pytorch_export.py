@@ -96,6 +96,9 @@ SPECS: list[tuple[dict[str, Any], str]] = [
         "LambdaLR",
     ),
     ({"policy": "sgdr", "eta_max": 0.1, "t_0": 50, "t_mult": 1.5}, "LambdaLR"),
+    # The first restart starts at t_0 * (t_mult - 1) / (t_mult - 1), a bit above 1 in numpy's
+    # floats and a bit below in Python's math module: the snippet must use numpy's, as lrtune.
+    ({"policy": "sgdr", "eta_max": 1.0, "t_0": 1, "t_mult": 2.0566099545505185}, "LambdaLR"),
     # Shorter than the training: OneCycleLR would raise past total_steps, so a LambdaLR.
     ({"policy": "one_cycle", "max_lr": 0.1, "total_steps": 2000}, "LambdaLR"),
     (

@@ -72,6 +72,7 @@ def pytorch_snippet(
     torch_class = None if spec.warmup_steps > 0 else _torch_class(spec, rules, training_steps)
     header += ["import fnmatch"] if rules else []
     header += ["import math"] if torch_class is None else []
+    header += ["import numpy as np"] if torch_class is None and _sgdr_float_restarts(spec) else []
     schedule_free = optimizer is not None and optimizer.schedule_free
     header += ["", *(["import schedulefree"] if schedule_free else []), "import torch", ""]
     if optimizer is not None and schedule_free:
@@ -430,14 +431,15 @@ def _sgdr_code(spec: SgdrSchedule) -> list[str]:
             "t_cur = t - start",
         ]
     else:
+        # numpy's log1p and expm1, as schedule_math's: Python's math module may differ in the
+        # last bit, enough to move a restart that starts at a whole step (t_0 1: start 1).
         find = [
-            "def restart_start(i):  # t_0 * (t_mult**i - 1) / (t_mult - 1)",
-            f"    return {t_0} * math.expm1(i * math.log1p({t_mult!r} - 1.0)) / ({t_mult!r} - 1.0)",
-            "",
-            "restart = 0",
-            "while restart_start(restart + 1) <= t:",
-            "    restart += 1",
-            "t_cur = t - restart_start(restart)",
+            "# Restart i starts at t_0 * (t_mult**i - 1) / (t_mult - 1), computed as lrtune does.",
+            f"count = int(math.log1p(t / {t_0} * ({t_mult!r} - 1.0)) / math.log({t_mult!r})) + 2",
+            "index = np.arange(count, dtype=np.float64)",
+            f"starts = {t_0} * np.expm1(index * np.log1p({t_mult!r} - 1.0)) / ({t_mult!r} - 1.0)",
+            "restart = int(np.searchsorted(starts, t, side='right')) - 1",
+            "t_cur = t - float(starts[restart])",
             f"t_i = {t_0} * {t_mult!r} ** float(restart)",
         ]
     return [
@@ -446,6 +448,10 @@ def _sgdr_code(spec: SgdrSchedule) -> list[str]:
         f"return {spec.eta_min!r} + ({spec.eta_max!r} - {spec.eta_min!r}) "
         f"* {spec.restart_decay!r} ** float(restart) * cosine",
     ]
+
+
+def _sgdr_float_restarts(spec: ScheduleSpec) -> bool:
+    return isinstance(spec, SgdrSchedule) and not float(spec.t_mult).is_integer()
 
 
 def _one_cycle_code(spec: OneCycleSchedule) -> list[str]:
