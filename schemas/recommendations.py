@@ -129,4 +129,14 @@ class Recommendation(BaseModel):
     by_policy: list[PolicyEvidence]
     comparison: Comparison | None
     rationale: str
-    code: dict[str, str] = Field(default_factory=dict, description='{"pytorch": snippet}.')
+    code: dict[str, str] = Field(
+        default_factory=dict,
+        description="The winner's schedule as code to paste, by format: pytorch "
+        "(torch.optim.lr_scheduler), keras (a Keras 3 LearningRateSchedule) and huggingface "
+        "(transformers' TrainingArguments, or a scheduler for Trainer(optimizers=...)).",
+    )
+    exact: dict[str, bool] = Field(
+        default_factory=dict,
+        description="By format: whether its code gives exactly lrtune's rates. A false one says "
+        "why on the code's first line (Keras has no param groups, so no multipliers).",
+    )

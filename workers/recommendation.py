@@ -15,7 +15,7 @@ from typing import Literal
 from lrtune.schemas.recommendations import Comparison, PolicyEvidence, Recommendation
 from lrtune.schemas.schedules import ParamGroupRule, ScheduleSpec
 from lrtune.schemas.trials import OptimizerSpec
-from lrtune.workers.code_export import pytorch_snippet
+from lrtune.workers.code_export import export_snippets
 from scipy import stats
 
 __all__ = [
@@ -101,8 +101,9 @@ def build_recommendation(
     final metric; the winner has the best mean (mode decides the sense; ties go to the smaller
     spread, then more seeds). The comparison is a Welch t-interval on the winner's mean minus
     the best other policy's. `param_groups`, `training_steps` (the job's optimizer steps) and
-    `optimizer` (a schedule-free one is built in the PyTorch code)
-    shape the PyTorch snippet. With `final` false this is the best so far.
+    `optimizer` (a schedule-free one is built in the PyTorch code) shape the exported code
+    (PyTorch, Keras, Hugging Face), each with whether it is exact. With `final` false this is
+    the best so far.
     """
     configs = _ranked(_configs(trials), mode)
     best_by_policy: dict[str, _Config] = {}
@@ -125,13 +126,17 @@ def build_recommendation(
         counted=sum(len(c.trials) for c in configs),
     )
     code: dict[str, str] = {}
+    exact: dict[str, bool] = {}
     if winner is not None:
-        code["pytorch"] = pytorch_snippet(
+        snippets = export_snippets(
             winner.schedule,
             param_groups=param_groups,
             training_steps=training_steps,
             optimizer=optimizer,
+            metric=metric,
         )
+        code = {name: snippet.code for name, snippet in snippets.items()}
+        exact = {name: snippet.exact for name, snippet in snippets.items()}
     return Recommendation(
         job_id=job_id,
         final=final,
@@ -142,6 +147,7 @@ def build_recommendation(
         comparison=comparison,
         rationale=rationale,
         code=code,
+        exact=exact,
     )
 
 
