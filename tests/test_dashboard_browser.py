@@ -351,6 +351,15 @@ def test_job_page_draws_curves_leaderboard_and_recommendation(
         assert recommendation.get_by_test_id("code").inner_text().strip() == (
             body["code"]["pytorch"].strip()
         )
+        # One tab per format: each shows its own code, and says when it is not exact.
+        for name in ("keras", "huggingface", "pytorch"):
+            recommendation.get_by_test_id(f"code-tab-{name}").click()
+            tab = recommendation.get_by_test_id(f"code-tab-{name}")
+            assert tab.get_attribute("aria-selected") == "true"
+            shown = recommendation.get_by_test_id("code").inner_text().strip()
+            assert shown == body["code"][name].strip()
+            inexact = recommendation.get_by_test_id("code-inexact")
+            assert inexact.is_visible() == (not body["exact"][name])
     else:
         assert answer.status_code == 404
         assert "not available" in recommendation.inner_text()
@@ -360,6 +369,26 @@ def test_job_page_draws_curves_leaderboard_and_recommendation(
     assert page.get_by_test_id("cancel").count() == 0
     assert page.get_by_test_id("trials").locator("tbody tr").count() == 12
     screenshot(page, tmp_path, "job-page")
+
+
+def test_a_format_that_is_not_exact_says_so_on_its_tab(
+    page: Any, service: tuple[str, int], tmp_path: Path
+) -> None:
+    url, job_id = service
+    body = httpx.get(f"{url}/v1/jobs/{job_id}/recommendation").json()
+    # As a job with discriminative multipliers answers: Keras cannot give them.
+    body["exact"]["keras"] = False
+    page.route(
+        f"**/v1/jobs/{job_id}/recommendation",
+        lambda route: route.fulfill(json=body),
+    )
+    page.goto(f"{url}/#/jobs/{job_id}")
+    recommendation = page.get_by_test_id("recommendation")
+    recommendation.get_by_test_id("code-tab-keras").click()
+    assert recommendation.get_by_test_id("code-inexact").is_visible()
+    screenshot(page, tmp_path, "recommendation-keras-not-exact")
+    recommendation.get_by_test_id("code-tab-huggingface").click()
+    assert not recommendation.get_by_test_id("code-inexact").is_visible()
 
 
 def test_trial_page_shows_spec_curves_and_metrics(

@@ -311,6 +311,8 @@ function renderProgress(card, job) {
   );
 }
 
+const CODE_FORMATS = [["pytorch", "PyTorch"], ["keras", "Keras"], ["huggingface", "Hugging Face"]];
+
 function renderRecommendation(card, reco, job) {
   if (!reco) {
     const why = FINISHED_JOB.has(job.status) ? "not available for this job" : "not available yet: it appears once trials have finished";
@@ -331,10 +333,23 @@ function renderRecommendation(card, reco, job) {
     const ci = c.ci_low !== null && c.ci_high !== null ? ` (${Math.round(c.confidence * 100)}% CI ${fmt(c.ci_low)} to ${fmt(c.ci_high)})` : "";
     parts.push(h("p", { class: "muted small" }, `${c.winner} beats ${c.runner_up} by ${fmt(c.difference)}${ci}; ${c.method}`));
   }
-  const code = reco.code && reco.code.pytorch;
-  if (code) {
+  // One tab per exported format; a format that is not exact says so (its first line says why).
+  const formats = CODE_FORMATS.filter(([key]) => reco.code && reco.code[key]);
+  if (formats.length) {
+    let shown = formats[0][0];
+    const pre = h("pre", { "data-testid": "code" });
+    const inexact = h("span", { class: "badge cancelled", "data-testid": "code-inexact" }, "not exact");
+    const tabs = formats.map(([key, label]) =>
+      h("button", { class: "tab", role: "tab", "data-testid": `code-tab-${key}`, onclick: () => show(key) }, label));
+    const show = (key) => {
+      shown = key;
+      pre.textContent = reco.code[key];
+      formats.forEach(([k], i) => tabs[i].setAttribute("aria-selected", String(k === key)));
+      inexact.style.display = reco.exact && reco.exact[key] === false ? "" : "none";
+    };
     const copy = h("button", { "data-testid": "copy-code" }, "Copy");
     copy.onclick = async () => {
+      const code = reco.code[shown];
       try {
         await navigator.clipboard.writeText(code);
       } catch {
@@ -347,7 +362,8 @@ function renderRecommendation(card, reco, job) {
       copy.textContent = "Copied";
       setTimeout(() => { copy.textContent = "Copy"; }, 1500);
     };
-    parts.push(h("div", { class: "codehead" }, h("b", {}, "PyTorch"), copy), h("pre", { "data-testid": "code" }, code));
+    show(shown);
+    parts.push(h("div", { class: "codehead" }, h("div", { class: "tabs", role: "tablist" }, tabs, inexact), copy), pre);
   }
   card.replaceChildren(...parts);
 }
