@@ -193,11 +193,12 @@ def test_a_trial_with_a_schedule_free_optimizer_runs_the_fixed_policy_only() -> 
 def test_a_job_with_a_schedule_free_optimizer_and_another_policy_is_422(
     api_client: TestClient, job_body: dict[str, Any]
 ) -> None:
+    # The job's optimizer is the field to change (or clr's own: tests/test_optimizer_arms.py).
     body = {**job_body, "optimizer": {"name": "sgd_schedulefree"}, "policies": ["fixed", "clr"]}
     answer = api_client.post("/v1/jobs", json=body)
     assert answer.status_code == 422, answer.text
     fields = answer.json()["error"]["fields"]
-    assert [f["path"] for f in fields] == ["policies"]
+    assert [f["path"] for f in fields] == ["optimizer.name"]
     assert (
         "sgd_schedulefree runs with the fixed policy (plus warmup) only, not ['clr']"
         in (fields[0]["message"])
@@ -607,16 +608,6 @@ def test_the_recommendation_of_a_schedule_free_job_exports_its_optimizer() -> No
 
 
 # --- a job through the real worker ------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def ray_local() -> Iterator[str]:
-    """One local Ray for the whole run (the same as tests/test_worker_ray.py's)."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray.get_runtime_context().gcs_address
 
 
 @pytest.mark.ray

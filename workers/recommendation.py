@@ -15,7 +15,7 @@ from typing import Literal
 from lrtune.schemas.recommendations import Comparison, PolicyEvidence, Recommendation
 from lrtune.schemas.schedules import ParamGroupRule, ScheduleSpec
 from lrtune.schemas.trials import OptimizerSpec
-from lrtune.workers.code_export import export_snippets
+from lrtune.workers.code_export import Snippet, export_snippets
 from scipy import stats
 
 __all__ = [
@@ -38,7 +38,8 @@ class TrialSummary:
 
     `metric_values` holds the job metric after each epoch; `final_metric` is the value the trial
     is judged on (default: the last epoch's). NaN or inf (a diverged trial) counts as the worst
-    possible value.
+    possible value. `optimizer` is the one it trained with (None: the job's, as
+    `build_recommendation` is told).
     """
 
     trial_id: str
@@ -49,6 +50,7 @@ class TrialSummary:
     final_metric: float | None = None
     is_confirmation: bool = False
     status: str = "completed"
+    optimizer: OptimizerSpec | None = None
 
     @property
     def final(self) -> float:
@@ -59,10 +61,11 @@ class TrialSummary:
 
 @dataclass(frozen=True)
 class _Config:
-    """One schedule configuration and the trials (seeds) that ran it."""
+    """One configuration (a schedule with an optimizer) and the trials (seeds) that ran it."""
 
     policy: str
     schedule: ScheduleSpec
+    optimizer: OptimizerSpec | None
     trials: tuple[TrialSummary, ...]
 
 
@@ -97,22 +100,34 @@ def build_recommendation(
 ) -> Recommendation:
     """The winner, the best configuration of each policy, how sure we are, and the export.
 
-    Configurations (identical schedule specs) are scored on the mean of their counted trials'
-    final metric; the winner has the best mean (mode decides the sense; ties go to the smaller
-    spread, then more seeds). The comparison is a Welch t-interval on the winner's mean minus
-    the best other policy's. `param_groups`, `training_steps` (the job's optimizer steps) and
-    `optimizer` (a schedule-free one is built in the PyTorch code) shape the exported code
-    (PyTorch, Keras, Hugging Face), each with whether it is exact. With `final` false this is
-    the best so far.
+    Configurations (identical schedule specs and optimizers: a trial's own, else `optimizer`,
+    the job's) are scored on the mean of their counted trials' final metric; the winner has the
+    best mean (mode decides the sense; ties go to the smaller spread, then more seeds). The
+    comparison is a Welch t-interval on the winner's mean minus the best other policy's.
+    `param_groups`, `training_steps` (the job's optimizer steps) and each configuration's
+    optimizer (a schedule-free one is built in the PyTorch code) shape the exported code
+    (PyTorch, Keras, Hugging Face), each with whether it is exact: each policy's best
+    configuration carries its code, and the recommendation's is the winner's.
+    With `final` false this is the best so far.
     """
-    configs = _ranked(_configs(trials), mode)
+    configs = _ranked(_configs(trials, optimizer=optimizer), mode)
     best_by_policy: dict[str, _Config] = {}
     for config in configs:
         best_by_policy.setdefault(config.policy, config)
     ranked_best = list(best_by_policy.values())
 
     baseline = _mean(best_by_policy["fixed"], mode) if "fixed" in best_by_policy else None
-    evidence = [_evidence(config, mode=mode, baseline=baseline) for config in ranked_best]
+    evidence = [
+        _evidence(
+            config,
+            mode=mode,
+            baseline=baseline,
+            snippets=_exports(
+                config, param_groups=param_groups, training_steps=training_steps, metric=metric
+            ),
+        )
+        for config in ranked_best
+    ]
     winner = evidence[0] if evidence else None
     comparison = (
         _compare(ranked_best[0], ranked_best[1], mode=mode) if len(ranked_best) > 1 else None
@@ -124,19 +139,8 @@ def build_recommendation(
         final=final,
         baseline=baseline,
         counted=sum(len(c.trials) for c in configs),
+        labels=_labels(evidence),
     )
-    code: dict[str, str] = {}
-    exact: dict[str, bool] = {}
-    if winner is not None:
-        snippets = export_snippets(
-            winner.schedule,
-            param_groups=param_groups,
-            training_steps=training_steps,
-            optimizer=optimizer,
-            metric=metric,
-        )
-        code = {name: snippet.code for name, snippet in snippets.items()}
-        exact = {name: snippet.exact for name, snippet in snippets.items()}
     return Recommendation(
         job_id=job_id,
         final=final,
@@ -146,24 +150,53 @@ def build_recommendation(
         by_policy=evidence,
         comparison=comparison,
         rationale=rationale,
-        code=code,
-        exact=exact,
+        code=dict(winner.code) if winner is not None else {},
+        exact=dict(winner.exact) if winner is not None else {},
+    )
+
+
+def _exports(
+    config: _Config,
+    *,
+    param_groups: Sequence[ParamGroupRule] | None,
+    training_steps: int | None,
+    metric: str,
+) -> dict[str, Snippet]:
+    """The configuration as code in every format, with the optimizer it trained with."""
+    return export_snippets(
+        config.schedule,
+        param_groups=param_groups,
+        training_steps=training_steps,
+        optimizer=config.optimizer,
+        metric=metric,
     )
 
 
 # --- statistics -------------------------------------------------------------------------------
 
 
-def _configs(trials: Sequence[TrialSummary]) -> list[_Config]:
-    grouped: dict[str, list[TrialSummary]] = {}
+def _configs(
+    trials: Sequence[TrialSummary], *, optimizer: OptimizerSpec | None = None
+) -> list[_Config]:
+    grouped: dict[tuple[str, str], list[TrialSummary]] = {}
+    trained_with: dict[tuple[str, str], OptimizerSpec | None] = {}
     for trial in trials:
         if trial.status not in _COUNTED_STATUSES:
             continue
-        # The spec's JSON (policy included) is the configuration's identity; seeds vary.
-        grouped.setdefault(trial.schedule.model_dump_json(), []).append(trial)
+        # The spec's JSON (policy included) and the optimizer's are the configuration's
+        # identity; seeds vary.
+        used = trial.optimizer or optimizer
+        key = (trial.schedule.model_dump_json(), used.model_dump_json() if used else "")
+        grouped.setdefault(key, []).append(trial)
+        trained_with[key] = used
     return [
-        _Config(policy=group[0].policy, schedule=group[0].schedule, trials=tuple(group))
-        for group in grouped.values()
+        _Config(
+            policy=group[0].policy,
+            schedule=group[0].schedule,
+            optimizer=trained_with[key],
+            trials=tuple(group),
+        )
+        for key, group in grouped.items()
     ]
 
 
@@ -223,7 +256,9 @@ def _mean_curve(config: _Config, mode: Mode) -> list[float]:
     return mean
 
 
-def _evidence(config: _Config, *, mode: Mode, baseline: float | None) -> PolicyEvidence:
+def _evidence(
+    config: _Config, *, mode: Mode, baseline: float | None, snippets: dict[str, Snippet]
+) -> PolicyEvidence:
     values = _values(config, mode)
     curve = _mean_curve(config, mode)
     epochs_to_baseline: int | None = None
@@ -240,12 +275,15 @@ def _evidence(config: _Config, *, mode: Mode, baseline: float | None) -> PolicyE
     return PolicyEvidence(
         policy=config.policy,
         schedule=config.schedule,
+        optimizer=config.optimizer,
         metric_mean=_mean(config, mode),
         metric_std=_std(values),
         n_seeds=len(values),
         trial_ids=[trial.trial_id for trial in config.trials],
         epochs_to_baseline=epochs_to_baseline,
         auc=auc,
+        code={name: snippet.code for name, snippet in snippets.items()},
+        exact={name: snippet.exact for name, snippet in snippets.items()},
     )
 
 
@@ -304,6 +342,17 @@ def _compare(best: _Config, other: _Config, *, mode: Mode) -> Comparison:
 # --- rationale --------------------------------------------------------------------------------
 
 
+def _labels(evidence: list[PolicyEvidence]) -> dict[str, str]:
+    """Each policy as the rationale names it: with its optimizer when the policies' optimizers
+    differ (a schedule-free fixed arm among scheduled ones), else the policy alone."""
+    trained_with = {e.optimizer.model_dump_json() if e.optimizer else "" for e in evidence}
+    if len(trained_with) < 2:
+        return {e.policy: e.policy for e in evidence}
+    return {
+        e.policy: f"{e.policy} ({e.optimizer.name})" if e.optimizer else e.policy for e in evidence
+    }
+
+
 def _is_share(metric: str) -> bool:
     return metric.endswith("accuracy")
 
@@ -327,6 +376,7 @@ def _rationale(
     final: bool,
     baseline: float | None,
     counted: int,
+    labels: dict[str, str],
 ) -> str:
     if not evidence:
         return (
@@ -343,15 +393,15 @@ def _rationale(
     seeds = "1 seed" if winner.n_seeds == 1 else f"{winner.n_seeds} seeds"
     parts = [
         ("Best so far (the job is still running): " if not final else "")
-        + f"{winner.policy} has the best mean {metric}, {_value_text(winner.metric_mean, metric)}"
-        + f"{spread} over {seeds}."
+        + f"{labels[winner.policy]} has the best mean {metric}, "
+        + f"{_value_text(winner.metric_mean, metric)}{spread} over {seeds}."
     ]
     if comparison is None:
         parts.append(f"It is the only policy with finished trials ({counted} counted).")
     else:
         runner = next(e for e in evidence if e.policy == comparison.runner_up)
         beat = (
-            f"{comparison.winner} beats {comparison.runner_up} "
+            f"{labels[comparison.winner]} beats {labels[comparison.runner_up]} "
             f"({_value_text(runner.metric_mean, metric)}) by "
             f"{_difference_text(comparison.difference, metric)}"
         )
@@ -378,16 +428,16 @@ def _rationale(
         reached = winner.epochs_to_baseline
         fixed = next(e for e in evidence if e.policy == "fixed")
         baseline_text = _value_text(baseline, metric)
+        fixed_rate = f"the best {labels['fixed']} rate"
         if winner.policy == "fixed":
             pass
         elif reached is None:
             parts.append(
-                f"Its mean curve never reached the best fixed rate's final {metric} "
-                f"({baseline_text})."
+                f"Its mean curve never reached {fixed_rate}'s final {metric} ({baseline_text})."
             )
         else:
             parts.append(
-                f"It reached the best fixed rate's final {metric} ({baseline_text}) after "
+                f"It reached {fixed_rate}'s final {metric} ({baseline_text}) after "
                 f"{reached} epoch{'s' if reached != 1 else ''}"
                 + (
                     f"; the fixed rate needed {fixed.epochs_to_baseline}."
