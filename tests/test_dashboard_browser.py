@@ -457,6 +457,40 @@ def test_new_job_form_offers_the_new_policies_from_the_catalogue(
     }
 
 
+def test_new_job_form_compares_the_schedules_with_a_schedule_free_fixed_arm(
+    page: Any, service: tuple[str, int], tmp_path: Path
+) -> None:
+    url, _ = service
+    page.goto(f"{url}/#/new")
+    page.get_by_test_id("new-job-form").wait_for()
+    for policy in ("cosine", "clr", "one_cycle"):
+        page.locator(f"input[data-policy={policy}]").uncheck()
+    for policy in ("wsd", "inverse_sqrt", "plateau"):
+        page.locator(f"input[data-policy={policy}]").check()
+    # A schedule-free job optimizer would run the scheduled policies too: refused, with why.
+    page.locator("select[name=optimizer]").select_option("adamw_schedulefree")
+    page.get_by_test_id("submit").click()
+    error = page.get_by_test_id("submit-result").get_by_test_id("error")
+    error.wait_for()
+    assert "optimizer.name" in error.inner_text()
+    assert "fixed policy (plus warmup) only" in error.inner_text()
+    # The fixed card's own optimizer is the comparison the job asks for.
+    page.locator("select[name=optimizer]").select_option("adamw")
+    page.locator("select[data-arm-optimizer=fixed]").select_option("adamw_schedulefree")
+    assert '"adamw_schedulefree"' in page.get_by_test_id("spec-preview").inner_text()
+    screenshot(page, tmp_path, "new-job-schedule-free-arm")
+    page.get_by_test_id("submit").click()
+    page.wait_for_url("**/#/jobs/*")
+    spec = httpx.get(f"{url}/v1/jobs/{int(page.url.rsplit('/', 1)[1])}").json()["spec"]
+    assert spec["optimizer"]["name"] == "adamw"
+    assert {p["policy"]: (p["optimizer"] or {}).get("name") for p in spec["policies"]} == {
+        "fixed": "adamw_schedulefree",
+        "wsd": None,
+        "inverse_sqrt": None,
+        "plateau": None,
+    }
+
+
 def test_new_job_form_shows_the_422_message(
     page: Any, service: tuple[str, int], tmp_path: Path
 ) -> None:

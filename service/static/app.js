@@ -692,6 +692,10 @@ function probeCard(trial, probes, metrics, metricName, value) {
 // ---- new job form ------------------------------------------------------------------------------
 
 const NOMINAL_STEPS_PER_EPOCH = 100;
+const OPTIMIZERS = ["sgd", "adam", "adamw", "sgd_schedulefree", "adamw_schedulefree"];
+// Schedule-free optimizers run with the fixed policy (plus warmup) only: the fixed card may take
+// one as its own arm's optimizer, so one job compares the schedules with schedule-free.
+const ARM_OPTIMIZERS = ["adamw_schedulefree", "sgd_schedulefree"];
 
 async function newJobPage() {
   const mine = generation;
@@ -708,7 +712,7 @@ async function newJobPage() {
   const paramsBox = h("div", { class: "fields", style: "margin-top:10px" });
   const metric = h("select", { name: "metric" });
   const mode = h("select", { name: "mode" }, ["max", "min"].map((m) => h("option", { value: m }, m)));
-  const optimizer = h("select", { name: "optimizer" }, ["sgd", "adam", "adamw"].map((o) => h("option", { value: o }, o)));
+  const optimizer = h("select", { name: "optimizer" }, OPTIMIZERS.map((o) => h("option", { value: o }, o)));
   const momentum = input("momentum", { type: "number", step: "any", value: "0.9" });
   const weightDecay = input("weight_decay", { type: "number", step: "any", value: "0.0005" });
   const epochs = input("epochs", { type: "number", value: "10" });
@@ -761,8 +765,8 @@ async function newJobPage() {
     const body = {
       name: name.value,
       workload: { name: workload.value, params },
-      optimizer: optimizer.value === "sgd"
-        ? { name: "sgd", momentum: Number(momentum.value), weight_decay: Number(weightDecay.value) }
+      optimizer: optimizer.value.startsWith("sgd")
+        ? { name: optimizer.value, momentum: Number(momentum.value), weight_decay: Number(weightDecay.value) }
         : { name: optimizer.value, weight_decay: Number(weightDecay.value) },
       metric: { name: metric.value, mode: mode.value },
       policies: chosen.map((c) => c.entry()),
@@ -775,7 +779,7 @@ async function newJobPage() {
   }
 
   function update() {
-    momentum.disabled = optimizer.value !== "sgd";
+    momentum.disabled = !optimizer.value.startsWith("sgd");
     const body = spec();
     specPreview.textContent = JSON.stringify(body, null, 2);
     for (const card of cards) card.preview(Number(epochs.value) || 1);
@@ -787,7 +791,7 @@ async function newJobPage() {
       paramsBox),
     h("div", { class: "card" }, h("h2", {}, "Training and search"),
       h("div", { class: "fields" },
-        field("optimizer", optimizer), field("momentum (sgd)", momentum), field("weight decay", weightDecay), field("learning-rate bounds", bounds),
+        field("optimizer", optimizer), field("momentum (sgd*)", momentum), field("weight decay", weightDecay), field("learning-rate bounds", bounds),
         field("epochs", epochs), field("trials per policy", trialsPerPolicy), field("concurrent trials", concurrent), field("early stopping", early),
         field("search algorithm", algorithm), field("search seed", seed))),
     h("div", { class: "card" }, h("h2", {}, "Policies and their search spaces"),
@@ -822,9 +826,14 @@ function policyCard(info, onChange) {
   const space = h("textarea", { "data-space": info.name, spellcheck: "false" }, spaceText(info.default_search_space));
   const chart = h("div", { class: "preview", "data-testid": `preview-${info.name}` });
   const message = h("div", { class: "preview-msg" });
+  const armOptimizer = info.name === "fixed"
+    ? h("select", { "data-arm-optimizer": info.name, title: "the optimizer this policy's trials train with" },
+      h("option", { value: "" }, "job's optimizer"), ARM_OPTIMIZERS.map((o) => h("option", { value: o }, o)))
+    : null;
   const element = h("div", { class: "policy-card", style: `--pc: ${policyColour(info.name)}` },
     h("header", {}, box, chip(info.name), h("span", { class: "muted small" }, info.family)),
-    h("div", { class: "src" }, info.source), space, message, chart);
+    h("div", { class: "src" }, info.source),
+    armOptimizer && h("label", { class: "muted small" }, "optimizer ", armOptimizer), space, message, chart);
   let timer = null;
   let lastKey = "";
   box.addEventListener("change", () => { element.classList.toggle("on", box.checked); onChange(); });
@@ -844,8 +853,10 @@ function policyCard(info, onChange) {
     entry() {
       const parsed = parsedSpace();
       const unchanged = JSON.stringify(parsed) === JSON.stringify(info.default_search_space);
-      if (parsed === undefined) return { policy: info.name, search: space.value };
-      return unchanged ? info.name : { policy: info.name, search: parsed };
+      const own = armOptimizer && armOptimizer.value ? { optimizer: { name: armOptimizer.value } } : {};
+      if (parsed === undefined) return { policy: info.name, search: space.value, ...own };
+      if (unchanged) return own.optimizer ? { policy: info.name, ...own } : info.name;
+      return { policy: info.name, search: parsed, ...own };
     },
     preview(epochs) {
       const parsed = parsedSpace();
