@@ -217,7 +217,7 @@ def run_job(queue: JobQueue, job: Job, *, make_sink: SinkFactory, options: Worke
 def _remove_checkpoints(job: Job, options: WorkerOptions) -> None:
     """A job that has ended needs its trials' checkpoints no more (a job whose lease was lost
     keeps them: the worker that holds it now resumes from them)."""
-    from lrtune.workers.experiment import remove_checkpoints
+    from lrtune.workers.run_storage import remove_checkpoints
 
     try:
         removed = remove_checkpoints(options.storage, str(job.id))

@@ -7,7 +7,8 @@ policy's own space: random (Tune domains sampled from a seed derived from the jo
 policy and the trial's index: the same job gives the same points whatever the timing), grid
 (an evenly thinned Cartesian product) or tpe (one OptunaSearch per policy, so TPE never moves
 budget from one policy to another). The policy is part of each trial's config, so ASHA ranks
-all of them together and Ray Tune's experiment state covers the whole job (Tuner.restore).
+all of them together (by their cooldown probes at rungs: `lrtune.workers.early_stopping`) and
+Ray Tune's experiment state and the trials' checkpoints cover the whole job (Tuner.restore).
 
 Seeds: the i-th trial of every policy gets the same seed (common random numbers), so two
 policies are compared on the same initialisations and batch orders.
@@ -44,6 +45,7 @@ from lrtune.schemas.trials import OptimizerSpec
 from lrtune.workers.early_stopping import make_scheduler
 from lrtune.workers.range_test import derive_search_spaces
 from lrtune.workers.results import CancelStopper, RecordResults, sink_for
+from lrtune.workers.run_storage import PruneCheckpoints, experiment_names, storage_uri
 from lrtune.workers.trainable import make_trainable
 from pydantic import ValidationError
 from ray import tune
@@ -419,18 +421,6 @@ class ExperimentPlan:
         return f"{self.storage.rstrip('/')}/{name}"
 
 
-def experiment_names(job_key: str) -> tuple[str, str]:
-    return f"job-{job_key}", f"job-{job_key}-confirm"
-
-
-def storage_uri(storage: str | Path) -> str:
-    """An absolute local path for a folder (Tune and pyarrow both want one), a URI as given."""
-    text = str(storage)
-    if "://" in text:
-        return text
-    return str(Path(text).expanduser().resolve())
-
-
 def plan_experiment(
     spec: JobSpec,
     *,
@@ -467,26 +457,6 @@ def plan_experiment(
         storage=storage_uri(storage_path),
         checkpoint_every_epochs=checkpoint_every_epochs,
     )
-
-
-def remove_checkpoints(storage: str | Path, job_key: str) -> int:
-    """Delete the trial checkpoints of a job that has ended (Tune's experiment state stays:
-    it is small and tells what ran). Returns how many were removed."""
-    import pyarrow.fs
-
-    filesystem, root = pyarrow.fs.FileSystem.from_uri(storage_uri(storage))
-    removed = 0
-    for name in experiment_names(job_key):
-        selector = pyarrow.fs.FileSelector(
-            f"{root.rstrip('/')}/{name}", recursive=True, allow_not_found=True
-        )
-        for info in filesystem.get_file_info(selector):
-            if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith(
-                "checkpoint_"
-            ):
-                filesystem.delete_dir(info.path)
-                removed += 1
-    return removed
 
 
 def workload_steps_per_epoch(spec: JobSpec) -> int:
@@ -577,11 +547,15 @@ def _restore_or_build(
         run_config=tune.RunConfig(
             name=name,
             storage_path=plan.storage,
-            callbacks=[RecordResults(job_key=plan.job_key, epochs=spec.budget.epochs)],
+            callbacks=[
+                RecordResults(job_key=plan.job_key, epochs=spec.budget.epochs),
+                PruneCheckpoints(),
+            ],
             stop=CancelStopper(job_key=plan.job_key),
             failure_config=tune.FailureConfig(max_failures=MAX_TRIAL_FAILURES),
-            # The latest checkpoint of each trial is all a resume needs.
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_at_end=False),
+            # Tune keeps every checkpoint; PruneCheckpoints deletes the obsolete ones once no
+            # experiment state can name them (see lrtune.workers.run_storage).
+            checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
             verbose=0,
         ),
     )
