@@ -41,6 +41,16 @@ class RecommendFormat(StrEnum):
     text = "text"
     json = "json"
     torch = "torch"
+    keras = "keras"
+    huggingface = "huggingface"
+
+
+# The recommendation's code key and a reader's name for each format that prints code.
+_CODE_FORMATS = {
+    RecommendFormat.torch: ("pytorch", "PyTorch"),
+    RecommendFormat.keras: ("keras", "Keras"),
+    RecommendFormat.huggingface: ("huggingface", "Hugging Face"),
+}
 
 
 class OutputFormat(StrEnum):
@@ -209,20 +219,25 @@ def recommend(
     job_id: JobArgument,
     output: Annotated[
         RecommendFormat,
-        typer.Option("--format", help="text: a summary; json: the whole object; torch: code."),
+        typer.Option(
+            "--format",
+            help="text: a summary; json: the whole object; torch, keras, huggingface: code "
+            "(a first line says when that format cannot give exactly lrtune's rates).",
+        ),
     ] = RecommendFormat.text,
     url: UrlOption = DEFAULT_URL,
 ) -> None:
-    """Show the job's recommended schedule, its rationale, or its PyTorch code."""
+    """Show the job's recommended schedule, its rationale, or its code (PyTorch, Keras, HF)."""
     with _client(url) as client:
         found = client.recommendation(job_id)
     if output is RecommendFormat.json:
         typer.echo(found.model_dump_json(indent=2))
         return
-    if output is RecommendFormat.torch:
-        code = found.code.get("pytorch")
+    if output in _CODE_FORMATS:
+        key, name = _CODE_FORMATS[output]
+        code = found.code.get(key)
         if not code:
-            _fail(f"job {job_id}'s recommendation has no PyTorch code")
+            _fail(f"job {job_id}'s recommendation has no {name} code")
         typer.echo(code.rstrip("\n"))
         return
     state = "final" if found.final else "provisional: the job is still running"

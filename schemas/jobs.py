@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 from lrtune.schemas.recommendations import RangeTestConfig
 from lrtune.schemas.schedules import POLICY_NAMES, ParamGroupRule
-from lrtune.schemas.search import validate_search_space
-from lrtune.schemas.trials import OptimizerSpec
+from lrtune.schemas.search import check_metric_mode, validate_search_space
+from lrtune.schemas.trials import OptimizerSpec, schedule_free_policy_error
 from lrtune.schemas.workloads import BUILTIN_WORKLOADS, WorkloadSpec
 from pydantic import (
     BaseModel,
@@ -25,6 +25,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelling", "cancelled"]
 TrialStatus = Literal["pending", "running", "completed", "pruned", "diverged", "failed"]
@@ -71,9 +72,10 @@ class MetricSpec(BaseModel):
 
 
 class PolicySearch(BaseModel):
-    """One policy and its search space: `search` is laid over the policy's default space field by
-    field (a field it names replaces the default's; `step_size_epochs` replaces a default
-    `step_size_frac`), so naming one field keeps the others searched."""
+    """One arm of the job: a policy and its search space, and the optimizer its trials train with
+    when not the job's. `search` is laid over the policy's default space field by field (a field
+    it names replaces the default's; `step_size_epochs` replaces a default `step_size_frac`), so
+    naming one field keeps the others searched."""
 
     model_config = _INPUT
 
@@ -82,6 +84,11 @@ class PolicySearch(BaseModel):
         None,
         description='Fixed values or domains: {"choice": [...]}, {"uniform": [a, b]}, '
         '{"loguniform": [a, b]}, {"int": [a, b]}.',
+    )
+    optimizer: OptimizerSpec | None = Field(
+        None,
+        description="This arm's optimizer instead of the job's (e.g. a schedule-free one on the "
+        "fixed policy, to compare it with the job's schedules); default: the job's.",
     )
 
     @model_validator(mode="before")
@@ -109,6 +116,16 @@ class PolicySearch(BaseModel):
             problem = error.errors()[0]
             raise ValueError(problem["msg"].removeprefix("Value error, ")) from None
         return search
+
+    @field_validator("optimizer")
+    @classmethod
+    def _schedule_free_runs_fixed(
+        cls, optimizer: OptimizerSpec | None, info: ValidationInfo
+    ) -> OptimizerSpec | None:
+        policy = info.data.get("policy")
+        if optimizer is not None and optimizer.schedule_free and policy not in (None, "fixed"):
+            raise ValueError(schedule_free_policy_error(optimizer.name, [policy]))
+        return optimizer
 
 
 class LrBounds(BaseModel):
@@ -285,6 +302,45 @@ class JobSpec(BaseModel):
         if repeated:
             raise ValueError(f"each policy may be listed once; repeated: {repeated}")
         return policies
+
+    @field_validator("policies")
+    @classmethod
+    def _plateau_watches_the_metric(
+        cls, policies: list[PolicySearch], info: ValidationInfo
+    ) -> list[PolicySearch]:
+        metric: MetricSpec | None = info.data.get("metric")
+        mode = metric.mode if metric is not None and metric.mode else "min"
+        for entry in policies:
+            check_metric_mode(entry.policy, entry.search or {}, mode)
+        return policies
+
+    @model_validator(mode="after")
+    def _schedule_free_job_runs_fixed(self) -> JobSpec:
+        # The arms that inherit a schedule-free job optimizer (an arm's own is checked on the arm).
+        # Said at optimizer.name, the field to change, though policies come after it.
+        inheriting = [
+            p.policy for p in self.policies if p.optimizer is None and p.policy != "fixed"
+        ]
+        if not self.optimizer.schedule_free or not inheriting:
+            return self
+        reason = (
+            f"{schedule_free_policy_error(self.optimizer.name, inheriting)}. To compare it with "
+            f'schedules, give it to the fixed arm ({{"policy": "fixed", "optimizer": '
+            f'{{"name": "{self.optimizer.name}"}}}}) and keep a scheduled optimizer for the job'
+        )
+        detail = InitErrorDetails(
+            type=PydanticCustomError("value_error", "Value error, {reason}", {"reason": reason}),
+            loc=("optimizer", "name"),
+            input=self.optimizer.name,
+        )
+        raise ValidationError.from_exception_data(type(self).__name__, [detail])
+
+    def optimizer_for(self, policy: str) -> OptimizerSpec:
+        """The optimizer `policy`'s trials train with: its arm's own, else the job's."""
+        for entry in self.policies:
+            if entry.policy == policy and entry.optimizer is not None:
+                return entry.optimizer
+        return self.optimizer
 
     @property
     def metric_name(self) -> str:
@@ -483,6 +539,10 @@ class BestSetting(BaseModel):
     job_id: int
     trial_id: int
     schedule: dict[str, Any]
+    optimizer: OptimizerSpec = Field(
+        default_factory=OptimizerSpec,
+        description="The optimizer the trial trained with (its arm's, else its job's).",
+    )
     epochs: int
 
 

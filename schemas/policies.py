@@ -36,7 +36,7 @@ def policy_catalogue() -> list[PolicyInfo]:
                 required=info.is_required(),
                 default=None if info.is_required() else info.default,
                 json_schema=schema["properties"][field],
-                duration=field in model.duration_fields,
+                duration=field in model.durations(),
             )
             for field, info in model.model_fields.items()
             if field != "policy"

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Literal
 
 from lrtune.schemas.schedules import ScheduleSpec
+from lrtune.schemas.trials import OptimizerSpec
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 # Read models: NaN and +-inf leave as "NaN", "Infinity", "-Infinity".
@@ -82,12 +83,15 @@ class RangeTestResult(BaseModel):
 
 
 class PolicyEvidence(BaseModel):
-    """One schedule configuration's results over its seeds."""
+    """One schedule configuration's results over its seeds, and its code."""
 
     model_config = _OUTPUT
 
     policy: str
     schedule: ScheduleSpec
+    optimizer: OptimizerSpec | None = Field(
+        None, description="The optimizer its trials trained with (its arm's, else the job's)."
+    )
     metric_mean: float
     metric_std: float | None = Field(description="Sample standard deviation; None for one seed.")
     n_seeds: int
@@ -99,6 +103,16 @@ class PolicyEvidence(BaseModel):
     )
     auc: float | None = Field(
         None, description="Area under the mean learning curve, divided by the epochs."
+    )
+    code: dict[str, str] = Field(
+        default_factory=dict,
+        description="This configuration as code to paste, by format, with its optimizer (the "
+        "recommendation's `code` is the winner's).",
+    )
+    exact: dict[str, bool] = Field(
+        default_factory=dict,
+        description="By format: whether its `code` gives exactly lrtune's rates (a false one "
+        "says why on the code's first line).",
     )
 
 
@@ -129,4 +143,14 @@ class Recommendation(BaseModel):
     by_policy: list[PolicyEvidence]
     comparison: Comparison | None
     rationale: str
-    code: dict[str, str] = Field(default_factory=dict, description='{"pytorch": snippet}.')
+    code: dict[str, str] = Field(
+        default_factory=dict,
+        description="The winner's schedule as code to paste, by format: pytorch "
+        "(torch.optim.lr_scheduler), keras (a Keras 3 LearningRateSchedule) and huggingface "
+        "(transformers' TrainingArguments, or a scheduler for Trainer(optimizers=...)).",
+    )
+    exact: dict[str, bool] = Field(
+        default_factory=dict,
+        description="By format: whether its code gives exactly lrtune's rates. A false one says "
+        "why on the code's first line (Keras has no param groups, so no multipliers).",
+    )

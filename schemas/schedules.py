@@ -6,7 +6,7 @@ The exact formulas live in `lrtune.workers.schedule_math`; this module says what
 from __future__ import annotations
 
 import itertools
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationInfo, field_validator
 
@@ -37,6 +37,11 @@ class _Schedule(BaseModel):
         0, ge=0, le=MAX_STEPS, description="Steps of linear warmup before the schedule."
     )
     warmup_start_lr: Rate = Field(0.0, description="Rate at t = 0 when warmup_steps > 0.")
+
+    @classmethod
+    def durations(cls) -> tuple[str, ...]:
+        """Every field counted in optimizer steps, the warmup's included."""
+        return ("warmup_steps", *cls.duration_fields)
 
 
 class FixedSchedule(_Schedule):
@@ -276,6 +281,161 @@ class OneCycleSchedule(_Schedule):
         return pct_start
 
 
+# WSD's decay, when neither decay_steps nor decay_frac is given: 20% of the schedule, the upper
+# end of the 10-20% cooldowns that match a cosine run in Hägele et al. 2024.
+DEFAULT_WSD_DECAY_FRAC = 0.2
+# inverse_sqrt's timescale without a warmup (Hugging Face's default).
+DEFAULT_INVERSE_SQRT_TIMESCALE = 10_000
+
+
+class WsdSchedule(_Schedule):
+    """Warmup, a stable phase at `lr`, then a decay over the last `decay_steps` of `total_steps`.
+
+    `total_steps` includes the warmup (as Hugging Face's num_training_steps does): the decay ends
+    at t = total_steps whatever the warmup is.
+    """
+
+    family: ClassVar[str] = "wsd"
+    source: ClassVar[str] = (
+        "transformers get_wsd_schedule, timm WSDLRScheduler (Hu et al. 2024; Hägele et al. 2024)"
+    )
+    duration_fields: ClassVar[tuple[str, ...]] = ("total_steps", "decay_steps")
+
+    policy: Literal["wsd"] = "wsd"
+    lr: PositiveRate
+    total_steps: Steps = Field(description="Steps of the whole schedule, the warmup's included.")
+    decay_frac: Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)] | None = Field(
+        None,
+        description="The decay's share of total_steps; an alternative to decay_steps "
+        f"(default {DEFAULT_WSD_DECAY_FRAC} when neither is given).",
+    )
+    decay_steps: Steps | None = Field(
+        None,
+        validate_default=True,
+        description="Steps of the decay, the last of total_steps; default: "
+        "round(decay_frac x total_steps).",
+    )
+    decay_shape: Literal["linear", "1-sqrt", "cosine"] = Field(
+        "1-sqrt", description="linear: 1 - p; 1-sqrt: 1 - sqrt(p); cosine: (1 + cos(pi p)) / 2."
+    )
+    min_lr_ratio: Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)] = Field(
+        0.0, description="The rate at the end of the decay, as a share of lr."
+    )
+
+    @field_validator("total_steps")
+    @classmethod
+    def _longer_than_warmup(cls, total_steps: int, info: ValidationInfo) -> int:
+        warmup = info.data.get("warmup_steps", 0)
+        if total_steps <= warmup:
+            raise ValueError(
+                f"total_steps ({total_steps}) counts the warmup and must exceed warmup_steps "
+                f"({warmup})"
+            )
+        return total_steps
+
+    @field_validator("decay_steps")
+    @classmethod
+    def _decay_fits(cls, decay_steps: int | None, info: ValidationInfo) -> int | None:
+        total = info.data.get("total_steps")
+        if total is None or "decay_frac" not in info.data:
+            return decay_steps  # reported on those fields already
+        fraction = info.data["decay_frac"]
+        implied = None if fraction is None else max(1, round(fraction * total))
+        if decay_steps is None:
+            decay_steps = (
+                implied if implied is not None else max(1, round(DEFAULT_WSD_DECAY_FRAC * total))
+            )
+        elif implied is not None and implied != decay_steps:
+            raise ValueError(
+                f"decay_steps ({decay_steps}) and decay_frac ({fraction}) disagree: decay_frac x "
+                f"total_steps is {implied} steps; give one of them"
+            )
+        room = total - info.data.get("warmup_steps", 0)
+        if decay_steps > room:
+            given = "decay_steps" if fraction is None else f"decay_frac ({fraction}) x total_steps"
+            raise ValueError(
+                f"{given} ({decay_steps}) is longer than the schedule after its warmup: "
+                f"total_steps - warmup_steps = {room}"
+            )
+        return decay_steps
+
+
+class InverseSqrtSchedule(_Schedule):
+    family: ClassVar[str] = "decay"
+    source: ClassVar[str] = "transformers get_inverse_sqrt_schedule (Vaswani et al. 2017)"
+    duration_fields: ClassVar[tuple[str, ...]] = ("timescale",)
+
+    policy: Literal["inverse_sqrt"] = "inverse_sqrt"
+    lr: PositiveRate
+    timescale: Steps | None = Field(
+        None,
+        validate_default=True,
+        description="lr / sqrt((t + timescale) / timescale) after the warmup; default: "
+        f"warmup_steps, or {DEFAULT_INVERSE_SQRT_TIMESCALE} without a warmup.",
+    )
+
+    @field_validator("timescale")
+    @classmethod
+    def _default_to_warmup(cls, timescale: int | None, info: ValidationInfo) -> int:
+        if timescale is not None:
+            return timescale
+        return info.data.get("warmup_steps") or DEFAULT_INVERSE_SQRT_TIMESCALE
+
+
+class RexSchedule(_Schedule):
+    family: ClassVar[str] = "decay"
+    source: ClassVar[str] = "pytorch_optimizer REXScheduler (Chen et al. 2022)"
+    duration_fields: ClassVar[tuple[str, ...]] = ("total_steps",)
+
+    policy: Literal["rex"] = "rex"
+    lr: PositiveRate
+    total_steps: Steps
+    min_lr: Rate = 0.0
+
+    @field_validator("min_lr")
+    @classmethod
+    def _below_lr(cls, min_lr: float, info: ValidationInfo) -> float:
+        lr = info.data.get("lr")
+        if lr is not None and min_lr > lr:
+            raise ValueError(f"min_lr ({min_lr}) must not exceed lr ({lr})")
+        return min_lr
+
+
+class PlateauSchedule(_Schedule):
+    """torch's ReduceLROnPlateau: not a function of the step alone but of the monitored metric,
+    fed once per epoch (a job's metric, in its mode). Without metrics the rate holds at lr."""
+
+    family: ClassVar[str] = "plateau"
+    source: ClassVar[str] = "torch.optim.lr_scheduler.ReduceLROnPlateau (the job's metric)"
+
+    policy: Literal["plateau"] = "plateau"
+    lr: PositiveRate
+    mode: Literal["min", "max"] = Field(
+        "min", description="The metric's sense; in a job, the job's metric mode."
+    )
+    factor: Annotated[float, Field(gt=0.0, lt=1.0, allow_inf_nan=False)] = Field(
+        0.1, description="The rate is multiplied by this at each reduction."
+    )
+    patience: int = Field(
+        10, ge=0, le=MAX_STEPS, description="Epochs without improvement tolerated."
+    )
+    threshold: NonNegative = Field(1e-4, description="What counts as an improvement.")
+    threshold_mode: Literal["rel", "abs"] = "rel"
+    cooldown: int = Field(
+        0, ge=0, le=MAX_STEPS, description="Epochs after a reduction before counting again."
+    )
+    min_lr: Rate = 0.0
+    eps: NonNegative = Field(1e-8, description="Reductions smaller than this are skipped.")
+
+    @field_validator("min_lr")
+    @classmethod
+    def _below_lr(cls, min_lr: float, info: ValidationInfo) -> float:
+        lr = info.data.get("lr")
+        if lr is not None and min_lr > lr:
+            raise ValueError(f"min_lr ({min_lr}) must not exceed lr ({lr})")
+        return min_lr
+
+
 SCHEDULE_MODELS: dict[str, type[_Schedule]] = {
     model.model_fields["policy"].default: model
     for model in (
@@ -293,6 +453,10 @@ SCHEDULE_MODELS: dict[str, type[_Schedule]] = {
         CyclicSchedule,
         SgdrSchedule,
         OneCycleSchedule,
+        WsdSchedule,
+        InverseSqrtSchedule,
+        RexSchedule,
+        PlateauSchedule,
     )
 }
 POLICY_NAMES: tuple[str, ...] = tuple(SCHEDULE_MODELS)
@@ -311,7 +475,11 @@ ScheduleSpec = Annotated[
     | NoisyLinearCosineSchedule
     | CyclicSchedule
     | SgdrSchedule
-    | OneCycleSchedule,
+    | OneCycleSchedule
+    | WsdSchedule
+    | InverseSqrtSchedule
+    | RexSchedule
+    | PlateauSchedule,
     Field(discriminator="policy"),
 ]
 schedule_adapter: TypeAdapter[ScheduleSpec] = TypeAdapter(ScheduleSpec)
@@ -342,6 +510,45 @@ class PreviewRequest(BaseModel):
     every: int = Field(
         1, gt=0, le=MAX_STEPS, description="Return every n-th step only (t = 0, n, 2n, ...)."
     )
+    steps_per_epoch: int | None = Field(
+        None, gt=0, le=MAX_STEPS, description="Where epochs end, for `metrics`."
+    )
+    metrics: list[float] | None = Field(
+        None,
+        description="plateau only: the monitored metric after each epoch, one value per epoch "
+        "the preview spans (ceil(steps / steps_per_epoch)); each decides the rate from the end "
+        "of its epoch on. Without it plateau's rate holds.",
+    )
+
+    @field_validator("metrics")
+    @classmethod
+    def _one_per_epoch(cls, metrics: list[float] | None, info: ValidationInfo) -> Any:
+        schedule, steps = info.data.get("schedule"), info.data.get("steps")
+        if metrics is None or schedule is None or steps is None:
+            return metrics
+        if schedule.policy != "plateau":
+            raise ValueError(
+                f"only plateau reads metrics; {schedule.policy} is a function of the step alone"
+            )
+        if "steps_per_epoch" not in info.data:
+            return metrics  # reported on steps_per_epoch already
+        steps_per_epoch = info.data["steps_per_epoch"]
+        if steps_per_epoch is None:
+            raise ValueError("metrics need steps_per_epoch, to know where each epoch ends")
+        epochs = -(-steps // steps_per_epoch)
+        if len(metrics) != epochs:
+            raise ValueError(
+                f"metrics must have one value per epoch of the preview: ceil(steps / "
+                f"steps_per_epoch) = ceil({steps} / {steps_per_epoch}) = {epochs}, "
+                f"got {len(metrics)}"
+            )
+        return metrics
+
+    def epoch_ends(self) -> list[int]:
+        """The step at which each of `metrics` was measured (the end of its epoch)."""
+        if not self.metrics or self.steps_per_epoch is None:
+            return []
+        return [self.steps_per_epoch * (epoch + 1) for epoch in range(len(self.metrics))]
 
 
 class PreviewResponse(BaseModel):

@@ -9,14 +9,17 @@ point into a concrete spec counted in steps.
 from __future__ import annotations
 
 import builtins
+import functools
 import math
-from typing import Any
+from typing import Annotated, Any
 
 from lrtune.schemas.schedules import SCHEDULE_MODELS, ScheduleSpec, parse_schedule
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 DURATION_SUFFIXES = ("_epochs", "_frac")
 _LIST_DURATIONS = ("milestones", "boundaries")
+# Fields that say the same thing two ways: a space sets one of them.
+_ALTERNATIVES: dict[str, tuple[tuple[str, str], ...]] = {"wsd": (("decay_steps", "decay_frac"),)}
 
 
 class Choice(BaseModel):
@@ -83,12 +86,12 @@ def field_of(policy: str, key: str) -> tuple[str, str | None]:
     """Split `step_size_epochs` into (`step_size`, `_epochs`); ValueError for unknown fields."""
     model = SCHEDULE_MODELS[policy]
     for suffix in DURATION_SUFFIXES:
-        if key.endswith(suffix) and key.removesuffix(suffix) in model.duration_fields:
+        if key.endswith(suffix) and key.removesuffix(suffix) in model.durations():
             return key.removesuffix(suffix), suffix
     if key == "policy" or key not in model.model_fields:
         known = sorted(
             [f for f in model.model_fields if f != "policy"]
-            + [f + s for f in model.duration_fields for s in DURATION_SUFFIXES]
+            + [f + s for f in model.durations() for s in DURATION_SUFFIXES]
         )
         raise ValueError(f"policy {policy!r} has no field {key!r}; its fields are {known}")
     return key, None
@@ -99,12 +102,59 @@ def validate_search_space(policy: str, space: dict[str, Any]) -> dict[str, Domai
     parsed: dict[str, Domain | Any] = {}
     seen: dict[str, str] = {}
     for key, value in space.items():
-        field, _ = field_of(policy, key)
+        field, suffix = field_of(policy, key)
         if field in seen:
             raise ValueError(f"{key!r} and {seen[field]!r} set the same field {field!r}")
         seen[field] = key
         parsed[key] = parse_domain(value)
+        if suffix is None:
+            _check_values(policy, field, parsed[key])
+    for one, other in _ALTERNATIVES.get(policy, ()):
+        if one in seen and other in seen:
+            raise ValueError(
+                f"{seen[one]!r} and {seen[other]!r} both set {policy}'s decay; give one of them"
+            )
     return parsed
+
+
+def _check_values(policy: str, field: str, value: Domain | Any) -> None:
+    """A fixed value, every choice and a range's bounds must be valid for the field itself (e.g.
+    min_lr_ratio in [0, 1]); what depends on other fields is checked when a point is resolved."""
+    if isinstance(value, Choice):
+        candidates = list(value.choice)
+    elif isinstance(value, Uniform | LogUniform):
+        candidates = list(next(iter(value.model_dump().values())))
+    elif isinstance(value, IntRange):
+        candidates = list(value.int)
+    else:
+        candidates = [value]
+    adapter = _field_adapter(policy, field)
+    for candidate in candidates:
+        try:
+            adapter.validate_python(candidate)
+        except ValidationError as error:
+            problem = error.errors()[0]["msg"]
+            raise ValueError(f"{field} = {candidate!r} is not a valid value: {problem}") from None
+
+
+@functools.cache
+def _field_adapter(policy: str, field: str) -> TypeAdapter[Any]:
+    # The field's FieldInfo as metadata carries its constraints (ge, le, allow_inf_nan, ...).
+    info = SCHEDULE_MODELS[policy].model_fields[field]
+    adapter: TypeAdapter[Any] = TypeAdapter(Annotated[info.annotation, info])  # type: ignore[arg-type]
+    return adapter
+
+
+def check_metric_mode(policy: str, space: dict[str, Any], metric_mode: str) -> None:
+    """plateau watches the job's metric, so its `mode` is the metric's: a space may leave it out
+    (it is filled in) or repeat it, not contradict it; ValueError otherwise."""
+    if policy != "plateau" or "mode" not in space:
+        return
+    if space["mode"] != metric_mode:
+        raise ValueError(
+            f"plateau watches the job's metric, whose mode is {metric_mode!r}; its search space "
+            f"sets mode {space['mode']!r} (leave mode out: it follows the metric)"
+        )
 
 
 def resolve_schedule(
@@ -113,13 +163,19 @@ def resolve_schedule(
     *,
     steps_per_epoch: int,
     total_steps: int,
+    metric_mode: str | None = None,
 ) -> ScheduleSpec:
     """Turn one sampled point of a search space into a schedule spec counted in optimizer steps.
 
     Durations the point leaves out default to the whole training length (`decay_steps`,
-    `total_steps`, `t_0`, `step_size`), so every policy has a sensible horizon.
+    `total_steps`, `t_0`, `step_size`), so every policy has a sensible horizon. With
+    `metric_mode` (the job's), plateau watches the metric in that sense.
     """
+    if metric_mode is not None:
+        check_metric_mode(policy, point, metric_mode)
     fields: dict[str, Any] = {"policy": policy}
+    if policy == "plateau" and metric_mode is not None:
+        fields["mode"] = metric_mode
     for key, value in point.items():
         field, suffix = field_of(policy, key)
         if suffix == "_epochs":
@@ -227,5 +283,30 @@ DEFAULT_SEARCH_SPACES: dict[str, dict[str, Any]] = {
         "div_factor": {"choice": [10.0, 25.0]},
         "anneal": {"choice": ["cos", "linear"]},
         "total_steps_frac": 1.0,
+    },
+    # The stable phase does not depend on the length, the cooldown's share does: 10-20% matches
+    # a cosine run in Hägele et al. 2024. A short warmup, as WSD is used.
+    "wsd": {
+        "lr": {"loguniform": [1e-3, 1.0]},
+        "decay_frac": {"choice": [0.1, 0.2, 0.3]},
+        "decay_shape": "1-sqrt",
+        "warmup_steps_frac": 0.05,
+        "total_steps_frac": 1.0,
+    },
+    # The timescale defaults to the warmup's length: lr * sqrt(warmup / t) after it (fairseq).
+    "inverse_sqrt": {
+        "lr": {"loguniform": [1e-3, 1.0]},
+        "warmup_steps_frac": {"choice": [0.02, 0.05, 0.1]},
+    },
+    "rex": {
+        "lr": {"loguniform": [1e-3, 1.0]},
+        "min_lr": 0.0,
+        "total_steps_frac": 1.0,
+    },
+    # Counted in epochs: budgets are tens of epochs, so patience is short.
+    "plateau": {
+        "lr": {"loguniform": [1e-3, 1.0]},
+        "factor": {"choice": [0.1, 0.3, 0.5]},
+        "patience": {"choice": [0, 1, 2]},
     },
 }

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from lrtune.schemas.schedules import ParamGroupRule, ScheduleSpec
 from lrtune.schemas.workloads import BUILTIN_WORKLOADS, WorkloadSpec
@@ -15,40 +15,99 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 TrialStatus = Literal["completed", "diverged", "stopped", "failed"]
 Beta = Annotated[float, Field(ge=0.0, lt=1.0, allow_inf_nan=False)]
+OptimizerName = Literal["sgd", "adam", "adamw", "sgd_schedulefree", "adamw_schedulefree"]
+# Defazio et al. 2024 ("The Road Less Scheduled"), the `schedulefree` package: they average
+# their iterates instead of annealing, so they run under the fixed policy (plus warmup) only.
+SCHEDULE_FREE_OPTIMIZERS: frozenset[str] = frozenset({"sgd_schedulefree", "adamw_schedulefree"})
+# schedulefree's SGDScheduleFree default; its momentum must lie in (0, 1), so 0 cannot be ours.
+SCHEDULE_FREE_SGD_MOMENTUM = 0.9
 
 
 class OptimizerSpec(BaseModel):
-    """A torch.optim optimizer; the learning rate is not here, the schedule drives it.
+    """A torch.optim optimizer, or a schedule-free one from the `schedulefree` package; the
+    learning rate is not here, the schedule drives it.
 
-    Defaults are PyTorch's, except AdamW's weight decay (0.0 here, 0.01 in PyTorch): a job says
-    what it decays.
+    Defaults are PyTorch's (schedulefree's for `sgd_schedulefree`: momentum 0.9), except
+    AdamW's weight decay (0.0 here, 0.01 in PyTorch): a job says what it decays.
+    `sgd_schedulefree` maps `momentum` and `weight_decay` onto SGDScheduleFree;
+    `adamw_schedulefree` maps `betas`, `eps` and `weight_decay` onto AdamWScheduleFree (betas[0]
+    is its interpolation between the average and the fast iterate). Their own `warmup_steps`
+    stays 0: the schedule's warmup drives the rate, as for every other optimizer.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    name: OptimizerName = "sgd"
     momentum: float = Field(
-        default=0.0, ge=0.0, lt=1.0, allow_inf_nan=False, description="SGD only."
+        default=0.0,
+        ge=0.0,
+        lt=1.0,
+        allow_inf_nan=False,
+        description="SGD and sgd_schedulefree only (sgd_schedulefree: in (0, 1), default 0.9).",
     )
     nesterov: bool = Field(default=False, description="SGD only; needs momentum > 0.")
     weight_decay: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
-    betas: tuple[Beta, Beta] = Field(default=(0.9, 0.999), description="Adam and AdamW only.")
-    eps: float = Field(
-        default=1e-8, gt=0.0, allow_inf_nan=False, description="Adam and AdamW only."
+    betas: tuple[Beta, Beta] = Field(
+        default=(0.9, 0.999),
+        description="Adam, AdamW and adamw_schedulefree only (adamw_schedulefree: betas[0] > 0).",
     )
+    eps: float = Field(
+        default=1e-8,
+        gt=0.0,
+        allow_inf_nan=False,
+        description="Adam, AdamW and adamw_schedulefree only.",
+    )
+
+    @property
+    def schedule_free(self) -> bool:
+        """Whether this optimizer averages its iterates instead of following a schedule."""
+        return self.name in SCHEDULE_FREE_OPTIMIZERS
+
+    @model_validator(mode="before")
+    @classmethod
+    def _schedule_free_sgd_default_momentum(cls, data: Any) -> Any:
+        if (
+            isinstance(data, dict)
+            and data.get("name") == "sgd_schedulefree"
+            and "momentum" not in data
+        ):
+            return {**data, "momentum": SCHEDULE_FREE_SGD_MOMENTUM}
+        return data
 
     @model_validator(mode="after")
     def _fields_fit_the_optimizer(self) -> OptimizerSpec:
+        if self.nesterov and self.name != "sgd":
+            raise ValueError(f"nesterov applies to sgd only; {self.name} has no nesterov variant")
         if self.nesterov and self.momentum == 0.0:
             raise ValueError("nesterov needs momentum > 0")
         # Adam has no `momentum`; a user who sets it most likely meant betas[0], so say so rather
         # than silently ignore it.
-        if self.name != "sgd" and (self.momentum != 0.0 or self.nesterov):
+        if self.name not in ("sgd", "sgd_schedulefree") and self.momentum != 0.0:
             raise ValueError(
-                f"momentum and nesterov apply to sgd only; {self.name} uses betas "
+                f"momentum applies to sgd and sgd_schedulefree only; {self.name} uses betas "
                 f"(betas[0] plays momentum's part)"
             )
+        # Both swap their weights with a division by this coefficient (optimizer.eval()).
+        if self.name == "sgd_schedulefree" and self.momentum == 0.0:
+            raise ValueError(
+                "sgd_schedulefree needs momentum in (0, 1): it interpolates between its "
+                f"average and its fast iterate by it (default {SCHEDULE_FREE_SGD_MOMENTUM})"
+            )
+        if self.name == "adamw_schedulefree" and self.betas[0] == 0.0:
+            raise ValueError(
+                "adamw_schedulefree needs betas[0] > 0: it interpolates between its average "
+                "and its fast iterate by it"
+            )
         return self
+
+
+def schedule_free_policy_error(optimizer: str, policies: list[str]) -> str:
+    """Why a schedule-free optimizer refuses these (non-fixed) policies, in one sentence."""
+    return (
+        f"{optimizer} runs with the fixed policy (plus warmup) only, not {policies}: a "
+        f"schedule-free optimizer replaces the schedule by averaging its iterates and expects "
+        f"a constant rate after warmup"
+    )
 
 
 class TrialConfig(BaseModel):
@@ -76,6 +135,14 @@ class TrialConfig(BaseModel):
         "else val_loss).",
     )
     mode: Literal["max", "min"] | None = None
+
+    @model_validator(mode="after")
+    def _schedule_free_runs_fixed(self) -> TrialConfig:
+        if self.optimizer.schedule_free and self.schedule.policy != "fixed":
+            raise ValueError(
+                schedule_free_policy_error(self.optimizer.name, [self.schedule.policy])
+            )
+        return self
 
     @field_validator("metric")
     @classmethod

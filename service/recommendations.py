@@ -24,7 +24,9 @@ def trial_summaries(inputs: RecommendationInputs) -> list[TrialSummary]:
     A policy whose top configurations have been confirmed is judged on its confirmation trials
     only: the search trial that put a configuration on top was selected for being lucky as much
     as good, and fresh seeds are not. A diverged trial counts as the worst possible value.
+    Each trial trained with its policy's arm's optimizer (else the job's).
     """
+    spec = inputs.job.spec
     counted = [t for t in inputs.trials if t.status in _COUNTED]
     confirmed = {t.policy for t in counted if t.phase == "confirm"}
     summaries = []
@@ -41,6 +43,7 @@ def trial_summaries(inputs: RecommendationInputs) -> list[TrialSummary]:
                 final_metric=math.nan if trial.status == "diverged" else None,
                 is_confirmation=trial.phase == "confirm",
                 status=trial.status,
+                optimizer=spec.optimizer_for(trial.policy),
             )
         )
     return summaries
@@ -62,6 +65,7 @@ def compute_recommendation(inputs: RecommendationInputs) -> Recommendation | Non
         final=inputs.job.status == "succeeded",
         param_groups=spec.param_groups,
         training_steps=spec.budget.epochs * steps if steps is not None else None,
+        optimizer=spec.optimizer,
     )
 
 

@@ -909,13 +909,18 @@ class Store:
         metric: str | None = None,
     ) -> list[BestSetting]:
         """For each (workload, policy, metric) the best completed trial of a succeeded job of
-        `tenant_id` (every tenant's, one row each, when None)."""
-        query = select(BestSettingRow).order_by(
-            BestSettingRow.tenant_id,
-            BestSettingRow.workload,
-            BestSettingRow.policy,
-            BestSettingRow.metric_name,
-            BestSettingRow.metric_mode,
+        `tenant_id` (every tenant's, one row each, when None), with the optimizer it trained
+        with (read from its job's spec: its arm's, else the job's)."""
+        query = (
+            select(BestSettingRow, JobRow.spec)
+            .join(JobRow, JobRow.id == BestSettingRow.job_id)
+            .order_by(
+                BestSettingRow.tenant_id,
+                BestSettingRow.workload,
+                BestSettingRow.policy,
+                BestSettingRow.metric_name,
+                BestSettingRow.metric_mode,
+            )
         )
         if tenant_id is not None:
             query = query.where(BestSettingRow.tenant_id == tenant_id)
@@ -937,9 +942,10 @@ class Store:
                     job_id=row.job_id,
                     trial_id=row.trial_id,
                     schedule=row.schedule,
+                    optimizer=JobSpec.model_validate(spec).optimizer_for(row.policy),
                     epochs=row.epochs,
                 )
-                for row in session.scalars(query)
+                for row, spec in session.execute(query)
             ]
 
         return self._run(work, write=False)

@@ -1,4 +1,5 @@
-"""Fixtures: a fresh, migrated database per test on SQLite and on PostgreSQL, and apps over it.
+"""Fixtures: a fresh, migrated database per test on SQLite and on PostgreSQL, apps over it, and
+one local Ray for the session.
 
 Every fixture that needs a database is parametrised over both: a test that takes `database_url`,
 `store`, `app` or `api_client` runs once per database. The PostgreSQL half needs
@@ -66,6 +67,16 @@ class PostgresServer:
 
     def drop(self, name: str) -> None:
         self.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def ray_local() -> Iterator[str]:
+    """One local Ray for the whole run (2 CPUs, as CI has); yields its address."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
 
 
 @pytest.fixture(scope="session")

@@ -214,6 +214,13 @@ def test_recommend_in_every_format(service_url: str, finished_job: int) -> None:
     torch_code = run(service_url, "recommend", str(finished_job), "--format", "torch")[1]
     assert torch_code.strip() == payload["code"]["pytorch"].strip()
     assert "CyclicLR" in torch_code
+    keras_code = run(service_url, "recommend", str(finished_job), "--format", "keras")[1]
+    assert keras_code.strip() == payload["code"]["keras"].strip()
+    assert "class LrtuneSchedule(keras.optimizers.schedules.LearningRateSchedule)" in keras_code
+    hf_code = run(service_url, "recommend", str(finished_job), "--format", "huggingface")[1]
+    assert hf_code.strip() == payload["code"]["huggingface"].strip()
+    assert "optimizers = (optimizer, scheduler)" in hf_code
+    assert payload["exact"] == {"pytorch": True, "keras": True, "huggingface": True}
     assert_one_error_line(*run(service_url, "recommend", "999")[::2], "404")
     code, _, err = run(service_url, "recommend", str(finished_job), "--format", "pdf")
     assert code == 2 and "pdf" in err

@@ -14,10 +14,29 @@ from lrtune.schemas.schedules import PreviewResponse
 from lrtune.service.store import Store
 
 
+class TestClientTransport(httpx.BaseTransport):
+    """An httpx transport that hands each request to the app's TestClient (which may be built
+    on httpx or on httpx2, whichever starlette finds installed), instead of a socket."""
+
+    def __init__(self, test_client: TestClient) -> None:
+        self.test_client = test_client
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        answer = self.test_client.request(
+            request.method,
+            str(request.url),
+            headers=dict(request.headers),
+            content=request.read(),
+        )
+        return httpx.Response(
+            answer.status_code, headers=list(answer.headers.items()), content=answer.content
+        )
+
+
 @pytest.fixture
 def client(api_client: TestClient) -> LrtuneClient:
-    """The client over the app in process: TestClient's transport instead of a socket."""
-    return LrtuneClient("http://testserver", transport=api_client._transport)
+    """The client over the app in process: the TestClient instead of a socket."""
+    return LrtuneClient("http://testserver", transport=TestClientTransport(api_client))
 
 
 def finish_job(store: Store, job: Job) -> list[int]:

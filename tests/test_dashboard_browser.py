@@ -351,6 +351,15 @@ def test_job_page_draws_curves_leaderboard_and_recommendation(
         assert recommendation.get_by_test_id("code").inner_text().strip() == (
             body["code"]["pytorch"].strip()
         )
+        # One tab per format: each shows its own code, and says when it is not exact.
+        for name in ("keras", "huggingface", "pytorch"):
+            recommendation.get_by_test_id(f"code-tab-{name}").click()
+            tab = recommendation.get_by_test_id(f"code-tab-{name}")
+            assert tab.get_attribute("aria-selected") == "true"
+            shown = recommendation.get_by_test_id("code").inner_text().strip()
+            assert shown == body["code"][name].strip()
+            inexact = recommendation.get_by_test_id("code-inexact")
+            assert inexact.is_visible() == (not body["exact"][name])
     else:
         assert answer.status_code == 404
         assert "not available" in recommendation.inner_text()
@@ -360,6 +369,26 @@ def test_job_page_draws_curves_leaderboard_and_recommendation(
     assert page.get_by_test_id("cancel").count() == 0
     assert page.get_by_test_id("trials").locator("tbody tr").count() == 12
     screenshot(page, tmp_path, "job-page")
+
+
+def test_a_format_that_is_not_exact_says_so_on_its_tab(
+    page: Any, service: tuple[str, int], tmp_path: Path
+) -> None:
+    url, job_id = service
+    body = httpx.get(f"{url}/v1/jobs/{job_id}/recommendation").json()
+    # As a job with discriminative multipliers answers: Keras cannot give them.
+    body["exact"]["keras"] = False
+    page.route(
+        f"**/v1/jobs/{job_id}/recommendation",
+        lambda route: route.fulfill(json=body),
+    )
+    page.goto(f"{url}/#/jobs/{job_id}")
+    recommendation = page.get_by_test_id("recommendation")
+    recommendation.get_by_test_id("code-tab-keras").click()
+    assert recommendation.get_by_test_id("code-inexact").is_visible()
+    screenshot(page, tmp_path, "recommendation-keras-not-exact")
+    recommendation.get_by_test_id("code-tab-huggingface").click()
+    assert not recommendation.get_by_test_id("code-inexact").is_visible()
 
 
 def test_trial_page_shows_spec_curves_and_metrics(
@@ -405,6 +434,61 @@ def test_new_job_form_previews_and_submits_a_valid_job(
     ]
     page.wait_for_function("document.body.dataset.jobPage === 'drawn'")
     assert page.get_by_test_id("cancel").count() == 1  # a queued job can be cancelled
+
+
+def test_new_job_form_offers_the_new_policies_from_the_catalogue(
+    page: Any, service: tuple[str, int], tmp_path: Path
+) -> None:
+    url, _ = service
+    page.goto(f"{url}/#/new")
+    page.get_by_test_id("new-job-form").wait_for()
+    for policy in ("wsd", "inverse_sqrt", "rex", "plateau"):
+        page.locator(f"input[data-policy={policy}]").check()
+        page.get_by_test_id(f"preview-{policy}").locator("canvas").wait_for()
+    # plateau's card says why its preview is flat: the rate follows the job's metric.
+    card = page.locator(".policy-card", has=page.get_by_test_id("preview-plateau"))
+    assert "follows the job's metric" in card.locator(".preview-msg").inner_text()
+    screenshot(page, tmp_path, "new-job-new-policies")
+    page.get_by_test_id("submit").click()
+    page.wait_for_url("**/#/jobs/*")
+    job = httpx.get(f"{url}/v1/jobs/{int(page.url.rsplit('/', 1)[1])}").json()
+    assert {"wsd", "inverse_sqrt", "rex", "plateau"} <= {
+        p["policy"] for p in job["spec"]["policies"]
+    }
+
+
+def test_new_job_form_compares_the_schedules_with_a_schedule_free_fixed_arm(
+    page: Any, service: tuple[str, int], tmp_path: Path
+) -> None:
+    url, _ = service
+    page.goto(f"{url}/#/new")
+    page.get_by_test_id("new-job-form").wait_for()
+    for policy in ("cosine", "clr", "one_cycle"):
+        page.locator(f"input[data-policy={policy}]").uncheck()
+    for policy in ("wsd", "inverse_sqrt", "plateau"):
+        page.locator(f"input[data-policy={policy}]").check()
+    # A schedule-free job optimizer would run the scheduled policies too: refused, with why.
+    page.locator("select[name=optimizer]").select_option("adamw_schedulefree")
+    page.get_by_test_id("submit").click()
+    error = page.get_by_test_id("submit-result").get_by_test_id("error")
+    error.wait_for()
+    assert "optimizer.name" in error.inner_text()
+    assert "fixed policy (plus warmup) only" in error.inner_text()
+    # The fixed card's own optimizer is the comparison the job asks for.
+    page.locator("select[name=optimizer]").select_option("adamw")
+    page.locator("select[data-arm-optimizer=fixed]").select_option("adamw_schedulefree")
+    assert '"adamw_schedulefree"' in page.get_by_test_id("spec-preview").inner_text()
+    screenshot(page, tmp_path, "new-job-schedule-free-arm")
+    page.get_by_test_id("submit").click()
+    page.wait_for_url("**/#/jobs/*")
+    spec = httpx.get(f"{url}/v1/jobs/{int(page.url.rsplit('/', 1)[1])}").json()["spec"]
+    assert spec["optimizer"]["name"] == "adamw"
+    assert {p["policy"]: (p["optimizer"] or {}).get("name") for p in spec["policies"]} == {
+        "fixed": "adamw_schedulefree",
+        "wsd": None,
+        "inverse_sqrt": None,
+        "plateau": None,
+    }
 
 
 def test_new_job_form_shows_the_422_message(

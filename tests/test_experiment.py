@@ -182,3 +182,28 @@ def test_default_domains_are_domains() -> None:
             kinds.add(type(domain))
             to_tune_domain(domain)
     assert kinds == {Choice, Uniform, LogUniform}
+
+
+@pytest.mark.parametrize("algorithm", ["random", "grid", "tpe"])
+def test_the_new_policies_resolve_and_plateau_watches_the_jobs_metric(algorithm: str) -> None:
+    spec = _spec(
+        policies=["wsd", "inverse_sqrt", "rex", "plateau"],
+        metric={"name": "val_accuracy", "mode": "max"},
+        search={"algorithm": algorithm, "seed": 3},
+    )
+    configs = _drain(_searcher(spec), _NeverStop())
+    assert Counter(c["policy"] for c in configs) == dict.fromkeys(
+        ["wsd", "inverse_sqrt", "rex", "plateau"], 3
+    )
+    total = 3 * 22
+    for config in configs:
+        assert config["schedule_error"] is None, config
+        schedule = config["schedule"]
+        if config["policy"] == "plateau":
+            assert schedule["mode"] == "max"
+        if config["policy"] == "wsd":
+            # 5% warmup, the decay a share of the whole training, which total_steps spans.
+            assert schedule["total_steps"] == total and schedule["warmup_steps"] == 3
+            assert schedule["decay_steps"] == round(schedule["decay_frac"] * total)
+        if config["policy"] == "inverse_sqrt":
+            assert schedule["timescale"] == schedule["warmup_steps"] > 0

@@ -81,6 +81,22 @@ INVALID_SPECS: list[tuple[str, dict[str, Any], str]] = [
     ("policy twice", {"policies": ["clr", "clr"]}, "policies"),
     ("gpu negative", {"resources_per_trial": {"gpu": -1}}, "resources_per_trial.gpu"),
     ("lr bounds reversed", {"lr_bounds": {"min": 1.0, "max": 0.1}}, "lr_bounds.max"),
+    # plateau watches the job's metric (val_accuracy, max): its mode is the metric's.
+    (
+        "plateau against the metric",
+        {"policies": [{"policy": "plateau", "search": {"mode": "min"}}]},
+        "policies",
+    ),
+    (
+        "wsd decay twice",
+        {"policies": [{"policy": "wsd", "search": {"decay_steps_frac": 0.2, "decay_frac": 0.1}}]},
+        "policies.0.search",
+    ),
+    (
+        "wsd ratio above 1",
+        {"policies": [{"policy": "wsd", "search": {"min_lr_ratio": 1.5}}]},
+        "policies.0.search",
+    ),
 ]
 
 
@@ -94,6 +110,15 @@ def test_invalid_specs_are_422_naming_the_field_and_store_nothing(
     paths = [f["path"] for f in error["fields"]]
     assert path in paths, error
     assert api_client.get("/v1/jobs").json()["items"] == []
+
+
+def test_the_new_policies_are_accepted_with_their_default_spaces(
+    api_client: TestClient, job_body: dict[str, Any]
+) -> None:
+    policies = ["wsd", "inverse_sqrt", "rex", {"policy": "plateau", "search": {"mode": "max"}}]
+    answer = api_client.post("/v1/jobs", json={**job_body, "policies": policies})
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["progress"]["planned"] == 8
 
 
 def test_too_many_policies_is_422(app: FastAPI, job_body: dict[str, Any]) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from lrtune.schemas.schedules import POLICY_NAMES, ScheduleSpec, parse_schedule
 from lrtune.workers.schedule_math import learning_rate, learning_rates, standard_normal_noise
@@ -291,6 +291,40 @@ def test_one_cycle_matches_torch_one_cycle_lr(seed: int, anneal: str, three_phas
         (
             {"policy": "piecewise", "boundaries": [2, 5], "values": [1.0, 0.5, 0.1]},
             [1, 1, 1, 0.5, 0.5, 0.5, 0.1, 0.1],
+        ),
+        # WSD: total_steps counts the warmup, the decay ends at t = total_steps.
+        (
+            {
+                "policy": "wsd",
+                "lr": 1,
+                "total_steps": 10,
+                "decay_steps": 4,
+                "decay_shape": "linear",
+                "warmup_steps": 2,
+            },
+            [0, 0.5, 1, 1, 1, 1, 1, 0.75, 0.5, 0.25, 0, 0],
+        ),
+        (
+            {"policy": "wsd", "lr": 1, "total_steps": 6, "decay_frac": 4 / 6, "min_lr_ratio": 0.2},
+            [1, 1, 1, 0.6, 0.434315, 0.307180, 0.2, 0.2],
+        ),
+        (
+            {"policy": "wsd", "lr": 1, "total_steps": 4, "decay_steps": 4, "decay_shape": "cosine"},
+            [1, 0.853553, 0.5, 0.146447, 0, 0],
+        ),
+        # inverse_sqrt: the timescale defaults to the warmup, lr * sqrt(W / t) after it.
+        (
+            {"policy": "inverse_sqrt", "lr": 1, "warmup_steps": 4},
+            [0, 0.25, 0.5, 0.75, 1, 0.894427, 0.816497, 0.755929, 0.707107],
+        ),
+        (
+            {"policy": "rex", "lr": 1, "total_steps": 4},
+            [1, 0.857143, 0.666667, 0.4, 0, 0],
+        ),
+        # plateau without metrics: the rate holds (after its warmup).
+        (
+            {"policy": "plateau", "lr": 0.5, "warmup_steps": 2},
+            [0, 0.25, 0.5, 0.5, 0.5],
         ),
     ],
 )
@@ -615,13 +649,52 @@ def _other_specs(draw: st.DrawFn) -> dict[str, Any]:
 
 
 @st.composite
+def _later_decay_specs(draw: st.DrawFn) -> dict[str, Any]:
+    """wsd, inverse_sqrt and rex without warmup: decays, like the decay family."""
+    lr = draw(_rate)
+    policy = draw(st.sampled_from(["wsd", "inverse_sqrt", "rex"]))
+    if policy == "wsd":
+        total = draw(st.integers(1, 5000))
+        return {
+            "policy": policy,
+            "lr": lr,
+            "total_steps": total,
+            "decay_steps": draw(st.integers(1, total)),
+            "decay_shape": draw(st.sampled_from(["linear", "1-sqrt", "cosine"])),
+            "min_lr_ratio": draw(st.floats(0, 1)),
+        }
+    if policy == "inverse_sqrt":
+        return {"policy": policy, "lr": lr, "timescale": draw(st.integers(1, 20_000))}
+    return {
+        "policy": policy,
+        "lr": lr,
+        "total_steps": draw(_duration),
+        "min_lr": lr * draw(st.floats(0, 1)),
+    }
+
+
+@st.composite
+def _wsd_with_warmup(draw: st.DrawFn) -> dict[str, Any]:
+    # WSD's warmup must leave room for its decay inside total_steps.
+    spec = draw(_later_decay_specs().filter(lambda s: s["policy"] == "wsd"))
+    warmup = draw(st.integers(0, spec["total_steps"] - spec["decay_steps"]))
+    return {**spec, "warmup_steps": warmup, "warmup_start_lr": draw(st.floats(0.0, 1.0))}
+
+
+@st.composite
 def _any_specs(draw: st.DrawFn) -> dict[str, Any]:
     spec = draw(
         st.one_of(
-            _monotone_specs(), _clr_specs(), _sgdr_specs(), _one_cycle_specs(), _other_specs()
+            _monotone_specs(),
+            _clr_specs(),
+            _sgdr_specs(),
+            _one_cycle_specs(),
+            _other_specs(),
+            _later_decay_specs().filter(lambda s: s["policy"] != "wsd"),
+            st.builds(lambda lr: {"policy": "plateau", "lr": lr}, _rate),
         )
     )
-    return _with_warmup(draw, spec)
+    return _with_warmup(draw, spec) if draw(st.integers(0, 9)) else draw(_wsd_with_warmup())
 
 
 def test_the_strategies_cover_every_policy() -> None:
@@ -629,6 +702,7 @@ def test_the_strategies_cover_every_policy() -> None:
     covered = {
         "fixed", "step", "multistep", "piecewise", "exponential", "natural_exp", "inverse_time",
         "polynomial", "cosine", "linear_cosine", "noisy_linear_cosine", "clr", "sgdr", "one_cycle",
+        "wsd", "inverse_sqrt", "rex", "plateau",
     }  # fmt: skip
     assert covered == set(POLICY_NAMES)
 
@@ -656,7 +730,7 @@ def test_sgdr_stays_between_eta_min_and_eta_max(spec: dict[str, Any]) -> None:
 
 
 @settings(max_examples=100, deadline=None)
-@given(_monotone_specs())
+@given(st.one_of(_monotone_specs(), _later_decay_specs()))
 def test_decays_never_increase(spec: dict[str, Any]) -> None:
     rates = learning_rates(parse_schedule(spec), np.arange(20_000))
     assert np.all(np.diff(rates) <= 0), spec
@@ -667,6 +741,9 @@ def test_decays_never_increase(spec: dict[str, Any]) -> None:
 def test_warmup_ramps_linearly_to_the_inner_first_rate(
     spec: dict[str, Any], warmup: int, start: float
 ) -> None:
+    assume(spec["policy"] != "wsd")  # its clock counts the warmup: the test below
+    if spec["policy"] == "inverse_sqrt":
+        spec = {"timescale": warmup, **spec}  # its default timescale is the warmup's length
     inner = parse_schedule({**spec, "warmup_steps": 0, "warmup_start_lr": 0.0})
     warmed = parse_schedule({**spec, "warmup_steps": warmup, "warmup_start_lr": start})
     first = learning_rate(inner, 0)
@@ -677,6 +754,23 @@ def test_warmup_ramps_linearly_to_the_inner_first_rate(
     ramp = start + (first - start) * t[:warmup] / warmup
     np.testing.assert_allclose(rates[:warmup], ramp, rtol=1e-12, atol=1e-15)
     np.testing.assert_array_equal(rates[warmup:], learning_rates(inner, t[warmup:] - warmup))
+
+
+@settings(max_examples=100, deadline=None)
+@given(_wsd_with_warmup())
+def test_wsd_warmup_ramps_to_lr_inside_total_steps(spec: dict[str, Any]) -> None:
+    warmed = parse_schedule(spec)
+    plain = parse_schedule({**spec, "warmup_steps": 0, "warmup_start_lr": 0.0})
+    warmup, t = warmed.warmup_steps, np.arange(spec["total_steps"] + 50)
+    rates = learning_rates(warmed, t)
+    start = spec["warmup_start_lr"]
+    first = learning_rate(plain, warmup)
+    np.testing.assert_allclose(
+        rates[:warmup], start + (first - start) * t[:warmup] / max(warmup, 1), rtol=1e-12
+    )
+    # After the warmup the curve is the one without it, on the same clock: the decay still ends
+    # at total_steps.
+    np.testing.assert_array_equal(rates[warmup:], learning_rates(plain, t[warmup:]))
 
 
 @settings(max_examples=150, deadline=None)

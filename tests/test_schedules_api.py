@@ -32,6 +32,10 @@ VALID_SPECS: dict[str, dict[str, Any]] = {
     "clr": {"base_lr": 0.01, "max_lr": 0.1, "step_size": 10, "mode": "exp_range", "gamma": 0.99},
     "sgdr": {"eta_max": 0.1, "eta_min": 0.001, "t_0": 7, "t_mult": 2},
     "one_cycle": {"max_lr": 0.1, "total_steps": 90, "three_phase": True, "anneal": "linear"},
+    "wsd": {"lr": 0.1, "total_steps": 90, "decay_frac": 0.3, "min_lr_ratio": 0.1},
+    "inverse_sqrt": {"lr": 0.1, "timescale": 20},
+    "rex": {"lr": 0.1, "total_steps": 80, "min_lr": 0.001},
+    "plateau": {"lr": 0.1, "patience": 1, "factor": 0.5},
 }
 
 
@@ -128,6 +132,35 @@ INVALID_SPECS = [
         {"policy": "exponential", "lr": 0.1, "decay_rate": 1.5, "decay_steps": 3},
         "schedule.decay_rate",
     ),
+    # WSD's decay must fit in the schedule after its warmup (total_steps counts the warmup).
+    ({"policy": "wsd", "lr": 0.1, "total_steps": 100, "decay_steps": 101}, "schedule.decay_steps"),
+    (
+        {"policy": "wsd", "lr": 0.1, "total_steps": 100, "decay_steps": 90, "warmup_steps": 20},
+        "schedule.decay_steps",
+    ),
+    (
+        {"policy": "wsd", "lr": 0.1, "total_steps": 100, "decay_frac": 0.9, "warmup_steps": 20},
+        "schedule.decay_steps",
+    ),
+    (
+        {"policy": "wsd", "lr": 0.1, "total_steps": 100, "decay_frac": 0.2, "decay_steps": 30},
+        "schedule.decay_steps",
+    ),
+    (
+        {"policy": "wsd", "lr": 0.1, "total_steps": 100, "min_lr_ratio": 1.5},
+        "schedule.min_lr_ratio",
+    ),
+    (
+        {"policy": "wsd", "lr": 0.1, "total_steps": 100, "min_lr_ratio": -0.1},
+        "schedule.min_lr_ratio",
+    ),
+    ({"policy": "wsd", "lr": 0.1, "total_steps": 10, "warmup_steps": 10}, "schedule.total_steps"),
+    ({"policy": "wsd", "lr": 0.1, "total_steps": 100, "decay_frac": 0.0}, "schedule.decay_frac"),
+    ({"policy": "inverse_sqrt", "lr": 0.1, "timescale": 0}, "schedule.timescale"),
+    ({"policy": "rex", "lr": 0.1, "total_steps": 10, "min_lr": 0.2}, "schedule.min_lr"),
+    ({"policy": "plateau", "lr": 0.1, "factor": 1.0}, "schedule.factor"),
+    ({"policy": "plateau", "lr": 0.1, "mode": "up"}, "schedule.mode"),
+    ({"policy": "plateau", "lr": 0.1, "min_lr": 0.5}, "schedule.min_lr"),
 ]
 
 
@@ -141,6 +174,85 @@ def test_invalid_spec_is_422_naming_the_field(
     assert error["code"] == "validation_error"
     assert path in [f["path"] for f in error["fields"]]
     assert path.split(".")[-1] in error["message"]
+
+
+PLATEAU = {"policy": "plateau", "lr": 0.1, "patience": 1, "factor": 0.5, "warmup_steps": 15}
+
+
+def test_plateau_preview_follows_the_metrics_epoch_by_epoch(preview_client: TestClient) -> None:
+    metrics = [1.0, 0.8, 0.8, 0.8, 0.7, 0.7, 0.7, 0.7, 0.7, 0.65]
+    response = _preview(preview_client, PLATEAU, steps=95, steps_per_epoch=10, metrics=metrics)
+    assert response.status_code == 200, response.text
+    rates = response.json()["lr"]
+    ends = [10 * (e + 1) for e in range(len(metrics))]
+    expected = learning_rates(
+        parse_schedule(PLATEAU), np.arange(95), metrics=metrics, epoch_ends=ends
+    )
+    assert rates == expected.tolist()
+    # The warmup's epoch (ends at 10 < 15) is not judged; 0.8 stalls at epochs 3 and 4, so the
+    # rate halves from step 40; 0.7 stalls at epochs 6 and 7: halved again from step 70.
+    assert rates[14] < rates[15] == rates[39] == 0.1
+    assert rates[40] == rates[69] == 0.05 and rates[70] == 0.025
+    # Without metrics the rate holds after the warmup.
+    held = _preview(preview_client, PLATEAU, steps=95).json()["lr"]
+    assert held[15:] == [0.1] * 80
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        ({"steps_per_epoch": 10, "metrics": [1.0] * 9}, "one value per epoch"),
+        ({"steps_per_epoch": 10, "metrics": [1.0] * 11}, "ceil(95 / 10) = 10, got 11"),
+        ({"metrics": [1.0] * 10}, "steps_per_epoch"),
+    ],
+)
+def test_plateau_metrics_of_the_wrong_length_are_422_naming_metrics(
+    preview_client: TestClient, extra: dict[str, Any], fragment: str
+) -> None:
+    error = _preview(preview_client, PLATEAU, steps=95, **extra).json()["error"]
+    assert [f["path"] for f in error["fields"]] == ["metrics"]
+    assert fragment in error["message"]
+
+
+def test_metrics_for_a_policy_of_the_step_alone_are_422(preview_client: TestClient) -> None:
+    schedule = {"policy": "wsd", **VALID_SPECS["wsd"]}
+    response = _preview(preview_client, schedule, steps=20, steps_per_epoch=10, metrics=[1, 1])
+    error = response.json()["error"]
+    assert [f["path"] for f in error["fields"]] == ["metrics"]
+    assert "only plateau reads metrics" in error["message"]
+
+
+def test_plateau_watches_the_jobs_metric_in_its_mode() -> None:
+    spec = resolve_schedule(
+        "plateau", {"lr": 0.1}, steps_per_epoch=10, total_steps=100, metric_mode="max"
+    )
+    assert spec.policy == "plateau" and spec.mode == "max"
+    with pytest.raises(ValueError, match="whose mode is 'max'"):
+        resolve_schedule(
+            "plateau",
+            {"lr": 0.1, "mode": "min"},
+            steps_per_epoch=10,
+            total_steps=100,
+            metric_mode="max",
+        )
+
+
+def test_new_policies_resolve_durations_from_epochs_and_fractions() -> None:
+    wsd = resolve_schedule(
+        "wsd",
+        {"lr": 0.1, "decay_frac": 0.2, "warmup_steps_epochs": 2},
+        steps_per_epoch=10,
+        total_steps=500,
+    )
+    assert (wsd.total_steps, wsd.decay_steps, wsd.warmup_steps) == (500, 100, 20)
+    inverse_sqrt = resolve_schedule(
+        "inverse_sqrt", {"lr": 0.1, "warmup_steps_frac": 0.1}, steps_per_epoch=10, total_steps=500
+    )
+    assert (inverse_sqrt.warmup_steps, inverse_sqrt.timescale) == (50, 50)
+    rex = resolve_schedule("rex", {"lr": 0.1}, steps_per_epoch=10, total_steps=500)
+    assert rex.total_steps == 500
+    with pytest.raises(ValueError, match="give one of them"):
+        validate_search_space("wsd", {"decay_steps_frac": 0.2, "decay_frac": 0.2})
 
 
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])

@@ -1,10 +1,16 @@
-"""The torch adapter: parameter groups by name rule, and the driver's rates on real optimizers."""
+"""The torch adapter: parameter groups by name rule, and the driver's rates on real optimizers
+(plateau's against torch's ReduceLROnPlateau fed the same metrics)."""
 
 from __future__ import annotations
+
+import math
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from lrtune.schemas.schedules import ParamGroupRule, parse_schedule
 from lrtune.workers.schedule_math import learning_rate, learning_rates
 from lrtune.workers.torch_schedule import ScheduleDriver, build_param_groups
@@ -138,3 +144,118 @@ def test_state_dict_resumes_at_the_same_step() -> None:
     resumed.load_state_dict(state)
     assert resumed.t == 13
     assert resumed.get_last_lr() == driver.get_last_lr()
+
+
+# --- plateau: the driver fed the metric after every epoch -------------------------------------
+
+
+@st.composite
+def _plateau_runs(draw: st.DrawFn) -> tuple[dict[str, Any], list[ParamGroupRule], int, list[float]]:
+    lr = draw(st.floats(1e-3, 1.0))
+    spec: dict[str, Any] = {
+        "policy": "plateau",
+        "lr": lr,
+        "mode": draw(st.sampled_from(["min", "max"])),
+        "factor": draw(st.floats(0.05, 0.9)),
+        "patience": draw(st.integers(0, 3)),
+        "cooldown": draw(st.integers(0, 2)),
+        "min_lr": lr * draw(st.sampled_from([0.0, 1e-3, 0.1])),
+        "eps": draw(st.sampled_from([0.0, 1e-8, 1e-4])),
+    }
+    steps_per_epoch = draw(st.integers(1, 12))
+    if draw(st.booleans()):
+        spec["warmup_steps"] = draw(st.integers(1, 3 * steps_per_epoch))
+        spec["warmup_start_lr"] = draw(st.floats(0.0, lr))
+    rules = draw(
+        st.sampled_from(
+            [[], RULES, [ParamGroupRule(match="*.weight", lr_mult=draw(st.floats(0.0, 3.0)))]]
+        )
+    )
+    epochs = draw(st.integers(1, 30))
+    metrics = draw(
+        st.lists(
+            st.sampled_from([1.0, 0.9, 0.9, 0.8, 1.2, math.nan]), min_size=epochs, max_size=epochs
+        )
+    )
+    return spec, rules, steps_per_epoch, metrics
+
+
+@settings(max_examples=60, deadline=None)
+@given(_plateau_runs())
+def test_plateau_driver_is_torch_reduce_lr_on_plateau_on_every_group(
+    run: tuple[dict[str, Any], list[ParamGroupRule], int, list[float]],
+) -> None:
+    data, rules, steps_per_epoch, metrics = run
+    spec = parse_schedule(data)
+    model = _adapter_model()
+    ours = torch.optim.SGD(build_param_groups(model, rules), lr=123.0)
+    driver = ScheduleDriver(ours, spec, total_steps=steps_per_epoch * len(metrics))
+    # torch's side: each group from lr x its multiplier, min_lr scaled the same way, a LambdaLR
+    # over the warmup, ReduceLROnPlateau fed the epochs that end once the warmup is over.
+    theirs = torch.optim.SGD(build_param_groups(model, rules), lr=123.0)
+    mults = [group["lr_mult"] for group in theirs.param_groups]
+    warmup, start = spec.warmup_steps, spec.warmup_start_lr
+    for group, mult in zip(theirs.param_groups, mults, strict=True):
+        group["initial_lr"] = group["lr"] = mult if warmup else spec.lr * mult
+    ramp = (
+        torch.optim.lr_scheduler.LambdaLR(
+            theirs, lambda t: start + (spec.lr - start) * (t / warmup) if t < warmup else spec.lr
+        )
+        if warmup
+        else None
+    )
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        theirs,
+        mode=spec.mode,
+        factor=spec.factor,
+        patience=spec.patience,
+        cooldown=spec.cooldown,
+        min_lr=[spec.min_lr * m for m in mults],
+        eps=spec.eps,
+    )
+    done = 0
+    for value in metrics:
+        for _ in range(steps_per_epoch):
+            assert [g["lr"] for g in ours.param_groups] == pytest.approx(
+                [g["lr"] for g in theirs.param_groups], rel=1e-12, abs=0
+            )
+            ours.step()  # no gradients: only the step counters torch checks move
+            theirs.step()
+            done += 1
+            driver.step()
+            if ramp is not None and done <= warmup:
+                ramp.step()
+        driver.on_epoch_end(value)
+        if done >= warmup:
+            plateau.step(value)
+    assert [g["lr"] for g in ours.param_groups] == pytest.approx(
+        [g["lr"] for g in theirs.param_groups], rel=1e-12, abs=0
+    )
+    # The base rate is the preview's, given the same metrics at the same steps.
+    ends = [steps_per_epoch * (e + 1) for e in range(len(metrics))]
+    preview = learning_rates(spec, np.arange(done + 1), metrics=metrics, epoch_ends=ends)
+    assert [driver.rate(t) for t in range(done + 1)] == preview.tolist()
+
+
+def test_plateau_driver_resumes_from_its_state_with_the_metrics_seen() -> None:
+    spec = parse_schedule({"policy": "plateau", "lr": 0.1, "patience": 0, "factor": 0.5})
+    model = _adapter_model()
+    optimizer = torch.optim.SGD(build_param_groups(model, RULES), lr=1.0)
+    driver = ScheduleDriver(optimizer, spec)
+    for value in (1.0, 1.0, 1.0):
+        for _ in range(4):
+            driver.step()
+        driver.on_epoch_end(value)
+    assert driver.rate(driver.t) == pytest.approx(0.025)  # two epochs without improvement
+    resumed = ScheduleDriver(torch.optim.SGD(build_param_groups(model, RULES), lr=1.0), spec)
+    resumed.load_state_dict(driver.state_dict())
+    assert resumed.get_last_lr() == driver.get_last_lr()
+    assert resumed.t == 12 and resumed.metrics == [1.0, 1.0, 1.0]
+
+
+def test_other_policies_ignore_the_metric() -> None:
+    optimizer = torch.optim.SGD(build_param_groups(_adapter_model(), RULES), lr=1.0)
+    driver = ScheduleDriver(optimizer, SPEC, total_steps=40)
+    before = driver.get_last_lr()
+    driver.on_epoch_end(0.5)
+    assert driver.get_last_lr() == before and driver.metrics == []

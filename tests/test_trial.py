@@ -261,3 +261,65 @@ def test_optimizer_spec_example_from_the_contract() -> None:
         False,
         0.0005,
     )
+
+
+# --- plateau: the rate follows the job's metric, fed once per epoch ---------------------------
+
+
+def test_plateau_reduces_the_rate_the_optimizer_uses_from_the_epochs_metric(drift: Any) -> None:
+    # The drift model's val_loss falls every epoch, which in mode "max" is never an
+    # improvement: after patience + 1 such epochs the rate is halved, and so on.
+    schedule = {"policy": "plateau", "lr": 0.01, "mode": "max", "patience": 1, "factor": 0.5}
+    rows, outcome = collect(
+        config(
+            workload={"entrypoint": "drift_workload:make", "params": {"n": 10, "batch_size": 4}},
+            optimizer={"name": "sgd"},
+            schedule=schedule,
+            metric="val_loss",
+            mode="max",
+            epochs=6,
+        )
+    )
+    assert outcome.status == "completed"
+    values = [row.val_loss for row in rows]
+    ends = [row.step for row in rows]
+    rates = learning_rates(
+        parse_schedule(schedule), np.arange(ends[-1]), metrics=values, epoch_ends=ends
+    )
+    # 3 steps an epoch; epoch 1 sets the best, 2 and 3 are bad: halved from epoch 4 on.
+    assert rates[::3].tolist() == [0.01, 0.01, 0.01, 0.005, 0.005, 0.0025]
+    assert [row.lr for row in rows] == rates[2::3].tolist()
+    # Plain SGD on a + b moves a by the sum of the rates it was given, step by step.
+    assert drift.BUILT[-1].a.item() == pytest.approx(1 - rates.sum(), abs=1e-12)
+
+
+def _plateau_digits(**overrides: Any) -> TrialConfig:
+    # A relative threshold of 0.5 makes every epoch after the first a bad one for accuracy.
+    schedule = {"policy": "plateau", "lr": 0.05, "mode": "max", "patience": 1, "threshold": 0.5}
+    return config(schedule=schedule, metric="val_accuracy", mode="max", epochs=5, **overrides)
+
+
+def test_plateau_trial_resumes_from_a_checkpoint_with_its_metrics(tmp_path: Path) -> None:
+    uninterrupted, _ = collect(_plateau_digits())
+    assert uninterrupted[0].lr > uninterrupted[-1].lr  # it was reduced
+    checkpoint = tmp_path / "epoch-2.pt"
+    first: list[EpochResult] = []
+    run_trial(
+        _plateau_digits(),
+        lambda row: first.append(row) or row.epoch == 3,
+        checkpointing=trial_module.Checkpointing(
+            due=lambda epoch: epoch == 2, save=lambda state: state.save(checkpoint)
+        ),
+    )
+    state = trial_module.TrialState.load(checkpoint)
+    assert state.schedule["metrics"] == [row.metrics["val_accuracy"] for row in first[:2]]
+    resumed: list[EpochResult] = []
+    run_trial(_plateau_digits(), resumed.append, resume=state)
+    assert without_time(first[:2] + resumed) == without_time(uninterrupted)
+
+
+def test_plateau_must_watch_the_metric_in_its_mode() -> None:
+    # val_accuracy is a "max" metric; a plateau in mode "min" would cut the rate as it improves.
+    schedule = {"policy": "plateau", "lr": 0.05, "mode": "min"}
+    with pytest.raises(ValueError, match="plateau watches 'val_accuracy', whose mode is 'max'"):
+        run_trial(config(schedule=schedule, metric="val_accuracy", mode="max"), lambda r: None)

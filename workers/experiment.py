@@ -22,7 +22,7 @@ import math
 import os
 import pickle
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ from lrtune.schemas.search import (
     resolve_schedule,
     validate_search_space,
 )
+from lrtune.schemas.trials import OptimizerSpec
 from lrtune.workers.early_stopping import make_scheduler
 from lrtune.workers.range_test import derive_search_spaces
 from lrtune.workers.results import CancelStopper, RecordResults, sink_for
@@ -259,8 +260,9 @@ class EqualBudgetSearcher(_StatefulSearcher):
     """Exactly `trials_per_policy` trials per policy, round robin, points per `algorithm`.
 
     Each suggestion is a trial config: `trial_key` ("<policy>-<index>", stable across
-    restores), `policy`, `index`, `seed`, `point` (the sampled search-space point, durations
-    still in epochs or fractions) and `schedule` (resolved in steps) or `schedule_error`.
+    restores), `policy`, `index`, `seed`, `optimizer` (the policy's arm's, as JSON: `optimizers`
+    maps each policy to it), `point` (the sampled search-space point, durations still in epochs
+    or fractions) and `schedule` (resolved in steps) or `schedule_error`.
     Suggests nothing once the job must stop (cancellation).
     """
 
@@ -269,6 +271,7 @@ class EqualBudgetSearcher(_StatefulSearcher):
         *,
         job_key: str,
         spaces: list[PolicySpace],
+        optimizers: Mapping[str, OptimizerSpec],
         trials_per_policy: int,
         algorithm: str,
         seed: int,
@@ -281,6 +284,7 @@ class EqualBudgetSearcher(_StatefulSearcher):
         self.job_key = job_key
         self.spaces = {space.policy: space for space in spaces}
         self.order = [space.policy for space in spaces]
+        self.optimizers = {policy: optimizers[policy] for policy in self.order}
         self.trials_per_policy = trials_per_policy
         self.algorithm = algorithm
         self.seed = seed
@@ -325,6 +329,7 @@ class EqualBudgetSearcher(_StatefulSearcher):
             "index": index,
             "seed": trial_seed(self.seed, index),
             "steps_per_epoch": self.steps_per_epoch,
+            "optimizer": self.optimizers[policy].model_dump(mode="json"),
             "point": point,
             "schedule": None,
             "schedule_error": None,
@@ -335,6 +340,7 @@ class EqualBudgetSearcher(_StatefulSearcher):
                 point,
                 steps_per_epoch=self.steps_per_epoch,
                 total_steps=self.steps_per_epoch * self.epochs,
+                metric_mode=self._mode,
             )
             config["schedule"] = schedule.model_dump(mode="json")
         except (ValidationError, ValueError) as error:
@@ -480,11 +486,13 @@ def build_tuner(plan: ExperimentPlan, *, skip_keys: set[str] | None = None) -> t
 
 
 def plan_searcher(plan: ExperimentPlan) -> EqualBudgetSearcher:
-    """The searcher that hands out the plan's trials: the job's budget, algorithm and seed."""
+    """The searcher that hands out the plan's trials: the job's budget, algorithm and seed, each
+    policy's trials with its arm's optimizer."""
     spec = plan.spec
     return EqualBudgetSearcher(
         job_key=plan.job_key,
         spaces=plan.spaces,
+        optimizers={space.policy: spec.optimizer_for(space.policy) for space in plan.spaces},
         trials_per_policy=spec.budget.trials_per_policy,
         algorithm=spec.search.algorithm,
         seed=spec.search.seed,
@@ -583,8 +591,9 @@ class ConfirmationPick:
 def confirmation_configs(
     plan: ExperimentPlan, picks: list[ConfirmationPick], *, seeds: int
 ) -> list[dict[str, Any]]:
-    """The trial configs of the confirmation run: every pick with `seeds` confirmation seeds,
-    keyed `confirm-<policy>-<rank>-<seed index>` (stable across restores)."""
+    """The trial configs of the confirmation run: every pick with `seeds` confirmation seeds and
+    its policy's optimizer, keyed `confirm-<policy>-<rank>-<seed index>` (stable across
+    restores)."""
     configs = []
     for index in range(seeds):
         for pick in picks:
@@ -596,6 +605,7 @@ def confirmation_configs(
                     "index": index,
                     "seed": confirmation_seed(plan.spec.search.seed, index),
                     "steps_per_epoch": plan.steps_per_epoch,
+                    "optimizer": plan.spec.optimizer_for(pick.policy).model_dump(mode="json"),
                     "point": pick.point,
                     "schedule": pick.schedule,
                     "schedule_error": None,

@@ -19,7 +19,7 @@ from lrtune.schemas.schedules import FixedSchedule, ParamGroupRule
 from lrtune.schemas.search import field_of
 from lrtune.schemas.trials import OptimizerSpec
 from lrtune.schemas.workloads import WorkloadSpec
-from lrtune.workers.trial import build_optimizer
+from lrtune.workers.trial import build_optimizer, train_weights
 from lrtune.workers.workloads import TensorBatches, build_workload, seed_everything
 from torch import Tensor
 
@@ -89,7 +89,9 @@ def run_range_test(
     average = 0.0
     best = math.inf
     stopped_early = False
-    model.train()
+    # A schedule-free optimizer steps in train mode: the loss is that of y, where it takes its
+    # gradients (the ramp sets its rate directly, its own warmup is 0).
+    train_weights(model, opt)
     for step, (inputs, targets) in enumerate(_cycle(train_loader, len(built.train_loader))):
         if step >= test.iterations:
             break

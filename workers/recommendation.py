@@ -1,43 +1,26 @@
-"""A job's recommendation from its trials: confirmation picks, statistics, and the PyTorch export.
+"""A job's recommendation from its trials: confirmation picks and statistics.
 
 Pure functions over plain trial summaries (the store feeds them in): `select_for_confirmation`
-picks each policy's top configurations to rerun with fresh seeds, `build_recommendation` ranks
-configurations on their mean over seeds, and `pytorch_snippet` writes code that reproduces a
-schedule with `torch.optim.lr_scheduler`.
+picks each policy's top configurations to rerun with fresh seeds, and `build_recommendation`
+ranks configurations on their mean over seeds. The code it attaches comes from `code_export`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from lrtune.schemas.recommendations import Comparison, PolicyEvidence, Recommendation
-from lrtune.schemas.schedules import (
-    CosineSchedule,
-    CyclicSchedule,
-    ExponentialSchedule,
-    FixedSchedule,
-    InverseTimeSchedule,
-    LinearCosineSchedule,
-    MultiStepSchedule,
-    NaturalExpSchedule,
-    NoisyLinearCosineSchedule,
-    OneCycleSchedule,
-    ParamGroupRule,
-    PiecewiseSchedule,
-    PolynomialSchedule,
-    ScheduleSpec,
-    SgdrSchedule,
-    StepSchedule,
-)
+from lrtune.schemas.schedules import ParamGroupRule, ScheduleSpec
+from lrtune.schemas.trials import OptimizerSpec
+from lrtune.workers.code_export import Snippet, export_snippets
 from scipy import stats
 
 __all__ = [
     "TrialSummary",
     "build_recommendation",
-    "pytorch_snippet",
     "select_for_confirmation",
 ]
 
@@ -55,7 +38,8 @@ class TrialSummary:
 
     `metric_values` holds the job metric after each epoch; `final_metric` is the value the trial
     is judged on (default: the last epoch's). NaN or inf (a diverged trial) counts as the worst
-    possible value.
+    possible value. `optimizer` is the one it trained with (None: the job's, as
+    `build_recommendation` is told).
     """
 
     trial_id: str
@@ -66,6 +50,7 @@ class TrialSummary:
     final_metric: float | None = None
     is_confirmation: bool = False
     status: str = "completed"
+    optimizer: OptimizerSpec | None = None
 
     @property
     def final(self) -> float:
@@ -76,10 +61,11 @@ class TrialSummary:
 
 @dataclass(frozen=True)
 class _Config:
-    """One schedule configuration and the trials (seeds) that ran it."""
+    """One configuration (a schedule with an optimizer) and the trials (seeds) that ran it."""
 
     policy: str
     schedule: ScheduleSpec
+    optimizer: OptimizerSpec | None
     trials: tuple[TrialSummary, ...]
 
 
@@ -110,23 +96,38 @@ def build_recommendation(
     final: bool,
     param_groups: Sequence[ParamGroupRule] | None = None,
     training_steps: int | None = None,
+    optimizer: OptimizerSpec | None = None,
 ) -> Recommendation:
     """The winner, the best configuration of each policy, how sure we are, and the export.
 
-    Configurations (identical schedule specs) are scored on the mean of their counted trials'
-    final metric; the winner has the best mean (mode decides the sense; ties go to the smaller
-    spread, then more seeds). The comparison is a Welch t-interval on the winner's mean minus
-    the best other policy's. `param_groups` and `training_steps` (the job's optimizer steps)
-    shape the PyTorch snippet. With `final` false this is the best so far.
+    Configurations (identical schedule specs and optimizers: a trial's own, else `optimizer`,
+    the job's) are scored on the mean of their counted trials' final metric; the winner has the
+    best mean (mode decides the sense; ties go to the smaller spread, then more seeds). The
+    comparison is a Welch t-interval on the winner's mean minus the best other policy's.
+    `param_groups`, `training_steps` (the job's optimizer steps) and each configuration's
+    optimizer (a schedule-free one is built in the PyTorch code) shape the exported code
+    (PyTorch, Keras, Hugging Face), each with whether it is exact: each policy's best
+    configuration carries its code, and the recommendation's is the winner's.
+    With `final` false this is the best so far.
     """
-    configs = _ranked(_configs(trials), mode)
+    configs = _ranked(_configs(trials, optimizer=optimizer), mode)
     best_by_policy: dict[str, _Config] = {}
     for config in configs:
         best_by_policy.setdefault(config.policy, config)
     ranked_best = list(best_by_policy.values())
 
     baseline = _mean(best_by_policy["fixed"], mode) if "fixed" in best_by_policy else None
-    evidence = [_evidence(config, mode=mode, baseline=baseline) for config in ranked_best]
+    evidence = [
+        _evidence(
+            config,
+            mode=mode,
+            baseline=baseline,
+            snippets=_exports(
+                config, param_groups=param_groups, training_steps=training_steps, metric=metric
+            ),
+        )
+        for config in ranked_best
+    ]
     winner = evidence[0] if evidence else None
     comparison = (
         _compare(ranked_best[0], ranked_best[1], mode=mode) if len(ranked_best) > 1 else None
@@ -138,12 +139,8 @@ def build_recommendation(
         final=final,
         baseline=baseline,
         counted=sum(len(c.trials) for c in configs),
+        labels=_labels(evidence),
     )
-    code: dict[str, str] = {}
-    if winner is not None:
-        code["pytorch"] = pytorch_snippet(
-            winner.schedule, param_groups=param_groups, training_steps=training_steps
-        )
     return Recommendation(
         job_id=job_id,
         final=final,
@@ -153,23 +150,53 @@ def build_recommendation(
         by_policy=evidence,
         comparison=comparison,
         rationale=rationale,
-        code=code,
+        code=dict(winner.code) if winner is not None else {},
+        exact=dict(winner.exact) if winner is not None else {},
+    )
+
+
+def _exports(
+    config: _Config,
+    *,
+    param_groups: Sequence[ParamGroupRule] | None,
+    training_steps: int | None,
+    metric: str,
+) -> dict[str, Snippet]:
+    """The configuration as code in every format, with the optimizer it trained with."""
+    return export_snippets(
+        config.schedule,
+        param_groups=param_groups,
+        training_steps=training_steps,
+        optimizer=config.optimizer,
+        metric=metric,
     )
 
 
 # --- statistics -------------------------------------------------------------------------------
 
 
-def _configs(trials: Sequence[TrialSummary]) -> list[_Config]:
-    grouped: dict[str, list[TrialSummary]] = {}
+def _configs(
+    trials: Sequence[TrialSummary], *, optimizer: OptimizerSpec | None = None
+) -> list[_Config]:
+    grouped: dict[tuple[str, str], list[TrialSummary]] = {}
+    trained_with: dict[tuple[str, str], OptimizerSpec | None] = {}
     for trial in trials:
         if trial.status not in _COUNTED_STATUSES:
             continue
-        # The spec's JSON (policy included) is the configuration's identity; seeds vary.
-        grouped.setdefault(trial.schedule.model_dump_json(), []).append(trial)
+        # The spec's JSON (policy included) and the optimizer's are the configuration's
+        # identity; seeds vary.
+        used = trial.optimizer or optimizer
+        key = (trial.schedule.model_dump_json(), used.model_dump_json() if used else "")
+        grouped.setdefault(key, []).append(trial)
+        trained_with[key] = used
     return [
-        _Config(policy=group[0].policy, schedule=group[0].schedule, trials=tuple(group))
-        for group in grouped.values()
+        _Config(
+            policy=group[0].policy,
+            schedule=group[0].schedule,
+            optimizer=trained_with[key],
+            trials=tuple(group),
+        )
+        for key, group in grouped.items()
     ]
 
 
@@ -229,7 +256,9 @@ def _mean_curve(config: _Config, mode: Mode) -> list[float]:
     return mean
 
 
-def _evidence(config: _Config, *, mode: Mode, baseline: float | None) -> PolicyEvidence:
+def _evidence(
+    config: _Config, *, mode: Mode, baseline: float | None, snippets: dict[str, Snippet]
+) -> PolicyEvidence:
     values = _values(config, mode)
     curve = _mean_curve(config, mode)
     epochs_to_baseline: int | None = None
@@ -246,12 +275,15 @@ def _evidence(config: _Config, *, mode: Mode, baseline: float | None) -> PolicyE
     return PolicyEvidence(
         policy=config.policy,
         schedule=config.schedule,
+        optimizer=config.optimizer,
         metric_mean=_mean(config, mode),
         metric_std=_std(values),
         n_seeds=len(values),
         trial_ids=[trial.trial_id for trial in config.trials],
         epochs_to_baseline=epochs_to_baseline,
         auc=auc,
+        code={name: snippet.code for name, snippet in snippets.items()},
+        exact={name: snippet.exact for name, snippet in snippets.items()},
     )
 
 
@@ -310,6 +342,17 @@ def _compare(best: _Config, other: _Config, *, mode: Mode) -> Comparison:
 # --- rationale --------------------------------------------------------------------------------
 
 
+def _labels(evidence: list[PolicyEvidence]) -> dict[str, str]:
+    """Each policy as the rationale names it: with its optimizer when the policies' optimizers
+    differ (a schedule-free fixed arm among scheduled ones), else the policy alone."""
+    trained_with = {e.optimizer.model_dump_json() if e.optimizer else "" for e in evidence}
+    if len(trained_with) < 2:
+        return {e.policy: e.policy for e in evidence}
+    return {
+        e.policy: f"{e.policy} ({e.optimizer.name})" if e.optimizer else e.policy for e in evidence
+    }
+
+
 def _is_share(metric: str) -> bool:
     return metric.endswith("accuracy")
 
@@ -333,6 +376,7 @@ def _rationale(
     final: bool,
     baseline: float | None,
     counted: int,
+    labels: dict[str, str],
 ) -> str:
     if not evidence:
         return (
@@ -349,15 +393,15 @@ def _rationale(
     seeds = "1 seed" if winner.n_seeds == 1 else f"{winner.n_seeds} seeds"
     parts = [
         ("Best so far (the job is still running): " if not final else "")
-        + f"{winner.policy} has the best mean {metric}, {_value_text(winner.metric_mean, metric)}"
-        + f"{spread} over {seeds}."
+        + f"{labels[winner.policy]} has the best mean {metric}, "
+        + f"{_value_text(winner.metric_mean, metric)}{spread} over {seeds}."
     ]
     if comparison is None:
         parts.append(f"It is the only policy with finished trials ({counted} counted).")
     else:
         runner = next(e for e in evidence if e.policy == comparison.runner_up)
         beat = (
-            f"{comparison.winner} beats {comparison.runner_up} "
+            f"{labels[comparison.winner]} beats {labels[comparison.runner_up]} "
             f"({_value_text(runner.metric_mean, metric)}) by "
             f"{_difference_text(comparison.difference, metric)}"
         )
@@ -384,16 +428,16 @@ def _rationale(
         reached = winner.epochs_to_baseline
         fixed = next(e for e in evidence if e.policy == "fixed")
         baseline_text = _value_text(baseline, metric)
+        fixed_rate = f"the best {labels['fixed']} rate"
         if winner.policy == "fixed":
             pass
         elif reached is None:
             parts.append(
-                f"Its mean curve never reached the best fixed rate's final {metric} "
-                f"({baseline_text})."
+                f"Its mean curve never reached {fixed_rate}'s final {metric} ({baseline_text})."
             )
         else:
             parts.append(
-                f"It reached the best fixed rate's final {metric} ({baseline_text}) after "
+                f"It reached {fixed_rate}'s final {metric} ({baseline_text}) after "
                 f"{reached} epoch{'s' if reached != 1 else ''}"
                 + (
                     f"; the fixed rate needed {fixed.epochs_to_baseline}."
@@ -402,362 +446,3 @@ def _rationale(
                 )
             )
     return " ".join(parts)
-
-
-# --- PyTorch export ---------------------------------------------------------------------------
-
-
-def pytorch_snippet(
-    spec: ScheduleSpec,
-    *,
-    param_groups: Sequence[ParamGroupRule] | None = None,
-    training_steps: int | None = None,
-) -> str:
-    """Python code that builds `scheduler` for an existing `optimizer` (any lr it was built with).
-
-    Calling `scheduler.step()` after each `optimizer.step()` gives every param group exactly the
-    schedule's rate times its multiplier (lrtune's `learning_rates`). A torch.optim.lr_scheduler
-    class is used where it computes the same curve (StepLR, MultiStepLR, ExponentialLR,
-    PolynomialLR, CyclicLR, CosineAnnealingWarmRestarts, OneCycleLR); otherwise, and whenever a
-    warmup is present, a LambdaLR with the formula written out in plain Python. With
-    `param_groups`, the snippet also needs `model`: each optimizer group's multiplier comes from
-    the names of its parameters. `training_steps` (steps the training will run) matters only for
-    one_cycle: past total_steps OneCycleLR raises, while lrtune holds the final rate, so a longer
-    training gets a LambdaLR.
-    """
-    rules = list(param_groups or [])
-    header = [
-        f"# lrtune schedule ({spec.policy}): {spec.model_dump_json()}",
-        "# Call scheduler.step() after every optimizer.step().",
-    ]
-    torch_class = None if spec.warmup_steps > 0 else _torch_class(spec, rules, training_steps)
-    header += ["import fnmatch"] if rules else []
-    header += ["import math"] if torch_class is None else []
-    header += ["", "import torch", ""]
-    header += _multiplier_code(rules)
-    if torch_class is not None:
-        start, build = torch_class
-        body = [
-            "",
-            "# Each group starts from its own rate; the scheduler takes it from there.",
-            "for group, mult in zip(optimizer.param_groups, lr_mults):",
-            f"    group['initial_lr'] = group['lr'] = {start} * mult",
-            f"scheduler = {build}",
-        ]
-    else:
-        body = [
-            *_lambda_code(spec),
-            "# LambdaLR multiplies each group's initial_lr by lrtune_rate(t): the multiplier.",
-            "for group, mult in zip(optimizer.param_groups, lr_mults):",
-            "    group['initial_lr'] = group['lr'] = mult",
-            "scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lrtune_rate)",
-        ]
-    return "\n".join([*header, *body, ""])
-
-
-def _multiplier_code(rules: list[ParamGroupRule]) -> list[str]:
-    if not rules:
-        return ["lr_mults = [1.0] * len(optimizer.param_groups)"]
-    pairs = ", ".join(f"({rule.match!r}, {rule.lr_mult!r})" for rule in rules)
-    return [
-        "# Discriminative rates: a parameter takes the multiplier of the first rule whose",
-        "# pattern is a prefix of its name or a glob matching it (1.0 when none does); every",
-        "# optimizer param group must hold parameters of one multiplier. Needs `model`.",
-        f"lr_rules = [{pairs}]",
-        "names = {id(p): n for n, p in model.named_parameters()}",
-        "",
-        "",
-        "def lrtune_mult(name):",
-        "    for pattern, mult in lr_rules:",
-        "        if name.startswith(pattern) or fnmatch.fnmatchcase(name, pattern):",
-        "            return mult",
-        "    return 1.0",
-        "",
-        "",
-        "lr_mults = []",
-        "for group in optimizer.param_groups:",
-        "    found = {lrtune_mult(names[id(p)]) for p in group['params']}",
-        "    if len(found) != 1:",
-        "        raise ValueError(f'a param group mixes lr multipliers {sorted(found)}')",
-        "    lr_mults.append(found.pop())",
-    ]
-
-
-def _torch_class(
-    spec: ScheduleSpec, rules: list[ParamGroupRule], training_steps: int | None
-) -> tuple[str, str] | None:
-    """(the rate each group starts from, the scheduler expression), or None for a LambdaLR."""
-    sched = "torch.optim.lr_scheduler"
-    if spec.policy == "step":
-        return repr(spec.lr), (
-            f"{sched}.StepLR(optimizer, step_size={spec.step_size}, gamma={spec.gamma!r})"
-        )
-    if spec.policy == "multistep":
-        return repr(spec.lr), (
-            f"{sched}.MultiStepLR(optimizer, milestones={list(spec.milestones)!r}, "
-            f"gamma={spec.gamma!r})"
-        )
-    if spec.policy == "exponential":
-        if spec.staircase:
-            return repr(spec.lr), (
-                f"{sched}.StepLR(optimizer, step_size={spec.decay_steps}, "
-                f"gamma={spec.decay_rate!r})"
-            )
-        if spec.decay_steps == 1:
-            return repr(spec.lr), f"{sched}.ExponentialLR(optimizer, gamma={spec.decay_rate!r})"
-        return None
-    if spec.policy == "polynomial" and spec.end_lr == 0 and not spec.cycle:
-        return repr(spec.lr), (
-            f"{sched}.PolynomialLR(optimizer, total_iters={spec.decay_steps}, power={spec.power!r})"
-        )
-    if spec.policy == "clr":
-        # Per-group bounds scaled by the multipliers; cycle_momentum=False, else CyclicLR also
-        # cycles the optimizer's momentum. CyclicLR sets each group's lr itself.
-        return repr(spec.base_lr), (
-            f"{sched}.CyclicLR(optimizer, base_lr=[{spec.base_lr!r} * m for m in lr_mults], "
-            f"max_lr=[{spec.max_lr!r} * m for m in lr_mults], step_size_up={spec.step_size}, "
-            f"mode={spec.mode!r}, gamma={spec.gamma!r}, cycle_momentum=False)"
-        )
-    if (
-        spec.policy == "sgdr"
-        and spec.restart_decay == 1.0
-        and float(spec.t_mult).is_integer()
-        # torch's eta_min is one number for every group, so multipliers need eta_min == 0.
-        and (spec.eta_min == 0.0 or all(rule.lr_mult == 1.0 for rule in rules))
-    ):
-        return repr(spec.eta_max), (
-            f"{sched}.CosineAnnealingWarmRestarts(optimizer, T_0={spec.t_0}, "
-            f"T_mult={int(spec.t_mult)}, eta_min={spec.eta_min!r})"
-        )
-    if spec.policy == "one_cycle" and (
-        training_steps is None or training_steps <= spec.total_steps
-    ):
-        return repr(spec.max_lr), (
-            f"{sched}.OneCycleLR(optimizer, max_lr=[{spec.max_lr!r} * m for m in lr_mults], "
-            f"total_steps={spec.total_steps}, pct_start={spec.pct_start!r}, "
-            f"anneal_strategy={spec.anneal!r}, div_factor={spec.div_factor!r}, "
-            f"final_div_factor={spec.final_div_factor!r}, three_phase={spec.three_phase!r}, "
-            "cycle_momentum=False)  # train at most total_steps steps: OneCycleLR raises past it"
-        )
-    return None
-
-
-def _lambda_code(spec: ScheduleSpec) -> list[str]:
-    """`def lrtune_rate(t)`: the schedule's rate at step t, as schedule_math computes it."""
-    inner = _INNER_CODE[spec.policy](spec)
-    lines = [
-        "",
-        "",
-        "def lrtune_inner(t):",
-        *(f"    {line}" if line else "" for line in inner),
-        "",
-        "",
-    ]
-    if spec.warmup_steps > 0:
-        lines += [
-            "def lrtune_rate(t):",
-            f"    # Linear warmup from {spec.warmup_start_lr!r} to the schedule's first rate,",
-            "    # whose clock starts after the warmup.",
-            f"    if t < {spec.warmup_steps}:",
-            f"        start = {spec.warmup_start_lr!r}",
-            f"        return start + (lrtune_inner(0) - start) * (t / {spec.warmup_steps})",
-            f"    return lrtune_inner(t - {spec.warmup_steps})",
-        ]
-    else:
-        lines += ["def lrtune_rate(t):", "    return lrtune_inner(t)"]
-    return [*lines, "", ""]
-
-
-def _progress(spec: ExponentialSchedule | NaturalExpSchedule | InverseTimeSchedule) -> str:
-    return f"p = t // {spec.decay_steps}" if spec.staircase else f"p = t / {spec.decay_steps}"
-
-
-def _fixed_code(spec: FixedSchedule) -> list[str]:
-    return [f"return {spec.lr!r}"]
-
-
-def _step_code(spec: StepSchedule) -> list[str]:
-    return [f"return {spec.lr!r} * {spec.gamma!r} ** (t // {spec.step_size})"]
-
-
-def _multistep_code(spec: MultiStepSchedule) -> list[str]:
-    return [
-        f"passed = sum(1 for m in {list(spec.milestones)!r} if m <= t)",
-        f"return {spec.lr!r} * {spec.gamma!r} ** passed",
-    ]
-
-
-def _piecewise_code(spec: PiecewiseSchedule) -> list[str]:
-    return [
-        "# The value changes at boundary + 1 (TF piecewise_constant).",
-        f"index = sum(1 for b in {list(spec.boundaries)!r} if b < t)",
-        f"return {list(spec.values)!r}[index]",
-    ]
-
-
-def _exponential_code(spec: ExponentialSchedule) -> list[str]:
-    return [_progress(spec), f"return {spec.lr!r} * {spec.decay_rate!r} ** p"]
-
-
-def _natural_exp_code(spec: NaturalExpSchedule) -> list[str]:
-    return [_progress(spec), f"return {spec.lr!r} * math.exp(-{spec.decay_rate!r} * p)"]
-
-
-def _inverse_time_code(spec: InverseTimeSchedule) -> list[str]:
-    return [_progress(spec), f"return {spec.lr!r} / (1.0 + {spec.decay_rate!r} * p)"]
-
-
-def _polynomial_code(spec: PolynomialSchedule) -> list[str]:
-    d = spec.decay_steps
-    if spec.cycle:
-        fraction = [
-            "# The horizon grows to the next multiple of decay_steps: no return to lr.",
-            f"periods = max(1, -(-t // {d}))",
-            f"fraction = t / ({d} * periods)",
-        ]
-    else:
-        fraction = [f"fraction = min(t, {d}) / {d}"]
-    return [
-        *fraction,
-        f"return ({spec.lr!r} - {spec.end_lr!r}) * (1.0 - fraction) ** {spec.power!r} "
-        f"+ {spec.end_lr!r}",
-    ]
-
-
-def _cosine_code(spec: CosineSchedule) -> list[str]:
-    d = spec.decay_steps
-    return [
-        "# Held at the end after decay_steps (TF), unlike CosineAnnealingLR's swing back up.",
-        f"fraction = min(t, {d}) / {d}",
-        "cosine = 0.5 * (1.0 + math.cos(math.pi * fraction))",
-        f"return {spec.lr!r} * ((1.0 - {spec.alpha!r}) * cosine + {spec.alpha!r})",
-    ]
-
-
-def _linear_cosine_code(spec: LinearCosineSchedule | NoisyLinearCosineSchedule) -> list[str]:
-    d = spec.decay_steps
-    lines = [
-        f"clamped = min(t, {d})",
-        f"linear = ({d} - clamped) / {d}",
-        f"cosine = 0.5 * (1.0 + math.cos(2.0 * math.pi * {spec.num_periods!r} * clamped / {d}))",
-    ]
-    if isinstance(spec, LinearCosineSchedule):
-        return [
-            *lines,
-            f"return {spec.lr!r} * (({spec.alpha!r} + linear) * cosine + {spec.beta!r})",
-        ]
-    return [
-        *lines,
-        "# Seeded noise, counter-based (SplitMix64 + Box-Muller), keyed on the clamped step.",
-        "mask = (1 << 64) - 1",
-        "",
-        "def splitmix64(index):",
-        f"    z = ((index + 1) * 0x9E3779B97F4A7C15 + {spec.seed}) & mask",
-        "    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask",
-        "    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask",
-        "    return z ^ (z >> 31)",
-        "",
-        "u1 = ((splitmix64(2 * clamped) >> 11) + 1) * 2.0**-53",
-        "u2 = (splitmix64(2 * clamped + 1) >> 11) * 2.0**-53",
-        "noise = math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)",
-        f"std = math.sqrt({spec.initial_variance!r} / (1.0 + clamped) ** {spec.variance_decay!r})",
-        f"lr = {spec.lr!r} * (({spec.alpha!r} + linear + std * noise) * cosine + {spec.beta!r})",
-        "return max(lr, 0.0)",
-    ]
-
-
-def _clr_code(spec: CyclicSchedule) -> list[str]:
-    s = spec.step_size
-    scale = {
-        "triangular": "1.0",
-        "triangular2": "2.0 ** -(cycle - 1)",
-        "exp_range": f"{spec.gamma!r} ** t",
-    }[spec.mode]
-    return [
-        f"cycle = 1 + t // {2 * s}",
-        f"x = abs(t / {s} - 2 * cycle + 1)",
-        f"return {spec.base_lr!r} + ({spec.max_lr!r} - {spec.base_lr!r}) * max(0.0, 1.0 - x) "
-        f"* {scale}",
-    ]
-
-
-def _sgdr_code(spec: SgdrSchedule) -> list[str]:
-    t_0, t_mult = spec.t_0, spec.t_mult
-    if t_mult == 1:
-        find = [f"restart, t_cur, t_i = t // {t_0}, t % {t_0}, {t_0}"]
-    elif float(t_mult).is_integer():
-        find = [
-            "# Restart boundaries with exact integers (a float log misses some).",
-            f"restart, start, t_i = 0, 0, {t_0}",
-            "while start + t_i <= t:",
-            f"    restart, start, t_i = restart + 1, start + t_i, t_i * {int(t_mult)}",
-            "t_cur = t - start",
-        ]
-    else:
-        find = [
-            "def restart_start(i):  # t_0 * (t_mult**i - 1) / (t_mult - 1)",
-            f"    return {t_0} * math.expm1(i * math.log1p({t_mult!r} - 1.0)) / ({t_mult!r} - 1.0)",
-            "",
-            "restart = 0",
-            "while restart_start(restart + 1) <= t:",
-            "    restart += 1",
-            "t_cur = t - restart_start(restart)",
-            f"t_i = {t_0} * {t_mult!r} ** float(restart)",
-        ]
-    return [
-        *find,
-        "cosine = 0.5 * (1.0 + math.cos(math.pi * t_cur / t_i))",
-        f"return {spec.eta_min!r} + ({spec.eta_max!r} - {spec.eta_min!r}) "
-        f"* {spec.restart_decay!r} ** float(restart) * cosine",
-    ]
-
-
-def _one_cycle_code(spec: OneCycleSchedule) -> list[str]:
-    total = spec.total_steps
-    initial = f"({spec.max_lr!r} / {spec.div_factor!r})"
-    final = f"({initial} / {spec.final_div_factor!r})"
-    peak_end = f"float({spec.pct_start!r} * {total}) - 1"
-    if spec.three_phase:
-        phases = [
-            f"ends = [{peak_end}, float(2 * {spec.pct_start!r} * {total}) - 2, {total} - 1.0]",
-            f"lrs = [{initial}, {spec.max_lr!r}, {initial}, {final}]",
-        ]
-    else:
-        phases = [
-            f"ends = [{peak_end}, {total} - 1.0]",
-            f"lrs = [{initial}, {spec.max_lr!r}, {final}]",
-        ]
-    if spec.anneal == "cos":
-        anneal = "return b + (a - b) / 2.0 * (math.cos(math.pi * pct) + 1)"
-    else:
-        anneal = "return (b - a) * pct + a"
-    return [
-        f"if t >= {total}:",
-        f"    return {final}  # held after the last step (OneCycleLR would raise)",
-        *phases,
-        "# The first phase whose end is >= t, as OneCycleLR picks it.",
-        "phase = next((i for i, end in enumerate(ends) if end >= t), len(ends) - 1)",
-        "start = 0.0 if phase == 0 else ends[phase - 1]",
-        "pct = (t - start) / (ends[phase] - start)",
-        "a, b = lrs[phase], lrs[phase + 1]",
-        anneal,
-    ]
-
-
-# Each takes its own policy's spec; the policy name picks the right one.
-_INNER_CODE: dict[str, Callable[[Any], list[str]]] = {
-    "fixed": _fixed_code,
-    "step": _step_code,
-    "multistep": _multistep_code,
-    "piecewise": _piecewise_code,
-    "exponential": _exponential_code,
-    "natural_exp": _natural_exp_code,
-    "inverse_time": _inverse_time_code,
-    "polynomial": _polynomial_code,
-    "cosine": _cosine_code,
-    "linear_cosine": _linear_cosine_code,
-    "noisy_linear_cosine": _linear_cosine_code,
-    "clr": _clr_code,
-    "sgdr": _sgdr_code,
-    "one_cycle": _one_cycle_code,
-}

@@ -1,13 +1,15 @@
 """Learning-rate schedules as vectorised numpy functions of the step index `t`.
 
 The formulas follow `reference/schedules.md` exactly. Only numpy is imported: the API evaluates
-schedules at request time (the preview endpoint) and must not pull in torch.
+schedules at request time (the preview endpoint) and must not pull in torch. One policy,
+plateau, also reads the monitored metric at the end of each epoch (`metrics`, `epoch_ends`).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -17,6 +19,7 @@ from lrtune.schemas.schedules import (
     CyclicSchedule,
     ExponentialSchedule,
     FixedSchedule,
+    InverseSqrtSchedule,
     InverseTimeSchedule,
     LinearCosineSchedule,
     MultiStepSchedule,
@@ -24,25 +27,47 @@ from lrtune.schemas.schedules import (
     NoisyLinearCosineSchedule,
     OneCycleSchedule,
     PiecewiseSchedule,
+    PlateauSchedule,
     PolynomialSchedule,
+    RexSchedule,
     ScheduleSpec,
     SgdrSchedule,
     StepSchedule,
+    WsdSchedule,
 )
 
-__all__ = ["learning_rate", "learning_rates", "standard_normal_noise"]
+__all__ = [
+    "learning_rate",
+    "learning_rates",
+    "plateau_rates",
+    "plateau_watched",
+    "standard_normal_noise",
+]
 
 Steps = npt.NDArray[np.int64]
 Rates = npt.NDArray[np.float64]
 
 
-def learning_rates(spec: ScheduleSpec, steps: npt.ArrayLike) -> Rates:
+def learning_rates(
+    spec: ScheduleSpec,
+    steps: npt.ArrayLike,
+    *,
+    metrics: Sequence[float] = (),
+    epoch_ends: Sequence[int] = (),
+) -> Rates:
     """The rate of `spec` at every step index in `steps` (non-negative integers, any shape).
 
     Each value depends only on the spec and its own step, so evaluating one step at a time, a
-    subsample, or the whole range gives identical numbers.
+    subsample, or the whole range gives identical numbers. For plateau, also on the metrics
+    seen so far: `metrics[i]` was measured when `epoch_ends[i]` steps had been taken (the end of
+    an epoch) and decides the rates from step `epoch_ends[i]` on; without metrics plateau's
+    rate holds. Every other policy is a function of the step alone and takes no metrics.
     """
     t = _as_steps(steps)
+    if spec.policy == "plateau":
+        return _plateau(spec, t, metrics, epoch_ends)
+    if len(metrics) or len(epoch_ends):
+        raise ValueError(f"only plateau reads metrics; {spec.policy} is a function of the step")
     inner = _POLICIES[spec.policy]
     warmup = spec.warmup_steps
     if warmup == 0:
@@ -51,16 +76,25 @@ def learning_rates(spec: ScheduleSpec, steps: npt.ArrayLike) -> Rates:
     out = np.empty(t.shape, dtype=np.float64)
     warming = t < warmup
     start = spec.warmup_start_lr
-    # The warmup ramps towards the inner schedule's first rate, whose clock starts after warmup.
-    first = float(inner(spec, np.zeros(1, dtype=np.int64))[0])
+    # The warmup ramps towards the inner schedule's first rate, whose clock starts after warmup;
+    # WSD's clock counts the warmup (its total_steps includes it, as Hugging Face's does).
+    shift = 0 if spec.policy == "wsd" else warmup
+    first = float(inner(spec, np.full(1, warmup - shift, dtype=np.int64))[0])
     out[warming] = start + (first - start) * (t[warming] / warmup)
-    out[~warming] = inner(spec, t[~warming] - warmup)
+    out[~warming] = inner(spec, t[~warming] - shift)
     return out
 
 
-def learning_rate(spec: ScheduleSpec, t: int) -> float:
+def learning_rate(
+    spec: ScheduleSpec,
+    t: int,
+    *,
+    metrics: Sequence[float] = (),
+    epoch_ends: Sequence[int] = (),
+) -> float:
     """The rate of `spec` at the single step `t`; for many steps use `learning_rates`."""
-    return float(learning_rates(spec, np.array([t], dtype=np.int64))[0])
+    steps = np.array([t], dtype=np.int64)
+    return float(learning_rates(spec, steps, metrics=metrics, epoch_ends=epoch_ends)[0])
 
 
 def _as_steps(steps: npt.ArrayLike) -> Steps:
@@ -309,6 +343,121 @@ def _one_cycle(spec: OneCycleSchedule, t: Steps) -> Rates:
     return np.where(t >= total, final, lr)
 
 
+# --- WSD, inverse square root, REX --------------------------------------------------------------
+
+
+def _wsd(spec: WsdSchedule, t: Steps) -> Rates:
+    # t is the global step (the clock includes the warmup); only t >= warmup_steps comes here.
+    total, decay = spec.total_steps, spec.decay_steps
+    assert decay is not None  # WsdSchedule fills it in from decay_frac
+    ratio = spec.min_lr_ratio
+    progress = np.clip((t - (total - decay)) / decay, 0.0, 1.0)
+    if spec.decay_shape == "linear":
+        shape = 1.0 - progress
+    elif spec.decay_shape == "1-sqrt":
+        shape = 1.0 - np.sqrt(progress)
+    else:
+        shape = 0.5 * (1.0 + np.cos(np.pi * progress))
+    # Written as Hugging Face's lambda is, factor * (1 - r) + r, so the two agree to the last bit.
+    decayed = spec.lr * (shape * (1.0 - ratio) + ratio)
+    return np.where(t < total - decay, spec.lr, np.where(t >= total, ratio * spec.lr, decayed))
+
+
+def _inverse_sqrt(spec: InverseSqrtSchedule, t: Steps) -> Rates:
+    timescale = spec.timescale
+    assert timescale is not None  # InverseSqrtSchedule fills it in
+    # t counts from the end of the warmup: lr * sqrt(timescale / (t + timescale)), 1 at t = 0.
+    return spec.lr / np.sqrt((t + timescale) / timescale)
+
+
+def _rex(spec: RexSchedule, t: Steps) -> Rates:
+    progress = np.minimum(t, spec.total_steps) / spec.total_steps
+    shape = (1.0 - progress) / (1.0 - progress / 2.0)
+    return spec.min_lr + (spec.lr - spec.min_lr) * shape
+
+
+# --- reduce on plateau ----------------------------------------------------------------------
+
+
+def plateau_watched(
+    spec: PlateauSchedule, metrics: Sequence[float], epoch_ends: Sequence[int]
+) -> tuple[list[float], list[int]]:
+    """The metrics plateau acts on, with the step each was measured at: those of epochs that
+    end once the warmup is over (the warmup's own epochs judge a rate still ramping)."""
+    if len(metrics) != len(epoch_ends):
+        raise ValueError(
+            f"one epoch end per metric: {len(metrics)} metrics, {len(epoch_ends)} epoch ends"
+        )
+    ends = [int(end) for end in epoch_ends]
+    if (
+        any(later < earlier for earlier, later in itertools.pairwise(ends))
+        or min(ends, default=0) < 0
+    ):
+        raise ValueError(f"epoch ends must be non-negative and in order, got {ends}")
+    kept = [(float(m), end) for m, end in zip(metrics, ends, strict=True)]
+    kept = [(m, end) for m, end in kept if end >= spec.warmup_steps]
+    return [m for m, _ in kept], [end for _, end in kept]
+
+
+def plateau_rates(
+    spec: PlateauSchedule, metrics: Sequence[float], *, lr_mult: float = 1.0
+) -> list[float]:
+    """`rates[k]`: the rate once the first k of `metrics` were seen, for a param group at
+    `lr * lr_mult` (rates[0]); torch's ReduceLROnPlateau.step, one metric at a time.
+
+    As torch does per group: the floor is `min_lr * lr_mult`, and `eps` (a reduction smaller
+    than it is skipped) compares the group's own rates. A NaN metric is never an improvement.
+    """
+    rate, floor = spec.lr * lr_mult, spec.min_lr * lr_mult
+    best = math.inf if spec.mode == "min" else -math.inf
+    bad_epochs = cooldown_left = 0
+    rates = [rate]
+    for value in metrics:
+        current = float(value)
+        if _improves(spec, current, best):
+            best, bad_epochs = current, 0
+        else:
+            bad_epochs += 1
+        if cooldown_left > 0:
+            cooldown_left -= 1
+            bad_epochs = 0  # bad epochs in cooldown do not count
+        if bad_epochs > spec.patience:
+            reduced = max(rate * spec.factor, floor)
+            if rate - reduced > spec.eps:
+                rate = reduced
+            cooldown_left, bad_epochs = spec.cooldown, 0
+        rates.append(rate)
+    return rates
+
+
+def _improves(spec: PlateauSchedule, value: float, best: float) -> bool:
+    # torch's _is_better, written the same way (rel: best scaled, which for a negative best in
+    # mode min asks for less than a threshold's worth of improvement, as torch does).
+    if spec.mode == "min":
+        if spec.threshold_mode == "rel":
+            return value < best * (1.0 - spec.threshold)
+        return value < best - spec.threshold
+    if spec.threshold_mode == "rel":
+        return value > best * (spec.threshold + 1.0)
+    return value > best + spec.threshold
+
+
+def _plateau(
+    spec: PlateauSchedule, t: Steps, metrics: Sequence[float], epoch_ends: Sequence[int]
+) -> Rates:
+    watched, ends = plateau_watched(spec, metrics, epoch_ends)
+    rates = np.asarray(plateau_rates(spec, watched), dtype=np.float64)
+    # The metrics measured at or before step t decide its rate.
+    seen = np.searchsorted(np.asarray(ends, dtype=np.int64), t, side="right")
+    out = rates[seen]
+    warmup = spec.warmup_steps
+    if warmup:
+        warming = t < warmup
+        start = spec.warmup_start_lr
+        out[warming] = start + (spec.lr - start) * (t[warming] / warmup)
+    return out
+
+
 _POLICIES: dict[str, Callable[[Any, Steps], Rates]] = {
     "fixed": _fixed,
     "step": _step,
@@ -324,4 +473,7 @@ _POLICIES: dict[str, Callable[[Any, Steps], Rates]] = {
     "clr": _clr,
     "sgdr": _sgdr,
     "one_cycle": _one_cycle,
+    "wsd": _wsd,
+    "inverse_sqrt": _inverse_sqrt,
+    "rex": _rex,
 }

@@ -1,10 +1,10 @@
 """The Ray Tune function trainable: one trial of a job, `run_trial` reporting through `tune.report`.
 
 The trial's config comes from the experiment's searcher (`lrtune.workers.experiment`): the
-trial key, policy, sampled point, seed and the schedule already resolved in steps. What is the
-same for every trial of the job (workload, optimizer, epochs, metric, rungs) is bound when the
-trainable is made. No database here: results, probes and checkpoints travel to the driver
-through Tune (checkpoints by way of the run's storage).
+trial key, policy, its arm's optimizer, sampled point, seed and the schedule already resolved in
+steps. What is the same for every trial of the job (workload, epochs, metric, rungs) is bound
+when the trainable is made. No database here: results, probes and checkpoints travel to the
+driver through Tune (checkpoints by way of the run's storage).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 import ray
 from lrtune.schemas.jobs import JobSpec
 from lrtune.schemas.schedules import parse_schedule
-from lrtune.schemas.trials import EpochResult, ProbeResult, TrialConfig
+from lrtune.schemas.trials import EpochResult, OptimizerSpec, ProbeResult, TrialConfig
 from lrtune.workers.early_stopping import JUDGED_KEY, judged_value, probe_epochs, rung_epochs
 from lrtune.workers.results import OUTCOME_KEY, PROBE_KEY, RESTORED_KEY, epoch_metrics
 from lrtune.workers.trial import Checkpointing, Probing, TrialState, run_trial
@@ -49,7 +49,6 @@ def make_trainable(
     """
     skip = frozenset(skip_keys)
     workload = spec.workload
-    optimizer = spec.optimizer
     param_groups = list(spec.param_groups)
     epochs = spec.budget.epochs
     metric, mode = spec.metric_name, spec.metric_mode
@@ -72,6 +71,13 @@ def make_trainable(
             # The sampled point makes no valid schedule (e.g. base_lr above max_lr): a failed
             # trial, recorded with the reason, not a crash of the experiment.
             raise ValueError(f"invalid schedule for this point: {config['schedule_error']}")
+        # A config from before trial configs carried the optimizer (a job resumed across an
+        # upgrade) trains with its arm's, as it did.
+        optimizer = (
+            OptimizerSpec.model_validate(config["optimizer"])
+            if config.get("optimizer") is not None
+            else spec.optimizer_for(str(config["policy"]))
+        )
         trial_config = TrialConfig(
             workload=workload,
             optimizer=optimizer,

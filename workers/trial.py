@@ -36,6 +36,7 @@ from lrtune.workers.workloads import (
     build_workload,
     seed_everything,
 )
+from schedulefree import AdamWScheduleFree, SGDScheduleFree
 from torch import Tensor, nn
 
 # Report callback: return True to stop the trial after this epoch (cancellation, ASHA).
@@ -44,6 +45,11 @@ Report = Callable[[EpochResult], bool | None]
 # Weight of the past in the smoothed training loss that divergence is judged on: a single noisy
 # batch does not end a trial, a loss that keeps climbing does within a few steps.
 _LOSS_SMOOTHING = 0.9
+
+# Training batches that recompute BatchNorm statistics at a schedule-free optimizer's average
+# before it is evaluated: "about 50", as the schedulefree README says.
+BATCHNORM_RECALIBRATION_BATCHES = 50
+_BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 @dataclass(frozen=True)
@@ -72,13 +78,17 @@ class TrialState:
 
     The data order is a function of (seed, epoch) for `TensorBatches`, and a loader drawing
     from the global RNGs is covered by their states, so the position is the epoch itself.
+    A schedule-free optimizer's state is taken in eval mode, as schedulefree asks: the model
+    holds the average x (BatchNorm statistics recomputed at x), the optimizer says
+    `train_mode` False, and the resumed trial swaps back to train mode at its next epoch,
+    exactly as the uninterrupted one does.
     """
 
     epoch: int
     step: int
     model: dict[str, Any]
     optimizer: dict[str, Any]
-    schedule: dict[str, int]
+    schedule: dict[str, Any]
     rng: dict[str, Any]
     reference_loss: float | None
     smoothed: float
@@ -127,6 +137,11 @@ def run_trial(
             f"metric {metric!r} is not reported by workload {config.workload.label!r}; "
             f"it reports {sorted(reported)}"
         )
+    if config.schedule.policy == "plateau" and config.schedule.mode != config.metric_mode:
+        raise ValueError(
+            f"plateau watches {metric!r}, whose mode is {config.metric_mode!r}, but its own "
+            f"mode is {config.schedule.mode!r}"
+        )
     steps_per_epoch = workload.steps_per_epoch
     total_steps = config.epochs * steps_per_epoch
 
@@ -159,7 +174,7 @@ def run_trial(
         set_epoch = getattr(train_loader, "set_epoch", None)
         if callable(set_epoch):
             set_epoch(epoch)
-        model.train()
+        train_weights(model, optimizer)
         losses: list[float] = []
         diverged = False
         for inputs, targets in train_loader:
@@ -184,18 +199,24 @@ def run_trial(
             elif running > config.divergence_factor * reference_loss > 0:
                 diverged = True
                 break
+        # Schedule-free: from here to the next epoch (evaluation, probe, checkpoint, report) the
+        # model holds the average x.
+        eval_weights(model, optimizer, train_loader=train_loader, device=device, data_epoch=epoch)
         val_loss, metrics = evaluate(workload, model, val_loader, device)
         result = EpochResult(
             epoch=epoch + 1,
             step=step,
             # The rate of the epoch's last update; before any update, the first one's.
-            lr=learning_rate(config.schedule, max(step - 1, 0)),
+            lr=driver.rate(max(step - 1, 0)),
             train_loss=float(np.mean(losses)) if losses else math.nan,
             val_loss=val_loss,
             metrics=metrics,
             elapsed_s=time.perf_counter() - started,
         )
         history.append(result)
+        # Plateau's rate follows the job's metric: the driver gets each epoch's value once,
+        # after its evaluation (every other policy ignores it).
+        driver.on_epoch_end(result.values()[metric])
         if probing is not None and epoch + 1 in probing.epochs and not diverged and step > 0:
             probing.on_probe(
                 cooldown_probe(
@@ -209,6 +230,7 @@ def run_trial(
                     epoch=epoch + 1,
                     step=step,
                     cooldown=probing.cooldown,
+                    start_lr=driver.rate(step),
                 )
             )
         if checkpointing is not None and not diverged and checkpointing.due(epoch + 1):
@@ -250,6 +272,7 @@ def cooldown_probe(
     epoch: int,
     step: int,
     cooldown: Cooldown,
+    start_lr: float | None = None,
 ) -> ProbeResult:
     """What the trial would reach if its schedule annealed now.
 
@@ -257,7 +280,18 @@ def cooldown_probe(
     the batches that come next (the following epochs' order), the rate going from the
     schedule's current one, lr(step), to 0 in `cooldown.shape` (times each group's
     multiplier), then are evaluated and thrown away. The global RNGs are put back as they
-    were, so the trial itself goes on exactly as without the probe.
+    were, so the trial itself goes on exactly as without the probe. `start_lr` is the
+    schedule's rate at `step` when it is not the spec's lr(step) alone (plateau's follows the
+    metric: the trial's driver knows it).
+
+    Schedule-free: the branch starts from the trial's eval-mode state, trains in train mode
+    (gradients at y) and is evaluated at its average x, BatchNorm recomputed there. What
+    annealing means for it: the rate going to 0 shrinks the steps of its fast iterate z, while
+    the average x keeps weighting every step alike (schedulefree weights by lr_max, the largest
+    rate so far, not the current one), so the probe's x averages the trial so far with a
+    cooling-down z. It costs the same steps as every other trial's probe, and since the
+    trial's own x is already an anytime estimate, it gains less over its epoch's value than
+    a scheduled trial's probe does.
     """
     started = time.perf_counter()
     saved_rng = rng_state()
@@ -269,9 +303,11 @@ def cooldown_probe(
     # device), and the branch's steps would then move the trial's momentum buffers.
     branch_optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))
     steps = max(1, math.ceil(cooldown.fraction * step))
-    start_lr = learning_rate(config.schedule, step)
+    if start_lr is None:
+        start_lr = learning_rate(config.schedule, step)
     multipliers = [group.get("lr_mult", 1.0) for group in branch_optimizer.param_groups]
-    branch.train()
+    # Schedule-free: the trial is at x (eval mode) here; the branch trains at y like the trial.
+    train_weights(branch, branch_optimizer)
     losses: list[float] = []
     done = 0
     data_epoch = epoch
@@ -296,6 +332,9 @@ def cooldown_probe(
             done += 1
             if done == steps:
                 break
+    eval_weights(
+        branch, branch_optimizer, train_loader=train_loader, device=device, data_epoch=data_epoch
+    )
     val_loss, metrics = evaluate(workload, branch, val_loader, device)
     set_rng_state(saved_rng)
     return ProbeResult(
@@ -344,10 +383,28 @@ def build_optimizer(
 ) -> torch.optim.Optimizer:
     """The optimizer over `model`'s parameter groups (one per rule, the rest at multiplier 1).
 
-    The initial `lr` is lr(0); `ScheduleDriver` owns it from then on.
+    The initial `lr` is lr(0); `ScheduleDriver` owns it from then on. The schedule-free
+    optimizers get `warmup_steps=0`: the schedule's warmup sets their rate every step, so the
+    rate they use is the one the preview shows. That is the same algorithm as their own warmup:
+    schedulefree reads group["lr"] at each step (times its warmup factor, 1 here) and weights
+    the average by lr_max**2, lr_max the largest rate so far, which under fixed + warmup is the
+    current rate (its warmup ramps from lr/W at step 0, ours from `warmup_start_lr`).
     """
     groups: list[dict[str, Any]] = build_param_groups(model, rules)
     lr = learning_rate(schedule, 0)
+    if spec.name == "sgd_schedulefree":
+        return SGDScheduleFree(
+            groups, lr=lr, momentum=spec.momentum, weight_decay=spec.weight_decay, warmup_steps=0
+        )
+    if spec.name == "adamw_schedulefree":
+        return AdamWScheduleFree(
+            groups,
+            lr=lr,
+            betas=spec.betas,
+            eps=spec.eps,
+            weight_decay=spec.weight_decay,
+            warmup_steps=0,
+        )
     if spec.name == "sgd":
         return torch.optim.SGD(
             groups,
@@ -360,6 +417,85 @@ def build_optimizer(
     return optimizer_class(
         groups, lr=lr, betas=spec.betas, eps=spec.eps, weight_decay=spec.weight_decay
     )
+
+
+def is_schedule_free(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether `optimizer` keeps two sets of weights (schedulefree's, with train()/eval())."""
+    return isinstance(optimizer, SGDScheduleFree | AdamWScheduleFree)
+
+
+def train_weights(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Train mode: `model.train()`, and a schedule-free optimizer's weights to y, where its
+    gradients are taken (`optimizer.train()`)."""
+    model.train()
+    if is_schedule_free(optimizer):
+        optimizer.train()  # type: ignore[attr-defined]
+
+
+def eval_weights(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    train_loader: Iterable[tuple[Tensor, Tensor]],
+    device: torch.device,
+    data_epoch: int,
+) -> None:
+    """Eval mode for a schedule-free optimizer: its weights to the average x
+    (`optimizer.eval()`), what is evaluated and checkpointed, with BatchNorm statistics
+    recomputed at x. Nothing for other optimizers (their weights are the ones trained)."""
+    if is_schedule_free(optimizer):
+        optimizer.eval()  # type: ignore[attr-defined]
+        recalibrate_batchnorm(model, train_loader, device=device, data_epoch=data_epoch)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(
+    model: nn.Module,
+    train_loader: Iterable[tuple[Tensor, Tensor]],
+    *,
+    device: torch.device,
+    data_epoch: int,
+    batches: int = BATCHNORM_RECALIBRATION_BATCHES,
+) -> bool:
+    """Recompute every BatchNorm layer's running statistics at the model's current weights from
+    `batches` training batches: forward passes in train mode, no gradient, no update (the
+    schedulefree README's recipe before evaluating x; the statistics gathered while training
+    are y's). Returns whether the model has BatchNorm.
+
+    The statistics are reset and averaged equally over the batches (momentum None), not blended
+    into y's; each layer's momentum and the model's mode are put back after. The batches are
+    those of `data_epoch` on (the next epochs' too when one has fewer). The global RNGs are
+    handed back as they were, so the trial's data order and dropout draws stay its own.
+    """
+    norms = [m for m in model.modules() if isinstance(m, _BATCHNORM) and m.track_running_stats]
+    if not norms:
+        return False
+    saved_rng = rng_state()
+    momenta = [norm.momentum for norm in norms]
+    was_training = model.training
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average over the batches
+    model.train()
+    seen = 0
+    set_epoch = getattr(train_loader, "set_epoch", None)
+    while seen < batches:
+        if callable(set_epoch):
+            set_epoch(data_epoch)
+        data_epoch += 1
+        before = seen
+        for inputs, _ in train_loader:
+            model(inputs.to(device))
+            seen += 1
+            if seen == batches:
+                break
+        if seen == before:
+            break  # an empty loader; steps_per_epoch refuses one before any training
+    for norm, momentum in zip(norms, momenta, strict=True):
+        norm.momentum = momentum
+    model.train(was_training)
+    set_rng_state(saved_rng)
+    return True
 
 
 @torch.no_grad()

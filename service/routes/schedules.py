@@ -22,13 +22,16 @@ _CATALOGUE = policy_catalogue()
     responses={422: {"model": ErrorBody}},
 )
 def preview_schedule(request: PreviewRequest, settings: SettingsDep) -> Response:
-    """Evaluate a schedule at steps 0, every, 2*every, ... below `steps`, without training."""
+    """Evaluate a schedule at steps 0, every, 2*every, ... below `steps`, without training
+    (plateau: given the metric after each epoch, `metrics`, else at its constant rate)."""
     if request.steps > settings.max_preview_steps:
         raise LimitExceededError(
             f"steps may be at most {settings.max_preview_steps}", field="steps"
         )
     steps = np.arange(0, request.steps, request.every, dtype=np.int64)
-    rates = learning_rates(request.schedule, steps)
+    rates = learning_rates(
+        request.schedule, steps, metrics=request.metrics or (), epoch_ends=request.epoch_ends()
+    )
     if not np.isfinite(rates).all():
         # Parameters each valid alone can overflow together (a huge num_periods times a step);
         # JSON has no number for the result, and a trial could not train with it either.

@@ -311,6 +311,8 @@ function renderProgress(card, job) {
   );
 }
 
+const CODE_FORMATS = [["pytorch", "PyTorch"], ["keras", "Keras"], ["huggingface", "Hugging Face"]];
+
 function renderRecommendation(card, reco, job) {
   if (!reco) {
     const why = FINISHED_JOB.has(job.status) ? "not available for this job" : "not available yet: it appears once trials have finished";
@@ -331,10 +333,23 @@ function renderRecommendation(card, reco, job) {
     const ci = c.ci_low !== null && c.ci_high !== null ? ` (${Math.round(c.confidence * 100)}% CI ${fmt(c.ci_low)} to ${fmt(c.ci_high)})` : "";
     parts.push(h("p", { class: "muted small" }, `${c.winner} beats ${c.runner_up} by ${fmt(c.difference)}${ci}; ${c.method}`));
   }
-  const code = reco.code && reco.code.pytorch;
-  if (code) {
+  // One tab per exported format; a format that is not exact says so (its first line says why).
+  const formats = CODE_FORMATS.filter(([key]) => reco.code && reco.code[key]);
+  if (formats.length) {
+    let shown = formats[0][0];
+    const pre = h("pre", { "data-testid": "code" });
+    const inexact = h("span", { class: "badge cancelled", "data-testid": "code-inexact" }, "not exact");
+    const tabs = formats.map(([key, label]) =>
+      h("button", { class: "tab", role: "tab", "data-testid": `code-tab-${key}`, onclick: () => show(key) }, label));
+    const show = (key) => {
+      shown = key;
+      pre.textContent = reco.code[key];
+      formats.forEach(([k], i) => tabs[i].setAttribute("aria-selected", String(k === key)));
+      inexact.style.display = reco.exact && reco.exact[key] === false ? "" : "none";
+    };
     const copy = h("button", { "data-testid": "copy-code" }, "Copy");
     copy.onclick = async () => {
+      const code = reco.code[shown];
       try {
         await navigator.clipboard.writeText(code);
       } catch {
@@ -347,7 +362,8 @@ function renderRecommendation(card, reco, job) {
       copy.textContent = "Copied";
       setTimeout(() => { copy.textContent = "Copy"; }, 1500);
     };
-    parts.push(h("div", { class: "codehead" }, h("b", {}, "PyTorch"), copy), h("pre", { "data-testid": "code" }, code));
+    show(shown);
+    parts.push(h("div", { class: "codehead" }, h("div", { class: "tabs", role: "tablist" }, tabs, inexact), copy), pre);
   }
   card.replaceChildren(...parts);
 }
@@ -495,6 +511,11 @@ async function renderLrCurves(card, curves) {
     return;
   }
   const series = await Promise.all(best.map(async (t) => {
+    if (t.policy === "plateau") {
+      // Its rate followed the trial's metric, which a preview does not know: the recorded rates.
+      const rows = await api(`/v1/trials/${t.trial_id}/metrics`).catch(() => null);
+      return rows && { label: t.policy, x: rows.map((m) => m.step), y: rows.map((m) => finite(m.lr)), colour: policyColour(t.policy), width: 1.6 };
+    }
     const steps = Math.max(1, t.steps);
     const preview = await api("/v1/schedules/preview", {
       method: "POST", body: { schedule: t.schedule, steps, every: Math.max(1, Math.floor(steps / 300)) },
@@ -671,6 +692,10 @@ function probeCard(trial, probes, metrics, metricName, value) {
 // ---- new job form ------------------------------------------------------------------------------
 
 const NOMINAL_STEPS_PER_EPOCH = 100;
+const OPTIMIZERS = ["sgd", "adam", "adamw", "sgd_schedulefree", "adamw_schedulefree"];
+// Schedule-free optimizers run with the fixed policy (plus warmup) only: the fixed card may take
+// one as its own arm's optimizer, so one job compares the schedules with schedule-free.
+const ARM_OPTIMIZERS = ["adamw_schedulefree", "sgd_schedulefree"];
 
 async function newJobPage() {
   const mine = generation;
@@ -687,7 +712,7 @@ async function newJobPage() {
   const paramsBox = h("div", { class: "fields", style: "margin-top:10px" });
   const metric = h("select", { name: "metric" });
   const mode = h("select", { name: "mode" }, ["max", "min"].map((m) => h("option", { value: m }, m)));
-  const optimizer = h("select", { name: "optimizer" }, ["sgd", "adam", "adamw"].map((o) => h("option", { value: o }, o)));
+  const optimizer = h("select", { name: "optimizer" }, OPTIMIZERS.map((o) => h("option", { value: o }, o)));
   const momentum = input("momentum", { type: "number", step: "any", value: "0.9" });
   const weightDecay = input("weight_decay", { type: "number", step: "any", value: "0.0005" });
   const epochs = input("epochs", { type: "number", value: "10" });
@@ -740,8 +765,8 @@ async function newJobPage() {
     const body = {
       name: name.value,
       workload: { name: workload.value, params },
-      optimizer: optimizer.value === "sgd"
-        ? { name: "sgd", momentum: Number(momentum.value), weight_decay: Number(weightDecay.value) }
+      optimizer: optimizer.value.startsWith("sgd")
+        ? { name: optimizer.value, momentum: Number(momentum.value), weight_decay: Number(weightDecay.value) }
         : { name: optimizer.value, weight_decay: Number(weightDecay.value) },
       metric: { name: metric.value, mode: mode.value },
       policies: chosen.map((c) => c.entry()),
@@ -754,7 +779,7 @@ async function newJobPage() {
   }
 
   function update() {
-    momentum.disabled = optimizer.value !== "sgd";
+    momentum.disabled = !optimizer.value.startsWith("sgd");
     const body = spec();
     specPreview.textContent = JSON.stringify(body, null, 2);
     for (const card of cards) card.preview(Number(epochs.value) || 1);
@@ -766,7 +791,7 @@ async function newJobPage() {
       paramsBox),
     h("div", { class: "card" }, h("h2", {}, "Training and search"),
       h("div", { class: "fields" },
-        field("optimizer", optimizer), field("momentum (sgd)", momentum), field("weight decay", weightDecay), field("learning-rate bounds", bounds),
+        field("optimizer", optimizer), field("momentum (sgd*)", momentum), field("weight decay", weightDecay), field("learning-rate bounds", bounds),
         field("epochs", epochs), field("trials per policy", trialsPerPolicy), field("concurrent trials", concurrent), field("early stopping", early),
         field("search algorithm", algorithm), field("search seed", seed))),
     h("div", { class: "card" }, h("h2", {}, "Policies and their search spaces"),
@@ -801,9 +826,14 @@ function policyCard(info, onChange) {
   const space = h("textarea", { "data-space": info.name, spellcheck: "false" }, spaceText(info.default_search_space));
   const chart = h("div", { class: "preview", "data-testid": `preview-${info.name}` });
   const message = h("div", { class: "preview-msg" });
+  const armOptimizer = info.name === "fixed"
+    ? h("select", { "data-arm-optimizer": info.name, title: "the optimizer this policy's trials train with" },
+      h("option", { value: "" }, "job's optimizer"), ARM_OPTIMIZERS.map((o) => h("option", { value: o }, o)))
+    : null;
   const element = h("div", { class: "policy-card", style: `--pc: ${policyColour(info.name)}` },
     h("header", {}, box, chip(info.name), h("span", { class: "muted small" }, info.family)),
-    h("div", { class: "src" }, info.source), space, message, chart);
+    h("div", { class: "src" }, info.source),
+    armOptimizer && h("label", { class: "muted small" }, "optimizer ", armOptimizer), space, message, chart);
   let timer = null;
   let lastKey = "";
   box.addEventListener("change", () => { element.classList.toggle("on", box.checked); onChange(); });
@@ -823,8 +853,10 @@ function policyCard(info, onChange) {
     entry() {
       const parsed = parsedSpace();
       const unchanged = JSON.stringify(parsed) === JSON.stringify(info.default_search_space);
-      if (parsed === undefined) return { policy: info.name, search: space.value };
-      return unchanged ? info.name : { policy: info.name, search: parsed };
+      const own = armOptimizer && armOptimizer.value ? { optimizer: { name: armOptimizer.value } } : {};
+      if (parsed === undefined) return { policy: info.name, search: space.value, ...own };
+      if (unchanged) return own.optimizer ? { policy: info.name, ...own } : info.name;
+      return { policy: info.name, search: parsed, ...own };
     },
     preview(epochs) {
       const parsed = parsedSpace();
@@ -841,7 +873,7 @@ function policyCard(info, onChange) {
         try {
           const schedule = middleSchedule(info, parsed, total);
           const curve = await api("/v1/schedules/preview", { method: "POST", body: { schedule, steps: total, every: Math.max(1, Math.floor(total / 150)) } });
-          message.textContent = "";
+          message.textContent = info.name === "plateau" ? "constant until the metric stalls: it follows the job's metric each epoch" : "";
           lineChart(chart, [{ label: info.name, x: curve.step, y: curve.lr, colour: policyColour(info.name), width: 1.6 }], { height: 86, bare: true });
           chart.title = `lr from ${fmt(Math.max(...curve.lr), 3)} (max) over ${total} steps`;
         } catch (error) {
