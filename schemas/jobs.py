@@ -155,7 +155,7 @@ class Budget(BaseModel):
 
 # The probe's length as a share of the steps already trained, chosen on bench/bench_search.py:
 # the cheapest fraction that keeps the rank correlation with the final value (bench/RESULTS.md).
-DEFAULT_COOLDOWN_FRACTION = 1.0
+DEFAULT_COOLDOWN_FRACTION = 0.5
 
 
 class Cooldown(BaseModel):

@@ -225,7 +225,7 @@ def test_a_job_judged_by_cooldown_probes_at_each_rung_and_trains_as_without_prob
         assert [p.epoch for p in probes] == [e for e in (1, 3) if e <= trial.epochs_done]
         for probe in probes:
             assert probe.step == probe.epoch * steps_per_epoch
-            assert probe.cooldown_steps == probe.step  # the default fraction, 1.0
+            assert probe.cooldown_steps == math.ceil(0.5 * probe.step)  # the default fraction
             assert probe.metrics["val_accuracy"] >= 0
         if trial.status == "pruned":
             # Where it was cut, the probe says what it had reached.

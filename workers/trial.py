@@ -252,7 +252,7 @@ def run_trial(
         if diverged:
             status = "diverged"
             break
-        if stop is True:
+        if stop:  # True, or a truthy numpy bool (Optuna's should_prune() returns one)
             status = "stopped" if epoch + 1 < config.epochs else "completed"
             break
     return _outcome(
