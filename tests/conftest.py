@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,27 @@ class PostgresServer:
 
     def drop(self, name: str) -> None:
         self.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+Curves = dict[str, list[tuple[Any, ...]]]
+
+
+def job_curves_by_key(store: Store, job_id: int) -> Curves:
+    """Every trial's epochs (all but the wall-clock column) by trial key: what two runs of the
+    same job must agree on, number for number."""
+    return {
+        str(trial.ray_trial_id): [
+            (m.epoch, m.step, m.lr, m.train_loss, m.val_loss, m.metrics)
+            for m in store.list_trial_metrics(trial_id=trial.id)
+        ]
+        for trial in store.list_trials(job_id=job_id, limit=1000).items
+    }
+
+
+@pytest.fixture
+def curves_by_key() -> Callable[[Store, int], Curves]:
+    """`job_curves_by_key`, for tests that compare two runs of a job."""
+    return job_curves_by_key
 
 
 @pytest.fixture(scope="session")

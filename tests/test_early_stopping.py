@@ -8,12 +8,10 @@ worker on SQLite and PostgreSQL.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import ray
 from fastapi.testclient import TestClient
 from lrtune.schemas.jobs import JobSpec
 from lrtune.service.settings import Settings
@@ -29,14 +27,6 @@ from lrtune.workers.early_stopping import (
 )
 from ray import tune
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
-
-
-@pytest.fixture(scope="session")
-def ray_local() -> Iterator[str]:
-    """One local Ray for the whole run (shared with the other Ray tests)."""
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray.get_runtime_context().gcs_address
 
 
 def spec(**early_stopping: Any) -> JobSpec:
@@ -181,19 +171,9 @@ def _run_job(settings: Settings, store: Store, body: dict[str, Any]) -> int:
     return job.id
 
 
-def _curves(store: Store, job_id: int) -> dict[str, list[tuple[Any, ...]]]:
-    return {
-        str(trial.ray_trial_id): [
-            (m.epoch, m.step, m.lr, m.train_loss, m.val_loss, m.metrics)
-            for m in store.list_trial_metrics(trial_id=trial.id)
-        ]
-        for trial in store.list_trials(job_id=job_id, limit=100).items
-    }
-
-
 @pytest.mark.ray
 def test_a_job_judged_by_cooldown_probes_at_each_rung_and_trains_as_without_probes(
-    ray_local: str, settings: Settings, store: Store
+    ray_local: str, settings: Settings, store: Store, curves_by_key: Any
 ) -> None:
     body = {
         "workload": {"name": "digits", "params": {"model": "mlp"}},
@@ -209,7 +189,7 @@ def test_a_job_judged_by_cooldown_probes_at_each_rung_and_trains_as_without_prob
     )
     plain_id = _run_job(settings, store, body)
 
-    judged, plain = _curves(store, judged_id), _curves(store, plain_id)
+    judged, plain = curves_by_key(store, judged_id), curves_by_key(store, plain_id)
     assert judged.keys() == plain.keys()
     for key, curve in judged.items():
         # Probes, checkpoints and stopping change nothing of what a trial trained.

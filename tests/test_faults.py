@@ -26,7 +26,6 @@ from typing import Any
 
 import httpx
 import pytest
-import ray
 from lrtune.schemas.jobs import Job, JobSpec, Trial
 from lrtune.service.store import CANCELLED_TRIAL_ERROR, Store
 
@@ -107,14 +106,6 @@ _DYING_WORKLOAD = textwrap.dedent(
         return build_workload("digits", {"model": "mlp"})
     """
 )
-
-
-@pytest.fixture(scope="session")
-def ray_local() -> Iterator[str]:
-    """One local Ray for the whole run (shared with the other Ray tests); yields its address."""
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray.get_runtime_context().gcs_address
 
 
 class Processes:
@@ -212,17 +203,6 @@ def _epochs_stored(store: Store, job_id: int) -> int:
     return sum(t.epochs_done for t in _trials(store, job_id))
 
 
-def _curves(store: Store, job_id: int) -> dict[str, list[tuple[Any, ...]]]:
-    """Every trial's epochs by trial key, without the wall-clock column."""
-    return {
-        str(trial.ray_trial_id): [
-            (m.epoch, m.step, m.lr, m.train_loss, m.val_loss, m.metrics)
-            for m in store.list_trial_metrics(trial_id=trial.id)
-        ]
-        for trial in _trials(store, job_id)
-    }
-
-
 def _finished(store: Store, job_id: int) -> bool:
     return store.get_job(job_id).status in ("succeeded", "failed", "cancelled")
 
@@ -280,7 +260,7 @@ def test_api_killed_mid_job_then_restarted_the_job_completes_exactly(
 
 @pytest.mark.ray
 def test_worker_killed_three_times_the_job_completes_in_2_5x_without_rerunning_trials(
-    processes: Processes, store: Store, tmp_path: Path
+    processes: Processes, store: Store, tmp_path: Path, curves_by_key: Any
 ) -> None:
     spec = JobSpec.model_validate(SLOW_SPEC)
     # A checkpoint after every epoch, so each kill lands after some running trial's checkpoint.
@@ -334,7 +314,7 @@ def test_worker_killed_three_times_the_job_completes_in_2_5x_without_rerunning_t
     resumed = [t for t in _trials(store, job.id) if t.restored_from_epoch is not None]
     assert resumed, f"no trial resumed from a checkpoint (seed {seed})"
     assert all(1 <= t.restored_from_epoch < SLOW_EPOCHS for t in resumed)  # type: ignore[operator]
-    assert _curves(store, job.id) == _curves(store, calm.id)
+    assert curves_by_key(store, job.id) == curves_by_key(store, calm.id)
     assert interrupted <= 2.5 * uninterrupted, (
         f"{interrupted:.1f} s with three kills vs {uninterrupted:.1f} s without (seed {seed})"
     )

@@ -6,11 +6,9 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import ray
 from fastapi.testclient import TestClient
 from lrtune.schemas.jobs import Job, JobSpec, Trial
 from lrtune.schemas.recommendations import BoundSuggestion
@@ -22,14 +20,6 @@ from lrtune.workers.range_test import derive_search_spaces
 from sqlalchemy import create_engine, text
 
 pytestmark = pytest.mark.ray
-
-
-@pytest.fixture(scope="session")
-def ray_local() -> Iterator[str]:
-    """One local Ray for the whole run (the same as tests/test_worker_ray.py's)."""
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray.get_runtime_context().gcs_address
 
 
 def _run(settings: Settings, store: Store, body: dict[str, Any]) -> Job:

@@ -8,10 +8,8 @@ import math
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 
 import pytest
-import ray
 from fastapi.testclient import TestClient
 from lrtune.schemas.jobs import JobSpec
 from lrtune.service.settings import Settings
@@ -65,13 +63,6 @@ RETRAIN = textwrap.dedent(
     print(json.dumps(finals))
     """
 )
-
-
-@pytest.fixture(scope="session")
-def ray_local() -> Iterator[str]:
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray.get_runtime_context().gcs_address
 
 
 def test_winner_is_reproduced_by_the_exported_snippet(

@@ -13,13 +13,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-import ray
 from lrtune.schemas.jobs import Job, JobSpec, Trial
 from lrtune.schemas.schedules import parse_schedule
 from lrtune.service.settings import Settings
@@ -30,14 +28,6 @@ from lrtune.workers.schedule_math import learning_rate
 pytestmark = pytest.mark.ray
 
 POLICIES = ["fixed", "exponential", "clr", "sgdr"]
-
-
-@pytest.fixture(scope="session")
-def ray_local() -> Iterator[str]:
-    """One local Ray for the whole run; yields its address for worker subprocesses."""
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray.get_runtime_context().gcs_address
 
 
 def _spec(**overrides: Any) -> JobSpec:
@@ -64,16 +54,6 @@ def _wait(predicate: Any, *, timeout: float, what: str, log: Path | None = None)
         time.sleep(0.2)
 
 
-def _metrics_by_key(store: Store, job_id: int) -> dict[str, list[tuple[Any, ...]]]:
-    return {
-        str(trial.ray_trial_id): [
-            (m.epoch, m.step, m.lr, m.train_loss, m.val_loss, m.metrics)
-            for m in store.list_trial_metrics(trial_id=trial.id)
-        ]
-        for trial in _trials(store, job_id)
-    }
-
-
 def _run(settings: Settings, store: Store, spec: JobSpec) -> Job:
     job, _ = store.create_job(spec=spec)
     run_worker(settings, once=True, store=store)
@@ -81,7 +61,7 @@ def _run(settings: Settings, store: Store, spec: JobSpec) -> Job:
 
 
 def test_job_runs_to_succeeded_with_every_trial_and_epoch_in_sql_and_repeats_exactly(
-    ray_local: str, settings: Settings, store: Store
+    ray_local: str, settings: Settings, store: Store, curves_by_key: Any
 ) -> None:
     # sgdr gets an absurd peak rate: it must diverge, and that is a result, not a failure.
     spec = _spec(policies=[*POLICIES[:3], {"policy": "sgdr", "search": {"eta_max": 50.0}}])
@@ -113,7 +93,7 @@ def test_job_runs_to_succeeded_with_every_trial_and_epoch_in_sql_and_repeats_exa
 
     again = _run(settings, store, spec)
     assert again.status == "succeeded"
-    assert _metrics_by_key(store, again.id) == _metrics_by_key(store, job.id)
+    assert curves_by_key(store, again.id) == curves_by_key(store, job.id)
 
 
 def test_asha_prunes_and_statuses_match_what_tune_reported(
