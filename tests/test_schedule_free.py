@@ -319,7 +319,9 @@ def test_a_schedule_free_trial_with_probes_reports_what_it_reports_without(
 
     probed: list[EpochResult] = []
     probes: list[ProbeResult] = []
-    probing = Probing(epochs=frozenset({1, 3}), cooldown=Cooldown(), on_probe=probes.append)
+    probing = Probing(
+        epochs=frozenset({1, 3}), cooldown=Cooldown(fraction=1.0), on_probe=probes.append
+    )
     run_trial(config(spec, optimizer), probed.append, probing=probing)
 
     assert without_time(probed) == without_time(plain)
