@@ -931,11 +931,6 @@ def _keras_noisy_table(spec: NoisyLinearCosineSchedule) -> list[str]:
     ]
 
 
-def _keras_progress(spec: ExponentialSchedule | NaturalExpSchedule | InverseTimeSchedule) -> str:
-    d = spec.decay_steps
-    return f"p = t // {d}" if spec.staircase else f"p = t / {d}"
-
-
 def _keras_fixed(spec: FixedSchedule) -> list[str]:
     return [f"return ops.ones_like(t) * {spec.lr!r}"]
 
@@ -960,15 +955,15 @@ def _keras_piecewise(spec: PiecewiseSchedule) -> list[str]:
 
 
 def _keras_exponential(spec: ExponentialSchedule) -> list[str]:
-    return [_keras_progress(spec), f"return {spec.lr!r} * ops.power({spec.decay_rate!r}, p)"]
+    return [_progress(spec), f"return {spec.lr!r} * ops.power({spec.decay_rate!r}, p)"]
 
 
 def _keras_natural_exp(spec: NaturalExpSchedule) -> list[str]:
-    return [_keras_progress(spec), f"return {spec.lr!r} * ops.exp(-{spec.decay_rate!r} * p)"]
+    return [_progress(spec), f"return {spec.lr!r} * ops.exp(-{spec.decay_rate!r} * p)"]
 
 
 def _keras_inverse_time(spec: InverseTimeSchedule) -> list[str]:
-    return [_keras_progress(spec), f"return {spec.lr!r} / (1.0 + {spec.decay_rate!r} * p)"]
+    return [_progress(spec), f"return {spec.lr!r} / (1.0 + {spec.decay_rate!r} * p)"]
 
 
 def _keras_polynomial(spec: PolynomialSchedule) -> list[str]:
