@@ -104,8 +104,8 @@ def make_trainable(
                 # a scheduler may stop the trial at this very result, before it returns.
                 last[OUTCOME_KEY] = "diverged"
             extra: dict[str, Any] = {}
-            if resume is not None and not pending.get("restore_said"):
-                pending["restore_said"] = True
+            if resume is not None and result.epoch == resume.epoch + 1:
+                # The first epoch after the checkpoint says where the trial resumed from.
                 extra[RESTORED_KEY] = resume.epoch
             probe: ProbeResult | None = pending.pop("probe", None)
             if probe is not None:
