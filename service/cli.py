@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -46,17 +47,45 @@ def api(host: HostOption = "127.0.0.1", port: PortOption = 8000) -> None:
     _serve_api(settings, host=host, port=port)
 
 
+CodePathOption = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--code-path",
+        metavar="DIR",
+        help="A folder of your code, importable by job entrypoints (repeatable; added to "
+        "LRTUNE_CODE_PATH). Each job imports it afresh.",
+        exists=True,
+        file_okay=False,
+        resolve_path=True,
+    ),
+]
+
+
+def _with_code_paths(settings: Settings, code_paths: list[Path] | None) -> Settings:
+    folders = [*settings.code_paths, *(str(path) for path in code_paths or [])]
+    return settings.model_copy(update={"code_path": os.pathsep.join(folders) or None})
+
+
 @app.command()
-def serve(host: HostOption = "127.0.0.1", port: PortOption = 8000) -> None:
+def serve(
+    host: HostOption = "127.0.0.1",
+    port: PortOption = 8000,
+    code_path: CodePathOption = None,
+) -> None:
     """Migrate the embedded database, then run the API and one worker together (quick start)."""
     import subprocess
     import sys
 
-    settings = Settings()
+    settings = _with_code_paths(Settings(), code_path)
     _prepare_database(settings)
     # The worker is its own process, as in a deployment: Ray and the trials never share the
     # API's event loop, and stopping one does not take the other's state with it.
-    worker = subprocess.Popen([sys.executable, "-m", "lrtune.service.cli", "worker"])
+    environment = dict(os.environ)
+    if settings.code_path:
+        environment["LRTUNE_CODE_PATH"] = settings.code_path
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "lrtune.service.cli", "worker"], env=environment
+    )
     try:
         _serve_api(settings, host=host, port=port)
     finally:
@@ -74,6 +103,7 @@ def worker(
     num_cpus: Annotated[
         int | None, typer.Option(help="CPUs of a local Ray (default: the machine's).")
     ] = None,
+    code_path: CodePathOption = None,
 ) -> None:
     """Claim queued jobs and run them as Ray Tune experiments (joins RAY_ADDRESS if set)."""
     import logging
@@ -81,7 +111,7 @@ def worker(
     from lrtune.service.worker import run_worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    settings = Settings()
+    settings = _with_code_paths(Settings(), code_path)
     _check_database(settings)
     run_worker(settings, worker_id=worker_id, once=once, num_cpus=num_cpus)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import cached_property
 from pathlib import Path
 
@@ -65,6 +66,23 @@ class Settings(BaseSettings):
         description="A trial also checkpoints every this many epochs (it always does at ASHA's "
         "rungs); 0: at the rungs only. A dying worker or node costs at most this many epochs.",
     )
+
+    code_path: str | None = Field(
+        None,
+        description="Folders of users' code, colon-separated (as PYTHONPATH): importable by "
+        "jobs' entrypoints in the worker and every trial, snapshotted afresh for each job. "
+        "`lrtune serve` and `lrtune worker` add their --code-path folders to these.",
+    )
+    planning_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description="Longest a job's planning (importing its entrypoint, building the workload "
+        "once) may take before the job fails.",
+    )
+
+    @property
+    def code_paths(self) -> tuple[str, ...]:
+        return tuple(part for part in (self.code_path or "").split(os.pathsep) if part)
 
     @cached_property
     def home_dir(self) -> Path:

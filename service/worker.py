@@ -233,6 +233,8 @@ def run_worker(
         checkpoint_every_epochs=settings.checkpoint_every_epochs,
         worker_id=worker_id or "",
         lease_seconds=settings.job_lease_seconds,
+        code_paths=settings.code_paths,
+        planning_timeout_s=settings.planning_timeout_s,
     )
 
     def make_sink(job_id: int, lease: Lease) -> StoreSink:

@@ -18,6 +18,7 @@ from lrtune.workers.trial import (
     Probing,
     TrialState,
     cooldown_factor,
+    load_state,
     run_trial,
 )
 
@@ -144,7 +145,7 @@ def test_a_trial_resumed_from_its_checkpoint_reports_the_same_epochs(
     )
     assert [path.name for path in saved] == ["epoch-2.pt"]
 
-    state = TrialState.load(saved[-1])
+    state = load_state(saved[-1])
     resumed: list[EpochResult] = []
     outcome = run_trial(config(workload), resumed.append, resume=state)
 

@@ -328,7 +328,9 @@ def test_cancel_is_idempotent_survives_a_worker_restart_and_reaches_cancelled(
     port = _free_port()
     processes.api(port)
     base = f"http://127.0.0.1:{port}"
-    job_id = httpx.post(f"{base}/v1/jobs", json=SPEC).json()["id"]
+    # The slow CNN job: the fast MLP one can finish between its first stored epoch and the kill,
+    # and a finished job answers 409 to a cancel.
+    job_id = httpx.post(f"{base}/v1/jobs", json=SLOW_SPEC).json()["id"]
     worker = processes.worker()
     _wait(
         lambda: _epochs_stored(store, job_id) >= 1, timeout=90, what="a first epoch", logs=processes

@@ -41,6 +41,7 @@ from lrtune.workers.trial import (
     build_optimizer,
     eval_weights,
     evaluate,
+    load_state,
     recalibrate_batchnorm,
     run_trial,
     train_weights,
@@ -123,7 +124,7 @@ def capture_builds(monkeypatch: pytest.MonkeyPatch) -> tuple[list[Workload], lis
     """Every workload and optimizer run_trial builds (the trial's first, then probe branches)."""
     workloads: list[Workload] = []
     optimizers: list[Any] = []
-    real_workload, real_optimizer = trial_module.build_workload, trial_module.build_optimizer
+    real_workload, real_optimizer = trial_module.build_training, trial_module.build_optimizer
 
     def workload(*args: Any, **kwargs: Any) -> Workload:
         workloads.append(real_workload(*args, **kwargs))
@@ -133,7 +134,7 @@ def capture_builds(monkeypatch: pytest.MonkeyPatch) -> tuple[list[Workload], lis
         optimizers.append(real_optimizer(*args, **kwargs))
         return optimizers[-1]
 
-    monkeypatch.setattr(trial_module, "build_workload", workload)
+    monkeypatch.setattr(trial_module, "build_training", workload)
     monkeypatch.setattr(trial_module, "build_optimizer", optimizer)
     return workloads, optimizers
 
@@ -356,7 +357,7 @@ def test_a_schedule_free_trial_resumed_from_its_checkpoint_reports_the_same_epoc
         checkpointing=Checkpointing(due=lambda epoch: epoch == 2, save=lambda s: s.save(path)),
     )
     resumed: list[EpochResult] = []
-    run_trial(config(spec, optimizer), resumed.append, resume=TrialState.load(path))
+    run_trial(config(spec, optimizer), resumed.append, resume=load_state(path))
 
     assert [row.epoch for row in resumed] == [3, 4]
     assert without_time(first[:2] + resumed) == without_time(uninterrupted)

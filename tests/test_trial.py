@@ -151,7 +151,7 @@ def test_param_group_rules_match_builtin_layer_names(monkeypatch: pytest.MonkeyP
         models.append(workload.model)
         return workload
 
-    monkeypatch.setattr(trial_module, "build_workload", capturing_build)
+    monkeypatch.setattr(trial_module, "build_training", capturing_build)
     before = build_workload("digits", DIGITS_MLP["params"], seed=0).model.state_dict()
     _, outcome = collect(config(param_groups=[{"match": "hidden.", "lr_mult": 0.0}], epochs=1))
 
@@ -311,7 +311,7 @@ def test_plateau_trial_resumes_from_a_checkpoint_with_its_metrics(tmp_path: Path
             due=lambda epoch: epoch == 2, save=lambda state: state.save(checkpoint)
         ),
     )
-    state = trial_module.TrialState.load(checkpoint)
+    state = trial_module.load_state(checkpoint)
     assert state.schedule["metrics"] == [row.metrics["val_accuracy"] for row in first[:2]]
     resumed: list[EpochResult] = []
     run_trial(_plateau_digits(), resumed.append, resume=state)

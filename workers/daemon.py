@@ -25,6 +25,7 @@ from lrtune.schemas.jobs import Job, JobSpec
 from lrtune.schemas.recommendations import RangeTestResult
 from lrtune.workers.recommendation import TrialSummary, select_for_confirmation
 from lrtune.workers.results import ResultSink, sink_registered
+from lrtune.workers.user_code import CodeSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -119,13 +120,18 @@ SinkFactory = Callable[[int, Lease], JobSink]
 @dataclass(frozen=True)
 class WorkerOptions:
     """How a worker runs: its id, the run storage (Ray Tune state and trial checkpoints: a
-    folder or a pyarrow filesystem URI), the checkpoint period, lease and polling periods."""
+    folder or a pyarrow filesystem URI), the checkpoint period, lease and polling periods,
+    users' code folders and how long planning a job may take."""
 
     storage: str | Path
     worker_id: str = ""
     lease_seconds: float = 60.0
     poll_seconds: float = 1.0
     checkpoint_every_epochs: int = 0
+    # Folders of users' code (`--code-path`): snapshotted for each job when it starts.
+    code_paths: tuple[str, ...] = ()
+    # Longest a job's planning (importing user code, building the workload once) may take.
+    planning_timeout_s: float = 300.0
 
     def with_defaults(self) -> WorkerOptions:
         if self.worker_id:
@@ -190,11 +196,12 @@ def run_job(queue: JobQueue, job: Job, *, make_sink: SinkFactory, options: Worke
             queue.mark_job_cancelled(job_id=job.id)
             return
         sink = make_sink(job.id, lease)
+        code = snapshot_code(options)
         if job.spec.kind == "range_test":
-            range_test(job, sink=sink)
+            range_test(job, sink=sink, code=code)
             error = None
         else:
-            error = _run_search(job, sink=sink, options=options)
+            error = _run_search(job, sink=sink, options=options, code=code)
         if lease.lost.is_set():
             log.warning("job %s: lease lost, leaving it to the worker that holds it", job.id)
         elif queue.is_cancel_requested(job.id):
@@ -234,7 +241,69 @@ def _after_success(job: Job, sink: JobSink) -> None:
         log.exception("job %s: storing its final recommendation failed", job.id)
 
 
-def range_test(job: Job, *, sink: JobSink) -> RangeTestResult:
+class PlanningError(RuntimeError):
+    """The job's training cannot be planned: the user's code fails to import or build, hangs,
+    or kills its process. The job fails with this message; the worker goes on."""
+
+
+def snapshot_code(options: WorkerOptions) -> CodeSnapshot | None:
+    """The users' code folders as they are now: what every process of one job imports."""
+    from lrtune.workers.user_code import CodePathError, CodeSnapshot
+
+    try:
+        return CodeSnapshot.take(options.code_paths)
+    except CodePathError as error:
+        raise PlanningError(str(error)) from None
+
+
+def plan_training(spec: JobSpec, *, code: CodeSnapshot | None, timeout_s: float) -> int:
+    """The job's optimizer steps per epoch, found by a Ray task that imports the user's code
+    and builds the workload once: an entrypoint that raises, hangs past `timeout_s` or exits
+    its process costs that task, not the worker. Raises PlanningError.
+
+    A built-in workload is lrtune's own code: it is planned here, without a task's start-up.
+    """
+    if spec.workload.entrypoint is None:
+        from lrtune.workers.experiment import training_steps_per_epoch
+
+        return training_steps_per_epoch(spec)
+    import ray
+    from ray.exceptions import GetTimeoutError, RayError, RayTaskError
+
+    # No CPU reserved: a short task, which must not queue behind running trials.
+    task = ray.remote(_planning_task).options(num_cpus=0, max_retries=0)
+    ref = task.remote(spec, code)
+    try:
+        steps: int = ray.get(ref, timeout=timeout_s)
+    except GetTimeoutError:
+        ray.cancel(ref, force=True)
+        raise PlanningError(
+            f"planning took longer than {timeout_s:g} s (importing the entrypoint and building "
+            "the workload once); is the entrypoint waiting on something?"
+        ) from None
+    except RayTaskError as error:
+        cause = error.cause if error.cause is not None else error
+        raise PlanningError(_last_line(f"{type(cause).__name__}: {cause}")) from None
+    except RayError as error:  # the process died: os._exit, a segfault, out of memory
+        raise PlanningError(
+            f"the process planning the job died ({type(error).__name__}) while importing the "
+            f"entrypoint or building the workload: {_last_line(str(error))}"
+        ) from None
+    return steps
+
+
+def _planning_task(spec: JobSpec, code: CodeSnapshot | None) -> int:
+    """Runs on a Ray worker: steps per epoch of the job's training (see plan_training)."""
+    from lrtune.workers.experiment import training_steps_per_epoch
+    from lrtune.workers.user_code import describe_user_error
+
+    try:
+        return training_steps_per_epoch(spec, code)
+    except Exception as error:
+        raise PlanningError(describe_user_error(error)) from error
+
+
+def range_test(job: Job, *, sink: JobSink, code: CodeSnapshot | None = None) -> RangeTestResult:
     """The job's LR range test: the stored one when a worker already ran it, else run now as
     a Ray task with the job's resources_per_trial (on a GPU node when the job asks for one)."""
     stored = sink.stored_range_test()
@@ -247,17 +316,19 @@ def range_test(job: Job, *, sink: JobSink) -> RangeTestResult:
         num_gpus=job.spec.resources_per_trial.gpu,
         max_retries=0,
     )
-    result: RangeTestResult = ray.get(task.remote(job.spec))
+    result: RangeTestResult = ray.get(task.remote(job.spec, code))
     sink.save_range_test(result)
     return result
 
 
-def _range_test_task(spec: JobSpec) -> RangeTestResult:
+def _range_test_task(spec: JobSpec, code: CodeSnapshot | None) -> RangeTestResult:
     """Runs on a Ray worker: the range test on the job's workload, optimizer and groups."""
     import ray
     import torch
     from lrtune.workers.range_test import run_range_test
 
+    if code is not None:
+        code.activate()
     device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
     return run_range_test(
         workload=spec.workload,
@@ -269,7 +340,9 @@ def _range_test_task(spec: JobSpec) -> RangeTestResult:
     )
 
 
-def _run_search(job: Job, *, sink: JobSink, options: WorkerOptions) -> str | None:
+def _run_search(
+    job: Job, *, sink: JobSink, options: WorkerOptions, code: CodeSnapshot | None
+) -> str | None:
     """Run the job: range test for lr_bounds "auto", the search experiment, then the
     confirmation run when the job asks for one. The job's error when no trial ran to an end,
     else None."""
@@ -283,15 +356,20 @@ def _run_search(job: Job, *, sink: JobSink, options: WorkerOptions) -> str | Non
 
     key = str(job.id)
     spec = job.spec
-    bounds = range_test(job, sink=sink).suggestion if spec.lr_bounds == "auto" else None
+    steps_per_epoch = plan_training(spec, code=code, timeout_s=options.planning_timeout_s)
+    bounds = None
+    if spec.lr_bounds == "auto":
+        bounds = range_test(job, sink=sink, code=code).suggestion
     if sink.should_stop():
         return None
     plan = plan_experiment(
         spec,
         job_key=key,
         storage_path=options.storage,
+        steps_per_epoch=steps_per_epoch,
         bounds=bounds,
         checkpoint_every_epochs=options.checkpoint_every_epochs,
+        code=code,
     )
     sink.save_search_spaces(plan.search_spaces)
     with sink_registered(key, sink):

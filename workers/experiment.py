@@ -47,6 +47,7 @@ from lrtune.workers.range_test import derive_search_spaces
 from lrtune.workers.results import CancelStopper, RecordResults, sink_for
 from lrtune.workers.run_storage import PruneCheckpoints, experiment_names, storage_uri
 from lrtune.workers.trainable import make_trainable
+from lrtune.workers.user_code import CodeSnapshot
 from pydantic import ValidationError
 from ray import tune
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
@@ -406,6 +407,7 @@ class ExperimentPlan:
     steps_per_epoch: int
     storage: str
     checkpoint_every_epochs: int = 0
+    code: CodeSnapshot | None = None
 
     @property
     def total_trials(self) -> int:
@@ -429,12 +431,14 @@ def plan_experiment(
     steps_per_epoch: int | None = None,
     bounds: BoundSuggestion | None = None,
     checkpoint_every_epochs: int = 0,
+    code: CodeSnapshot | None = None,
 ) -> ExperimentPlan:
     """The job's search spaces and where its Tune state lives (`storage_path`/job-<key>).
 
     `bounds` are the range test's suggestion, required for lr_bounds "auto"; explicit lr_bounds
     are used as min/max bounds of the same derivation. `steps_per_epoch` defaults to the
-    workload's own (built once here, in the driver).
+    workload's own (built once here, in this process: the worker daemon passes the count its
+    planning task found instead). `code` is the job's snapshot of the users' code folders.
     """
     if spec.kind != "search":
         raise ValueError(f"a {spec.kind} job is not a Ray Tune search")
@@ -447,7 +451,7 @@ def plan_experiment(
     raw = {entry.policy: raw_space(entry, bounds=bounds) for entry in spec.policies}
     spaces = [parse_space(policy, space) for policy, space in raw.items()]
     if steps_per_epoch is None:
-        steps_per_epoch = workload_steps_per_epoch(spec)
+        steps_per_epoch = training_steps_per_epoch(spec, code)
     return ExperimentPlan(
         job_key=job_key,
         spec=spec,
@@ -456,16 +460,27 @@ def plan_experiment(
         steps_per_epoch=steps_per_epoch,
         storage=storage_uri(storage_path),
         checkpoint_every_epochs=checkpoint_every_epochs,
+        code=code,
     )
 
 
-def workload_steps_per_epoch(spec: JobSpec) -> int:
-    """Optimizer steps per epoch of the job's workload; builds it once (data and model)."""
-    from lrtune.workers.workloads import build_workload
+def training_steps_per_epoch(spec: JobSpec, code: CodeSnapshot | None = None) -> int:
+    """Optimizer steps per epoch of what the job trains: a workload built once (data and
+    model), or a train function's declared count. Raises WorkloadError for user code that
+    cannot train: it does not import, returns the wrong type, has no steps per epoch, or
+    does not report the job's metric."""
+    from lrtune.workers.train_function import TrainFunction
+    from lrtune.workers.workloads import build_training, check_reports_metric
 
+    if code is not None:
+        code.activate()
     target = spec.workload.name if spec.workload.name is not None else spec.workload.entrypoint
     assert target is not None  # WorkloadSpec guarantees one of the two
-    return build_workload(target, spec.workload.params, seed=spec.search.seed).steps_per_epoch
+    built = build_training(target, spec.workload.params, seed=spec.search.seed)
+    if isinstance(built, TrainFunction):
+        return built.steps_per_epoch
+    check_reports_metric(built, spec.metric_name, label=target)
+    return built.steps_per_epoch
 
 
 def build_tuner(plan: ExperimentPlan, *, skip_keys: set[str] | None = None) -> tune.Tuner:
@@ -515,7 +530,10 @@ def _restore_or_build(
     when there is one (finished trials stay finished, unfinished ones go on from their latest
     checkpoint, errored ones stay failed), else new with `searcher()` and `scheduler`."""
     trainable = make_trainable(
-        plan.spec, skip_keys=skip_keys, checkpoint_every_epochs=plan.checkpoint_every_epochs
+        plan.spec,
+        skip_keys=skip_keys,
+        checkpoint_every_epochs=plan.checkpoint_every_epochs,
+        code=plan.code,
     )
     location = plan.location(name)
     if tune.Tuner.can_restore(location):

@@ -134,13 +134,15 @@ class ScheduleDriver:
             for group in self.optimizer.param_groups
         ]
 
-    def _apply(self) -> None:
-        if self.spec.policy == "plateau" and self.t >= self.spec.warmup_steps:
+    def group_rates(self, t: int) -> list[float]:
+        """Each param group's rate at step t, multiplier included (plateau: as of now)."""
+        if self.spec.policy == "plateau" and t >= self.spec.warmup_steps:
             # Past the warmup each group follows its own ReduceLROnPlateau (see the class doc).
-            for group, rate in zip(self.optimizer.param_groups, self._plateau_now, strict=True):
-                group["lr"] = rate
-        else:
-            rate = self.rate(self.t)
-            for group in self.optimizer.param_groups:
-                group["lr"] = rate * group.get("lr_mult", 1.0)
+            return list(self._plateau_now)
+        rate = self.rate(t)
+        return [rate * group.get("lr_mult", 1.0) for group in self.optimizer.param_groups]
+
+    def _apply(self) -> None:
+        for group, rate in zip(self.optimizer.param_groups, self.group_rates(self.t), strict=True):
+            group["lr"] = rate
         self.last_lr = [group["lr"] for group in self.optimizer.param_groups]

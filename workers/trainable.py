@@ -21,7 +21,9 @@ from lrtune.schemas.schedules import parse_schedule
 from lrtune.schemas.trials import EpochResult, OptimizerSpec, ProbeResult, TrialConfig
 from lrtune.workers.early_stopping import JUDGED_KEY, judged_value, probe_epochs, rung_epochs
 from lrtune.workers.results import OUTCOME_KEY, PROBE_KEY, RESTORED_KEY, epoch_metrics
-from lrtune.workers.trial import Checkpointing, Probing, TrialState, run_trial
+from lrtune.workers.train_function import FunctionState
+from lrtune.workers.trial import Checkpointing, Probing, TrialState, load_state, run_trial
+from lrtune.workers.user_code import CodeSnapshot, describe_user_error
 from ray import tune
 from ray.tune import Checkpoint
 
@@ -38,6 +40,7 @@ def make_trainable(
     *,
     skip_keys: Collection[str] = (),
     checkpoint_every_epochs: int = 0,
+    code: CodeSnapshot | None = None,
 ) -> Callable[[dict[str, Any]], None]:
     """The trainable for `spec`'s trials, with the resources each trial asks Ray for.
 
@@ -45,7 +48,8 @@ def make_trainable(
     trial checkpoints through Tune after every rung epoch of the job's ASHA and every
     `checkpoint_every_epochs` epochs (0: rungs only), probes at the rungs when judged by
     cooldown, and resumes from its latest checkpoint when Tune restarts it (a restored job, a
-    lost node).
+    lost node). `code` is the job's snapshot of the users' code folders, made importable in
+    every trial's process before the workload is built.
     """
     skip = frozenset(skip_keys)
     workload = spec.workload
@@ -89,6 +93,8 @@ def make_trainable(
             metric=metric,
             mode=mode,
         )
+        if code is not None:
+            code.activate()
         node_id = ray.get_runtime_context().get_node_id()
         resume = _latest_state()
         last: dict[str, Any] = {}
@@ -111,7 +117,7 @@ def make_trainable(
             if probe is not None:
                 extra[PROBE_KEY] = probe.model_dump(mode="json")
                 extra[JUDGED_KEY] = judged_value(probe.values()[metric], mode=mode)
-            state: TrialState | None = pending.pop("state", None)
+            state: TrialState | FunctionState | None = pending.pop("state", None)
             # Blocks until the driver has the result; when Tune stops the trial (ASHA,
             # cancellation) this call ends the trial's thread instead of returning.
             if state is None:
@@ -128,9 +134,14 @@ def make_trainable(
                 epochs=probed, cooldown=cooldown, on_probe=lambda p: pending.update(probe=p)
             )
         checkpointing = Checkpointing(due=checkpoint_due, save=lambda s: pending.update(state=s))
-        outcome = run_trial(
-            trial_config, report, probing=probing, checkpointing=checkpointing, resume=resume
-        )
+        try:
+            outcome = run_trial(
+                trial_config, report, probing=probing, checkpointing=checkpointing, resume=resume
+            )
+        except Exception as error:
+            # The trial's error in SQL names the user's exception and the line of their code
+            # it came from, not lrtune's frames around it.
+            raise TrialError(describe_user_error(error)) from error
         if outcome.status == "diverged" and last and OUTCOME_KEY not in last:
             # One more result, the last epoch again, so the driver learns how the trial ended.
             tune.report({**last, OUTCOME_KEY: "diverged"})
@@ -141,13 +152,17 @@ def make_trainable(
     return tune.with_resources(lrtune_trial, resources)
 
 
-def _latest_state() -> TrialState | None:
+class TrialError(RuntimeError):
+    """A trial failed; the message is the cause, as `describe_user_error` puts it."""
+
+
+def _latest_state() -> TrialState | FunctionState | None:
     """The state of the trial's latest checkpoint, when Tune restarted it from one."""
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as folder:
-        return TrialState.load(Path(folder) / CHECKPOINT_FILE)
+        return load_state(Path(folder) / CHECKPOINT_FILE)
 
 
 def _device() -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import math
-import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -27,13 +26,21 @@ from lrtune.schemas.trials import (
     TrialOutcome,
     TrialStatus,
 )
+from lrtune.workers.rng import rng_state, set_rng_state
 from lrtune.workers.schedule_math import learning_rate
 from lrtune.workers.torch_schedule import ScheduleDriver, build_param_groups
+from lrtune.workers.train_function import (
+    FunctionState,
+    TrainFunction,
+    TrialContext,
+    run_train_function,
+)
 from lrtune.workers.workloads import (
     TensorBatches,
     Workload,
     WorkloadError,
-    build_workload,
+    build_training,
+    check_reports_metric,
     seed_everything,
 )
 from schedulefree import AdamWScheduleFree, SGDScheduleFree
@@ -68,7 +75,7 @@ class Checkpointing:
     that epoch is reported."""
 
     due: Callable[[int], bool]
-    save: Callable[[TrialState], None]
+    save: Callable[[TrialState | FunctionState], None]
 
 
 @dataclass
@@ -99,11 +106,14 @@ class TrialState:
         payload = {**self.__dict__, "history": [r.model_dump() for r in self.history]}
         torch.save(payload, path)
 
-    @classmethod
-    def load(cls, path: Path) -> TrialState:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-        payload["history"] = [EpochResult.model_validate(r) for r in payload["history"]]
-        return cls(**payload)
+
+def load_state(path: Path) -> TrialState | FunctionState:
+    """A trial checkpoint's state: a built-in trial's or a train function's."""
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    if payload.get("kind") == "function":
+        return FunctionState.from_payload(payload)
+    payload["history"] = [EpochResult.model_validate(r) for r in payload["history"]]
+    return TrialState(**payload)
 
 
 def run_trial(
@@ -112,7 +122,7 @@ def run_trial(
     *,
     probing: Probing | None = None,
     checkpointing: Checkpointing | None = None,
-    resume: TrialState | None = None,
+    resume: TrialState | FunctionState | None = None,
 ) -> TrialOutcome:
     """Train `config.workload` for `config.epochs` epochs, calling `report` after each epoch.
 
@@ -129,14 +139,16 @@ def run_trial(
     started = time.perf_counter()
     device = _device(config.device)
     seed_everything(config.seed)
-    workload = _build(config)
+    built = _build(config)
+    if isinstance(built, TrainFunction):
+        if resume is not None and not isinstance(resume, FunctionState):
+            raise ValueError("a train function's trial cannot resume from a built-in's state")
+        return _run_function(built, config, report, device, checkpointing, resume)
+    if resume is not None and not isinstance(resume, TrialState):
+        raise ValueError("a built-in trial cannot resume from a train function's state")
+    workload = built
     metric = config.metric_name
-    reported = {"train_loss", "val_loss", *workload.metrics}
-    if metric not in reported:
-        raise WorkloadError(
-            f"metric {metric!r} is not reported by workload {config.workload.label!r}; "
-            f"it reports {sorted(reported)}"
-        )
+    check_reports_metric(workload, metric, label=config.workload.label)
     if config.schedule.policy == "plateau" and config.schedule.mode != config.metric_mode:
         raise ValueError(
             f"plateau watches {metric!r}, whose mode is {config.metric_mode!r}, but its own "
@@ -260,6 +272,48 @@ def run_trial(
     )
 
 
+def _run_function(
+    function: TrainFunction,
+    config: TrialConfig,
+    report: Report,
+    device: torch.device,
+    checkpointing: Checkpointing | None,
+    resume: FunctionState | None,
+) -> TrialOutcome:
+    """`run_trial` for a user's training loop: the loop trains, the context reports."""
+
+    def on_epoch(result: EpochResult, state: FunctionState | None) -> bool:
+        if state is not None and checkpointing is not None:
+            checkpointing.save(state)
+        return bool(report(result))
+
+    context = TrialContext(
+        params=dict(config.workload.params),
+        seed=config.seed,
+        device=device,
+        epochs=config.epochs,
+        steps_per_epoch=function.steps_per_epoch,
+        metric=config.metric_name,
+        mode=config.metric_mode,
+        schedule=config.schedule,
+        rules=list(config.param_groups),
+        divergence_factor=config.divergence_factor,
+        on_epoch=on_epoch,
+        checkpoint_due=checkpointing.due if checkpointing is not None else lambda epoch: False,
+        resume=resume,
+    )
+    run_train_function(function, context)
+    steps = context.history[-1].step if context.history else 0
+    return _outcome(
+        context.status,
+        context.history,
+        steps,
+        config.metric_name,
+        config.metric_mode,
+        time.perf_counter() - context.started,
+    )
+
+
 def cooldown_probe(
     workload: Workload,
     model: nn.Module,
@@ -353,26 +407,6 @@ def cooldown_factor(shape: str, index: int, steps: int) -> float:
     1 at the first step, approaching 0 at the last (Hägele et al. 2024's cooldown shapes)."""
     progress = index / steps
     return 1.0 - progress if shape == "linear" else 1.0 - math.sqrt(progress)
-
-
-def rng_state() -> dict[str, Any]:
-    """Python's, numpy's and torch's global generator states (CUDA's too, when present)."""
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def build_optimizer(
@@ -558,11 +592,11 @@ def run_trials_sequentially(
     return outcomes
 
 
-def _build(config: TrialConfig) -> Workload:
+def _build(config: TrialConfig) -> Workload | TrainFunction:
     spec = config.workload
     target = spec.name if spec.name is not None else spec.entrypoint
     assert target is not None  # WorkloadSpec guarantees one of the two
-    return build_workload(target, spec.params, seed=config.seed)
+    return build_training(target, spec.params, seed=config.seed)
 
 
 def _device(name: str) -> torch.device:

@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 import torch
 from lrtune.schemas.workloads import BUILTIN_WORKLOADS, ENTRYPOINT_PATTERN, resolve_params
+from lrtune.workers.train_function import TrainFunction
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -81,6 +82,16 @@ class Workload:
         if steps <= 0:
             raise WorkloadError("the workload's train_loader yields no batches")
         return steps
+
+
+def check_reports_metric(workload: Workload, metric: str, *, label: str) -> None:
+    """WorkloadError unless `workload` reports `metric` every epoch."""
+    reported = {"train_loss", "val_loss", *workload.metrics}
+    if metric not in reported:
+        raise WorkloadError(
+            f"metric {metric!r} is not reported by workload {label!r}; "
+            f"it reports {sorted(reported)}"
+        )
 
 
 class TensorBatches:
@@ -152,7 +163,23 @@ class TensorBatches:
 def build_workload(
     name_or_entrypoint: str, params: Mapping[str, Any] | None = None, seed: int = 0
 ) -> Workload:
-    """Build a built-in workload by name, or call user code given as "package.module:callable".
+    """`build_training` where lrtune's own loop must train (the LR range test): a
+    `TrainFunction` is refused with WorkloadError."""
+    built = build_training(name_or_entrypoint, params, seed)
+    if isinstance(built, TrainFunction):
+        raise WorkloadError(
+            f"entrypoint {name_or_entrypoint!r} returns a TrainFunction, and the LR range test "
+            "runs lrtune's own loop on a Workload: give the job lr_bounds {min, max} instead "
+            'of "auto"'
+        )
+    return built
+
+
+def build_training(
+    name_or_entrypoint: str, params: Mapping[str, Any] | None = None, seed: int = 0
+) -> Workload | TrainFunction:
+    """Build a built-in workload by name, or call user code given as "package.module:callable",
+    which returns a `Workload` (lrtune's loop trains it) or a `TrainFunction` (its own loop).
 
     `seed` drives the model's initialisation and the batch order (the data of the built-ins is
     fixed by their own data seeds, so every trial sees the same examples). User code is called
@@ -179,11 +206,14 @@ def build_workload(
         raise WorkloadError(
             f"entrypoint {name_or_entrypoint!r} raised {type(error).__name__}: {error}"
         ) from error
+    if isinstance(workload, TrainFunction):
+        return workload
     if not isinstance(workload, Workload):
         raise WorkloadError(
-            f"entrypoint {name_or_entrypoint!r} must return an lrtune.workers.workloads.Workload, "
-            f"got {type(workload).__name__}"
+            f"entrypoint {name_or_entrypoint!r} must return an lrtune.workers.Workload or an "
+            f"lrtune.workers.TrainFunction, got {type(workload).__name__}"
         )
+    workload.steps_per_epoch  # noqa: B018 (raises WorkloadError for a loader without len)
     return workload
 
 
