@@ -393,6 +393,19 @@ class BestSoFar(BaseModel):
     value: float
 
 
+class TrialErrorCount(BaseModel):
+    """One error the job's trials ended with, and how many ended with it."""
+
+    model_config = _OUTPUT
+
+    error: str = Field(
+        description="As in trials.error: the exception, its message and, for user code, the "
+        "innermost frame of that code (file:line in function)."
+    )
+    trials: int = Field(ge=1)
+    first_trial_id: int
+
+
 class Job(BaseModel):
     """A job as GET /v1/jobs/{id} answers it."""
 
@@ -409,6 +422,11 @@ class Job(BaseModel):
     progress: JobProgress
     best: BestSoFar | None = None
     error: str | None = None
+    trial_errors: list[TrialErrorCount] = Field(
+        default_factory=list,
+        description="The job's error summary: each distinct error its trials ended with, most "
+        "frequent first (a job succeeds while some of its trials fail).",
+    )
     search_spaces: dict[str, dict[str, Any]] | None = Field(
         None,
         description="Per policy, the search space the trials actually sampled (after the range "

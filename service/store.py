@@ -38,6 +38,7 @@ from lrtune.schemas.jobs import (
     JobSpec,
     RungTrial,
     Trial,
+    TrialErrorCount,
     TrialMetric,
     TrialPage,
     TrialProbe,
@@ -1185,8 +1186,17 @@ class Store:
             .group_by(TrialRow.job_id, TrialRow.status)
         ):
             counts[job_id][status] = n
+        errors: dict[int, list[TrialErrorCount]] = {i: [] for i in ids}
+        for job_id, error, n, first in session.execute(
+            select(TrialRow.job_id, TrialRow.error, func.count(), func.min(TrialRow.id))
+            .where(TrialRow.job_id.in_(ids), TrialRow.error.is_not(None))
+            .group_by(TrialRow.job_id, TrialRow.error)
+        ):
+            errors[job_id].append(TrialErrorCount(error=error, trials=n, first_trial_id=first))
+        for found in errors.values():
+            found.sort(key=lambda e: (-e.trials, e.first_trial_id))
         bests = {r.id: self._best_of_job(session, r) for r in rows}
-        return [_job(r, counts[r.id], bests[r.id]) for r in rows]
+        return [_job(r, counts[r.id], bests[r.id], errors[r.id]) for r in rows]
 
     def _best_of_job(self, session: Session, row: JobRow) -> BestSoFar | None:
         order = TrialRow.best_metric.desc() if row.metric_mode == "max" else TrialRow.best_metric
@@ -1369,7 +1379,12 @@ def _api_token(row: ApiTokenRow, tenant: str) -> ApiToken:
     )
 
 
-def _job(row: JobRow, counts: dict[str, int], best: BestSoFar | None) -> Job:
+def _job(
+    row: JobRow,
+    counts: dict[str, int],
+    best: BestSoFar | None,
+    trial_errors: list[TrialErrorCount],
+) -> Job:
     created = _utc(row.created_at)
     assert created is not None
     return Job(
@@ -1384,6 +1399,7 @@ def _job(row: JobRow, counts: dict[str, int], best: BestSoFar | None) -> Job:
         progress=JobProgress(planned=row.planned_trials, **counts),
         best=best,
         error=row.error,
+        trial_errors=trial_errors,
         search_spaces=row.search_spaces,
     )
 

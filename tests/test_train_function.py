@@ -25,7 +25,7 @@ _names = itertools.count()
 
 # A tiny regression loop; {body} is inserted in the epoch loop after the optimizer steps, so a
 # test can make it misbehave at a given epoch. It records every rate it trains with.
-LOOP = '''
+LOOP = """
 import torch
 from torch import nn
 from lrtune.workers import TrainFunction
@@ -68,11 +68,12 @@ def make(steps=5, checkpoints=True, **params):
             if ctx.checkpoint_due(epoch) and checkpoints:
                 ctx.save_checkpoint({{"epoch": epoch, "step": step, "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}})
-            if ctx.report(epoch, train_loss=train_loss, val_loss=val_loss, val_rmse=val_loss ** 0.5):
+            rmse = val_loss ** 0.5
+            if ctx.report(epoch, train_loss=train_loss, val_loss=val_loss, val_rmse=rmse):
                 return
 
     return TrainFunction(train, steps_per_epoch=steps)
-'''
+"""
 
 
 def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str) -> str:
@@ -233,7 +234,7 @@ def test_an_entrypoint_returning_the_wrong_type_is_a_workload_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     module = user_module(tmp_path, monkeypatch, "def make():\n    return {'model': None}\n")
-    with pytest.raises(WorkloadError, match="must return an lrtune.workers.Workload or an "):
+    with pytest.raises(WorkloadError, match=r"must return an lrtune\.workers\.Workload or an "):
         build_training(f"{module}:make")
 
 
@@ -259,16 +260,14 @@ def test_a_loader_without_len_is_a_workload_error(
     ("steps", "problem"),
     [(0, "must be positive"), (2.5, "must be an int"), (True, "must be an int")],
 )
-def test_train_function_declares_a_positive_whole_number_of_steps(
-    steps: Any, problem: str
-) -> None:
+def test_train_function_declares_a_positive_whole_number_of_steps(steps: Any, problem: str) -> None:
     with pytest.raises((ValueError, TypeError), match=problem):
         TrainFunction(lambda ctx: None, steps_per_epoch=steps)
 
 
 def test_the_scheduler_is_a_torch_lr_scheduler() -> None:
-    from lrtune.workers.train_function import TrialLRScheduler
     from lrtune.workers.torch_schedule import ScheduleDriver
+    from lrtune.workers.train_function import TrialLRScheduler
 
     weight = torch.nn.Parameter(torch.ones(1))
     optimizer = torch.optim.SGD([{"params": [weight], "lr_mult": 2.0}], lr=1.0)

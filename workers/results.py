@@ -36,6 +36,15 @@ FinishedStatus = Literal["completed", "pruned", "diverged", "failed"]
 CANCELLED_ERROR = "stopped: the job was cancelled"
 
 
+class TrialError(RuntimeError):
+    """What a trial raises when it fails; the message is the cause, as
+    `lrtune.workers.user_code.describe_user_error` puts it."""
+
+
+# How Tune's error text names it, before the message.
+TRIAL_ERROR = f"{TrialError.__module__}.{TrialError.__qualname__}"
+
+
 class ResultSink(Protocol):
     """Where an experiment's trials and epochs go; `trial_key` is stable across restores."""
 
@@ -315,4 +324,7 @@ def error_message(trial: Any) -> str:
         error = None
     text = str(error) if error is not None else ""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else "the trial failed (Ray Tune recorded no error message)"
+    if not lines:
+        return "the trial failed (Ray Tune recorded no error message)"
+    # The trainable's TrialError carries the cause as its message; its own name adds nothing.
+    return lines[-1].removeprefix(f"{TRIAL_ERROR}: ")

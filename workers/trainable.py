@@ -20,7 +20,13 @@ from lrtune.schemas.jobs import JobSpec
 from lrtune.schemas.schedules import parse_schedule
 from lrtune.schemas.trials import EpochResult, OptimizerSpec, ProbeResult, TrialConfig
 from lrtune.workers.early_stopping import JUDGED_KEY, judged_value, probe_epochs, rung_epochs
-from lrtune.workers.results import OUTCOME_KEY, PROBE_KEY, RESTORED_KEY, epoch_metrics
+from lrtune.workers.results import (
+    OUTCOME_KEY,
+    PROBE_KEY,
+    RESTORED_KEY,
+    TrialError,
+    epoch_metrics,
+)
 from lrtune.workers.train_function import FunctionState
 from lrtune.workers.trial import Checkpointing, Probing, TrialState, load_state, run_trial
 from lrtune.workers.user_code import CodeSnapshot, describe_user_error
@@ -150,10 +156,6 @@ def make_trainable(
     lrtune_trial.__qualname__ = TRAINABLE_NAME
     resources = {"cpu": spec.resources_per_trial.cpu, "gpu": spec.resources_per_trial.gpu}
     return tune.with_resources(lrtune_trial, resources)
-
-
-class TrialError(RuntimeError):
-    """A trial failed; the message is the cause, as `describe_user_error` puts it."""
 
 
 def _latest_state() -> TrialState | FunctionState | None:
