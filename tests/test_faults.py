@@ -321,6 +321,61 @@ def test_worker_killed_three_times_the_job_completes_in_2_5x_without_rerunning_t
     print(f"uninterrupted {uninterrupted:.1f} s, three kills {interrupted:.1f} s, seed {seed}")
 
 
+# The README's own-model example: a train function that checkpoints through ctx.
+OWN_MODEL = Path(__file__).resolve().parents[1] / "examples" / "own-model"
+OWN_LOOP_EPOCHS = 16
+OWN_LOOP_SPEC: dict[str, Any] = {
+    "name": "own loop",
+    # Batches of 16 and 16 epochs: several seconds per trial, so the kill lands mid-trial.
+    "workload": {
+        "entrypoint": "own_model.classifier:make",
+        "params": {"width": 8, "batch_size": 16},
+    },
+    "metric": {"name": "val_accuracy", "mode": "max"},
+    "policies": ["fixed", "cosine"],
+    "lr_bounds": {"min": 0.0003, "max": 0.01},
+    "budget": {"epochs": OWN_LOOP_EPOCHS, "trials_per_policy": 1, "max_concurrent_trials": 2},
+    "search": {"algorithm": "random", "seed": 0},
+}
+
+
+@pytest.mark.ray
+def test_a_train_function_killed_mid_trial_resumes_from_its_own_checkpoint_exactly(
+    processes: Processes, store: Store, curves_by_key: Any
+) -> None:
+    processes.env["LRTUNE_CODE_PATH"] = str(OWN_MODEL)
+    processes.env["LRTUNE_CHECKPOINT_EVERY_EPOCHS"] = "1"
+    spec = JobSpec.model_validate(OWN_LOOP_SPEC)
+    calm, _ = store.create_job(spec=spec)
+    worker = processes.worker()
+    _wait(lambda: _finished(store, calm.id), timeout=180, what="the calm job", logs=processes)
+    kill_9(worker)
+
+    job, _ = store.create_job(spec=spec)
+    worker = processes.worker()
+    _wait(
+        lambda: any(t.epochs_done >= 3 for t in _trials(store, job.id)),
+        timeout=120,
+        what="a trial three epochs in",
+        logs=processes,
+    )
+    # Tune snapshots its experiment state (which names the trials' latest checkpoints) every
+    # 2 s; after that the kill loses at most the epochs since a trial's last checkpoint.
+    time.sleep(2.5)
+    kill_9(worker)
+    assert not _finished(store, job.id)
+    processes.worker()
+    _wait(lambda: _finished(store, job.id), timeout=180, what="the resumed job", logs=processes)
+
+    _assert_complete_and_exact(store, store.get_job(job.id), epochs=OWN_LOOP_EPOCHS, trials=2)
+    resumed = [t for t in _trials(store, job.id) if t.restored_from_epoch is not None]
+    assert resumed, "no trial resumed from the train function's checkpoint"
+    assert all(1 <= t.restored_from_epoch < OWN_LOOP_EPOCHS for t in resumed)  # type: ignore[operator]
+    # The resumed epochs are the uninterrupted job's, number for number: the user's state and
+    # the global RNGs came back from ctx.save_checkpoint.
+    assert curves_by_key(store, job.id) == curves_by_key(store, calm.id)
+
+
 @pytest.mark.ray
 def test_cancel_is_idempotent_survives_a_worker_restart_and_reaches_cancelled(
     processes: Processes, store: Store
