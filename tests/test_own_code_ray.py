@@ -5,6 +5,8 @@ user code failing its trial or its job with the user's own error, and the worker
 from __future__ import annotations
 
 import textwrap
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +99,11 @@ def code_settings(settings: Settings, code: Path) -> Settings:
     return settings.model_copy(update={"code_path": str(code), "planning_timeout_s": 20.0})
 
 
+# What these show is the worker's and the trial's handling of user code, the same whichever
+# database records it: SQLite only, to keep the suite short (the first job here runs on both).
+sqlite_only = pytest.mark.parametrize("database_kind", ["sqlite"])
+
+
 def test_a_train_function_job_trains_on_the_preview_rates_and_is_recorded(
     ray_local: str, code_settings: Settings, store: Store, code: Path
 ) -> None:
@@ -118,6 +125,7 @@ def test_a_train_function_job_trains_on_the_preview_rates_and_is_recorded(
     assert recommendation.code["pytorch"]
 
 
+@sqlite_only
 def test_each_job_imports_the_code_as_it_was_when_the_job_started(
     ray_local: str, code_settings: Settings, store: Store, code: Path
 ) -> None:
@@ -137,6 +145,7 @@ def test_each_job_imports_the_code_as_it_was_when_the_job_started(
     assert marks == {first.id: {1.0}, second.id: {2.0}}
 
 
+@sqlite_only
 def test_an_exception_in_epoch_3_fails_the_trial_with_the_users_error_and_frame(
     ray_local: str, code_settings: Settings, store: Store, code: Path
 ) -> None:
@@ -151,6 +160,7 @@ def test_an_exception_in_epoch_3_fails_the_trial_with_the_users_error_and_frame(
     assert [(e.error, e.trials) for e in job.trial_errors] == [(trial.error, 1)]
 
 
+@sqlite_only
 def test_a_nan_loss_ends_the_trial_diverged_and_the_others_go_on(
     ray_local: str, code_settings: Settings, store: Store, code: Path
 ) -> None:
@@ -173,6 +183,7 @@ def test_a_nan_loss_ends_the_trial_diverged_and_the_others_go_on(
     assert status == {"fixed": ("diverged", 2), "cosine": ("completed", 3)}
 
 
+@sqlite_only
 def test_the_jobs_metric_never_reported_fails_its_trials_naming_the_metric(
     ray_local: str, code_settings: Settings, store: Store, code: Path
 ) -> None:
@@ -187,39 +198,95 @@ def test_the_jobs_metric_never_reported_fails_its_trials_naming_the_metric(
     assert job.status == "failed" and "val_accuracy" in (job.error or "")
 
 
-@pytest.mark.parametrize(
-    ("source", "reason", "timeout_s"),
-    [
-        ("def make():\n    return 42\n", "must return an lrtune.workers.Workload or an", 30),
-        (
+@sqlite_only
+def test_user_code_that_cannot_be_planned_fails_its_job_and_the_next_job_succeeds(
+    ray_local: str, code_settings: Settings, store: Store, code: Path
+) -> None:
+    broken = {
+        "wrong_type": ("def make():\n    return 42\n", "must return an lrtune.workers.Workload or"),
+        "no_len": (
             "import torch\nfrom lrtune.workers import Workload\n"
             "def make():\n    return Workload(model=torch.nn.Linear(2, 2), "
             "train_loader=iter([]), val_loader=[])\n",
             "train_loader has no len()",
-            30,
         ),
-        ("import os\nos._exit(1)\n", "the process planning the job died", 30),
-        ("import time\ntime.sleep(600)\n", "planning took longer than 3 s", 3),
-    ],
-    ids=["wrong-type", "no-len", "os-exit", "hangs"],
-)
-def test_user_code_that_cannot_be_planned_fails_its_job_and_the_next_job_succeeds(
-    ray_local: str,
-    code_settings: Settings,
-    store: Store,
-    code: Path,
-    source: str,
-    reason: str,
-    timeout_s: float,
-    request: pytest.FixtureRequest,
-) -> None:
-    name = f"broken_{request.node.callspec.id.replace('-', '_')}"
+        # Kills the planning task's process at import; the worker must outlive it.
+        "exits": ("import os\nos._exit(1)\n", "the process planning the job died"),
+    }
     code.mkdir(parents=True, exist_ok=True)
-    (code / f"{name}.py").write_text(source)
+    for name, (source, _) in broken.items():
+        (code / f"{name}.py").write_text(source)
     write_loop(code, "loop_after")
-    timed = code_settings.model_copy(update={"planning_timeout_s": timeout_s})
-    [broken] = run_jobs(timed, store, spec(f"{name}:make"))
-    [after] = run_jobs(code_settings, store, spec("loop_after:make"))
-    assert broken.status == "failed" and reason in (broken.error or ""), broken.error
-    assert trials(store, broken.id) == []
+    jobs = run_jobs(
+        code_settings,
+        store,
+        *(spec(f"{name}:make") for name in broken),
+        spec("loop_after:make"),
+    )
+    for job, (name, (_, reason)) in zip(jobs, broken.items(), strict=False):
+        assert job.status == "failed" and reason in (job.error or ""), (name, job.error)
+        assert trials(store, job.id) == []
+    assert jobs[-1].status == "succeeded", jobs[-1].error
+
+
+@sqlite_only
+def test_an_entrypoint_that_hangs_fails_its_job_at_the_planning_time_limit(
+    ray_local: str, code_settings: Settings, store: Store, code: Path
+) -> None:
+    code.mkdir(parents=True, exist_ok=True)
+    (code / "hangs.py").write_text("import time\ntime.sleep(600)\n")
+    write_loop(code, "loop_after_hang")
+    limited = code_settings.model_copy(update={"planning_timeout_s": 3.0})
+    [hung] = run_jobs(limited, store, spec("hangs:make"))
+    assert hung.status == "failed" and "planning took longer than 3 s" in (hung.error or "")
+    [after] = run_jobs(code_settings, store, spec("loop_after_hang:make"))
     assert after.status == "succeeded", after.error
+
+
+@sqlite_only
+def test_asha_stops_train_functions_early(
+    ray_local: str, code_settings: Settings, store: Store, code: Path
+) -> None:
+    write_loop(code, "loop_asha")
+    job_spec = spec(
+        "loop_asha:make",
+        budget={"epochs": 3, "trials_per_policy": 4, "max_concurrent_trials": 2},
+        early_stopping={"kind": "asha", "grace_epochs": 1, "reduction_factor": 2},
+    )
+    [job] = run_jobs(code_settings, store, job_spec)
+    assert job.status == "succeeded", job.error
+    found = trials(store, job.id)
+    pruned = [t for t in found if t.status == "pruned"]
+    assert pruned and all(t.epochs_done < 3 for t in pruned)
+    assert all(t.epochs_done == 3 for t in found if t.status == "completed")
+    for trial in found:
+        assert len(store.list_trial_metrics(trial_id=trial.id)) == trial.epochs_done
+
+
+@sqlite_only
+def test_cancel_stops_running_train_functions(
+    ray_local: str, code_settings: Settings, store: Store, code: Path
+) -> None:
+    write_loop(code, "loop_slow", "import time\ntime.sleep(0.5)")
+    job, _ = store.create_job(
+        spec=spec(
+            "loop_slow:make",
+            budget={"epochs": 20, "trials_per_policy": 2, "max_concurrent_trials": 2},
+        )
+    )
+    worker = threading.Thread(
+        target=run_worker, args=(code_settings,), kwargs={"once": True, "store": store}
+    )
+    worker.start()
+    deadline = time.monotonic() + 90
+    while not any(t.epochs_done >= 1 for t in trials(store, job.id)):
+        assert time.monotonic() < deadline, "no epoch within 90 s"
+        time.sleep(0.2)
+    store.cancel_job(job.id)
+    started = time.monotonic()
+    worker.join(timeout=60)
+    assert not worker.is_alive()
+    assert time.monotonic() - started < 15, "running train functions stop within seconds"
+    assert store.get_job(job.id).status == "cancelled"
+    found = trials(store, job.id)
+    assert all(t.status != "running" and t.epochs_done < 20 for t in found)
