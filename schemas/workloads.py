@@ -251,7 +251,7 @@ BUILTIN_WORKLOADS: dict[str, WorkloadInfo] = {
                 WorkloadParam(
                     name="limit_train",
                     type="int",
-                    default=2048,
+                    default=1024,
                     nullable=True,
                     minimum=1,
                     description="Training windows per epoch, spread evenly over the training "
