@@ -360,8 +360,15 @@ def test_policy_catalogue_describes_every_policy(preview_client: TestClient) -> 
 
 def test_workload_catalogue_lists_the_built_ins(preview_client: TestClient) -> None:
     workloads = {w["name"]: w for w in preview_client.get("/v1/workloads").json()}
-    assert set(workloads) == {"mnist1d", "digits", "cifar10"}
+    assert set(workloads) == {"mnist1d", "digits", "cifar10", "charlm"}
     assert "val_accuracy" in workloads["digits"]["metrics"]
+    assert workloads["charlm"]["metrics"] == ["val_bits_per_char"]
+    assert (workloads["charlm"]["default_metric"], workloads["charlm"]["default_mode"]) == (
+        "val_loss",
+        "min",
+    )
+    seq_len = next(p for p in workloads["charlm"]["params"] if p["name"] == "seq_len")
+    assert (seq_len["default"], seq_len["minimum"], seq_len["maximum"]) == (64, 8, 1024)
     models = next(p for p in workloads["mnist1d"]["params"] if p["name"] == "model")
     assert set(models["choices"]) == {"mlp", "cnn1d"}
     data_dir = next(p for p in workloads["cifar10"]["params"] if p["name"] == "data_dir")

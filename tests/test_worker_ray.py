@@ -96,6 +96,39 @@ def test_job_runs_to_succeeded_with_every_trial_and_epoch_in_sql_and_repeats_exa
     assert curves_by_key(store, again.id) == curves_by_key(store, job.id)
 
 
+def test_a_charlm_job_trains_adamw_with_warmup_through_ray(
+    ray_local: str, settings: Settings, store: Store
+) -> None:
+    lr = {"loguniform": [1e-3, 3e-3]}
+    spec = _spec(
+        workload={
+            "name": "charlm",
+            "params": {"seq_len": 32, "batch_size": 16, "limit_train": 128, "limit_val": 64},
+        },
+        optimizer={"name": "adamw", "weight_decay": 0.01},
+        policies=[
+            {"policy": "cosine", "search": {"lr": lr, "warmup_steps_frac": 0.25}},
+            {"policy": "wsd", "search": {"lr": lr}},
+        ],
+    )
+    assert spec.metric is not None and (spec.metric.name, spec.metric.mode) == ("val_loss", "min")
+    job = _run(settings, store, spec)
+    assert job.status == "succeeded", job.error
+    trials = _trials(store, job.id)
+    assert sorted(t.policy for t in trials) == ["cosine", "wsd"]
+    for trial in trials:
+        assert trial.status == "completed" and trial.epochs_done == 2
+        # Of 16 steps, a quarter warms cosine up, and wsd's default 5% rounds to one step.
+        assert trial.schedule["warmup_steps"] == {"cosine": 4, "wsd": 1}[trial.policy]
+        rows = store.list_trial_metrics(trial_id=trial.id)
+        assert [row.step for row in rows] == [8, 16]
+        losses = [row.val_loss for row in rows]
+        assert losses[0] is not None and losses[1] is not None and losses[1] < losses[0]
+        for row, loss in zip(rows, losses, strict=True):
+            assert row.metrics["val_bits_per_char"] == pytest.approx(loss / math.log(2), rel=1e-5)
+        assert trial.best_metric == min(losses)
+
+
 def test_asha_prunes_and_statuses_match_what_tune_reported(
     ray_local: str, settings: Settings, store: Store
 ) -> None:

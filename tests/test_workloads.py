@@ -255,11 +255,15 @@ def test_workload_spec_fills_defaults_and_rejects_bad_specs() -> None:
             WorkloadSpec.model_validate(bad)
 
 
-def test_every_builtin_reports_val_accuracy() -> None:
-    assert set(BUILTIN_WORKLOADS) == {"mnist1d", "digits", "cifar10"}
+def test_classifiers_report_val_accuracy_and_the_language_model_bits_per_char() -> None:
+    assert set(BUILTIN_WORKLOADS) == {"mnist1d", "digits", "cifar10", "charlm"}
     for info in BUILTIN_WORKLOADS.values():
-        assert "val_accuracy" in info.metrics
-        assert (info.default_metric, info.default_mode) == ("val_accuracy", "max")
+        if info.name == "charlm":
+            assert info.metrics == ["val_bits_per_char"]
+            assert (info.default_metric, info.default_mode) == ("val_loss", "min")
+        else:
+            assert "val_accuracy" in info.metrics
+            assert (info.default_metric, info.default_mode) == ("val_accuracy", "max")
         for param in info.params:
             assert param.required or param.choices is None or param.default in param.choices
 

@@ -1,4 +1,5 @@
-"""The models and data a trial trains: the built-ins (mnist1d, digits, cifar10) and user code.
+"""The models and data a trial trains: the built-ins (mnist1d, digits, cifar10, charlm) and user
+code.
 
 Datasets live in memory as tensors, are loaded once per process (a Ray worker runs many trials)
 and are batched by `TensorBatches`, a shuffled-index iterator: cheaper than a DataLoader with
@@ -12,6 +13,7 @@ import importlib
 import math
 import pickle
 import random
+import sysconfig
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -587,8 +589,252 @@ def _no_augment(images: Tensor, generator: torch.Generator | None) -> Tensor:
     return _normalise_cifar(images)
 
 
+# --- charlm ----------------------------------------------------------------------------------
+
+# charlm's corpus, relative to the standard library folder (sysconfig's "stdlib" path): pure
+# Python modules present in CPython 3.11 to 3.13, sorted. A file missing from some Python is
+# skipped. Every 10th (codecs.py, email/message.py, ...) is validation, so no file is in both.
+CHARLM_FILES: tuple[str, ...] = (
+    "abc.py",
+    "argparse.py",
+    "ast.py",
+    "base64.py",
+    "bisect.py",
+    "bz2.py",
+    "calendar.py",
+    "cmd.py",
+    "code.py",
+    "codecs.py",
+    "collections/__init__.py",
+    "colorsys.py",
+    "configparser.py",
+    "contextlib.py",
+    "copy.py",
+    "csv.py",
+    "dataclasses.py",
+    "difflib.py",
+    "dis.py",
+    "email/message.py",
+    "enum.py",
+    "filecmp.py",
+    "fileinput.py",
+    "fnmatch.py",
+    "fractions.py",
+    "ftplib.py",
+    "functools.py",
+    "getopt.py",
+    "gettext.py",
+    "glob.py",
+    "graphlib.py",
+    "gzip.py",
+    "hashlib.py",
+    "heapq.py",
+    "hmac.py",
+    "html/parser.py",
+    "http/client.py",
+    "inspect.py",
+    "ipaddress.py",
+    "json/decoder.py",
+    "json/encoder.py",
+    "locale.py",
+    "logging/__init__.py",
+    "lzma.py",
+    "mimetypes.py",
+    "numbers.py",
+    "operator.py",
+    "optparse.py",
+    "os.py",
+    "pickle.py",
+    "pprint.py",
+    "queue.py",
+    "quopri.py",
+    "random.py",
+    "re/_parser.py",
+    "reprlib.py",
+    "sched.py",
+    "secrets.py",
+    "selectors.py",
+    "shlex.py",
+    "shutil.py",
+    "smtplib.py",
+    "socket.py",
+    "statistics.py",
+    "string.py",
+    "subprocess.py",
+    "tarfile.py",
+    "tempfile.py",
+    "textwrap.py",
+    "threading.py",
+    "timeit.py",
+    "tokenize.py",
+    "trace.py",
+    "traceback.py",
+    "typing.py",
+    "unittest/case.py",
+    "urllib/parse.py",
+    "uuid.py",
+    "warnings.py",
+    "weakref.py",
+)
+CHARLM_VAL_EVERY = 10
+
+
+# Token 0 is "other" (tabs, carriage returns, anything beyond ASCII); then newline and the 95
+# printable ASCII characters, which is nearly all of the standard library's text.
+CHARLM_VOCAB = "\n" + "".join(chr(code) for code in range(32, 127))
+CHARLM_VOCAB_SIZE = len(CHARLM_VOCAB) + 1
+
+
+def _charlm_table() -> np.ndarray:
+    table = np.zeros(128, dtype=np.uint8)  # code point below 128 -> token
+    for token, char in enumerate(CHARLM_VOCAB, start=1):
+        table[ord(char)] = token
+    return table
+
+
+_CHARLM_TABLE = _charlm_table()
+
+
+def encode_chars(text: str) -> Tensor:
+    """uint8 tokens of `text`: 1 + the index in CHARLM_VOCAB, or 0 for any other character."""
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype="<u4")
+    tokens = np.where(codes < 128, _CHARLM_TABLE[np.minimum(codes, 127)], 0).astype(np.uint8)
+    return torch.from_numpy(tokens)
+
+
+def charlm_files(stdlib: str | Path | None = None) -> tuple[list[Path], list[Path]]:
+    """charlm's training and validation files: CHARLM_FILES under the standard library folder
+    (default: this Python's), every CHARLM_VAL_EVERY-th of the list for validation.
+
+    The split is by position in the fixed list, so a file some Python lacks is skipped without
+    moving any other file to the other side.
+    """
+    root = Path(stdlib if stdlib is not None else sysconfig.get_paths()["stdlib"])
+    train: list[Path] = []
+    val: list[Path] = []
+    for index, name in enumerate(CHARLM_FILES):
+        path = root / name
+        if path.is_file():
+            (val if index % CHARLM_VAL_EVERY == CHARLM_VAL_EVERY - 1 else train).append(path)
+    return train, val
+
+
+@functools.lru_cache(maxsize=1)
+def charlm_tokens() -> tuple[Tensor, Tensor]:
+    """The training and validation text as uint8 tokens, each split's files joined in order."""
+    train, val = charlm_files()
+    if not train or not val:
+        raise WorkloadError(
+            f"charlm found no corpus files under {sysconfig.get_paths()['stdlib']} "
+            f"({len(train)} training, {len(val)} validation)"
+        )
+
+    def read(paths: list[Path]) -> Tensor:
+        return encode_chars("".join(p.read_text(encoding="utf-8", errors="replace") for p in paths))
+
+    return read(train), read(val)
+
+
+def char_windows(tokens: Tensor, seq_len: int, limit: int | None) -> tuple[Tensor, Tensor]:
+    """Non-overlapping windows of seq_len + 1 tokens as (inputs, targets shifted by one), int64;
+    with `limit`, that many windows spread evenly over the text, so every file is sampled."""
+    count = len(tokens) // (seq_len + 1)
+    windows = tokens[: count * (seq_len + 1)].view(count, seq_len + 1)
+    if limit is not None and limit < count:
+        windows = windows[torch.arange(limit) * count // limit]
+    windows = windows.long()
+    return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
+
+
+def sequence_cross_entropy(outputs: Tensor, targets: Tensor) -> Tensor:
+    """Mean cross-entropy in nats over every position of (batch, time, vocab) logits."""
+    return F.cross_entropy(outputs.flatten(0, 1), targets.flatten())
+
+
+def bits_per_char(outputs: Tensor, targets: Tensor) -> float:
+    """Mean cross-entropy over every character, in bits."""
+    return float(sequence_cross_entropy(outputs, targets).item()) / math.log(2)
+
+
+class _CharEmbedding(nn.Module):
+    def __init__(self, vocab_size: int, seq_len: int, d_model: int) -> None:
+        super().__init__()
+        self.tokens = nn.Embedding(vocab_size, d_model)
+        self.positions = nn.Embedding(seq_len, d_model)
+        # GPT-2's initialisation; PyTorch's N(0, 1) would swamp the blocks' first updates.
+        nn.init.normal_(self.tokens.weight, std=0.02)
+        nn.init.normal_(self.positions.weight, std=0.02)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        return self.tokens(tokens) + self.positions(positions)
+
+
+class CharTransformer(nn.Module):
+    """A GPT-style causal transformer over characters: token and learned position embeddings
+    ('embed.*'), pre-LN blocks of attention and a GELU MLP ('blocks.*'), then a final LayerNorm
+    and the logits ('head.*'). No dropout: a run sees each window a few times at most."""
+
+    def __init__(
+        self, *, vocab_size: int, seq_len: int, d_model: int, n_heads: int, n_layers: int
+    ) -> None:
+        super().__init__()
+        if d_model % n_heads:
+            raise WorkloadError(f"d_model ({d_model}) must be a multiple of n_heads ({n_heads})")
+        self.embed = _CharEmbedding(vocab_size, seq_len, d_model)
+        self.blocks = nn.ModuleList(
+            nn.TransformerEncoderLayer(
+                d_model,
+                n_heads,
+                dim_feedforward=4 * d_model,
+                dropout=0.0,
+                activation="gelu",
+                batch_first=True,
+                norm_first=True,
+            )
+            for _ in range(n_layers)
+        )
+        self.head = nn.Sequential(
+            OrderedDict(norm=nn.LayerNorm(d_model), out=nn.Linear(d_model, vocab_size))
+        )
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """(batch, time) tokens -> (batch, time, vocab) logits of each next character."""
+        length = tokens.shape[1]
+        mask = nn.Transformer.generate_square_subsequent_mask(length, device=tokens.device)
+        x = self.embed(tokens)
+        for block in self.blocks:
+            x = block(x, src_mask=mask, is_causal=True)
+        return self.head(x)
+
+
+def _charlm(params: dict[str, Any], seed: int) -> Workload:
+    train_tokens, val_tokens = charlm_tokens()
+    seq_len = params["seq_len"]
+    x_train, y_train = char_windows(train_tokens, seq_len, params["limit_train"])
+    x_val, y_val = char_windows(val_tokens, seq_len, params["limit_val"])
+    torch.manual_seed(seed)
+    model = CharTransformer(
+        vocab_size=CHARLM_VOCAB_SIZE,
+        seq_len=seq_len,
+        d_model=params["d_model"],
+        n_heads=params["n_heads"],
+        n_layers=params["n_layers"],
+    )
+    return Workload(
+        model=model,
+        train_loader=TensorBatches(
+            x_train, y_train, batch_size=params["batch_size"], shuffle=True, seed=seed
+        ),
+        val_loader=TensorBatches(x_val, y_val, batch_size=256, shuffle=False),
+        loss_fn=sequence_cross_entropy,
+        metrics={"val_bits_per_char": bits_per_char},
+    )
+
+
 _BUILDERS: dict[str, Callable[[dict[str, Any], int], Workload]] = {
     "mnist1d": _mnist1d,
     "digits": _digits,
     "cifar10": _cifar10,
+    "charlm": _charlm,
 }
