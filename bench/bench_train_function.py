@@ -1,0 +1,205 @@
+"""A train function's overhead: the same training loop with lrtune around it and without.
+
+The loop is `examples/own-model`'s classifier (its own loop: AdamW, gradient clipping, a
+checkpoint when due), about 20 s of training. It runs three ways, alternating, `--repeats` times:
+
+- plain: the loop alone, its context a stand-in with a torch `LambdaLR` on the same rates
+  (what the user would run without lrtune);
+- run_trial: in this process through lrtune's `TrialContext` (scheduler, per-epoch checks,
+  report; no checkpoint due);
+- Ray Tune trial: a one-trial lrtune job through the worker daemon and a local Ray with one
+  CPU; its time is the trial's own (the `elapsed_s` of its last epoch, from start-up of the
+  function to its last report), the job's whole wall-clock beside it.
+
+All with one torch thread, what a 1-CPU Ray trial gets.
+
+    .venv/bin/python -m bench.bench_train_function --write
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.results_file import machine_line, write_section
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "own-model"
+PARAMS = {"batch_size": 16, "width": 8}
+EPOCHS = 40
+SCHEDULE = {"policy": "cosine", "lr": 0.003, "alpha": 0.0, "warmup_steps": 100}
+
+
+class PlainContext:
+    """What the classifier's loop asks of its context, answered without lrtune."""
+
+    def __init__(self, steps_per_epoch: int) -> None:
+        import torch
+
+        self.device = torch.device("cpu")
+        self.epochs = EPOCHS
+        self.steps_per_epoch = steps_per_epoch
+        self.rates = _rates(steps_per_epoch)
+
+    def param_groups(self, model: Any) -> Any:
+        return model.parameters()
+
+    def lr_scheduler(self, optimizer: Any) -> Any:
+        import torch
+
+        for group in optimizer.param_groups:
+            group["lr"] = 1.0
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: float(self.rates[t]))
+
+    def checkpoint_due(self, epoch: int) -> bool:
+        return False
+
+    def load_checkpoint(self) -> None:
+        return None
+
+    def report(self, epoch: int, **values: float) -> bool:
+        return False
+
+
+def _rates(steps_per_epoch: int) -> Any:
+    import numpy as np
+    from lrtune.workers.schedule_math import learning_rates
+
+    return learning_rates(_schedule(steps_per_epoch), np.arange(EPOCHS * steps_per_epoch + 1))
+
+
+def _schedule(steps_per_epoch: int) -> Any:
+    from lrtune.schemas.schedules import parse_schedule
+
+    total = EPOCHS * steps_per_epoch
+    return parse_schedule({**SCHEDULE, "decay_steps": total - SCHEDULE["warmup_steps"]})
+
+
+def plain() -> float:
+    import torch
+    from own_model.classifier import make
+
+    torch.manual_seed(0)
+    function = make(**PARAMS)
+    started = time.perf_counter()
+    function.train(PlainContext(function.steps_per_epoch))  # type: ignore[arg-type]
+    return time.perf_counter() - started
+
+
+def in_process() -> float:
+    from lrtune.schemas.trials import TrialConfig
+    from lrtune.workers.trial import run_trial
+    from own_model.classifier import make
+
+    steps = make(**PARAMS).steps_per_epoch
+    config = TrialConfig.model_validate(
+        {
+            "workload": {"entrypoint": "own_model.classifier:make", "params": PARAMS},
+            "schedule": _schedule(steps).model_dump(),
+            "epochs": EPOCHS,
+            "metric": "val_accuracy",
+            "mode": "max",
+        }
+    )
+    started = time.perf_counter()
+    outcome = run_trial(config, lambda result: None)
+    assert outcome.status == "completed", outcome
+    return time.perf_counter() - started
+
+
+def tune_trial(home: Path) -> tuple[float, float]:
+    """(the trial's own seconds, the job's wall-clock) of a one-trial job through the worker."""
+    from lrtune.schemas.jobs import JobSpec
+    from lrtune.service.migrate import upgrade_to_head
+    from lrtune.service.settings import Settings
+    from lrtune.service.store import Store
+    from lrtune.service.worker import run_worker
+    from own_model.classifier import make
+
+    steps = make(**PARAMS).steps_per_epoch
+    schedule = _schedule(steps)
+    url = f"sqlite:///{home / 'bench.db'}"
+    upgrade_to_head(url)
+    settings = Settings(home=home, database_url=url, code_path=str(EXAMPLE))
+    store = Store.from_url(url)
+    spec = JobSpec.model_validate(
+        {
+            "workload": {"entrypoint": "own_model.classifier:make", "params": PARAMS},
+            "metric": {"name": "val_accuracy", "mode": "max"},
+            "policies": [
+                {
+                    "policy": "cosine",
+                    "search": {
+                        "lr": schedule.lr,
+                        "alpha": 0.0,
+                        "warmup_steps_frac": SCHEDULE["warmup_steps"] / (EPOCHS * steps),
+                    },
+                }
+            ],
+            "budget": {"epochs": EPOCHS, "trials_per_policy": 1, "max_concurrent_trials": 1},
+        }
+    )
+    job, _ = store.create_job(spec=spec)
+    started = time.perf_counter()
+    run_worker(settings, once=True, store=store)
+    wall = time.perf_counter() - started
+    finished = store.get_job(job.id)
+    assert finished.status == "succeeded", finished.error
+    [trial] = store.list_trials(job_id=job.id).items
+    metrics = store.list_trial_metrics(trial_id=trial.id)
+    store.dispose()
+    return metrics[-1].elapsed_s, wall
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--write", action="store_true", help="update bench/RESULTS.md")
+    args = parser.parse_args()
+    os.environ["OMP_NUM_THREADS"] = "1"
+    sys.path.insert(0, str(EXAMPLE))
+    import ray
+    import torch
+
+    torch.set_num_threads(1)
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    times: dict[str, list[float]] = {"plain": [], "run_trial": [], "tune": [], "job": []}
+    with tempfile.TemporaryDirectory() as folder:
+        for repeat in range(args.repeats):
+            times["plain"].append(plain())
+            times["run_trial"].append(in_process())
+            trial_s, job_s = tune_trial(Path(folder) / f"run-{repeat}")
+            times["tune"].append(trial_s)
+            times["job"].append(job_s)
+            print({k: round(v[-1], 2) for k, v in times.items()}, flush=True)
+    median = {k: statistics.median(v) for k, v in times.items()}
+    ratio = {k: v / median["plain"] for k, v in median.items()}
+    load = os.getloadavg()
+    body = f"""Machine: {machine_line()}; load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}
+when done. `python -m bench.bench_train_function` ({args.repeats} alternating repeats, medians;
+one torch thread everywhere).
+
+The loop: `examples/own-model`'s classifier (its own loop: AdamW, gradient clipping, a
+checkpoint when due), {EPOCHS} epochs of batches of {PARAMS["batch_size"]}, warmup then cosine.
+
+| run | seconds | vs plain |
+| --- | ---: | ---: |
+| plain loop, torch `LambdaLR` on the same rates | {median["plain"]:.2f} | 1.00x |
+| `run_trial` in-process (`TrialContext`) | {median["run_trial"]:.2f} | {ratio["run_trial"]:.3f}x |
+| Ray Tune trial through the worker (its own time) | {median["tune"]:.2f} | {ratio["tune"]:.3f}x |
+| the whole one-trial job (worker, Ray actor, SQL) | {median["job"]:.2f} | {ratio["job"]:.3f}x |
+
+Every run: {", ".join(f"{k} " + "/".join(f"{x:.1f}" for x in v) for k, v in times.items())}.
+Target: a train-function trial at most 1.05x the plain loop for ~20 s trials."""
+    print(body)
+    if args.write:
+        write_section("Train function overhead (issue 12)", body)
+
+
+if __name__ == "__main__":
+    main()
