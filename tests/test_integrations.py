@@ -1,5 +1,5 @@
-"""The Lightning callback (`lrtune.integrations`) runs a real, tiny training as an
-lrtune trial, in-process: the rate of every optimizer step is the preview's (warmup and group
+"""The Lightning and Hugging Face callbacks (`lrtune.integrations`) run real, tiny trainings as
+lrtune trials, in-process: the rate of every optimizer step is the preview's (warmup and group
 multipliers included, gradient accumulation counted in optimizer steps), every epoch is reported
 with its losses and a validation metric, and a report answering stop ends the trainer."""
 
@@ -102,11 +102,82 @@ def make(accumulate=1, declared=None):
 """
 )
 
+HUGGINGFACE = (
+    DATA
+    + """
+from torch import nn
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from lrtune.integrations import steps_per_epoch
+from lrtune.integrations.huggingface import LrtuneTrainerCallback
+from lrtune.workers import TrainFunction
+
+RATES = []  # (global step, [rate of each param group]) as each optimizer step saw them
+LOSSES = []  # every training batch's loss
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(8, 16)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, inputs, labels=None):
+        logits = self.head(torch.relu(self.body(inputs)))
+        if labels is None:
+            return {"logits": logits}
+        loss = nn.functional.cross_entropy(logits, labels)
+        if self.training:
+            LOSSES.append(loss.item())
+        return {"loss": loss, "logits": logits}
+
+
+class Record(TrainerCallback):
+    def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        RATES.append((state.global_step, [group["lr"] for group in optimizer.param_groups]))
+
+
+def accuracy(prediction):
+    return {"accuracy": float((prediction.predictions.argmax(-1) == prediction.label_ids).mean())}
+
+
+def make(output_dir, own_scheduler=True, declared=None, trainer_args=None):
+    inputs, labels = data()
+    dataset = [{"inputs": x, "labels": y} for x, y in zip(inputs, labels)]
+
+    def train(ctx):
+        model = Net()
+        optimizer = torch.optim.SGD(ctx.param_groups(model), lr=0.0, momentum=0.9)
+        arguments = dict(
+            output_dir=output_dir, num_train_epochs=ctx.epochs, per_device_train_batch_size=16,
+            per_device_eval_batch_size=56, eval_strategy="epoch", logging_steps=3,
+            save_strategy="no", seed=ctx.seed, use_cpu=True, report_to=[], disable_tqdm=True,
+            remove_unused_columns=False,
+        )
+        args = TrainingArguments(**(arguments | (trainer_args or {})))
+        trainer = Trainer(
+            model=model, args=args, train_dataset=dataset, eval_dataset=dataset,
+            compute_metrics=accuracy,
+            optimizers=(optimizer, ctx.lr_scheduler(optimizer) if own_scheduler else None),
+            callbacks=[LrtuneTrainerCallback(ctx), Record()],
+        )
+        trainer.train()
+
+    return TrainFunction(train, steps_per_epoch=declared or steps_per_epoch(BATCHES))
+"""
+)
+
 
 @pytest.fixture
 def lightning_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     pytest.importorskip("lightning")
     return user_module(tmp_path, monkeypatch, LIGHTNING)
+
+
+@pytest.fixture
+def huggingface_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    return user_module(tmp_path, monkeypatch, HUGGINGFACE)
 
 
 def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str) -> str:
@@ -194,15 +265,61 @@ def test_lightning_stops_when_the_report_says_stop(lightning_module: str) -> Non
     assert len(importlib.import_module(lightning_module).RATES) == 7
 
 
+# -- Hugging Face -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("own_scheduler", [True, False], ids=["scheduler-passed", "trainers-own"])
+def test_huggingface_trains_at_the_preview_rate_and_reports_every_epoch(
+    huggingface_module: str, tmp_path: Path, own_scheduler: bool
+) -> None:
+    params = {"output_dir": str(tmp_path / "out"), "own_scheduler": own_scheduler}
+    trial = config(huggingface_module, params)
+    rows: list[EpochResult] = []
+    outcome = run_trial(trial, rows.append)
+
+    assert outcome.status == "completed" and outcome.epochs_done == 3
+    user = importlib.import_module(huggingface_module)
+    # logging_steps=3: the Trainer logs at steps 3, 6, 7 (the epoch's end), 9, ...
+    assert_reported_every_epoch(rows, user.LOSSES)
+    assert_rates_are_the_preview(trial, user.RATES, 21)
+
+
+def test_huggingface_stops_when_the_report_says_stop(
+    huggingface_module: str, tmp_path: Path
+) -> None:
+    trial = config(huggingface_module, {"output_dir": str(tmp_path / "out")})
+    [outcome] = run_trials_sequentially([trial], on_epoch=lambda index, result: result.epoch == 1)
+    assert outcome.status == "stopped" and outcome.epochs_done == 1
+    assert len(importlib.import_module(huggingface_module).RATES) == 7
+
+
+@pytest.mark.parametrize(
+    ("trainer_args", "problem"),
+    [
+        ({"eval_strategy": "steps", "eval_steps": 7}, r"eval_strategy=\"epoch\" \(got 'steps'\)"),
+        ({"seed": 42}, r"re-seeds every RNG with args.seed \(42\), the trial's seed is 3"),
+    ],
+    ids=["eval-strategy", "seed"],
+)
+def test_huggingface_arguments_the_trial_cannot_follow_are_refused(
+    huggingface_module: str, tmp_path: Path, trainer_args: dict[str, Any], problem: str
+) -> None:
+    params = {"output_dir": str(tmp_path / "out"), "trainer_args": trainer_args}
+    with pytest.raises(TrainFunctionError, match=problem):
+        run_trial(config(huggingface_module, params), lambda result: None)
+
+
 # -- Both ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("library", ["lightning"])
+@pytest.mark.parametrize("library", ["lightning", "huggingface"])
 def test_steps_per_epoch_other_than_the_trainers_are_refused_before_training(
     library: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     module = request.getfixturevalue(f"{library}_module")
     params: dict[str, Any] = {"declared": 8}
+    if library == "huggingface":
+        params["output_dir"] = str(tmp_path / "out")
     with pytest.raises(TrainFunctionError, match="takes 7 optimizer steps an epoch"):
         run_trial(config(module, params), lambda result: None)
     assert importlib.import_module(module).RATES == []
@@ -220,12 +337,12 @@ def test_steps_per_epoch_rounds_the_last_accumulation_up() -> None:
 
 @pytest.mark.parametrize(
     ("module", "install"),
-    [("lightning", "pip install lightning")],
+    [("lightning", "pip install lightning"), ("huggingface", "pip install transformers")],
 )
 def test_without_the_library_the_import_error_says_what_to_install(
     module: str, install: str
 ) -> None:
-    blocked = {"lightning": "lightning"}[module]
+    blocked = {"lightning": "lightning", "huggingface": "transformers"}[module]
     # A fresh interpreter where the library cannot be imported (a None entry in sys.modules).
     code = (
         f"import sys; sys.modules[{blocked!r}] = None\n"
