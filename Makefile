@@ -18,9 +18,9 @@ run: $(STAMP)
 	$(VENV)/bin/lrtune serve --host $(HOST) --port $(PORT)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check service workers schemas client tests bench migrations
-	$(VENV)/bin/ruff format --check service workers schemas client tests bench migrations
-	$(VENV)/bin/mypy service workers schemas client
+	$(VENV)/bin/ruff check service workers schemas client integrations tests bench migrations
+	$(VENV)/bin/ruff format --check service workers schemas client integrations tests bench migrations
+	$(VENV)/bin/mypy service workers schemas client integrations
 
 test: lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
