@@ -167,7 +167,16 @@ def _print_timeline(timeline: JobTimeline) -> None:
         return
     out.print()
     trials = Table(
-        "trial", "policy", "phase", "status", "epochs", "start-up s", "busy s", "wall s", box=None
+        "trial",
+        "policy",
+        "phase",
+        "status",
+        "epochs",
+        "start-up s",
+        "busy s",
+        "of it first epoch s",
+        "wall s",
+        box=None,
     )
     for trial in timeline.trials:
         trials.add_row(
@@ -178,6 +187,7 @@ def _print_timeline(timeline: JobTimeline) -> None:
             str(trial.epochs_done),
             _seconds(trial.start_up_s),
             _seconds(trial.busy_s),
+            _seconds(trial.first_epoch_s),
             _seconds(trial.wall_s),
         )
     trials.add_row(
@@ -188,6 +198,7 @@ def _print_timeline(timeline: JobTimeline) -> None:
         "",
         f"[b]{timeline.trials_start_up_s:.2f}[/b]",
         f"[b]{timeline.trials_busy_s:.2f}[/b]",
+        "",
         "",
     )
     out.print(trials)

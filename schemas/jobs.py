@@ -559,7 +559,9 @@ class TrialTiming(BaseModel):
     """Where one trial's wall-clock went: `wall_s` from Ray Tune starting it (its actor up) to
     its end, `busy_s` the trial's own clock up to its last epoch (building its workload,
     training, evaluating and probing), `start_up_s` the rest (the trainable starting, restarts
-    after a lost worker, and the few milliseconds of its end)."""
+    after a lost worker, and the few milliseconds of its end). `first_epoch_s` is the part of
+    `busy_s` up to its first epoch, the workload's build included: `start_up_s +
+    first_epoch_s` is the wait from Ray Tune starting the trial to its first result."""
 
     model_config = _OUTPUT
 
@@ -568,8 +570,10 @@ class TrialTiming(BaseModel):
     phase: TrialPhase
     status: TrialStatus
     epochs_done: int
+    started_at: datetime | None = Field(None, description="When Ray Tune started it.")
     wall_s: float | None = Field(None, description="None while the trial runs.")
     busy_s: float = Field(description="The elapsed_s of its last epoch (0 before its first).")
+    first_epoch_s: float = Field(description="The elapsed_s of its first epoch (0 before it).")
     start_up_s: float | None = Field(None, description="wall_s - busy_s; None while it runs.")
 
 

@@ -643,7 +643,8 @@ class Store:
         trial, its wall-clock, its own clock up to its last epoch (busy) and the rest (start-up).
 
         A phase still running counts up to now. Busy time is the largest elapsed_s among the
-        trial's epochs (the trial's clock only goes forward, across resumes too).
+        trial's epochs, its first epoch's the smallest (the trial's clock only goes forward,
+        across resumes too).
         """
 
         def work(session: Session) -> JobTimeline:
@@ -655,17 +656,22 @@ class Store:
                     select(JobPhaseRow).where(JobPhaseRow.job_id == job_id).order_by(JobPhaseRow.id)
                 )
             ]
-            busy: dict[int, float] = {
-                trial_id: elapsed
-                for trial_id, elapsed in session.execute(
-                    select(TrialMetricRow.trial_id, func.max(TrialMetricRow.elapsed_s))
+            # (first, last) epoch's elapsed_s per trial.
+            clocks: dict[int, tuple[float, float]] = {
+                trial_id: (first, last)
+                for trial_id, first, last in session.execute(
+                    select(
+                        TrialMetricRow.trial_id,
+                        func.min(TrialMetricRow.elapsed_s),
+                        func.max(TrialMetricRow.elapsed_s),
+                    )
                     .join(TrialRow, TrialRow.id == TrialMetricRow.trial_id)
                     .where(TrialRow.job_id == job_id)
                     .group_by(TrialMetricRow.trial_id)
                 )
             }
             trials = [
-                _trial_timing(row, busy.get(row.id) or 0.0)
+                _trial_timing(row, *clocks.get(row.id, (0.0, 0.0)))
                 for row in session.scalars(
                     select(TrialRow).where(TrialRow.job_id == job_id).order_by(TrialRow.id)
                 )
@@ -1701,7 +1707,7 @@ def _job_phase(row: JobPhaseRow, now: datetime) -> JobPhase:
     )
 
 
-def _trial_timing(row: TrialRow, busy_s: float) -> TrialTiming:
+def _trial_timing(row: TrialRow, first_epoch_s: float, busy_s: float) -> TrialTiming:
     started = _utc(row.started_at) or _utc(row.created_at)
     finished = _utc(row.finished_at)
     wall = _seconds_between(started, finished) if started and finished else None
@@ -1711,8 +1717,10 @@ def _trial_timing(row: TrialRow, busy_s: float) -> TrialTiming:
         phase=row.phase,
         status=row.status,
         epochs_done=row.epochs_done,
+        started_at=started,
         wall_s=wall,
         busy_s=busy_s,
+        first_epoch_s=first_epoch_s,
         start_up_s=max(0.0, wall - busy_s) if wall is not None else None,
     )
 

@@ -3,6 +3,7 @@ best settings."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from typing import Any
@@ -480,7 +481,7 @@ def test_job_rungs_of_unknown_or_other_tenants_jobs_are_not_found(
 
 def _tiles(phases: list[Any]) -> None:
     """Each phase starts where the one before it ended; only the last may still run."""
-    for before, after in zip(phases, phases[1:], strict=False):
+    for before, after in itertools.pairwise(phases):
         assert before.ended_at is not None, before
         assert after.started_at == before.ended_at, (before, after)
     for phase in phases:
@@ -544,9 +545,14 @@ def test_job_timeline_tiles_the_job_from_submission_to_recommendation(
     done, running = timeline.trials
     assert (done.trial_id, running.trial_id) == (trial, unfinished)
     assert done.busy_s == pytest.approx(0.02)  # its last epoch's elapsed_s
+    assert done.first_epoch_s == pytest.approx(0.01)
+    assert done.started_at == store.get_trial(trial).started_at
     assert done.wall_s is not None and done.wall_s >= 0.05
     assert done.start_up_s == pytest.approx(done.wall_s - 0.02)
     assert (running.busy_s, running.wall_s, running.start_up_s) == (0.0, None, None)
+    # Never set running: it counts from its creation.
+    assert running.first_epoch_s == 0.0
+    assert running.started_at == store.get_trial(unfinished).created_at
     assert timeline.trials_busy_s == pytest.approx(0.02)
     assert timeline.trials_start_up_s == pytest.approx(done.start_up_s)
 

@@ -149,8 +149,10 @@ def test_every_phase_of_a_job_is_timed_and_they_add_up_to_its_wall_clock(
         assert trial.wall_s is not None and trial.start_up_s is not None
         assert 0 < trial.busy_s <= trial.wall_s
         assert trial.start_up_s == pytest.approx(trial.wall_s - trial.busy_s)
-        last = store.list_trial_metrics(trial_id=trial.trial_id)[-1]
-        assert trial.busy_s == pytest.approx(last.elapsed_s)
+        epochs = store.list_trial_metrics(trial_id=trial.trial_id)
+        assert trial.busy_s == pytest.approx(epochs[-1].elapsed_s)
+        assert trial.first_epoch_s == pytest.approx(epochs[0].elapsed_s)
+        assert trial.started_at is not None and trial.started_at >= search.started_at
         if trial.phase == "search":
             assert trial.wall_s <= search.seconds
     assert timeline.trials_busy_s == pytest.approx(sum(t.busy_s for t in timeline.trials))
