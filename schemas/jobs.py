@@ -527,16 +527,17 @@ class JobRung(BaseModel):
 
 
 # A job's phases, in the order a search job with lr_bounds "auto" and `confirm` runs them:
-# waiting for a worker, the LR range test, planning the search (building the workload once to
-# count its steps), the search, the confirmation runs, and storing the final recommendation.
-# A range_test job has queued and range_test only; a requeued job is queued again.
+# waiting for a worker, planning (a Ray task builds the workload once to count its steps), the
+# LR range test (deriving the search spaces from it included), the search, the confirmation
+# runs, and storing the final recommendation. A range_test job has queued and range_test only;
+# a requeued job is queued again.
 JobPhaseName = Literal[
-    "queued", "range_test", "planning", "search", "confirmation", "recommendation"
+    "queued", "planning", "range_test", "search", "confirmation", "recommendation"
 ]
 JOB_PHASES: tuple[str, ...] = (
     "queued",
-    "range_test",
     "planning",
+    "range_test",
     "search",
     "confirmation",
     "recommendation",

@@ -149,7 +149,7 @@ class JobRow(Base):
 
 
 class JobPhaseRow(Base):
-    """One phase of a job as it ran: queued, range_test, planning, search, confirmation or
+    """One phase of a job as it ran: queued, planning, range_test, search, confirmation or
     recommendation. A phase starts where the job's previous one ended (the rows tile its
     wall-clock); `ended_at` is NULL while it runs; `worker_id` is NULL for queued."""
 

@@ -128,8 +128,8 @@ def test_every_phase_of_a_job_is_timed_and_they_add_up_to_its_wall_clock(
     timeline = store.job_timeline(job.id)
     assert [p.phase for p in timeline.phases] == [
         "queued",
-        "range_test",
         "planning",
+        "range_test",
         "search",
         "confirmation",
         "recommendation",

@@ -370,13 +370,13 @@ def _run_search(
 
     key = str(job.id)
     spec = job.spec
+    sink.begin_phase("planning")
     steps_per_epoch = plan_training(spec, code=code, timeout_s=options.planning_timeout_s)
     bounds = None
     if spec.lr_bounds == "auto":
         bounds = range_test(job, sink=sink, code=code).suggestion
     if sink.should_stop():
         return None
-    sink.begin_phase("planning")
     plan = plan_experiment(
         spec,
         job_key=key,

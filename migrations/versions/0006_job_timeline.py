@@ -6,7 +6,7 @@ Create Date: 2026-12-08
 
 `job_phases` holds one row per phase of a job, in the order they ran: 'queued' (from its
 submission, and again after an expired lease requeued it), then as the worker runs it
-'range_test', 'planning', 'search', 'confirmation' and, once it succeeded, 'recommendation'.
+'planning', 'range_test', 'search', 'confirmation' and, once it succeeded, 'recommendation'.
 A phase starts where the one before it ended, so the rows tile the job's wall-clock;
 `ended_at` is NULL while the phase runs, `worker_id` the worker that ran it (NULL for
 'queued'). A worker that resumes a reclaimed job adds its own rows after the dead worker's.

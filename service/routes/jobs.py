@@ -136,7 +136,7 @@ def list_job_rungs(job_id: JobId, store: StoreDep, tenant: TenantDep) -> Respons
 
 @router.get("/jobs/{job_id}/timeline", response_model=JobTimeline, responses=_ERRORS)
 def get_job_timeline(job_id: JobId, store: StoreDep, tenant: TenantDep) -> Response:
-    """Where the job's time went: its phases (queued, range_test, planning, search,
+    """Where the job's time went: its phases (queued, planning, range_test, search,
     confirmation, recommendation) with their wall-clock, and each trial's start-up and busy
     time."""
     return json_response(store.job_timeline(job_id, tenant_id=tenant.id))
