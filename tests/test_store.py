@@ -148,11 +148,12 @@ def test_claim_heartbeat_and_lease_expiry(store: Store, job_body: dict[str, Any]
 def test_reclaim_expired_jobs(store: Store, job_body: dict[str, Any]) -> None:
     running, _ = store.create_job(spec=_spec(job_body))
     cancelling, _ = store.create_job(spec=_spec(job_body))
-    store.claim_next_job(worker_id="a", lease_seconds=0.1)
-    store.claim_next_job(worker_id="a", lease_seconds=0.1)
+    # Leases long enough for two claims, a cancel and a reclaim on a loaded machine.
+    store.claim_next_job(worker_id="a", lease_seconds=0.5)
+    store.claim_next_job(worker_id="a", lease_seconds=0.5)
     store.cancel_job(cancelling.id)
     assert store.reclaim_expired_jobs() == 0
-    time.sleep(0.2)
+    time.sleep(0.6)
     assert store.reclaim_expired_jobs() == 2
     assert store.get_job(running.id).status == "queued"
     assert store.get_job(cancelling.id).status == "cancelled"
