@@ -23,6 +23,7 @@ from lrtune.schemas.jobs import (
     JobPage,
     JobRung,
     JobSpec,
+    JobTimeline,
     Trial,
     TrialMetric,
     TrialPage,
@@ -137,6 +138,10 @@ class LrtuneClient:
         """Ask the job to stop (idempotent); answers the job as it is now."""
         self._request("POST", f"/v1/jobs/{job_id}/cancel")
         return self.get_job(job_id)
+
+    def job_timeline(self, job_id: int) -> JobTimeline:
+        """Where the job's time went: its phases in order, and each trial's start-up and busy."""
+        return self._model(JobTimeline, self._request("GET", f"/v1/jobs/{job_id}/timeline"))
 
     def wait(self, job_id: int, *, poll_s: float = 2.0, timeout_s: float | None = None) -> Job:
         """Poll until the job succeeded, failed or was cancelled; TimeoutError past timeout_s."""

@@ -19,7 +19,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 import yaml
 from lrtune.client.api import DEFAULT_URL, FINISHED_JOB_STATUSES, ApiError, LrtuneClient
-from lrtune.schemas.jobs import Job, JobProgress
+from lrtune.schemas.jobs import Job, JobProgress, JobTimeline
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -100,10 +100,20 @@ def jobs(
 
 
 @commands.command()
-def status(job_id: JobArgument, url: UrlOption = DEFAULT_URL) -> None:
-    """Show one job: status, trials by status, best so far."""
+def status(
+    job_id: JobArgument,
+    timeline: Annotated[
+        bool,
+        typer.Option(
+            "--timeline", help="Also where its time went: each phase, each trial's start-up."
+        ),
+    ] = False,
+    url: UrlOption = DEFAULT_URL,
+) -> None:
+    """Show one job: status, trials by status, best so far (and with --timeline its phases)."""
     with _client(url) as client:
         job = client.get_job(job_id)
+        found = client.job_timeline(job_id) if timeline else None
     spec = job.spec
     table = Table(box=None, show_header=False)
     table.add_row("job", f"{job.id} {job.name}".strip())
@@ -127,6 +137,71 @@ def status(job_id: JobArgument, url: UrlOption = DEFAULT_URL) -> None:
     if job.error:
         table.add_row("error", f"[red]{job.error}[/red]")
     out.print(table)
+    if found is not None:
+        _print_timeline(found)
+
+
+def _print_timeline(timeline: JobTimeline) -> None:
+    """The job's phases with their seconds and share of the whole, then each trial's start-up
+    and busy seconds."""
+    out.print()
+    if not timeline.phases:
+        out.print("no timeline: the job was stored before lrtune recorded one")
+    else:
+        total = timeline.phases_s
+        phases = Table("phase", "started", "seconds", "share", "worker", box=None)
+        for phase in timeline.phases:
+            running = " (running)" if phase.ended_at is None else ""
+            phases.add_row(
+                phase.phase + running,
+                f"{phase.started_at:%H:%M:%S}",
+                f"{phase.seconds:.2f}",
+                _share(phase.seconds, total),
+                phase.worker_id or "-",
+            )
+        phases.add_row("[b]total[/b]", "", f"[b]{total:.2f}[/b]", _share(total, total), "")
+        out.print(phases)
+        if timeline.wall_clock_s is not None:
+            out.print(f"job wall-clock (submitted to finished): {timeline.wall_clock_s:.2f} s")
+    if not timeline.trials:
+        return
+    out.print()
+    trials = Table(
+        "trial",
+        "policy",
+        "phase",
+        "status",
+        "epochs",
+        "start-up s",
+        "busy s",
+        "of it first epoch s",
+        "wall s",
+        box=None,
+    )
+    for trial in timeline.trials:
+        trials.add_row(
+            str(trial.trial_id),
+            trial.policy,
+            trial.phase,
+            _status_text(trial.status),
+            str(trial.epochs_done),
+            _seconds(trial.start_up_s),
+            _seconds(trial.busy_s),
+            _seconds(trial.first_epoch_s),
+            _seconds(trial.wall_s),
+        )
+    trials.add_row(
+        "[b]total[/b]",
+        f"{len(timeline.trials)} trials",
+        "",
+        "",
+        "",
+        f"[b]{timeline.trials_start_up_s:.2f}[/b]",
+        f"[b]{timeline.trials_busy_s:.2f}[/b]",
+        "",
+        "",
+    )
+    out.print(trials)
 
 
 @commands.command()
@@ -414,6 +489,14 @@ def _number(value: float | None) -> str:
     if math.isnan(value) or math.isinf(value):
         return str(value)
     return f"{value:.4g}"
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _share(part: float, whole: float) -> str:
+    return f"{100 * part / whole:.1f}%" if whole > 0 else "-"
 
 
 def _mean_std(mean: float, std: float | None) -> str:

@@ -526,6 +526,80 @@ class JobRung(BaseModel):
     trials: list[RungTrial]
 
 
+# A job's phases, in the order a search job with lr_bounds "auto" and `confirm` runs them:
+# waiting for a worker, planning (a Ray task builds the workload once to count its steps), the
+# LR range test (deriving the search spaces from it included), the search, the confirmation
+# runs, and storing the final recommendation. A range_test job has queued and range_test only;
+# a requeued job is queued again.
+JobPhaseName = Literal[
+    "queued", "planning", "range_test", "search", "confirmation", "recommendation"
+]
+JOB_PHASES: tuple[str, ...] = (
+    "queued",
+    "planning",
+    "range_test",
+    "search",
+    "confirmation",
+    "recommendation",
+)
+
+
+class JobPhase(BaseModel):
+    """One phase of a job as it ran; it started where the job's previous phase ended."""
+
+    model_config = _OUTPUT
+
+    phase: JobPhaseName
+    started_at: datetime
+    ended_at: datetime | None = Field(None, description="None while the phase runs.")
+    seconds: float = Field(description="Its wall-clock: ended_at (now while it runs) - started_at.")
+    worker_id: str | None = Field(None, description="The worker that ran it; None for queued.")
+
+
+class TrialTiming(BaseModel):
+    """Where one trial's wall-clock went: `wall_s` from Ray Tune starting it (its actor up) to
+    its end, `busy_s` the trial's own clock up to its last epoch (building its workload,
+    training, evaluating and probing), `start_up_s` the rest (the trainable starting, restarts
+    after a lost worker, and the few milliseconds of its end). `first_epoch_s` is the part of
+    `busy_s` up to its first epoch, the workload's build included: `start_up_s +
+    first_epoch_s` is the wait from Ray Tune starting the trial to its first result."""
+
+    model_config = _OUTPUT
+
+    trial_id: int
+    policy: str
+    phase: TrialPhase
+    status: TrialStatus
+    epochs_done: int
+    started_at: datetime | None = Field(None, description="When Ray Tune started it.")
+    wall_s: float | None = Field(None, description="None while the trial runs.")
+    busy_s: float = Field(description="The elapsed_s of its last epoch (0 before its first).")
+    first_epoch_s: float = Field(description="The elapsed_s of its first epoch (0 before it).")
+    start_up_s: float | None = Field(None, description="wall_s - busy_s; None while it runs.")
+
+
+class JobTimeline(BaseModel):
+    """Where a job's time went: its phases in order (they tile its wall-clock from submission
+    to the stored recommendation) and each trial's start-up and busy time."""
+
+    model_config = _OUTPUT
+
+    job_id: int
+    status: JobStatus
+    created_at: datetime
+    finished_at: datetime | None = None
+    wall_clock_s: float | None = Field(
+        None, description="finished_at - created_at; None while the job runs."
+    )
+    phases: list[JobPhase] = Field(
+        description="In the order they ran; empty for a job stored before timelines were recorded."
+    )
+    phases_s: float = Field(description="The phases' seconds summed.")
+    trials: list[TrialTiming] = Field(description="Every trial of the job, oldest first.")
+    trials_start_up_s: float = Field(description="start_up_s summed over finished trials.")
+    trials_busy_s: float = Field(description="busy_s summed over every trial.")
+
+
 class JobPage(BaseModel):
     """A page of jobs, newest first; pass `next_cursor` as `cursor` for the next page."""
 

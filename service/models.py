@@ -148,6 +148,30 @@ class JobRow(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class JobPhaseRow(Base):
+    """One phase of a job as it ran: queued, planning, range_test, search, confirmation or
+    recommendation. A phase starts where the job's previous one ended (the rows tile its
+    wall-clock); `ended_at` is NULL while it runs; `worker_id` is NULL for queued."""
+
+    __tablename__ = "job_phases"
+    __table_args__ = (
+        CheckConstraint(
+            "phase IN ('queued', 'range_test', 'planning', 'search', 'confirmation', "
+            "'recommendation')",
+            name="phase",
+        ),
+        # A job's phases in order, and its open one.
+        Index(None, "job_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False)
+    phase: Mapped[str] = mapped_column(String(16), nullable=False)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    worker_id: Mapped[str | None] = mapped_column(String(200))
+
+
 class TrialRow(Base):
     __tablename__ = "trials"
     __table_args__ = (

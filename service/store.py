@@ -28,20 +28,24 @@ from typing import Any, TypeVar
 
 from lrtune.schemas.jobs import (
     FINISHED_TRIAL_STATUSES,
+    JOB_PHASES,
     TRIAL_STATUSES,
     BestSetting,
     BestSoFar,
     Job,
     JobPage,
+    JobPhase,
     JobProgress,
     JobRung,
     JobSpec,
+    JobTimeline,
     RungTrial,
     Trial,
     TrialErrorCount,
     TrialMetric,
     TrialPage,
     TrialProbe,
+    TrialTiming,
     is_better,
 )
 from lrtune.schemas.recommendations import BoundSuggestion, RangeTestResult, Recommendation
@@ -60,6 +64,7 @@ from lrtune.service.models import (
     BestSettingRow,
     FloatKind,
     IdempotencyKeyRow,
+    JobPhaseRow,
     JobRow,
     RangeTestRow,
     RecommendationRow,
@@ -308,6 +313,7 @@ class Store:
             )
             session.add(row)
             session.flush()
+            session.add(JobPhaseRow(job_id=row.id, phase="queued", started_at=row.created_at))
             if idempotency_key is not None:
                 session.add(
                     IdempotencyKeyRow(
@@ -414,6 +420,7 @@ class Store:
             if row.status == "queued":
                 row.status = "cancelled"
                 row.finished_at = utcnow()
+                _end_open_phases(session, [job_id], row.finished_at)
             elif row.status == "running":
                 row.status = "cancelling"
             elif row.status in ("succeeded", "failed"):
@@ -457,18 +464,23 @@ class Store:
             # stay "cancelling" for ever.
             _finish_expired_cancellations(session, now)
             candidate = select(JobRow.id).where(claimable).order_by(JobRow.id).limit(1)
+            claimed: int | None
             if self.is_postgres:
-                job_id = session.scalar(candidate.with_for_update(skip_locked=True))
-                if job_id is None:
+                claimed = session.scalar(candidate.with_for_update(skip_locked=True))
+                if claimed is None:
                     return None
-                session.execute(update(JobRow).where(JobRow.id == job_id).values(**values))
-                return job_id
-            claimed: int | None = session.scalar(
-                update(JobRow)
-                .where(JobRow.id == candidate.scalar_subquery(), claimable)
-                .values(**values)
-                .returning(JobRow.id)
-            )
+                session.execute(update(JobRow).where(JobRow.id == claimed).values(**values))
+            else:
+                claimed = session.scalar(
+                    update(JobRow)
+                    .where(JobRow.id == candidate.scalar_subquery(), claimable)
+                    .values(**values)
+                    .returning(JobRow.id)
+                )
+            if claimed is not None:
+                # Its wait ends here: queued, or the phase a worker that died left open (the
+                # claiming worker's first phase starts where this one ends).
+                _end_open_phases(session, [claimed], now)
             return claimed
 
         job_id = self._run(work, write=True)
@@ -502,12 +514,21 @@ class Store:
         expired = and_(JobRow.lease_expires_at.is_not(None), JobRow.lease_expires_at < now)
 
         def work(session: Session) -> int:
-            requeued = session.execute(
-                update(JobRow)
-                .where(JobRow.status == "running", expired)
-                .values(status="queued", worker_id=None, lease_expires_at=None)
-                .returning(JobRow.id)
-            ).all()
+            requeued = list(
+                session.scalars(
+                    update(JobRow)
+                    .where(JobRow.status == "running", expired)
+                    .values(status="queued", worker_id=None, lease_expires_at=None)
+                    .returning(JobRow.id)
+                )
+            )
+            if requeued:
+                # The dead worker's phase ends; the job waits for a worker again.
+                _end_open_phases(session, requeued, now)
+                session.add_all(
+                    JobPhaseRow(job_id=job_id, phase="queued", started_at=now)
+                    for job_id in requeued
+                )
             return len(requeued) + _finish_expired_cancellations(session, now)
 
         return self._run(work, write=True)
@@ -560,11 +581,118 @@ class Store:
             row.finished_at = utcnow()
             row.worker_id = None
             row.lease_expires_at = None
+            _end_open_phases(session, [job_id], row.finished_at)
             if status == "succeeded":
                 self._publish_best_settings(session, row)
 
         self._run(work, write=True)
         return self.get_job(job_id)
+
+    # ---- the job's timeline -------------------------------------------------------------------
+
+    def begin_job_phase(self, *, job_id: int, phase: str, worker_id: str) -> bool:
+        """The job enters `phase` now: its open phase ends here, and the new one starts where
+        the timeline left off (at the claim, for a worker's first phase; at the job's end, for
+        its recommendation), so the phases tile the job's wall-clock.
+
+        Only the worker that holds the job records its phases; a succeeded job takes one
+        recommendation phase, from the worker whose phase it ended in. False (nothing
+        recorded) for anyone else: a worker that lost its lease must leave the timeline alone.
+        """
+        if phase not in JOB_PHASES or phase == "queued":
+            raise InvalidInputError(f"a worker cannot begin phase {phase!r}", field="phase")
+
+        def work(session: Session) -> bool:
+            job = _job_row(session, job_id, tenant_id=None, lock=self.is_postgres)
+            last = _last_phase(session, job_id)
+            if not _may_begin_phase(job, last, phase=phase, worker_id=worker_id):
+                return False
+            now = utcnow()
+            start = now
+            if last is not None and last.ended_at is None:
+                last.ended_at = now
+            elif last is not None:
+                start = _utc(last.ended_at) or now
+            session.add(
+                JobPhaseRow(job_id=job_id, phase=phase, started_at=start, worker_id=worker_id)
+            )
+            return True
+
+        return self._run(work, write=True)
+
+    def end_job_phase(self, *, job_id: int, phase: str, worker_id: str) -> None:
+        """End `phase` now if it is the job's open phase and `worker_id` runs it (the last phase,
+        which no other follows: the recommendation); otherwise nothing."""
+
+        def work(session: Session) -> None:
+            session.execute(
+                update(JobPhaseRow)
+                .where(
+                    JobPhaseRow.job_id == job_id,
+                    JobPhaseRow.phase == phase,
+                    JobPhaseRow.worker_id == worker_id,
+                    JobPhaseRow.ended_at.is_(None),
+                )
+                .values(ended_at=utcnow())
+            )
+
+        self._run(work, write=True)
+
+    def job_timeline(self, job_id: int, *, tenant_id: int | None = None) -> JobTimeline:
+        """Where the job's time went, in one read transaction: its phases in order and, per
+        trial, its wall-clock, its own clock up to its last epoch (busy) and the rest (start-up).
+
+        A phase still running counts up to now. Busy time is the largest elapsed_s among the
+        trial's epochs, its first epoch's the smallest (the trial's clock only goes forward,
+        across resumes too).
+        """
+
+        def work(session: Session) -> JobTimeline:
+            job = _job_row(session, job_id, tenant_id=tenant_id)
+            now = utcnow()
+            phases = [
+                _job_phase(row, now)
+                for row in session.scalars(
+                    select(JobPhaseRow).where(JobPhaseRow.job_id == job_id).order_by(JobPhaseRow.id)
+                )
+            ]
+            # (first, last) epoch's elapsed_s per trial.
+            clocks: dict[int, tuple[float, float]] = {
+                trial_id: (first, last)
+                for trial_id, first, last in session.execute(
+                    select(
+                        TrialMetricRow.trial_id,
+                        func.min(TrialMetricRow.elapsed_s),
+                        func.max(TrialMetricRow.elapsed_s),
+                    )
+                    .join(TrialRow, TrialRow.id == TrialMetricRow.trial_id)
+                    .where(TrialRow.job_id == job_id)
+                    .group_by(TrialMetricRow.trial_id)
+                )
+            }
+            trials = [
+                _trial_timing(row, *clocks.get(row.id, (0.0, 0.0)))
+                for row in session.scalars(
+                    select(TrialRow).where(TrialRow.job_id == job_id).order_by(TrialRow.id)
+                )
+            ]
+            created = _utc(job.created_at)
+            finished = _utc(job.finished_at)
+            assert created is not None
+            return JobTimeline(
+                job_id=job.id,
+                status=job.status,
+                created_at=created,
+                finished_at=finished,
+                wall_clock_s=_seconds_between(created, finished) if finished else None,
+                phases=phases,
+                phases_s=sum(p.seconds for p in phases),
+                trials=trials,
+                trials_start_up_s=sum(t.start_up_s or 0.0 for t in trials),
+                trials_busy_s=sum(t.busy_s for t in trials),
+            )
+
+        return self._run(work, write=False)
 
     # ---- trials -------------------------------------------------------------------------------
 
@@ -1528,6 +1656,75 @@ def _metric_value(result: TrialMetric | TrialProbe, name: str) -> float | None:
     return result.metrics.get(name)
 
 
+def _end_open_phases(session: Session, job_ids: Sequence[int], at: datetime) -> None:
+    """End the jobs' open phases at `at` (the job ended, or a worker claimed it)."""
+    session.execute(
+        update(JobPhaseRow)
+        .where(JobPhaseRow.job_id.in_(list(job_ids)), JobPhaseRow.ended_at.is_(None))
+        .values(ended_at=at)
+    )
+
+
+def _last_phase(session: Session, job_id: int) -> JobPhaseRow | None:
+    return session.scalar(
+        select(JobPhaseRow)
+        .where(JobPhaseRow.job_id == job_id)
+        .order_by(JobPhaseRow.id.desc())
+        .limit(1)
+    )
+
+
+def _may_begin_phase(job: JobRow, last: JobPhaseRow | None, *, phase: str, worker_id: str) -> bool:
+    """The worker holding a running job may begin any of its phases; once the job succeeded,
+    the worker it ended with may add its recommendation, once."""
+    if job.status in ("running", "cancelling"):
+        return job.worker_id == worker_id
+    return (
+        job.status == "succeeded"
+        and phase == "recommendation"
+        and last is not None
+        and last.phase != "recommendation"
+        and last.worker_id == worker_id
+    )
+
+
+def _seconds_between(start: datetime, end: datetime) -> float:
+    """Seconds from `start` to `end`; never negative (two processes' clocks may disagree by
+    a hair)."""
+    return max(0.0, (end - start).total_seconds())
+
+
+def _job_phase(row: JobPhaseRow, now: datetime) -> JobPhase:
+    started = _utc(row.started_at)
+    ended = _utc(row.ended_at)
+    assert started is not None
+    return JobPhase(
+        phase=row.phase,
+        started_at=started,
+        ended_at=ended,
+        seconds=_seconds_between(started, ended or now),
+        worker_id=row.worker_id,
+    )
+
+
+def _trial_timing(row: TrialRow, first_epoch_s: float, busy_s: float) -> TrialTiming:
+    started = _utc(row.started_at) or _utc(row.created_at)
+    finished = _utc(row.finished_at)
+    wall = _seconds_between(started, finished) if started and finished else None
+    return TrialTiming(
+        trial_id=row.id,
+        policy=row.policy,
+        phase=row.phase,
+        status=row.status,
+        epochs_done=row.epochs_done,
+        started_at=started,
+        wall_s=wall,
+        busy_s=busy_s,
+        first_epoch_s=first_epoch_s,
+        start_up_s=max(0.0, wall - busy_s) if wall is not None else None,
+    )
+
+
 def _finish_expired_cancellations(session: Session, now: datetime) -> int:
     """cancelling jobs whose worker stopped heartbeating -> cancelled, and their unfinished
     trials -> failed, as the worker records a trial that cancellation stopped."""
@@ -1541,6 +1738,7 @@ def _finish_expired_cancellations(session: Session, now: datetime) -> int:
         )
     )
     if cancelled:
+        _end_open_phases(session, cancelled, now)
         session.execute(
             update(TrialRow)
             .where(TrialRow.job_id.in_(cancelled), TrialRow.status.in_(("pending", "running")))

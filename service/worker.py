@@ -15,10 +15,16 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
-from lrtune.schemas.jobs import FINISHED_TRIAL_STATUSES, Trial, TrialMetric, TrialProbe
+from lrtune.schemas.jobs import (
+    FINISHED_TRIAL_STATUSES,
+    JobPhaseName,
+    Trial,
+    TrialMetric,
+    TrialProbe,
+)
 from lrtune.schemas.recommendations import RangeTestResult
 from lrtune.schemas.trials import EpochResult, ProbeResult
-from lrtune.service.errors import ConflictError, NotFoundError
+from lrtune.service.errors import ConflictError, LrtuneError, NotFoundError
 from lrtune.service.recommendations import publish_recommendation, trial_summaries
 from lrtune.service.settings import Settings
 from lrtune.service.store import Store
@@ -188,6 +194,33 @@ class StoreSink:
 
     def on_job_succeeded(self) -> None:
         publish_recommendation(self.store, job_id=self.job_id)
+
+    def begin_phase(self, phase: JobPhaseName) -> None:
+        if self.lease is None or self.lease_lost:
+            return  # no lease, no job to record phases of
+        try:
+            recorded = self.store.begin_job_phase(
+                job_id=self.job_id, phase=phase, worker_id=self.lease.worker_id
+            )
+        except LrtuneError:  # a database hiccup costs a line of the timeline, not the job
+            log.exception("job %s: recording its %s phase failed", self.job_id, phase)
+            return
+        if not recorded:
+            log.warning(
+                "job %s: not recording its %s phase: the job is not this worker's",
+                self.job_id,
+                phase,
+            )
+
+    def end_phase(self, phase: JobPhaseName) -> None:
+        if self.lease is None or self.lease_lost:
+            return
+        try:
+            self.store.end_job_phase(
+                job_id=self.job_id, phase=phase, worker_id=self.lease.worker_id
+            )
+        except LrtuneError:
+            log.exception("job %s: ending its %s phase failed", self.job_id, phase)
 
     def _flush_when_due(self) -> None:
         if time.monotonic() - self._last_flush >= _FLUSH_SECONDS:

@@ -294,3 +294,46 @@ def test_console_script_reads_lrtune_url(service_url: str, finished_job: int) ->
     )
     assert done.returncode == 0, done.stderr
     assert "succeeded" in done.stdout
+
+
+def test_status_timeline_prints_each_phase_and_each_trials_start_up(
+    service_url: str, store: Store, job_body: dict[str, object]
+) -> None:
+    job, _ = store.create_job(spec=JobSpec.model_validate(job_body))
+    store.claim_next_job(worker_id="w", lease_seconds=60)
+    for phase in ("planning", "search"):
+        assert store.begin_job_phase(job_id=job.id, phase=phase, worker_id="w")
+    trial = store.create_trial(
+        job_id=job.id,
+        policy="fixed",
+        schedule={"policy": "fixed", "lr": 0.1},
+        search_config={},
+        seed=0,
+    )
+    store.update_trial_status(trial_id=trial.id, status="running")
+    store.record_trial_results(
+        trial_id=trial.id,
+        results=[
+            TrialMetric(epoch=1, step=10, lr=0.1, metrics={"val_accuracy": 0.5}, elapsed_s=0.25)
+        ],
+    )
+    store.update_trial_status(trial_id=trial.id, status="completed")
+    store.mark_job_succeeded(job_id=job.id)
+    assert store.begin_job_phase(job_id=job.id, phase="recommendation", worker_id="w")
+    store.end_job_phase(job_id=job.id, phase="recommendation", worker_id="w")
+
+    code, out, _ = run(service_url, "status", str(job.id), "--timeline")
+    assert code == 0, out
+    lines = out.splitlines()
+    phase_rows = [line.split()[0] for line in lines if line.split()[-1:] in (["-"], ["w"])]
+    assert phase_rows[:4] == ["queued", "planning", "search", "recommendation"], out
+    assert any(line.split()[:1] == ["total"] and "100.0%" in line for line in lines), out
+    assert "job wall-clock (submitted to finished)" in out
+    assert "start-up s" in out and "busy s" in out
+    (trial_row,) = [line for line in lines if line.split()[:1] == [str(trial.id)]]
+    assert "fixed" in trial_row and "completed" in trial_row and "0.25" in trial_row
+
+    code, plain, _ = run(service_url, "status", str(job.id))
+    assert code == 0 and "recommendation" not in plain and "start-up" not in plain
+    code, _, err = run(service_url, "status", "999", "--timeline")
+    assert_one_error_line(code, err, "no job with id 999", "HTTP 404")

@@ -39,6 +39,7 @@ TABLES = {
     "tenants",
     "api_tokens",
     "trial_probes",
+    "job_phases",
 }
 
 
@@ -374,5 +375,60 @@ def test_upgrading_a_database_made_by_0004_leaves_its_trials_unrestored_and_unpr
     assert "restored_from_epoch" not in trial_columns
     assert [tuple(t) for t in kept] == [(1, "fixed", "search")]
     assert [tuple(e) for e in epochs] == [(1, 1)]
+    upgrade_to_head(database_url)
+    assert schema_drift(database_url) == []
+
+
+def test_upgrading_a_database_made_by_0005_gives_its_jobs_an_empty_timeline(
+    database_url: str,
+) -> None:
+    downgrade(database_url, "0005")
+    assert "job_phases" not in _tables(database_url)
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql(
+                "INSERT INTO jobs (name, kind, status, spec, workload, metric_name, metric_mode, "
+                "planned_trials, worker_id, lease_expires_at, created_at, started_at) VALUES "
+                "('old', 'search', 'running', "
+                '\'{"workload": {"name": "digits"}, "policies": ["fixed"], '
+                '"budget": {"epochs": 2, "trials_per_policy": 1}}\', '
+                "'digits', 'val_accuracy', 'max', 1, 'w1', '2100-01-01 00:00:00', "
+                "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+            )
+        upgrade_to_head(database_url)
+        with engine.connect() as connection:
+            phases = connection.exec_driver_sql("SELECT count(*) FROM job_phases").scalar_one()
+    finally:
+        engine.dispose()
+    assert phases == 0
+
+    store = Store.from_url(database_url)
+    try:
+        timeline = store.job_timeline(1)
+        assert timeline.phases == [] and timeline.phases_s == 0.0
+        # The job's worker goes on: its phases are recorded from here.
+        assert store.begin_job_phase(job_id=1, phase="search", worker_id="w1")
+        assert [p.phase for p in store.job_timeline(1).phases] == ["search"]
+    finally:
+        store.dispose()
+    # A phase the timeline does not know is refused by the table's constraint.
+    engine = make_engine(database_url)
+    try:
+        with pytest.raises(IntegrityError), engine.begin() as connection:
+            connection.exec_driver_sql("UPDATE job_phases SET phase = 'napping'")
+    finally:
+        engine.dispose()
+
+    downgrade(database_url, "0005")
+    assert current_revision(database_url) == "0005"
+    assert "job_phases" not in _tables(database_url)
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            kept = connection.exec_driver_sql("SELECT id, status FROM jobs").all()
+    finally:
+        engine.dispose()
+    assert [tuple(j) for j in kept] == [(1, "running")]
     upgrade_to_head(database_url)
     assert schema_drift(database_url) == []

@@ -3,6 +3,7 @@ best settings."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from typing import Any
@@ -147,11 +148,12 @@ def test_claim_heartbeat_and_lease_expiry(store: Store, job_body: dict[str, Any]
 def test_reclaim_expired_jobs(store: Store, job_body: dict[str, Any]) -> None:
     running, _ = store.create_job(spec=_spec(job_body))
     cancelling, _ = store.create_job(spec=_spec(job_body))
-    store.claim_next_job(worker_id="a", lease_seconds=0.1)
-    store.claim_next_job(worker_id="a", lease_seconds=0.1)
+    # Leases long enough for two claims, a cancel and a reclaim on a loaded machine.
+    store.claim_next_job(worker_id="a", lease_seconds=0.5)
+    store.claim_next_job(worker_id="a", lease_seconds=0.5)
     store.cancel_job(cancelling.id)
     assert store.reclaim_expired_jobs() == 0
-    time.sleep(0.2)
+    time.sleep(0.6)
     assert store.reclaim_expired_jobs() == 2
     assert store.get_job(running.id).status == "queued"
     assert store.get_job(cancelling.id).status == "cancelled"
@@ -476,3 +478,161 @@ def test_job_rungs_of_unknown_or_other_tenants_jobs_are_not_found(
         store.job_rungs(12345)
     with pytest.raises(NotFoundError, match=f"no job with id {job}"):
         store.job_rungs(job, tenant_id=other.id)
+
+
+def _tiles(phases: list[Any]) -> None:
+    """Each phase starts where the one before it ended; only the last may still run."""
+    for before, after in itertools.pairwise(phases):
+        assert before.ended_at is not None, before
+        assert after.started_at == before.ended_at, (before, after)
+    for phase in phases:
+        assert phase.ended_at is None or phase.ended_at >= phase.started_at
+
+
+def test_job_timeline_tiles_the_job_from_submission_to_recommendation(
+    store: Store, job_body: dict[str, Any]
+) -> None:
+    job, _ = store.create_job(spec=_spec(job_body))
+    queued = store.job_timeline(job.id)
+    assert [p.phase for p in queued.phases] == ["queued"]
+    assert queued.phases[0].started_at == job.created_at and queued.phases[0].ended_at is None
+    assert queued.wall_clock_s is None and queued.trials == []
+
+    store.claim_next_job(worker_id="w1", lease_seconds=60)
+    for phase in ("planning", "search", "confirmation"):
+        assert store.begin_job_phase(job_id=job.id, phase=phase, worker_id="w1")
+        time.sleep(0.02)
+    # Another worker (one that lost the lease) records nothing.
+    assert not store.begin_job_phase(job_id=job.id, phase="search", worker_id="w2")
+    trial = _trial(store, job.id)
+    store.update_trial_status(trial_id=trial, status="running")
+    for epoch in (1, 2):
+        store.record_trial_result(
+            trial_id=trial,
+            epoch=epoch,
+            step=10 * epoch,
+            lr=0.1,
+            train_loss=1.0,
+            val_loss=1.0,
+            metrics={"val_accuracy": 0.5},
+            elapsed_s=0.01 * epoch,
+        )
+    unfinished = _trial(store, job.id, policy="clr")
+    time.sleep(0.05)
+    store.update_trial_status(trial_id=trial, status="completed")
+    store.mark_job_succeeded(job_id=job.id)
+    assert store.begin_job_phase(job_id=job.id, phase="recommendation", worker_id="w1")
+    # Once only, and only from the worker the job ended with.
+    assert not store.begin_job_phase(job_id=job.id, phase="recommendation", worker_id="w1")
+    store.end_job_phase(job_id=job.id, phase="recommendation", worker_id="w1")
+
+    timeline = store.job_timeline(job.id)
+    finished = store.get_job(job.id)
+    names = [p.phase for p in timeline.phases]
+    assert names == ["queued", "planning", "search", "confirmation", "recommendation"]
+    _tiles(timeline.phases)
+    assert [p.worker_id for p in timeline.phases] == [None, "w1", "w1", "w1", "w1"]
+    # The job's last working phase ended with it; the recommendation follows from there.
+    assert timeline.phases[3].ended_at == finished.finished_at
+    assert timeline.phases[0].started_at == finished.created_at
+    assert timeline.status == "succeeded"
+    assert timeline.wall_clock_s == pytest.approx(
+        (finished.finished_at - finished.created_at).total_seconds()  # type: ignore[operator]
+    )
+    assert timeline.phases_s == pytest.approx(sum(p.seconds for p in timeline.phases))
+    assert timeline.phases_s >= timeline.wall_clock_s
+    assert timeline.phases_s - timeline.wall_clock_s == pytest.approx(timeline.phases[-1].seconds)
+
+    done, running = timeline.trials
+    assert (done.trial_id, running.trial_id) == (trial, unfinished)
+    assert done.busy_s == pytest.approx(0.02)  # its last epoch's elapsed_s
+    assert done.first_epoch_s == pytest.approx(0.01)
+    assert done.started_at == store.get_trial(trial).started_at
+    assert done.wall_s is not None and done.wall_s >= 0.05
+    assert done.start_up_s == pytest.approx(done.wall_s - 0.02)
+    assert (running.busy_s, running.wall_s, running.start_up_s) == (0.0, None, None)
+    # Never set running: it counts from its creation.
+    assert running.first_epoch_s == 0.0
+    assert running.started_at == store.get_trial(unfinished).created_at
+    assert timeline.trials_busy_s == pytest.approx(0.02)
+    assert timeline.trials_start_up_s == pytest.approx(done.start_up_s)
+
+
+def test_a_requeued_job_waits_again_and_its_new_worker_continues_the_timeline(
+    store: Store, job_body: dict[str, Any]
+) -> None:
+    job, _ = store.create_job(spec=_spec(job_body))
+    store.claim_next_job(worker_id="dead", lease_seconds=0.05)
+    assert store.begin_job_phase(job_id=job.id, phase="planning", worker_id="dead")
+    assert store.begin_job_phase(job_id=job.id, phase="search", worker_id="dead")
+    time.sleep(0.1)
+    assert store.reclaim_expired_jobs() == 1
+    assert [p.phase for p in store.job_timeline(job.id).phases][-1] == "queued"
+    # A stale worker cannot write into the requeued job's timeline.
+    assert not store.begin_job_phase(job_id=job.id, phase="confirmation", worker_id="dead")
+    store.claim_next_job(worker_id="heir", lease_seconds=60)
+    assert store.begin_job_phase(job_id=job.id, phase="planning", worker_id="heir")
+    assert store.begin_job_phase(job_id=job.id, phase="search", worker_id="heir")
+    store.mark_job_failed(job_id=job.id, error="boom")
+
+    timeline = store.job_timeline(job.id)
+    phases = [(p.phase, p.worker_id) for p in timeline.phases]
+    assert phases == [
+        ("queued", None),
+        ("planning", "dead"),
+        ("search", "dead"),
+        ("queued", None),
+        ("planning", "heir"),
+        ("search", "heir"),
+    ]
+    _tiles(timeline.phases)
+    assert timeline.phases[-1].ended_at == store.get_job(job.id).finished_at
+    assert timeline.wall_clock_s is not None
+    assert timeline.phases_s == pytest.approx(timeline.wall_clock_s)
+    # A failed job takes no recommendation phase.
+    assert not store.begin_job_phase(job_id=job.id, phase="recommendation", worker_id="heir")
+
+
+def test_a_claim_of_an_expired_job_ends_the_dead_workers_phase(
+    store: Store, job_body: dict[str, Any]
+) -> None:
+    job, _ = store.create_job(spec=_spec(job_body))
+    store.claim_next_job(worker_id="dead", lease_seconds=0.05)
+    assert store.begin_job_phase(job_id=job.id, phase="search", worker_id="dead")
+    time.sleep(0.1)
+    claimed = store.claim_next_job(worker_id="heir", lease_seconds=60)
+    assert claimed is not None and claimed.id == job.id
+    assert store.begin_job_phase(job_id=job.id, phase="search", worker_id="heir")
+    phases = store.job_timeline(job.id).phases
+    assert [(p.phase, p.worker_id) for p in phases] == [
+        ("queued", None),
+        ("search", "dead"),
+        ("search", "heir"),
+    ]
+    _tiles(phases)
+    assert phases[-1].ended_at is None
+
+
+def test_cancelling_a_queued_job_ends_its_queued_phase(
+    store: Store, job_body: dict[str, Any]
+) -> None:
+    job, _ = store.create_job(spec=_spec(job_body))
+    store.cancel_job(job.id)
+    timeline = store.job_timeline(job.id)
+    (queued,) = timeline.phases
+    assert queued.ended_at == store.get_job(job.id).finished_at
+    assert timeline.phases_s == pytest.approx(timeline.wall_clock_s or -1.0)
+
+
+def test_job_timeline_of_unknown_or_other_tenants_jobs_is_not_found(
+    store: Store, job_body: dict[str, Any]
+) -> None:
+    other = store.ensure_tenant(name="other")
+    job, _ = store.create_job(spec=_spec(job_body), tenant_id=other.id)
+    assert store.job_timeline(job.id, tenant_id=other.id).job_id == job.id
+    with pytest.raises(NotFoundError):
+        store.job_timeline(job.id, tenant_id=1)
+    with pytest.raises(NotFoundError):
+        store.job_timeline(9999)
+    with pytest.raises(InvalidInputError):
+        store.begin_job_phase(job_id=job.id, phase="queued", worker_id="w1")

@@ -6,6 +6,7 @@ a minute or two on two cores.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import signal
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lrtune.schemas.jobs import Job, JobSpec, Trial
+from lrtune.schemas.jobs import Job, JobPhase, JobSpec, JobTimeline, Trial
 from lrtune.schemas.schedules import parse_schedule
 from lrtune.service.settings import Settings
 from lrtune.service.store import Store
@@ -127,6 +128,86 @@ def test_a_charlm_job_trains_adamw_with_warmup_through_ray(
         for row, loss in zip(rows, losses, strict=True):
             assert row.metrics["val_bits_per_char"] == pytest.approx(loss / math.log(2), rel=1e-5)
         assert trial.best_metric == min(losses)
+
+
+def _assert_tiled(timeline: JobTimeline) -> None:
+    """Every phase ended, each started where the one before it ended (the first at the job's
+    submission), and the phases add up to the job's wall-clock within 5%."""
+    phases: list[JobPhase] = timeline.phases
+    assert phases and phases[0].phase == "queued"
+    assert phases[0].started_at == timeline.created_at
+    for before, after in itertools.pairwise(phases):
+        assert after.started_at == before.ended_at, (before, after)
+    assert all(p.ended_at is not None for p in phases), phases
+    assert timeline.wall_clock_s is not None and timeline.wall_clock_s > 0
+    assert abs(timeline.phases_s - timeline.wall_clock_s) <= 0.05 * timeline.wall_clock_s, (
+        timeline.phases_s,
+        timeline.wall_clock_s,
+        [(p.phase, p.seconds) for p in phases],
+    )
+
+
+def test_every_phase_of_a_job_is_timed_and_they_add_up_to_its_wall_clock(
+    ray_local: str, settings: Settings, store: Store
+) -> None:
+    spec = _spec(
+        policies=["fixed", "clr"],
+        lr_bounds="auto",
+        range_test={"iterations": 40, "min_lr": 1e-5, "max_lr": 10.0},
+        confirm={"top_k": 1, "seeds": 1},
+    )
+    job = _run(settings, store, spec)
+    assert job.status == "succeeded", job.error
+    timeline = store.job_timeline(job.id)
+    assert [p.phase for p in timeline.phases] == [
+        "queued",
+        "planning",
+        "range_test",
+        "search",
+        "confirmation",
+        "recommendation",
+    ]
+    _assert_tiled(timeline)
+    assert {p.worker_id for p in timeline.phases[1:]} == {timeline.phases[1].worker_id}
+    assert timeline.phases[1].worker_id is not None
+    # The phase the job ended in ended with it; storing the recommendation came after.
+    assert timeline.phases[-2].ended_at == job.finished_at
+    assert store.get_saved_recommendation(job.id) is not None
+
+    trials = _trials(store, job.id)
+    assert [t.trial_id for t in timeline.trials] == [t.id for t in trials]
+    assert {t.phase for t in timeline.trials} == {"search", "confirm"}
+    search = next(p for p in timeline.phases if p.phase == "search")
+    for trial in timeline.trials:
+        assert trial.wall_s is not None and trial.start_up_s is not None
+        assert 0 < trial.busy_s <= trial.wall_s
+        assert trial.start_up_s == pytest.approx(trial.wall_s - trial.busy_s)
+        epochs = store.list_trial_metrics(trial_id=trial.trial_id)
+        assert trial.busy_s == pytest.approx(epochs[-1].elapsed_s)
+        assert trial.first_epoch_s == pytest.approx(epochs[0].elapsed_s)
+        assert trial.started_at is not None and trial.started_at >= search.started_at
+        if trial.phase == "search":
+            assert trial.wall_s <= search.seconds
+    assert timeline.trials_busy_s == pytest.approx(sum(t.busy_s for t in timeline.trials))
+
+    test_only = _run(
+        settings,
+        store,
+        JobSpec.model_validate(
+            {
+                "kind": "range_test",
+                "workload": {"name": "digits", "params": {"model": "mlp"}},
+                "budget": {"epochs": 1, "trials_per_policy": 1},
+                "range_test": {"iterations": 40, "min_lr": 1e-5, "max_lr": 10.0},
+            }
+        ),
+    )
+    assert test_only.status == "succeeded", test_only.error
+    timeline = store.job_timeline(test_only.id)
+    assert [p.phase for p in timeline.phases] == ["queued", "range_test"]
+    _assert_tiled(timeline)
+    assert timeline.phases[-1].ended_at == test_only.finished_at
+    assert timeline.trials == []
 
 
 def test_asha_prunes_and_statuses_match_what_tune_reported(
@@ -245,3 +326,17 @@ def test_kill_9_mid_job_then_a_new_worker_finishes_it_without_rerunning_trials(
     rerun = {before[key].id for key in done_before} & set(recording.started)
     assert not rerun, f"completed trials ran again: {rerun}"
     recording.dispose()
+
+    # The timeline keeps the dead worker's phases and goes on with the heir's: the search it
+    # left open ended when the heir claimed the job, and nothing was recorded twice.
+    timeline = store.job_timeline(job.id)
+    phases = [(p.phase, p.worker_id) for p in timeline.phases]
+    assert phases == [
+        ("queued", None),
+        ("planning", "doomed"),
+        ("search", "doomed"),
+        ("planning", "heir"),
+        ("search", "heir"),
+        ("recommendation", "heir"),
+    ], phases
+    _assert_tiled(timeline)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from lrtune.schemas.jobs import Job, JobSpec
+from lrtune.schemas.jobs import Job, JobPhaseName, JobSpec
 from lrtune.schemas.recommendations import RangeTestResult
 from lrtune.workers.recommendation import TrialSummary, select_for_confirmation
 from lrtune.workers.results import ResultSink, sink_registered
@@ -111,6 +111,15 @@ class JobSink(ResultSink, Protocol):
 
     def on_job_succeeded(self) -> None:
         """The job has succeeded: store what is final about it (its recommendation)."""
+        ...
+
+    def begin_phase(self, phase: JobPhaseName) -> None:
+        """The job enters `phase` of its timeline now; the phase before it ends here. Never
+        raises: the timeline records the job, it is no reason for the job to fail."""
+        ...
+
+    def end_phase(self, phase: JobPhaseName) -> None:
+        """`phase`, the job's last (its recommendation), ends now; never raises."""
         ...
 
 
@@ -235,10 +244,14 @@ def _remove_checkpoints(job: Job, options: WorkerOptions) -> None:
 
 
 def _after_success(job: Job, sink: JobSink) -> None:
+    if job.spec.kind == "search":
+        sink.begin_phase("recommendation")
     try:
         sink.on_job_succeeded()
     except Exception:  # the job did succeed; its recommendation is computed on read instead
         log.exception("job %s: storing its final recommendation failed", job.id)
+    if job.spec.kind == "search":
+        sink.end_phase("recommendation")
 
 
 class PlanningError(RuntimeError):
@@ -309,6 +322,7 @@ def range_test(job: Job, *, sink: JobSink, code: CodeSnapshot | None = None) -> 
     stored = sink.stored_range_test()
     if stored is not None:
         return stored
+    sink.begin_phase("range_test")
     import ray
 
     task = ray.remote(_range_test_task).options(
@@ -356,6 +370,7 @@ def _run_search(
 
     key = str(job.id)
     spec = job.spec
+    sink.begin_phase("planning")
     steps_per_epoch = plan_training(spec, code=code, timeout_s=options.planning_timeout_s)
     bounds = None
     if spec.lr_bounds == "auto":
@@ -373,8 +388,10 @@ def _run_search(
     )
     sink.save_search_spaces(plan.search_spaces)
     with sink_registered(key, sink):
+        sink.begin_phase("search")
         results = list(run_experiment(plan))
         if spec.confirm is not None and not sink.should_stop():
+            sink.begin_phase("confirmation")
             chosen = select_for_confirmation(
                 sink.search_summaries(), top_k=spec.confirm.top_k, mode=spec.metric_mode
             )

@@ -1,4 +1,5 @@
-"""Job routes: submit (idempotently), list, read and cancel jobs, list a job's trials and rungs."""
+"""Job routes: submit (idempotently), list, read and cancel jobs, list a job's trials and rungs,
+and its timeline."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from lrtune.schemas.jobs import (
     JobRung,
     JobSpec,
     JobStatus,
+    JobTimeline,
     TrialPage,
     TrialStatus,
 )
@@ -130,6 +132,14 @@ def list_trials(
 def list_job_rungs(job_id: JobId, store: StoreDep, tenant: TenantDep) -> Response:
     """Each rung epoch's probed trials, best cooldown value first, with raw metric and decision."""
     return json_response(store.job_rungs(job_id, tenant_id=tenant.id), adapter=_RUNGS)
+
+
+@router.get("/jobs/{job_id}/timeline", response_model=JobTimeline, responses=_ERRORS)
+def get_job_timeline(job_id: JobId, store: StoreDep, tenant: TenantDep) -> Response:
+    """Where the job's time went: its phases (queued, planning, range_test, search,
+    confirmation, recommendation) with their wall-clock, and each trial's start-up and busy
+    time."""
+    return json_response(store.job_timeline(job_id, tenant_id=tenant.id))
 
 
 def json_response(

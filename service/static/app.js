@@ -195,16 +195,18 @@ function jobRow(job) {
 async function jobPage(jobId) {
   const mine = generation;
   const job = await api(`/v1/jobs/${jobId}`);
-  const [curves, recommendation, rangeTest, rungs] = await Promise.all([
+  const [curves, recommendation, rangeTest, rungs, timeline] = await Promise.all([
     api(`/v1/jobs/${jobId}/curves?per_policy=25&max_points=200`),
     apiOptional(`/v1/jobs/${jobId}/recommendation`).catch(() => null),
     apiOptional(`/v1/jobs/${jobId}/range-test`).catch(() => null),
     apiOptional(`/v1/jobs/${jobId}/rungs`).catch(() => null),
+    apiOptional(`/v1/jobs/${jobId}/timeline`).catch(() => null),
   ]);
   if (mine !== generation) return;
 
   const head = h("div", { class: "pagehead" });
   const progressCard = h("div", { class: "card", "data-testid": "progress-card" });
+  const timelineCard = h("div", { class: "card", "data-testid": "timeline" });
   const recoCard = h("div", { class: "card reco", "data-testid": "recommendation" });
   const boardCard = h("div", { class: "card", "data-testid": "leaderboard" });
   const curvesCard = h("div", { class: "card", "data-testid": "curves" });
@@ -212,12 +214,13 @@ async function jobPage(jobId) {
   const rangeCard = h("div", { class: "card", "data-testid": "range-test" });
   const rungsCard = h("div", { class: "card", "data-testid": "rungs" });
   const trialsCard = h("div", { class: "card", "data-testid": "trials" });
-  view.replaceChildren(head, progressCard, recoCard, boardCard, curvesCard, rungsCard,
+  view.replaceChildren(head, progressCard, timelineCard, recoCard, boardCard, curvesCard, rungsCard,
     h("div", { class: "grid2" }, lrCard, rangeCard), h("div", { style: "height:16px" }), trialsCard);
 
   const state = { job, curves, recommendation };
   renderJobHead(head, job);
   renderProgress(progressCard, job);
+  renderTimeline(timelineCard, timeline);
   renderRecommendation(recoCard, recommendation, job);
   renderLeaderboard(boardCard, curves, winnerIds(state));
   renderCurves(curvesCard, curves, winnerIds(state));
@@ -239,10 +242,11 @@ async function jobPage(jobId) {
       renderProgress(progressCard, fresh);
       const finished = FINISHED_JOB.has(fresh.status);
       if (tick % 2 === 0 || finished) {
-        const [c, r, g] = await Promise.all([
+        const [c, r, g, t] = await Promise.all([
           api(`/v1/jobs/${jobId}/curves?per_policy=25&max_points=200`).catch(() => null),
           apiOptional(`/v1/jobs/${jobId}/recommendation`).catch(() => null),
           apiOptional(`/v1/jobs/${jobId}/rungs`).catch(() => null),
+          apiOptional(`/v1/jobs/${jobId}/timeline`).catch(() => null),
         ]);
         if (mine !== generation || !c) return;
         state.curves = c;
@@ -251,6 +255,7 @@ async function jobPage(jobId) {
         renderLeaderboard(boardCard, c, winnerIds(state));
         renderCurves(curvesCard, c, winnerIds(state));
         renderRungs(rungsCard, g, fresh);
+        renderTimeline(timelineCard, t);
       }
       if (finished) {
         timers.forEach(clearInterval);
@@ -309,6 +314,41 @@ function renderProgress(card, job) {
     h("div", { class: "legend" }, TRIAL_STATES.map((s) =>
       h("span", {}, h("span", { class: "dot", style: `background: var(--${{ completed: "ok", pruned: "warn", diverged: "bad", failed: "bad", running: "run" }[s] || "line"})` }), `${s} ${p[s]}`))),
   );
+}
+
+// Where the job's time went: its phases as one bar and a table (seconds, share of the whole), and
+// the trials' start-up and busy time summed.
+function renderTimeline(card, timeline) {
+  card.hidden = !(timeline && timeline.phases.length);
+  if (card.hidden) return;
+  const total = timeline.phases_s;
+  const share = (seconds) => (total > 0 ? `${((100 * seconds) / total).toFixed(1)}%` : "–");
+  const bar = h("div", { class: "bar wide", "data-testid": "timeline-bar" });
+  for (const p of timeline.phases) {
+    if (total > 0 && p.seconds > 0) {
+      bar.append(h("span", { class: `phase-${p.phase}`, style: `width: ${(100 * p.seconds) / total}%`, title: `${p.phase} ${p.seconds.toFixed(1)} s` }));
+    }
+  }
+  const rows = timeline.phases.map((p) => h("tr", { "data-testid": "timeline-phase" },
+    h("td", {}, h("span", { class: `dot phase-${p.phase}` }), p.phase, p.ended_at ? "" : h("span", { class: "muted" }, " (running)")),
+    h("td", {}, when(p.started_at)),
+    h("td", { class: "num" }, p.seconds.toFixed(1)),
+    h("td", { class: "num" }, share(p.seconds)),
+    h("td", { class: "small muted" }, p.worker_id || "–")));
+  const finished = timeline.trials.filter((t) => t.start_up_s !== null).length;
+  const trials = timeline.trials.length
+    ? h("div", { class: "small muted", style: "margin-top:8px", "data-testid": "timeline-trials" },
+      `${timeline.trials.length} trials: start-up ${timeline.trials_start_up_s.toFixed(1)} s (${finished} finished), busy ${timeline.trials_busy_s.toFixed(1)} s. `,
+      "Start-up is a trial's wall-clock its own clock did not count (the trainable starting, restarts); busy is its clock up to its last epoch.")
+    : null;
+  card.replaceChildren(
+    h("div", { class: "row" }, h("h2", { style: "margin:0" }, "Timeline"),
+      h("span", { class: "muted" }, `${total.toFixed(1)} s from submission${timeline.status === "succeeded" ? " to the recommendation" : ""}`)),
+    h("div", { style: "margin-top:10px" }, bar),
+    h("table", { class: "compact", style: "margin-top:8px" },
+      h("thead", {}, h("tr", {}, ["Phase", "Started", "Seconds", "Share", "Worker"].map((c, i) => h("th", { class: [2, 3].includes(i) ? "num" : "" }, c)))),
+      h("tbody", {}, rows)),
+    trials);
 }
 
 const CODE_FORMATS = [["pytorch", "PyTorch"], ["keras", "Keras"], ["huggingface", "Hugging Face"]];
