@@ -31,7 +31,7 @@ from bench.results_file import machine_line, write_section
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "own-model"
 PARAMS = {"batch_size": 16, "width": 8}
-EPOCHS = 40
+EPOCHS = 160
 SCHEDULE = {"policy": "cosine", "lr": 0.003, "alpha": 0.0, "warmup_steps": 100}
 
 

@@ -427,6 +427,11 @@ class Job(BaseModel):
         description="The job's error summary: each distinct error its trials ended with, most "
         "frequent first (a job succeeds while some of its trials fail).",
     )
+    notes: list[str] = Field(
+        default_factory=list,
+        description="What the worker decided that the spec does not say, e.g. that a train "
+        "function is judged on the raw metric by early stopping.",
+    )
     search_spaces: dict[str, dict[str, Any]] | None = Field(
         None,
         description="Per policy, the search space the trials actually sampled (after the range "

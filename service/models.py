@@ -139,6 +139,8 @@ class JobRow(Base):
     # Per policy, the space the trials sampled (derived from the range test for "auto").
     search_spaces: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
+    # What the worker decided that the spec does not say (a list of sentences).
+    notes: Mapped[list[str] | None] = mapped_column(JSON)
     worker_id: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(

@@ -1153,6 +1153,17 @@ class Store:
 
         self._run(work, write=True)
 
+    def add_job_note(self, *, job_id: int, note: str) -> None:
+        """Add `note` to the job's notes (once: a resumed job may say it again)."""
+
+        def work(session: Session) -> None:
+            row = _job_row(session, job_id, tenant_id=None, lock=self.is_postgres)
+            notes = list(row.notes or [])
+            if note not in notes:
+                row.notes = [*notes, note]
+
+        self._run(work, write=True)
+
     def set_planned_trials(self, *, job_id: int, planned: int) -> None:
         """Replace the job's planned trial count with what the worker will actually run."""
         if planned < 0:
@@ -1528,6 +1539,7 @@ def _job(
         best=best,
         error=row.error,
         trial_errors=trial_errors,
+        notes=list(row.notes or []),
         search_spaces=row.search_spaces,
     )
 

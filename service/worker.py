@@ -187,6 +187,9 @@ class StoreSink:
     def set_planned_trials(self, planned: int) -> None:
         self.store.set_planned_trials(job_id=self.job_id, planned=planned)
 
+    def add_note(self, note: str) -> None:
+        self.store.add_job_note(job_id=self.job_id, note=note)
+
     def search_summaries(self) -> list[TrialSummary]:
         inputs = self.store.recommendation_inputs(self.job_id)
         searched = [trial for trial in inputs.trials if trial.phase == "search"]

@@ -432,3 +432,32 @@ def test_upgrading_a_database_made_by_0005_gives_its_jobs_an_empty_timeline(
     assert [tuple(j) for j in kept] == [(1, "running")]
     upgrade_to_head(database_url)
     assert schema_drift(database_url) == []
+
+
+def test_upgrading_a_database_made_by_0006_gives_its_jobs_no_notes(database_url: str) -> None:
+    downgrade(database_url, "0006")
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql(
+                "INSERT INTO jobs (name, kind, status, spec, workload, metric_name, metric_mode, "
+                "planned_trials, created_at) VALUES ('old', 'search', 'queued', "
+                '\'{"workload": {"name": "digits"}, "policies": ["fixed"], '
+                '"budget": {"epochs": 2, "trials_per_policy": 1}}\', '
+                "'digits', 'val_accuracy', 'max', 1, CURRENT_TIMESTAMP)"
+            )
+    finally:
+        engine.dispose()
+    upgrade_to_head(database_url)
+    store = Store.from_url(database_url)
+    try:
+        assert store.get_job(1).notes == []
+        store.add_job_note(job_id=1, note="judged raw")
+        store.add_job_note(job_id=1, note="judged raw")  # a resumed job says it again: once
+        assert store.get_job(1).notes == ["judged raw"]
+    finally:
+        store.dispose()
+    downgrade(database_url, "0006")
+    assert current_revision(database_url) == "0006"
+    upgrade_to_head(database_url)
+    assert schema_drift(database_url) == []

@@ -17,6 +17,7 @@ from lrtune.service.recommendations import job_recommendation
 from lrtune.service.settings import Settings
 from lrtune.service.store import Store
 from lrtune.service.worker import run_worker
+from lrtune.workers.daemon import RAW_JUDGED_NOTE
 from lrtune.workers.schedule_math import learning_rate
 
 pytestmark = pytest.mark.ray
@@ -110,7 +111,7 @@ def test_a_train_function_job_trains_on_the_preview_rates_and_is_recorded(
     write_loop(code, "loop_job")
     [job] = run_jobs(code_settings, store, spec("loop_job:make"))
     assert job.status == "succeeded", job.error
-    assert job.trial_errors == []
+    assert job.trial_errors == [] and job.notes == []
     for trial in trials(store, job.id):
         assert trial.status == "completed" and trial.epochs_done == 3
         schedule = parse_schedule(trial.schedule)
@@ -255,6 +256,9 @@ def test_asha_stops_train_functions_early(
     )
     [job] = run_jobs(code_settings, store, job_spec)
     assert job.status == "succeeded", job.error
+    # The job asked for ASHA judged by cooldown probes (the default); it says it judged raw.
+    assert job.spec.early_stopping.judge == "cooldown"
+    assert job.notes == [RAW_JUDGED_NOTE]
     found = trials(store, job.id)
     pruned = [t for t in found if t.status == "pruned"]
     assert pruned and all(t.epochs_done < 3 for t in pruned)

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from lrtune.schemas.jobs import Job, JobPhaseName, JobSpec
 from lrtune.schemas.recommendations import RangeTestResult
+from lrtune.workers.early_stopping import probe_epochs
 from lrtune.workers.recommendation import TrialSummary, select_for_confirmation
 from lrtune.workers.results import ResultSink, sink_registered
 from lrtune.workers.user_code import CodeSnapshot
@@ -104,6 +105,10 @@ class JobSink(ResultSink, Protocol):
     def save_search_spaces(self, spaces: dict[str, dict[str, Any]]) -> None: ...
 
     def set_planned_trials(self, planned: int) -> None: ...
+
+    def add_note(self, note: str) -> None:
+        """Say on the job what the worker decided that its spec does not say."""
+        ...
 
     def search_summaries(self) -> list[TrialSummary]:
         """The job's finished search-phase trials, for picking what to confirm."""
@@ -269,17 +274,30 @@ def snapshot_code(options: WorkerOptions) -> CodeSnapshot | None:
         raise PlanningError(str(error)) from None
 
 
-def plan_training(spec: JobSpec, *, code: CodeSnapshot | None, timeout_s: float) -> int:
-    """The job's optimizer steps per epoch, found by a Ray task that imports the user's code
+@dataclass(frozen=True)
+class TrainingPlan:
+    """What planning found out about the job's training."""
+
+    steps_per_epoch: int
+    train_function: bool  # the user's own loop (a TrainFunction), not a Workload
+
+
+# Said on a job that asks for cooldown-judged ASHA but trains a train function.
+RAW_JUDGED_NOTE = (
+    "early stopping judges the raw metric at its rungs: the job trains a train function, "
+    "which lrtune cannot branch for a cooldown probe"
+)
+
+
+def plan_training(spec: JobSpec, *, code: CodeSnapshot | None, timeout_s: float) -> TrainingPlan:
+    """The job's training, inspected by a Ray task that imports the user's code
     and builds the workload once: an entrypoint that raises, hangs past `timeout_s` or exits
     its process costs that task, not the worker. Raises PlanningError.
 
     A built-in workload is lrtune's own code: it is planned here, without a task's start-up.
     """
     if spec.workload.entrypoint is None:
-        from lrtune.workers.experiment import training_steps_per_epoch
-
-        return training_steps_per_epoch(spec)
+        return _planning_task(spec, None)
     import ray
     from ray.exceptions import GetTimeoutError, RayError, RayTaskError
 
@@ -287,7 +305,7 @@ def plan_training(spec: JobSpec, *, code: CodeSnapshot | None, timeout_s: float)
     task = ray.remote(_planning_task).options(num_cpus=0, max_retries=0)
     ref = task.remote(spec, code)
     try:
-        steps: int = ray.get(ref, timeout=timeout_s)
+        plan: TrainingPlan = ray.get(ref, timeout=timeout_s)
     except GetTimeoutError:
         ray.cancel(ref, force=True)
         raise PlanningError(
@@ -302,18 +320,19 @@ def plan_training(spec: JobSpec, *, code: CodeSnapshot | None, timeout_s: float)
             f"the process planning the job died ({type(error).__name__}) while importing the "
             f"entrypoint or building the workload: {_last_line(str(error))}"
         ) from None
-    return steps
+    return plan
 
 
-def _planning_task(spec: JobSpec, code: CodeSnapshot | None) -> int:
-    """Runs on a Ray worker: steps per epoch of the job's training (see plan_training)."""
-    from lrtune.workers.experiment import training_steps_per_epoch
+def _planning_task(spec: JobSpec, code: CodeSnapshot | None) -> TrainingPlan:
+    """Runs on a Ray worker: what the job trains (see plan_training)."""
+    from lrtune.workers.experiment import inspect_training
     from lrtune.workers.user_code import describe_user_error
 
     try:
-        return training_steps_per_epoch(spec, code)
+        steps, train_function = inspect_training(spec, code)
     except Exception as error:
         raise PlanningError(describe_user_error(error)) from error
+    return TrainingPlan(steps_per_epoch=steps, train_function=train_function)
 
 
 def range_test(job: Job, *, sink: JobSink, code: CodeSnapshot | None = None) -> RangeTestResult:
@@ -371,7 +390,9 @@ def _run_search(
     key = str(job.id)
     spec = job.spec
     sink.begin_phase("planning")
-    steps_per_epoch = plan_training(spec, code=code, timeout_s=options.planning_timeout_s)
+    training = plan_training(spec, code=code, timeout_s=options.planning_timeout_s)
+    if training.train_function and probe_epochs(spec):
+        sink.add_note(RAW_JUDGED_NOTE)
     bounds = None
     if spec.lr_bounds == "auto":
         bounds = range_test(job, sink=sink, code=code).suggestion
@@ -381,7 +402,7 @@ def _run_search(
         spec,
         job_key=key,
         storage_path=options.storage,
-        steps_per_epoch=steps_per_epoch,
+        steps_per_epoch=training.steps_per_epoch,
         bounds=bounds,
         checkpoint_every_epochs=options.checkpoint_every_epochs,
         code=code,

@@ -465,10 +465,15 @@ def plan_experiment(
 
 
 def training_steps_per_epoch(spec: JobSpec, code: CodeSnapshot | None = None) -> int:
-    """Optimizer steps per epoch of what the job trains: a workload built once (data and
-    model), or a train function's declared count. Raises WorkloadError for user code that
-    cannot train: it does not import, returns the wrong type, has no steps per epoch, or
-    does not report the job's metric."""
+    """Optimizer steps per epoch of what the job trains (see `inspect_training`)."""
+    return inspect_training(spec, code)[0]
+
+
+def inspect_training(spec: JobSpec, code: CodeSnapshot | None = None) -> tuple[int, bool]:
+    """(optimizer steps per epoch, whether it is a train function) of what the job trains: a
+    workload built once (data and model), or a train function's declared count. Raises
+    WorkloadError for user code that cannot train: it does not import, returns the wrong
+    type, has no steps per epoch, or does not report the job's metric."""
     from lrtune.workers.train_function import TrainFunction
     from lrtune.workers.workloads import build_training, check_reports_metric
 
@@ -478,9 +483,9 @@ def training_steps_per_epoch(spec: JobSpec, code: CodeSnapshot | None = None) ->
     assert target is not None  # WorkloadSpec guarantees one of the two
     built = build_training(target, spec.workload.params, seed=spec.search.seed)
     if isinstance(built, TrainFunction):
-        return built.steps_per_epoch
+        return built.steps_per_epoch, True
     check_reports_metric(built, spec.metric_name, label=target)
-    return built.steps_per_epoch
+    return built.steps_per_epoch, False
 
 
 def build_tuner(plan: ExperimentPlan, *, skip_keys: set[str] | None = None) -> tune.Tuner:
