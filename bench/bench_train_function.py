@@ -45,6 +45,7 @@ class PlainContext:
         self.epochs = EPOCHS
         self.steps_per_epoch = steps_per_epoch
         self.rates = _rates(steps_per_epoch)
+        self.reported: list[float] = []  # perf_counter at each report
 
     def param_groups(self, model: Any) -> Any:
         return model.parameters()
@@ -63,6 +64,7 @@ class PlainContext:
         return None
 
     def report(self, epoch: int, **values: float) -> bool:
+        self.reported.append(time.perf_counter())
         return False
 
 
@@ -80,18 +82,21 @@ def _schedule(steps_per_epoch: int) -> Any:
     return parse_schedule({**SCHEDULE, "decay_steps": total - SCHEDULE["warmup_steps"]})
 
 
-def plain() -> float:
+def plain() -> tuple[float, float]:
+    """(seconds, seconds per epoch after the first)."""
     import torch
     from own_model.classifier import make
 
     torch.manual_seed(0)
     function = make(**PARAMS)
+    context = PlainContext(function.steps_per_epoch)
     started = time.perf_counter()
-    function.train(PlainContext(function.steps_per_epoch))  # type: ignore[arg-type]
-    return time.perf_counter() - started
+    function.train(context)  # type: ignore[arg-type]
+    per_epoch = (context.reported[-1] - context.reported[0]) / (EPOCHS - 1)
+    return time.perf_counter() - started, per_epoch
 
 
-def in_process() -> float:
+def in_process() -> tuple[float, float]:
     from lrtune.schemas.trials import TrialConfig
     from lrtune.workers.trial import run_trial
     from own_model.classifier import make
@@ -106,14 +111,16 @@ def in_process() -> float:
             "mode": "max",
         }
     )
+    rows: list[Any] = []
     started = time.perf_counter()
-    outcome = run_trial(config, lambda result: None)
+    outcome = run_trial(config, rows.append)
     assert outcome.status == "completed", outcome
-    return time.perf_counter() - started
+    return time.perf_counter() - started, (rows[-1].elapsed_s - rows[0].elapsed_s) / (EPOCHS - 1)
 
 
-def tune_trial(home: Path) -> tuple[float, float]:
-    """(the trial's own seconds, the job's wall-clock) of a one-trial job through the worker."""
+def tune_trial(home: Path) -> tuple[float, float, float]:
+    """(the trial's own seconds, per epoch after the first, the job's wall-clock) of a
+    one-trial job through the worker."""
     from lrtune.schemas.jobs import JobSpec
     from lrtune.service.migrate import upgrade_to_head
     from lrtune.service.settings import Settings
@@ -153,7 +160,8 @@ def tune_trial(home: Path) -> tuple[float, float]:
     [trial] = store.list_trials(job_id=job.id).items
     metrics = store.list_trial_metrics(trial_id=trial.id)
     store.dispose()
-    return metrics[-1].elapsed_s, wall
+    per_epoch = (metrics[-1].elapsed_s - metrics[0].elapsed_s) / (EPOCHS - 1)
+    return metrics[-1].elapsed_s, per_epoch, wall
 
 
 def main() -> None:
@@ -169,16 +177,38 @@ def main() -> None:
     torch.set_num_threads(1)
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
     times: dict[str, list[float]] = {"plain": [], "run_trial": [], "tune": [], "job": []}
+    epoch_ms: dict[str, list[float]] = {"plain": [], "run_trial": [], "tune": []}
     with tempfile.TemporaryDirectory() as folder:
         for repeat in range(args.repeats):
-            times["plain"].append(plain())
-            times["run_trial"].append(in_process())
-            trial_s, job_s = tune_trial(Path(folder) / f"run-{repeat}")
+            for name, run in (("plain", plain), ("run_trial", in_process)):
+                seconds, per_epoch = run()
+                times[name].append(seconds)
+                epoch_ms[name].append(1000 * per_epoch)
+            trial_s, per_epoch, job_s = tune_trial(Path(folder) / f"run-{repeat}")
             times["tune"].append(trial_s)
+            epoch_ms["tune"].append(1000 * per_epoch)
             times["job"].append(job_s)
             print({k: round(v[-1], 2) for k, v in times.items()}, flush=True)
     median = {k: statistics.median(v) for k, v in times.items()}
     ratio = {k: v / median["plain"] for k, v in median.items()}
+    ms = {k: statistics.median(v) for k, v in epoch_ms.items()}
+    labels = {
+        "plain": "plain loop, torch `LambdaLR` on the same rates",
+        "run_trial": "`run_trial` in-process (`TrialContext`)",
+        "tune": "Ray Tune trial through the worker (its own time)",
+        "job": "the whole one-trial job (worker, Ray actor, SQL)",
+    }
+    table = "\n".join(
+        [
+            "| run | seconds | vs plain | ms per epoch after the first |",
+            "| --- | ---: | ---: | ---: |",
+            *(
+                f"| {label} | {median[k]:.2f} | {ratio[k]:.3f}x | "
+                + (f"{ms[k]:.1f} |" if k in ms else " |")
+                for k, label in labels.items()
+            ),
+        ]
+    )
     load = os.getloadavg()
     body = f"""Machine: {machine_line()}; load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}
 when done. `python -m bench.bench_train_function` ({args.repeats} alternating repeats, medians;
@@ -187,12 +217,7 @@ one torch thread everywhere).
 The loop: `examples/own-model`'s classifier (its own loop: AdamW, gradient clipping, a
 checkpoint when due), {EPOCHS} epochs of batches of {PARAMS["batch_size"]}, warmup then cosine.
 
-| run | seconds | vs plain |
-| --- | ---: | ---: |
-| plain loop, torch `LambdaLR` on the same rates | {median["plain"]:.2f} | 1.00x |
-| `run_trial` in-process (`TrialContext`) | {median["run_trial"]:.2f} | {ratio["run_trial"]:.3f}x |
-| Ray Tune trial through the worker (its own time) | {median["tune"]:.2f} | {ratio["tune"]:.3f}x |
-| the whole one-trial job (worker, Ray actor, SQL) | {median["job"]:.2f} | {ratio["job"]:.3f}x |
+{table}
 
 Every run: {", ".join(f"{k} " + "/".join(f"{x:.1f}" for x in v) for k, v in times.items())}.
 Target: a train-function trial at most 1.05x the plain loop for ~20 s trials."""

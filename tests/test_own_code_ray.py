@@ -4,6 +4,9 @@ user code failing its trial or its job with the user's own error, and the worker
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -218,16 +221,38 @@ def test_user_code_that_cannot_be_planned_fails_its_job_and_the_next_job_succeed
     for name, (source, _) in broken.items():
         (code / f"{name}.py").write_text(source)
     write_loop(code, "loop_after")
-    jobs = run_jobs(
-        code_settings,
-        store,
-        *(spec(f"{name}:make") for name in broken),
-        spec("loop_after:make"),
-    )
-    for job, (name, (_, reason)) in zip(jobs, broken.items(), strict=False):
+    jobs = [store.create_job(spec=spec(f"{name}:make"))[0] for name in broken]
+    jobs.append(store.create_job(spec=spec("loop_after:make"))[0])
+    # One worker process, as `lrtune worker --code-path` runs, takes the jobs in order.
+    env = {
+        **os.environ,
+        "LRTUNE_DATABASE_URL": str(code_settings.database_url),
+        "LRTUNE_HOME": str(code_settings.home),
+        "RAY_ADDRESS": ray_local,
+    }
+    log = code.parent / "worker.log"
+    with log.open("wb") as output:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "lrtune.service.cli", "worker", "--code-path", str(code)],
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 180
+            while store.get_job(jobs[-1].id).status not in ("succeeded", "failed"):
+                assert worker.poll() is None, f"the worker died\n{log.read_text()[-3000:]}"
+                assert time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(0.5)
+            assert worker.poll() is None, "the worker outlives every broken entrypoint"
+        finally:
+            worker.kill()
+            worker.wait(timeout=30)
+    ended = [store.get_job(job.id) for job in jobs]
+    for job, (name, (_, reason)) in zip(ended, broken.items(), strict=False):
         assert job.status == "failed" and reason in (job.error or ""), (name, job.error)
         assert trials(store, job.id) == []
-    assert jobs[-1].status == "succeeded", jobs[-1].error
+    assert ended[-1].status == "succeeded", ended[-1].error
 
 
 @sqlite_only
