@@ -166,6 +166,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8, help="epochs per trial")
     parser.add_argument("--seed", type=int, default=0, help="search seed")
     parser.add_argument("--write", action="store_true", help="record in bench/RESULTS.md")
+    parser.add_argument(
+        "--heading", default=SECTION, help="the RESULTS.md section to write (before/after)"
+    )
     args = parser.parse_args()
 
     from lrtune.workers.daemon import ensure_ray
@@ -178,7 +181,7 @@ def main() -> None:
     body = report(timeline, spec=spec, load_before=load_before, load_after=load_after)
     print(body)
     if args.write:
-        write_section(SECTION, body)
+        write_section(args.heading, body)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import sys
 import textwrap
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -352,3 +353,33 @@ def test_entrypoint_must_return_a_workload(user_module: str) -> None:
         build_workload(f"{user_module}.good:fails", {}, seed=0)
     with pytest.raises(WorkloadError, match="unexpected keyword"):
         build_workload(f"{user_module}.good:make", {"depth": 3}, seed=0)
+
+
+def test_mnist1d_arrays_are_kept_on_disk_for_the_next_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tempfile
+
+    from lrtune.workers import workloads
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    workloads.mnist1d_arrays.cache_clear()
+    made = workloads.mnist1d_arrays(200, 50, 3)
+    [cached] = (tmp_path / "lrtune-data").glob("mnist1d-200-50-3-*.pt")
+    # A fresh process: nothing in memory, the generator must not be called again.
+    workloads.mnist1d_arrays.cache_clear()
+
+    def no_generation(*args: Any) -> None:
+        raise AssertionError("generated again instead of loading the file")
+
+    monkeypatch.setattr(workloads, "_generate_mnist1d", no_generation)
+    loaded = workloads.mnist1d_arrays(200, 50, 3)
+    assert all(torch.equal(a, b) for a, b in zip(made, loaded, strict=True))
+    # A broken file is made again, not trusted.
+    cached.write_bytes(b"not a tensor file")
+    workloads.mnist1d_arrays.cache_clear()
+    monkeypatch.undo()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    again = workloads.mnist1d_arrays(200, 50, 3)
+    assert all(torch.equal(a, b) for a, b in zip(made, again, strict=True))
+    workloads.mnist1d_arrays.cache_clear()

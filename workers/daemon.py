@@ -11,12 +11,14 @@ trial from its latest checkpoint; the checkpoints are removed when the job ends.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -336,22 +338,44 @@ def _planning_task(spec: JobSpec, code: CodeSnapshot | None) -> TrainingPlan:
 
 
 def range_test(job: Job, *, sink: JobSink, code: CodeSnapshot | None = None) -> RangeTestResult:
-    """The job's LR range test: the stored one when a worker already ran it, else run now as
-    a Ray task with the job's resources_per_trial (on a GPU node when the job asks for one)."""
+    """The job's LR range test: the stored one when a worker already ran it, else run now: in
+    this process for a built-in workload on a CPU, else as a Ray task with the job's
+    resources_per_trial (user code stays out of the worker; a GPU job gets a GPU node)."""
     stored = sink.stored_range_test()
     if stored is not None:
         return stored
     sink.begin_phase("range_test")
-    import ray
+    spec = job.spec
+    result: RangeTestResult
+    if spec.workload.entrypoint is None and spec.resources_per_trial.gpu == 0:
+        # lrtune's own workload on a CPU: run here, sparing a Ray task's process start (seconds
+        # on a small machine), with the threads the task would have had.
+        with torch_threads(max(1, math.floor(spec.resources_per_trial.cpu))):
+            result = _range_test_task(spec, None)
+    else:
+        import ray
 
-    task = ray.remote(_range_test_task).options(
-        num_cpus=job.spec.resources_per_trial.cpu,
-        num_gpus=job.spec.resources_per_trial.gpu,
-        max_retries=0,
-    )
-    result: RangeTestResult = ray.get(task.remote(job.spec, code))
+        task = ray.remote(_range_test_task).options(
+            num_cpus=spec.resources_per_trial.cpu,
+            num_gpus=spec.resources_per_trial.gpu,
+            max_retries=0,
+        )
+        result = ray.get(task.remote(spec, code))
     sink.save_range_test(result)
     return result
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op threads set to `threads` for the block (Ray gives a task as many)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _range_test_task(spec: JobSpec, code: CodeSnapshot | None) -> RangeTestResult:

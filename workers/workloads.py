@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.metadata
 import math
+import os
 import pickle
 import random
 import sysconfig
+import tempfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -266,7 +269,40 @@ def mnist1d_arrays(n_train: int, n_test: int, data_seed: int) -> tuple[Tensor, .
 
     With the defaults (4,000 + 1,000, seed 42) this is the published dataset's split: the
     package generates the examples in one shuffled pool and the first 80% are the training set.
+
+    Generating takes seconds (and importing mnist1d pulls matplotlib in), which every fresh
+    trial process would pay before its first step; so the arrays are also kept in a file under
+    the machine's temporary folder, which the next process loads in milliseconds.
     """
+    cached = _data_cache_file(f"mnist1d-{n_train}-{n_test}-{data_seed}")
+    try:
+        arrays: tuple[Tensor, ...] = tuple(torch.load(cached, weights_only=True))
+        return arrays
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError):
+        pass  # not made yet on this machine (or a broken file): make it
+    arrays = _generate_mnist1d(n_train, n_test, data_seed)
+    _save_atomically(list(arrays), cached)
+    return arrays
+
+
+def _data_cache_file(name: str) -> Path:
+    # The generator's version is in the name: a new mnist1d may make other examples.
+    version = importlib.metadata.version("mnist1d")
+    return Path(tempfile.gettempdir()) / "lrtune-data" / f"{name}-mnist1d{version}.pt"
+
+
+def _save_atomically(value: Any, path: Path) -> None:
+    """Write beside, then rename: a process reading at the same time sees all or nothing."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".part", delete=False) as part:
+            torch.save(value, part)
+        os.replace(part.name, path)
+    except OSError:
+        pass  # a read-only temporary folder: every process generates, as before
+
+
+def _generate_mnist1d(n_train: int, n_test: int, data_seed: int) -> tuple[Tensor, ...]:
     from mnist1d.data import get_dataset_args, make_dataset  # heavy (matplotlib); only here
 
     args = get_dataset_args()
