@@ -1319,23 +1319,36 @@ class Store:
             return []
         ids = [r.id for r in rows]
         counts: dict[int, dict[str, int]] = {i: {} for i in ids}
-        for job_id, status, n in session.execute(
-            select(TrialRow.job_id, TrialRow.status, func.count())
+        # (trials, first trial) per distinct error: the job's error summary.
+        errors: dict[int, dict[str, tuple[int, int]]] = {i: {} for i in ids}
+        # One query for both: trials by status and by error.
+        for job_id, status, error, n, first in session.execute(
+            select(
+                TrialRow.job_id,
+                TrialRow.status,
+                TrialRow.error,
+                func.count(),
+                func.min(TrialRow.id),
+            )
             .where(TrialRow.job_id.in_(ids))
-            .group_by(TrialRow.job_id, TrialRow.status)
+            .group_by(TrialRow.job_id, TrialRow.status, TrialRow.error)
         ):
-            counts[job_id][status] = n
-        errors: dict[int, list[TrialErrorCount]] = {i: [] for i in ids}
-        for job_id, error, n, first in session.execute(
-            select(TrialRow.job_id, TrialRow.error, func.count(), func.min(TrialRow.id))
-            .where(TrialRow.job_id.in_(ids), TrialRow.error.is_not(None))
-            .group_by(TrialRow.job_id, TrialRow.error)
-        ):
-            errors[job_id].append(TrialErrorCount(error=error, trials=n, first_trial_id=first))
-        for found in errors.values():
-            found.sort(key=lambda e: (-e.trials, e.first_trial_id))
+            counts[job_id][status] = counts[job_id].get(status, 0) + n
+            if error is not None:
+                seen, earliest = errors[job_id].get(error, (0, first))
+                errors[job_id][error] = (seen + n, min(earliest, first))
+        summaries = {
+            job_id: sorted(
+                (
+                    TrialErrorCount(error=error, trials=n, first_trial_id=first)
+                    for error, (n, first) in found.items()
+                ),
+                key=lambda e: (-e.trials, e.first_trial_id),
+            )
+            for job_id, found in errors.items()
+        }
         bests = {r.id: self._best_of_job(session, r) for r in rows}
-        return [_job(r, counts[r.id], bests[r.id], errors[r.id]) for r in rows]
+        return [_job(r, counts[r.id], bests[r.id], summaries[r.id]) for r in rows]
 
     def _best_of_job(self, session: Session, row: JobRow) -> BestSoFar | None:
         order = TrialRow.best_metric.desc() if row.metric_mode == "max" else TrialRow.best_metric
