@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.bench_search import OPTIMIZER, POLICIES, WORKLOADS
+from bench.bench_search import OPTIMIZER, POLICIES, WORKLOADS, search_spaces, steps_per_epoch
 from bench.results_file import write_section
 
 SECTION = "Time to recommendation (issue 16)"
@@ -29,13 +29,18 @@ CONCURRENT_TRIALS = 2
 CONFIRM_SEEDS = 3
 
 
-def job_spec(*, trials: int, epochs: int, seed: int) -> Any:
+# The exhaustive grid a job is measured against: this many points per policy (6 policies x 16
+# x 8 epochs = 768 epochs, the grid of the issue), each trained to the end by a plain loop.
+GRID_POINTS = 16
+
+
+def job_spec(*, trials: int, epochs: int, seed: int, workload: str = "mnist1d-mlp") -> Any:
     from lrtune.schemas.jobs import JobSpec
 
     return JobSpec.model_validate(
         {
-            "name": f"bench_timeline mnist1d-mlp seed {seed}",
-            "workload": WORKLOADS["mnist1d-mlp"].spec,
+            "name": f"bench_timeline {workload} seed {seed}",
+            "workload": WORKLOADS[workload].spec,
             "optimizer": OPTIMIZER,
             "metric": {"name": "val_accuracy", "mode": "max"},
             "policies": POLICIES,
@@ -52,8 +57,9 @@ def job_spec(*, trials: int, epochs: int, seed: int) -> Any:
     )
 
 
-def run_job(spec: Any) -> Any:
-    """The job through the real worker; its timeline as the store answers it."""
+def run_job(spec: Any) -> tuple[Any, float]:
+    """The job through the real worker: its timeline as the store answers it, and the mean
+    metric of its recommended schedule over the confirmation seeds."""
     from lrtune.service.migrate import upgrade_to_head
     from lrtune.service.settings import Settings
     from lrtune.service.store import Store
@@ -69,9 +75,60 @@ def run_job(spec: Any) -> Any:
             run_worker(Settings(database_url=url, home=home), once=True, store=store)
             done = store.get_job(job.id)
             assert done.status == "succeeded", done.error
-            return store.job_timeline(job.id)
+            from lrtune.service.recommendations import job_recommendation
+
+            winner = job_recommendation(store, job_id=job.id, tenant_id=None).winner
+            assert winner is not None
+            return store.job_timeline(job.id), winner.metric_mean
         finally:
             store.dispose()
+
+
+def _grid_trial(task: tuple[str, str, dict[str, Any], int]) -> float:
+    """One grid point trained to its end in this process (one torch thread, as a trial)."""
+    import torch
+    from lrtune.schemas.search import resolve_schedule
+    from lrtune.schemas.trials import TrialConfig
+    from lrtune.workers.trial import run_trial
+
+    torch.set_num_threads(1)
+    key, policy, point, epochs = task
+    workload = WORKLOADS[key]
+    spe = steps_per_epoch(workload)
+    schedule = resolve_schedule(
+        policy, point, steps_per_epoch=spe, total_steps=spe * epochs, metric_mode="max"
+    )
+    config = TrialConfig.model_validate(
+        {
+            "workload": workload.spec,
+            "optimizer": OPTIMIZER,
+            "schedule": schedule.model_dump(mode="json"),
+            "epochs": epochs,
+            "metric": "val_accuracy",
+            "mode": "max",
+        }
+    )
+    values: list[float] = []
+    run_trial(config, lambda result: values.append(result.metrics["val_accuracy"]))
+    return values[-1] if values and math.isfinite(values[-1]) else 0.0
+
+
+def run_grid(key: str, *, epochs: int) -> tuple[float, float, int]:
+    """The exhaustive grid, `GRID_POINTS` per policy, in `CONCURRENT_TRIALS` processes: (its
+    wall-clock, the best final val_accuracy, the epochs trained)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from lrtune.workers.experiment import grid_points, parse_space
+
+    tasks = [
+        (key, policy, point, epochs)
+        for policy, space in search_spaces(WORKLOADS[key]).items()
+        for point in grid_points(parse_space(policy, space), budget=GRID_POINTS)
+    ]
+    started = time.perf_counter()
+    with ProcessPoolExecutor(CONCURRENT_TRIALS) as pool:
+        finals = list(pool.map(_grid_trial, tasks))
+    return time.perf_counter() - started, max(finals), len(tasks) * epochs
 
 
 def report(timeline: Any, *, spec: Any, load_before: float, load_after: float) -> str:
@@ -82,7 +139,8 @@ def report(timeline: Any, *, spec: Any, load_before: float, load_after: float) -
         f"average (as `uptime` shows it) {load_before:.1f} before the job, {load_after:.1f} "
         "after (other work shares the cores: the seconds are indicative).",
         "",
-        f"The job: mnist1d (mlp), {spec.budget.epochs} epochs, {len(spec.policies)} policies x "
+        f"The job: {spec.workload.label} {spec.workload.params}, {spec.budget.epochs} epochs, "
+        f"{len(spec.policies)} policies x "
         f"{spec.budget.trials_per_policy} trials ({', '.join(p.policy for p in spec.policies)}), "
         'SGD momentum 0.9, lr_bounds "auto" (the range test), ASHA (grace 1, rf 3), each '
         f"policy's best confirmed on {CONFIRM_SEEDS} seeds, {CONCURRENT_TRIALS} concurrent trials, "
@@ -156,6 +214,39 @@ def _slot_lines(timeline: Any) -> list[str]:
     return lines
 
 
+def comparison(
+    runs: list[tuple[Any, Any, float]], grid: tuple[float, float, int], *, epochs: int
+) -> str:
+    """The jobs against the exhaustive grid, timed in the same run."""
+    grid_s, grid_best, grid_epochs = grid
+    walls = [timeline.phases_s for _, timeline, _ in runs]
+    winners = [winner for _, _, winner in runs]
+    job_epochs = [sum(t.epochs_done for t in timeline.trials) for _, timeline, _ in runs]
+    mean_wall = sum(walls) / len(walls)
+    lines = [
+        f"Against the exhaustive grid ({GRID_POINTS} points per policy, each trained {epochs} "
+        f"epochs by a plain `run_trial` loop, seed 0, {CONCURRENT_TRIALS} processes), timed in "
+        "the same run:",
+        "",
+        "| run | epochs | wall-clock s | vs grid | val_accuracy |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for (spec, _, winner), wall, trained in zip(runs, walls, job_epochs, strict=True):
+        lines.append(
+            f"| lrtune job, search seed {spec.search.seed} | {trained} | {wall:.2f} | "
+            f"{wall / grid_s:.2f}x | {winner:.4f} (winner, mean of {CONFIRM_SEEDS} seeds) |"
+        )
+    lines += [
+        f"| exhaustive grid | {grid_epochs} | {grid_s:.2f} | 1.00x | {grid_best:.4f} (best point, "
+        "one seed) |",
+        "",
+        f"Mean job wall-clock {mean_wall:.2f} s = {mean_wall / grid_s:.2f}x the grid's "
+        f"(target 0.5x); winners' mean val_accuracy {sum(winners) / len(winners):.4f} against "
+        f"the grid's best single run {grid_best:.4f}.",
+    ]
+    return "\n".join(lines)
+
+
 def _share(part: float, whole: float) -> str:
     return f"{100 * part / whole:.1f}%" if whole > 0 else "-"
 
@@ -164,7 +255,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=6, help="search trials per policy")
     parser.add_argument("--epochs", type=int, default=8, help="epochs per trial")
-    parser.add_argument("--seed", type=int, default=0, help="search seed")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="search seeds")
+    parser.add_argument("--workload", choices=list(WORKLOADS), default="mnist1d-mlp")
+    parser.add_argument(
+        "--grid", action="store_true", help="also time the exhaustive grid, in the same run"
+    )
     parser.add_argument("--write", action="store_true", help="record in bench/RESULTS.md")
     parser.add_argument(
         "--heading", default=SECTION, help="the RESULTS.md section to write (before/after)"
@@ -174,11 +269,18 @@ def main() -> None:
     from lrtune.workers.daemon import ensure_ray
 
     ensure_ray(address=None, num_cpus=CONCURRENT_TRIALS)
-    spec = job_spec(trials=args.trials, epochs=args.epochs, seed=args.seed)
     load_before = os.getloadavg()[0]
-    timeline = run_job(spec)
+    runs = []
+    for seed in args.seeds:
+        spec = job_spec(trials=args.trials, epochs=args.epochs, seed=seed, workload=args.workload)
+        runs.append((spec, *run_job(spec)))
+        print(f"seed {seed}: {runs[-1][1].phases_s:.2f} s, winner {runs[-1][2]:.4f}", flush=True)
+    grid = run_grid(args.workload, epochs=args.epochs) if args.grid else None
     load_after = os.getloadavg()[0]
+    spec, timeline, _ = runs[0]
     body = report(timeline, spec=spec, load_before=load_before, load_after=load_after)
+    if grid is not None:
+        body += "\n\n" + comparison(runs, grid, epochs=args.epochs)
     print(body)
     if args.write:
         write_section(args.heading, body)
