@@ -256,6 +256,17 @@ def test_user_code_that_cannot_be_planned_fails_its_job_and_the_next_job_succeed
 
 
 @sqlite_only
+def test_a_train_function_with_auto_bounds_fails_its_job_saying_why(
+    ray_local: str, code_settings: Settings, store: Store, code: Path
+) -> None:
+    write_loop(code, "loop_auto")
+    [job] = run_jobs(code_settings, store, spec("loop_auto:make", lr_bounds="auto"))
+    assert job.status == "failed" and job.error is not None
+    assert 'lr_bounds "auto"' in job.error and "give lr_bounds {min, max}" in job.error
+    assert trials(store, job.id) == []
+
+
+@sqlite_only
 def test_an_entrypoint_that_hangs_fails_its_job_at_the_planning_time_limit(
     ray_local: str, code_settings: Settings, store: Store, code: Path
 ) -> None:

@@ -415,6 +415,13 @@ def _run_search(
     spec = job.spec
     sink.begin_phase("planning")
     training = plan_training(spec, code=code, timeout_s=options.planning_timeout_s)
+    if training.train_function and spec.lr_bounds == "auto":
+        # The range test runs lrtune's own loop, which a train function replaces.
+        return (
+            'lr_bounds "auto" runs the LR range test in lrtune\'s own training loop, and this '
+            "job's entrypoint returns a TrainFunction (its own loop): give lr_bounds "
+            "{min, max} instead"
+        )
     if training.train_function and probe_epochs(spec):
         sink.add_note(RAW_JUDGED_NOTE)
     bounds = None
