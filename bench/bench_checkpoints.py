@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.worker_job import worker_job
+
 WORKLOADS = {
     "mnist1d mlp": {"name": "mnist1d", "params": {"model": "mlp"}},
     "digits cnn": {"name": "digits", "params": {"model": "cnn"}},
@@ -50,10 +52,6 @@ def _spec(workload: dict[str, Any]) -> Any:
 
 def run_job(spec: Any, *, every: int) -> tuple[float, int]:
     """Seconds from the worker's start to the job's end, and one checkpoint's size in bytes."""
-    from lrtune.service.migrate import upgrade_to_head
-    from lrtune.service.settings import Settings
-    from lrtune.service.store import Store
-    from lrtune.service.worker import run_worker
     from lrtune.workers import run_storage
 
     sizes: list[int] = []
@@ -67,20 +65,8 @@ def run_job(spec: Any, *, every: int) -> tuple[float, int]:
 
     run_storage.remove_checkpoints = measure_then_remove  # type: ignore[assignment]
     try:
-        with tempfile.TemporaryDirectory() as folder:
-            home = Path(folder)
-            url = f"sqlite:///{home / 'bench.db'}"
-            upgrade_to_head(url)
-            settings = Settings(database_url=url, home=home, checkpoint_every_epochs=every)
-            store = Store.from_url(url)
-            try:
-                job, _ = store.create_job(spec=spec)
-                started = time.perf_counter()
-                run_worker(settings, once=True, store=store, num_cpus=2)
-                seconds = time.perf_counter() - started
-                assert store.get_job(job.id).status == "succeeded"
-            finally:
-                store.dispose()
+        with worker_job(spec, num_cpus=2, checkpoint_every_epochs=every) as (_, job, seconds):
+            assert job.status == "succeeded"
     finally:
         run_storage.remove_checkpoints = real_remove  # type: ignore[assignment]
     return seconds, max(sizes, default=0)

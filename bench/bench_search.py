@@ -63,7 +63,6 @@ import math
 import os
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
@@ -72,6 +71,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from bench.worker_job import worker_job
 
 POLICIES = ["fixed", "exponential", "cosine", "clr", "sgdr", "one_cycle"]
 OPTIMIZER = {"name": "sgd", "momentum": 0.9, "weight_decay": 0.0005}
@@ -583,39 +584,22 @@ def run_lrtune(
     grace: int = GRACE_EPOCHS,
 ) -> ArmRun:
     """The job through the real worker: its winner and the epochs it spent."""
-    from lrtune.service.migrate import upgrade_to_head
     from lrtune.service.recommendations import job_recommendation
-    from lrtune.service.settings import Settings
-    from lrtune.service.store import Store
-    from lrtune.service.worker import run_worker
 
     spec = job_spec(workload, judge=judge, cooldown=cooldown, trials=trials, seed=seed, grace=grace)
-    with tempfile.TemporaryDirectory() as folder:
-        home = Path(folder)
-        url = f"sqlite:///{home / 'bench.db'}"
-        upgrade_to_head(url)
-        settings = Settings(database_url=url, home=home)
-        store = Store.from_url(url)
-        try:
-            job, _ = store.create_job(spec=spec)
-            started = time.perf_counter()
-            run_worker(settings, once=True, store=store, num_cpus=2)
-            seconds = time.perf_counter() - started
-            done = store.get_job(job.id)
-            assert done.status == "succeeded", done.error
-            same = json.loads(json.dumps(search_spaces(workload)))
-            assert done.search_spaces == same, "the job searched other spaces than the oracle"
-            listed = store.list_trials(job_id=job.id, limit=10_000).items
-            probe_steps = 0
-            probes = 0
-            for trial in listed:
-                found = store.list_trial_probes(trial.id)
-                probes += len(found)
-                probe_steps += sum(p.cooldown_steps for p in found)
-            winner = job_recommendation(store, job_id=job.id, tenant_id=None).winner
-            assert winner is not None
-        finally:
-            store.dispose()
+    with worker_job(spec, num_cpus=2) as (store, done, seconds):
+        assert done.status == "succeeded", done.error
+        same = json.loads(json.dumps(search_spaces(workload)))
+        assert done.search_spaces == same, "the job searched other spaces than the oracle"
+        listed = store.list_trials(job_id=done.id, limit=10_000).items
+        probe_steps = 0
+        probes = 0
+        for trial in listed:
+            found = store.list_trial_probes(trial.id)
+            probes += len(found)
+            probe_steps += sum(p.cooldown_steps for p in found)
+        winner = job_recommendation(store, job_id=done.id, tenant_id=None).winner
+        assert winner is not None
     search = sum(t.epochs_done for t in listed if t.phase == "search")
     confirm = sum(t.epochs_done for t in listed if t.phase == "confirm")
     probe_epochs = probe_steps / spe

@@ -16,13 +16,12 @@ import argparse
 import math
 import os
 import platform
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from bench.bench_search import OPTIMIZER, POLICIES, WORKLOADS, search_spaces, steps_per_epoch
 from bench.results_file import write_section
+from bench.worker_job import worker_job
 
 SECTION = "Time to recommendation (issue 16)"
 CONCURRENT_TRIALS = 2
@@ -60,28 +59,13 @@ def job_spec(*, trials: int, epochs: int, seed: int, workload: str = "mnist1d-ml
 def run_job(spec: Any) -> tuple[Any, float]:
     """The job through the real worker: its timeline as the store answers it, and the mean
     metric of its recommended schedule over the confirmation seeds."""
-    from lrtune.service.migrate import upgrade_to_head
-    from lrtune.service.settings import Settings
-    from lrtune.service.store import Store
-    from lrtune.service.worker import run_worker
+    from lrtune.service.recommendations import job_recommendation
 
-    with tempfile.TemporaryDirectory() as folder:
-        home = Path(folder)
-        url = f"sqlite:///{home / 'bench.db'}"
-        upgrade_to_head(url)
-        store = Store.from_url(url)
-        try:
-            job, _ = store.create_job(spec=spec)
-            run_worker(Settings(database_url=url, home=home), once=True, store=store)
-            done = store.get_job(job.id)
-            assert done.status == "succeeded", done.error
-            from lrtune.service.recommendations import job_recommendation
-
-            winner = job_recommendation(store, job_id=job.id, tenant_id=None).winner
-            assert winner is not None
-            return store.job_timeline(job.id), winner.metric_mean
-        finally:
-            store.dispose()
+    with worker_job(spec) as (store, done, _):
+        assert done.status == "succeeded", done.error
+        winner = job_recommendation(store, job_id=done.id, tenant_id=None).winner
+        assert winner is not None
+        return store.job_timeline(done.id), winner.metric_mean
 
 
 def _grid_trial(task: tuple[str, str, dict[str, Any], int]) -> float:

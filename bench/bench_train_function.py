@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.results_file import machine_line, write_section
+from bench.worker_job import worker_job
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "own-model"
 PARAMS = {"batch_size": 16, "width": 8}
@@ -122,18 +123,10 @@ def tune_trial(home: Path) -> tuple[float, float, float]:
     """(the trial's own seconds, per epoch after the first, the job's wall-clock) of a
     one-trial job through the worker."""
     from lrtune.schemas.jobs import JobSpec
-    from lrtune.service.migrate import upgrade_to_head
-    from lrtune.service.settings import Settings
-    from lrtune.service.store import Store
-    from lrtune.service.worker import run_worker
     from own_model.classifier import make
 
     steps = make(**PARAMS).steps_per_epoch
     schedule = _schedule(steps)
-    url = f"sqlite:///{home / 'bench.db'}"
-    upgrade_to_head(url)
-    settings = Settings(home=home, database_url=url, code_path=str(EXAMPLE))
-    store = Store.from_url(url)
     spec = JobSpec.model_validate(
         {
             "workload": {"entrypoint": "own_model.classifier:make", "params": PARAMS},
@@ -151,15 +144,10 @@ def tune_trial(home: Path) -> tuple[float, float, float]:
             "budget": {"epochs": EPOCHS, "trials_per_policy": 1, "max_concurrent_trials": 1},
         }
     )
-    job, _ = store.create_job(spec=spec)
-    started = time.perf_counter()
-    run_worker(settings, once=True, store=store)
-    wall = time.perf_counter() - started
-    finished = store.get_job(job.id)
-    assert finished.status == "succeeded", finished.error
-    [trial] = store.list_trials(job_id=job.id).items
-    metrics = store.list_trial_metrics(trial_id=trial.id)
-    store.dispose()
+    with worker_job(spec, home=home, code_path=str(EXAMPLE)) as (store, finished, wall):
+        assert finished.status == "succeeded", finished.error
+        [trial] = store.list_trials(job_id=finished.id).items
+        metrics = store.list_trial_metrics(trial_id=trial.id)
     per_epoch = (metrics[-1].elapsed_s - metrics[0].elapsed_s) / (EPOCHS - 1)
     return metrics[-1].elapsed_s, per_epoch, wall
 

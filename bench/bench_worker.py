@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from bench.worker_job import worker_job
+
 POLICIES = ["fixed", "exponential", "clr", "sgdr"]
 TRIALS_PER_POLICY = 4
 
@@ -111,21 +113,8 @@ def _epochs_for(seconds: float) -> int:
 
 
 def _service_seconds(spec: Any, home: Path) -> tuple[float, str]:
-    from lrtune.service.migrate import upgrade_to_head
-    from lrtune.service.settings import Settings
-    from lrtune.service.store import Store
-    from lrtune.service.worker import run_worker
-
-    url = f"sqlite:///{home / 'lrtune.db'}"
-    upgrade_to_head(url)
-    store = Store.from_url(url)
-    job, _ = store.create_job(spec=spec)
-    started = time.perf_counter()
-    run_worker(Settings(home=home, database_url=url), once=True, store=store)
-    elapsed = time.perf_counter() - started
-    status = store.get_job(job.id).status
-    store.dispose()
-    return elapsed, status
+    with worker_job(spec, home=home) as (_, job, seconds):
+        return seconds, job.status
 
 
 def main() -> None:
