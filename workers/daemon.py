@@ -212,7 +212,7 @@ def run_job(queue: JobQueue, job: Job, *, make_sink: SinkFactory, options: Worke
             queue.mark_job_cancelled(job_id=job.id)
             return
         sink = make_sink(job.id, lease)
-        code = snapshot_code(options)
+        code = snapshot_code(options, job.spec)
         if job.spec.kind == "range_test":
             range_test(job, sink=sink, code=code)
             error = None
@@ -266,10 +266,13 @@ class PlanningError(RuntimeError):
     or kills its process. The job fails with this message; the worker goes on."""
 
 
-def snapshot_code(options: WorkerOptions) -> CodeSnapshot | None:
-    """The users' code folders as they are now: what every process of one job imports."""
+def snapshot_code(options: WorkerOptions, spec: JobSpec) -> CodeSnapshot | None:
+    """The users' code folders as they are now: what every process of one job imports. None
+    for a built-in workload, which imports none of it (no zip to make and ship to trials)."""
     from lrtune.workers.user_code import CodePathError, CodeSnapshot
 
+    if spec.workload.entrypoint is None:
+        return None
     try:
         return CodeSnapshot.take(options.code_paths)
     except CodePathError as error:

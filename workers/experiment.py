@@ -451,7 +451,7 @@ def plan_experiment(
     raw = {entry.policy: raw_space(entry, bounds=bounds) for entry in spec.policies}
     spaces = [parse_space(policy, space) for policy, space in raw.items()]
     if steps_per_epoch is None:
-        steps_per_epoch = training_steps_per_epoch(spec, code)
+        steps_per_epoch, _ = inspect_training(spec, code)
     return ExperimentPlan(
         job_key=job_key,
         spec=spec,
@@ -462,11 +462,6 @@ def plan_experiment(
         checkpoint_every_epochs=checkpoint_every_epochs,
         code=code,
     )
-
-
-def training_steps_per_epoch(spec: JobSpec, code: CodeSnapshot | None = None) -> int:
-    """Optimizer steps per epoch of what the job trains (see `inspect_training`)."""
-    return inspect_training(spec, code)[0]
 
 
 def inspect_training(spec: JobSpec, code: CodeSnapshot | None = None) -> tuple[int, bool]:

@@ -274,7 +274,7 @@ def mnist1d_arrays(n_train: int, n_test: int, data_seed: int) -> tuple[Tensor, .
     trial process would pay before its first step; so the arrays are also kept in a file under
     the machine's temporary folder, which the next process loads in milliseconds.
     """
-    cached = _data_cache_file(f"mnist1d-{n_train}-{n_test}-{data_seed}")
+    cached = _mnist1d_cache_file(n_train, n_test, data_seed)
     try:
         arrays: tuple[Tensor, ...] = tuple(torch.load(cached, weights_only=True))
         return arrays
@@ -285,10 +285,11 @@ def mnist1d_arrays(n_train: int, n_test: int, data_seed: int) -> tuple[Tensor, .
     return arrays
 
 
-def _data_cache_file(name: str) -> Path:
+def _mnist1d_cache_file(n_train: int, n_test: int, data_seed: int) -> Path:
     # The generator's version is in the name: a new mnist1d may make other examples.
     version = importlib.metadata.version("mnist1d")
-    return Path(tempfile.gettempdir()) / "lrtune-data" / f"{name}-mnist1d{version}.pt"
+    name = f"mnist1d-{n_train}-{n_test}-{data_seed}-mnist1d{version}.pt"
+    return Path(tempfile.gettempdir()) / "lrtune-data" / name
 
 
 def _save_atomically(value: Any, path: Path) -> None:
