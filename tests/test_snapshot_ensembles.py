@@ -4,6 +4,7 @@ keeping its snapshots, the job spec's validation, the recommendation and the exp
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from lrtune.workers.code_export import pytorch_snippet
 from lrtune.workers.recommendation import TrialSummary, build_recommendation
 from lrtune.workers.schedule_math import cycle_ends, learning_rates
 from lrtune.workers.trial import Checkpointing, TrialState, load_state, run_trial
-from lrtune.workers.workloads import build_training
+from lrtune.workers.workloads import Workload, build_training
 from pydantic import ValidationError
 
 DIGITS = {"name": "digits", "params": {"model": "mlp", "batch_size": 128}}
@@ -86,12 +87,11 @@ def pytorch_snippet_cycle_ends(schedule: Any) -> str:
     return "import torch\n" + code[start:]
 
 
-def by_hand(snapshots: list[dict[str, Any]]) -> tuple[float, float]:
-    """The ensemble's val loss and accuracy, from the snapshots alone: each loaded into a fresh
-    model, softmax probabilities averaged in float64, the NLL and argmax taken of the average."""
-    workload = build_training("digits", DIGITS["params"], seed=0)
-    assert not callable(getattr(workload, "steps_per_epoch", None))
-    model = workload.model  # type: ignore[union-attr]
+def by_hand(workload: Workload, snapshots: list[dict[str, Any]]) -> tuple[float, float]:
+    """The ensemble's val loss and accuracy, from the snapshots alone: each loaded into the
+    workload's model, softmax probabilities averaged in float64, the NLL and argmax taken of
+    the average."""
+    model = workload.model
     probabilities: list[np.ndarray] = []
     targets: list[np.ndarray] = []
     for index, snapshot in enumerate(snapshots):
@@ -99,7 +99,7 @@ def by_hand(snapshots: list[dict[str, Any]]) -> tuple[float, float]:
         model.eval()
         batches = []
         with torch.no_grad():
-            for inputs, batch_targets in workload.val_loader:  # type: ignore[union-attr]
+            for inputs, batch_targets in workload.val_loader:
                 batches.append(torch.softmax(model(inputs).double(), dim=-1).numpy())
                 if index == 0:
                     targets.append(batch_targets.numpy())
@@ -116,12 +116,14 @@ def test_the_ensemble_metric_equals_one_recomputed_by_hand_from_the_saved_snapsh
     rows: list[EpochResult] = []
     checkpointing = Checkpointing(due=lambda epoch: True, save=states.append)  # type: ignore[arg-type]
     outcome = run_trial(trial_config(), rows.append, checkpointing=checkpointing)
+    workload = build_training("digits", DIGITS["params"], seed=0)
+    assert isinstance(workload, Workload)
 
     # Kept at the epochs' ends: [8], [8, 16], [16, 24, 32], [24, 32, 40].
     assert [row.step for row in rows] == [11, 22, 33, 44]
     assert [len(state.snapshots) for state in states] == [1, 2, 3, 3]
     for state, row in zip(states, rows, strict=True):
-        loss, accuracy = by_hand(state.snapshots)
+        loss, accuracy = by_hand(workload, state.snapshots)
         assert row.metrics["ensemble_val_loss"] == pytest.approx(loss, rel=1e-5)
         assert row.metrics["ensemble_val_accuracy"] == pytest.approx(accuracy, abs=1e-6)
         assert state.ensemble == {
@@ -137,14 +139,25 @@ def test_the_ensemble_metric_equals_one_recomputed_by_hand_from_the_saved_snapsh
     assert all("val_accuracy" in row.metrics for row in rows)
 
 
-def test_epochs_before_the_first_cycle_end_carry_no_ensemble_value() -> None:
+def test_no_ensemble_before_the_first_cycle_end_and_a_snapshot_is_the_model_at_its_step() -> None:
     rows: list[EpochResult] = []
-    # t_0 = 30: the first cycle ends after step 30, in epoch 3.
+    states: list[TrialState] = []
+    # t_0 = 22: cycles end after steps 22 and 44, with epochs 2 and 4.
     outcome = run_trial(
-        trial_config(schedule={**SGDR, "t_0": 30}, metric="ensemble_val_loss"), rows.append
+        trial_config(schedule={**SGDR, "t_0": 22}, metric="ensemble_val_loss"),
+        rows.append,
+        # A copy: the state holds the live model's tensors until it is written out.
+        checkpointing=Checkpointing(
+            due=lambda epoch: True,
+            save=lambda state: states.append(copy.deepcopy(state)),  # type: ignore[arg-type]
+        ),
     )
-    assert ["ensemble_val_loss" in row.metrics for row in rows] == [False, False, True, True]
-    assert outcome.best_epoch in (3, 4)
+    assert ["ensemble_val_loss" in row.metrics for row in rows] == [False, True, True, True]
+    assert outcome.best_epoch in (2, 3, 4)
+    assert [len(state.snapshots) for state in states] == [0, 1, 1, 2]
+    for state in (states[1], states[3]):
+        assert state.snapshots[-1].keys() == state.model.keys()
+        assert all(torch.equal(state.snapshots[-1][k], v) for k, v in state.model.items())
 
 
 def test_a_trial_resumed_from_its_checkpoint_keeps_its_snapshots(tmp_path: Path) -> None:

@@ -718,7 +718,7 @@ async function trialPage(trialId) {
 // The trial's cooldown probes, one a rung; none, no card. A pruned trial's last probe is the value
 // it was stopped on.
 function probeCard(trial, probes, metrics, metricName, value) {
-  if (!probes.length) return null;
+  if (!probes.length) return "";  // replaceChildren would write a null out as the text "null"
   const raw = new Map(metrics.map((m) => [m.epoch, value(m, metricName)]));
   const stoppedOn = trial.status === "pruned" ? probes[probes.length - 1] : null;
   const note = stoppedOn && h("div", { class: "notice pruned-note", "data-testid": "pruned-note" },
