@@ -21,10 +21,11 @@ from lrtune.service.settings import Settings
 from lrtune.service.store import Store
 from lrtune.service.worker import run_worker
 from lrtune.workers.code_export import pytorch_snippet
+from lrtune.workers.experiment import inspect_training
 from lrtune.workers.recommendation import TrialSummary, build_recommendation
 from lrtune.workers.schedule_math import cycle_ends, learning_rates
 from lrtune.workers.trial import Checkpointing, TrialState, load_state, run_trial
-from lrtune.workers.workloads import Workload, build_training
+from lrtune.workers.workloads import Workload, WorkloadError, build_training
 from pydantic import ValidationError
 
 DIGITS = {"name": "digits", "params": {"model": "mlp", "batch_size": 128}}
@@ -343,3 +344,36 @@ def test_a_job_with_snapshots_runs_to_its_recommendation(
     assert "snapshot ensemble" in found.rationale
     served = api_client.get(f"/v1/jobs/{job.id}/recommendation").json()
     assert served["snapshot_ensemble"]["ensemble_metric"] == "ensemble_val_accuracy"
+
+
+TRAIN_FUNCTION = """
+from lrtune.workers import TrainFunction
+
+
+def make(**params):
+    def train(ctx):
+        raise AssertionError("never trained")
+
+    return TrainFunction(train, steps_per_epoch=4)
+"""
+
+
+def test_a_train_function_cannot_take_snapshots(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "snapshot_loop.py").write_text(TRAIN_FUNCTION)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    workload = {"entrypoint": "snapshot_loop:make"}
+    spec = JobSpec.model_validate(
+        {
+            "workload": workload,
+            "snapshots": 2,
+            "policies": ["sgdr"],
+            "budget": {"epochs": 2, "trials_per_policy": 1},
+        }
+    )
+    # The job fails at planning, before any trial; a trial alone refuses too.
+    with pytest.raises(WorkloadError, match="cannot take its snapshots"):
+        inspect_training(spec)
+    with pytest.raises(ValueError, match="cannot take its snapshots"):
+        run_trial(trial_config(workload=workload, metric="val_loss"), lambda row: None)

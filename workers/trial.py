@@ -47,6 +47,12 @@ from lrtune.workers.workloads import (
 from schedulefree import AdamWScheduleFree, SGDScheduleFree
 from torch import Tensor, nn
 
+# Why a job with snapshots cannot train a user's loop.
+TRAIN_FUNCTION_SNAPSHOTS = (
+    "snapshots needs a workload that lrtune trains (a Workload); a train function's loop is its "
+    "own, so lrtune cannot take its snapshots"
+)
+
 # Report callback: return True to stop the trial after this epoch (cancellation, ASHA).
 Report = Callable[[EpochResult], bool | None]
 
@@ -152,14 +158,11 @@ def run_trial(
     seed_everything(config.seed)
     built = _build(config)
     if isinstance(built, TrainFunction):
+        if config.snapshots is not None:
+            raise ValueError(f"this is a train function: {TRAIN_FUNCTION_SNAPSHOTS}")
         if resume is not None and not isinstance(resume, FunctionState):
             raise ValueError("a train function's trial cannot resume from a built-in's state")
         return _run_function(built, config, report, device, checkpointing, resume)
-    if config.snapshots is not None and isinstance(built, TrainFunction):
-        raise ValueError(
-            "snapshots needs a workload lrtune trains (a Workload): a train function's loop "
-            "is its own, so lrtune cannot take its snapshots"
-        )
     if resume is not None and not isinstance(resume, TrialState):
         raise ValueError("a built-in trial cannot resume from a train function's state")
     workload = built
