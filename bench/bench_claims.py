@@ -21,13 +21,15 @@ import argparse
 import contextlib
 import datetime
 import json
+import math
 import os
 import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +102,9 @@ class Curve:
     seed: int
     phase: str
     values: list[float]
+    # Every metric the trial reported besides `values`' (e.g. ensemble_val_accuracy): epoch ->
+    # value, for the epochs that have it.
+    others: dict[str, dict[int, float]] = field(default_factory=dict)
 
     def at(self, epoch: int) -> float:
         return self.values[epoch - 1]
@@ -112,6 +117,7 @@ class Curve:
 def run_job(client: LrtuneClient, spec: dict[str, Any], *, metric: str = METRIC) -> list[Curve]:
     """Submit `spec`, wait for it, and read every trial's curve back."""
     started = time.perf_counter()
+    budget = spec["budget"]["epochs"]
     job = client.wait(client.submit_job(spec).id, poll_s=1.0, timeout_s=3600)
     if job.status != "succeeded":
         raise RuntimeError(f"job {job.id} ({spec.get('name')}) {job.status}: {job.error}")
@@ -119,8 +125,19 @@ def run_job(client: LrtuneClient, spec: dict[str, Any], *, metric: str = METRIC)
     for trial in client.iter_trials(job.id):
         epochs = client.trial_metrics(trial.id)
         values = [e.metrics[metric] if metric in e.metrics else getattr(e, metric) for e in epochs]
+        # A diverged (or failed) trial ends early, often on a NaN: it counts as accuracy 0
+        # from there to the end of the budget, the worst a run can do.
+        values = [v if math.isfinite(v) else 0.0 for v in values]
+        if trial.status != "completed":
+            values += [0.0] * (budget - len(values))
+        others: dict[str, dict[int, float]] = {}
+        for e in epochs:
+            for name, value in e.metrics.items():
+                others.setdefault(name, {})[e.epoch] = value
         curves.append(
-            Curve(trial.id, trial.policy, trial.search_config, trial.seed, trial.phase, values)
+            Curve(
+                trial.id, trial.policy, trial.search_config, trial.seed, trial.phase, values, others
+            )
         )
     print(
         f"  job {job.id} {spec.get('name')}: {len(curves)} trials in "
@@ -318,7 +335,10 @@ def claim_clr(client: LrtuneClient, seeds: int) -> list[Row]:
 
     source = "Smith 2017, CLR"
     speed, modes, steps, stop = [], [], [], []
-    speed_v, modes_v, steps_v, stop_v = [], [], [], []
+    speed_v: dict[str, str] = {}
+    modes_v: dict[str, str] = {}
+    steps_v: dict[str, str] = {}
+    stop_v: dict[str, str] = {}
     speed_panels, mode_panels, step_panels, stop_panels = [], [], [], []
     for workload, (s, curves) in results.items():
         fixed_by_lr = {
@@ -344,7 +364,7 @@ def claim_clr(client: LrtuneClient, seeds: int) -> list[Row]:
         }
         speedups = {seed: CLR_EPOCHS / e if e else 1.0 for seed, e in reach.items()}
         diff = difference(speedups, dict.fromkeys(speedups, 1.0), higher_is_better=True)
-        speed_v.append(verdict(diff, "beats"))
+        speed_v[workload] = verdict(diff, "beats")
         reached = [e for e in reach.values() if e]
         speed.append(
             f"{workload}: fixed lr {best_lr:.3g} (best of 3) ends at {acc(fixed)} "
@@ -367,7 +387,7 @@ def claim_clr(client: LrtuneClient, seeds: int) -> list[Row]:
         parts = []
         for mode in ("triangular2", "exp_range"):
             d = difference(finals(clr[(mode, 8)]), finals(triangular), higher_is_better=True)
-            modes_v.append(verdict(d, "matches"))
+            modes_v[f"{workload} {mode}"] = verdict(d, "matches")
             parts.append(f"{mode} - triangular {interval(d)}")
         modes.append(
             f"{workload}: final (step 8) triangular {acc(triangular)}, "
@@ -378,7 +398,7 @@ def claim_clr(client: LrtuneClient, seeds: int) -> list[Row]:
 
         # Step size: 8 epochs against 2, triangular, final accuracy.
         d = difference(finals(triangular), finals(clr[("triangular", 2)]), higher_is_better=True)
-        steps_v.append(verdict(d, "beats"))
+        steps_v[workload] = verdict(d, "beats")
         steps.append(
             f"{workload}: step 8 {acc(triangular)}, step 2 "
             f"{acc(clr[('triangular', 2)])}; 8 - 2 {interval(d)}"
@@ -394,7 +414,7 @@ def claim_clr(client: LrtuneClient, seeds: int) -> list[Row]:
         # the next one (epoch 24, rate at max_lr), which trained half a cycle longer.
         end, middle = 2 * 8, 3 * 8
         d = difference(finals(triangular, end), finals(triangular, middle), higher_is_better=True)
-        stop_v.append(verdict(d, "beats"))
+        stop_v[workload] = verdict(d, "beats")
         stop.append(
             f"{workload}: triangular step 8 at epoch {end} (cycle's end) "
             f"{acc(triangular, end)}, at epoch {middle} "
@@ -456,7 +476,8 @@ RANGE_BASE = (1 / 30, 1 / 10, 1 / 4, 1 / 3)  # x the range test's max_lr
 def claim_range_test(client: LrtuneClient, seeds: int) -> list[Row]:
     """Triangular CLR on a 4x4 grid of (base_lr, max_lr) around the range test's max_lr M; the
     range test's own bounds (M/4, M) and (M/3, M) are points of the grid."""
-    measured, verdicts, panels = [], [], []
+    measured, panels = [], []
+    verdicts: dict[str, str] = {}
     for workload in ("mnist1d-mlp", "mnist1d-cnn1d"):
         s = setup(client, workload)
         maxes = [s.peak * k for k in RANGE_MAX]
@@ -489,9 +510,9 @@ def claim_range_test(client: LrtuneClient, seeds: int) -> list[Row]:
             d = difference(finals(grid[point]), finals(grid[best]), higher_is_better=True)
             if point == best:
                 parts.append(f"(M/{ratio}, M) is the grid's best")
-                verdicts.append("yes")
+                verdicts[f"{workload} M/{ratio}"] = "yes"
                 continue
-            verdicts.append(verdict(d, "matches"))
+            verdicts[f"{workload} M/{ratio}"] = verdict(d, "matches")
             parts.append(
                 f"(M/{ratio}, M) {acc(grid[point])}, "
                 f"rank {ranked.index(point) + 1}/16; - best {interval(d)}"
@@ -565,7 +586,9 @@ def decay_policies(peak: float) -> list[dict[str, Any]]:
 
 
 def claim_decay(client: LrtuneClient, seeds: int) -> list[Row]:
-    stair, stair_v, rank, rank_v, stair_panels, rank_panels = [], [], [], [], [], []
+    stair, rank, stair_panels, rank_panels = [], [], [], []
+    stair_v: dict[str, str] = {}
+    rank_v: dict[str, str] = {}
     for workload in ("mnist1d-mlp", "digits-cnn"):
         s = setup(client, workload)
         # Every policy gets 2 x seeds trials (exponential's two staircase points x seeds).
@@ -582,7 +605,7 @@ def claim_decay(client: LrtuneClient, seeds: int) -> list[Row]:
         continuous = select(curves, "exponential", staircase=False)
         staircase = select(curves, "exponential", staircase=True)
         d = difference(finals(staircase), finals(continuous), higher_is_better=True)
-        stair_v.append(verdict(d, "matches"))
+        stair_v[workload] = verdict(d, "matches")
         stair.append(
             f"{workload}: exponential x0.5 per 4 epochs, staircase "
             f"{acc(staircase)}, continuous "
@@ -609,7 +632,7 @@ def claim_decay(client: LrtuneClient, seeds: int) -> list[Row]:
         d = difference(
             finals(by_policy["cosine"]), finals(by_policy[best_other]), higher_is_better=True
         )
-        rank_v.append(verdict(d, "matches"))
+        rank_v[workload] = verdict(d, "matches")
         rank.append(
             f"{workload}: "
             + ", ".join(f"{k} {means[k] * 100:.1f}%" for k in order)
@@ -650,7 +673,9 @@ SGDR_ENDS = (2, 6)
 
 
 def claim_sgdr(client: LrtuneClient, seeds: int) -> list[Row]:
-    anytime, anytime_v, end, end_v, panels = [], [], [], [], []
+    anytime, end, panels = [], [], []
+    anytime_v: dict[str, str] = {}
+    end_v: dict[str, str] = {}
     for workload in ("mnist1d-mlp", "mnist1d-cnn1d", "digits-cnn"):
         s = setup(client, workload)
         policies = [
@@ -661,21 +686,23 @@ def claim_sgdr(client: LrtuneClient, seeds: int) -> list[Row]:
             {"policy": "cosine", "search": {"lr": s.peak, "alpha": 0.0, "decay_steps_frac": 1.0}},
         ]
         # One point per policy: the i-th trial of each has the same seed, so pairs by seed.
+        # Two configurations only: cheap enough for 5 seeds at least.
+        trials = max(seeds, 5)
         curves = run_job(
-            client, job("SGDR", workload, policies, epochs=SGDR_EPOCHS, trials_per_policy=seeds)
+            client, job("SGDR", workload, policies, epochs=SGDR_EPOCHS, trials_per_policy=trials)
         )
         sgdr, cosine = select(curves, "sgdr"), select(curves, "cosine")
         parts = []
         for epoch in SGDR_ENDS:
             d = difference(finals(sgdr, epoch), finals(cosine, epoch), higher_is_better=True)
-            anytime_v.append(verdict(d, "beats"))
+            anytime_v[f"{workload} epoch {epoch}"] = verdict(d, "beats")
             parts.append(
                 f"epoch {epoch}: SGDR {acc(sgdr, epoch)}, "
                 f"cosine {acc(cosine, epoch)}, {interval(d)}"
             )
         anytime.append(f"{workload}: " + "; ".join(parts))
         d = difference(finals(sgdr), finals(cosine), higher_is_better=True)
-        end_v.append(verdict(d, "matches"))
+        end_v[workload] = verdict(d, "matches")
         end.append(
             f"{workload}: epoch {SGDR_EPOCHS}: SGDR {acc(sgdr)}, "
             f"cosine {acc(cosine)}, SGDR - cosine {interval(d)}"
@@ -726,6 +753,7 @@ DIFFERENTIAL_GROUPS = [
 def pretrain(path: Path) -> float:
     """Train mnist1d's cnn1d on the published data (data_seed 42) with a plain loop; save its
     weights to `path`; answer its validation accuracy."""
+    torch.set_num_threads(1)  # a shared machine; the model is small
     workload = build_workload("mnist1d", {"model": "cnn1d"}, seed=0)
     model = workload.model
     epochs = 20
@@ -735,7 +763,7 @@ def pretrain(path: Path) -> float:
     )
     for epoch in range(epochs):
         model.train()
-        workload.train_loader.set_epoch(epoch)  # type: ignore[attr-defined]
+        workload.train_loader.set_epoch(epoch)
         for inputs, targets in workload.train_loader:
             optimizer.zero_grad()
             workload.loss_fn(model(inputs), targets).backward()
@@ -835,6 +863,66 @@ def snapshot_row(measured: str, holds: str) -> Row:
     )
 
 
+SNAPSHOT_EPOCHS = 20
+SNAPSHOT_CYCLE = 4  # epochs: SGDR with T_mult 1, 5 cycles, a snapshot at each cycle's end
+SNAPSHOT_COUNT = 5
+ENSEMBLE_METRIC = f"ensemble_{METRIC}"
+
+
+def claim_snapshots(client: LrtuneClient, seeds: int) -> list[Row]:
+    """Each SGDR trial's ensemble of its last snapshots (the job's `snapshots`) against the same
+    trial's final model, at the last epoch (a cycle's end): paired by trial."""
+    measured, panels = [], []
+    verdicts: dict[str, str] = {}
+    for workload in ("mnist1d-mlp", "mnist1d-cnn1d"):
+        s = setup(client, workload)
+        policies = [
+            {
+                "policy": "sgdr",
+                "search": {
+                    "eta_max": s.peak,
+                    "eta_min": 0.0,
+                    "t_0_epochs": SNAPSHOT_CYCLE,
+                    "t_mult": 1,
+                },
+            }
+        ]
+        spec = job(
+            "snapshot ensemble",
+            workload,
+            policies,
+            epochs=SNAPSHOT_EPOCHS,
+            trials_per_policy=max(seeds, 5),
+            snapshots=SNAPSHOT_COUNT,
+        )
+        single = select(run_job(client, spec), "sgdr")
+        ensemble = {
+            seed: replace(c, values=[c.others[ENSEMBLE_METRIC][SNAPSHOT_EPOCHS]])
+            for seed, c in single.items()
+        }
+        d = difference(finals(ensemble), finals(single), higher_is_better=True)
+        verdicts[workload] = verdict(d, "beats")
+        measured.append(
+            f"{workload}: SGDR T_0 = {SNAPSHOT_CYCLE} epochs, T_mult 1, {SNAPSHOT_EPOCHS} epochs, "
+            f"ensemble of the last {SNAPSHOT_COUNT} cycle ends {acc(ensemble)}, the final model "
+            f"{acc(single)}; ensemble - single {interval(d)}"
+        )
+        cycle_ends = range(SNAPSHOT_CYCLE, SNAPSHOT_EPOCHS + 1, SNAPSHOT_CYCLE)
+        panels.append(
+            Panel(
+                workload,
+                {"single model (SGDR)": list(single.values())},
+                marks=[(e, "snapshot") for e in cycle_ends],
+                level=(
+                    sum(finals(ensemble).values()) / len(ensemble),
+                    f"ensemble of {SNAPSHOT_COUNT}, mean",
+                ),
+            )
+        )
+    draw("snapshots", "Snapshot ensemble (last 5 cycle ends) against the final model", panels)
+    return [snapshot_row("<br>".join(measured), combine(verdicts))]
+
+
 # --- main ----------------------------------------------------------------------------------------
 
 # Each group is one or a few jobs measuring its claims; the table lists the groups in this order.
@@ -843,6 +931,7 @@ GROUPS: dict[str, Callable[..., list[Row]]] = {
     "range-test": claim_range_test,
     "decay": claim_decay,
     "sgdr": claim_sgdr,
+    "snapshots": claim_snapshots,
     "differential": claim_differential,
 }
 
@@ -871,7 +960,8 @@ def section(results: dict[str, Any]) -> str:
         "another holds (yes) when the whole interval is above 0, does not (no) when it is at or "
         "below 0, else within noise; a claim that one thing *matches* another holds unless the "
         "whole interval is below 0 ('yes (within noise)' when it holds 0). A claim that does not "
-        "hold here is a result, not a failure: these are small models, few epochs and few seeds.",
+        "hold here is a result, not a failure: these are small models, few epochs and few seeds. "
+        "A trial that diverged counts as accuracy 0 from its divergence to the end.",
         "",
         "charlm (the language model) is left out: an epoch takes ~3 s with one thread on this "
         "loaded machine, and each claim needs tens of trials of tens of epochs on several seeds; "
@@ -881,7 +971,7 @@ def section(results: dict[str, Any]) -> str:
         "| --- | --- | --- | --- | --- |",
     ]
     runs = []
-    for group in [*GROUPS, "snapshots"]:
+    for group in GROUPS:
         entry = results.get(group)
         if entry is not None:
             rows = entry["rows"]
@@ -920,10 +1010,14 @@ def main() -> None:
                 print(f"{group}:", flush=True)
                 load_before = os.getloadavg()[0]
                 started = time.perf_counter()
-                if group == "differential":
-                    rows = claim_differential(client, args.seeds, home)
-                else:
-                    rows = GROUPS[group](client, args.seeds)
+                try:
+                    if group == "differential":
+                        rows = claim_differential(client, args.seeds, home)
+                    else:
+                        rows = GROUPS[group](client, args.seeds)
+                except Exception:  # one broken claim must not cost the others' results
+                    traceback.print_exc()
+                    continue
                 for row in rows:
                     print(f"  {row.claim}: {row.holds}\n    {row.measured}", flush=True)
                 results[group] = {
