@@ -81,11 +81,12 @@ def verdict(diff: Difference, kind: ClaimKind) -> str:
     return "yes" if diff.low > 0 else "yes (within noise)"
 
 
-def combine(verdicts: list[str]) -> str:
-    """One verdict for a claim measured several times (several epochs or workloads): yes when
-    every part holds, no when none does, else the parts' words."""
-    if all(v.startswith("yes") for v in verdicts):
-        return "yes" if all(v == "yes" for v in verdicts) else "yes (within noise)"
-    if all(v == "no" for v in verdicts):
+def combine(verdicts: dict[str, str]) -> str:
+    """One verdict for a claim measured several times (label: its verdict, e.g. per workload):
+    yes when every part holds, no when none does, else each part's label and words."""
+    words = list(verdicts.values())
+    if all(v.startswith("yes") for v in words):
+        return "yes" if all(v == "yes" for v in words) else "yes (within noise)"
+    if all(v == "no" for v in words):
         return "no"
-    return "partly: " + ", ".join(verdicts)
+    return "partly: " + "; ".join(f"{label} {v}" for label, v in verdicts.items())

@@ -68,7 +68,7 @@ def test_no_difference_at_all_does_not_beat(claims_stats: ModuleType) -> None:
 
 
 def test_combined_verdicts(claims_stats: ModuleType) -> None:
-    assert claims_stats.combine(["yes", "yes"]) == "yes"
-    assert claims_stats.combine(["yes", "yes (within noise)"]) == "yes (within noise)"
-    assert claims_stats.combine(["no", "no"]) == "no"
-    assert claims_stats.combine(["yes", "no"]) == "partly: yes, no"
+    assert claims_stats.combine({"a": "yes", "b": "yes"}) == "yes"
+    assert claims_stats.combine({"a": "yes", "b": "yes (within noise)"}) == "yes (within noise)"
+    assert claims_stats.combine({"a": "no", "b": "no"}) == "no"
+    assert claims_stats.combine({"a": "yes", "b": "no"}) == "partly: a yes; b no"
