@@ -963,9 +963,38 @@ def section(results: dict[str, Any]) -> str:
         "hold here is a result, not a failure: these are small models, few epochs and few seeds. "
         "A trial that diverged counts as accuracy 0 from its divergence to the end.",
         "",
-        "charlm (the language model) is left out: an epoch takes ~3 s with one thread on this "
-        "loaded machine, and each claim needs tens of trials of tens of epochs on several seeds; "
-        "its warmup and decay shape are measured in its own section.",
+        "How each group measures (one job per workload unless said):",
+        "",
+        f"- `clr`: {CLR_EPOCHS} epochs; fixed at M/10, M/4, M (the best by mean final accuracy "
+        "is the baseline) against CLR from M/4 to M in the three modes at step sizes 2 and 8 "
+        "epochs (exp_range's gamma: the amplitude falls to a tenth over the training). Speed-up: "
+        f"{CLR_EPOCHS} / the first epoch at which a triangular (step 8) seed reaches the "
+        "baseline's mean final accuracy (1x when it never does). Stopping: a cycle's end (epoch "
+        "16) against the next cycle's middle (epoch 24, the peak rate).",
+        f"- `range-test`: triangular CLR, {RANGE_EPOCHS} epochs, step 4 epochs, on a 4x4 grid: "
+        "max_lr M/2, M, 2M, 4M x base_lr M/30, M/10, M/4, M/3; the range test's own bounds are "
+        "the grid points (M/4, M) and (M/3, M).",
+        f"- `decay`: {DECAY_EPOCHS} epochs, every decay from the same peak M: step (x0.5 every 4 "
+        "epochs), multistep (x0.1 at 50% and 75%), exponential (x0.5 per 4 epochs, staircase "
+        "or continuous), inverse_time (rate 1 per 2 epochs), polynomial (linear to M/100), "
+        "cosine, linear_cosine; fixed at M/4 for reference.",
+        f"- `sgdr`: {SGDR_EPOCHS} epochs: SGDR eta_max M, T_0 {SGDR_T0} epochs, T_mult 2 "
+        f"(restarts end at epochs 2, 6, 14) against a cosine from M over all {SGDR_EPOCHS}.",
+        f"- `snapshots`: SGDR eta_max M, T_0 {SNAPSHOT_CYCLE} epochs, T_mult 1, "
+        f"{SNAPSHOT_EPOCHS} epochs, `snapshots: {SNAPSHOT_COUNT}`: the trial's "
+        f"`{ENSEMBLE_METRIC}` at the last epoch against its own val_accuracy.",
+        "- `differential`: mnist1d's cnn1d pretrained (a plain loop, 20 epochs) on the "
+        "published data, then fine-tuned through `bench/claims_code/finetune_mnist1d.py` (an "
+        "entrypoint: the built-in cnn1d with the pretrained body and a new head) on 500 examples "
+        "of other data (data_seed 7). Two jobs, each a cosine over "
+        f"{FINETUNE_EPOCHS} epochs with its rate searched (8 random, loguniform 1e-3 to 1) and "
+        "its best confirmed on the same seeds: one rate for all, and `param_groups` x0.1, "
+        "x0.215, x0.464 for the three conv layers (fastai's slice(lr/10, lr)).",
+        "",
+        "charlm (the language model) is left out: an epoch takes about 3 s with one torch "
+        'thread ("charlm seconds per epoch" above), so even the cheapest claim here (two '
+        "schedules x 5 seeds x 14 epochs) is some 7 minutes of trial time on a quiet machine and "
+        "several times that at the load these runs had.",
         "",
         "| claim | source | the paper's figure | measured here | holds here? |",
         "| --- | --- | --- | --- | --- |",
@@ -999,7 +1028,15 @@ def main() -> None:
     parser.add_argument("--claim", action="append", choices=list(GROUPS), help="default: all")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per configuration (>= 3)")
     parser.add_argument("--write", action="store_true", help="record in bench/RESULTS.md")
+    parser.add_argument(
+        "--render",
+        action="store_true",
+        help="only rewrite the RESULTS.md section from bench/claims/results.json",
+    )
     args = parser.parse_args()
+    if args.render:
+        write_section(HEADING, section(load_results()))
+        return
     groups = args.claim or list(GROUPS)
 
     results = load_results()
