@@ -83,10 +83,11 @@ def verdict(diff: Difference, kind: ClaimKind) -> str:
 
 def combine(verdicts: dict[str, str]) -> str:
     """One verdict for a claim measured several times (label: its verdict, e.g. per workload):
-    yes when every part holds, no when none does, else each part's label and words."""
+    yes when every part holds, the parts' word when they all agree (no, within noise), else
+    each part's label and word."""
     words = list(verdicts.values())
     if all(v.startswith("yes") for v in words):
         return "yes" if all(v == "yes" for v in words) else "yes (within noise)"
-    if all(v == "no" for v in words):
-        return "no"
+    if len(set(words)) == 1:
+        return words[0]
     return "partly: " + "; ".join(f"{label} {v}" for label, v in verdicts.items())

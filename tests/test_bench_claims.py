@@ -71,4 +71,5 @@ def test_combined_verdicts(claims_stats: ModuleType) -> None:
     assert claims_stats.combine({"a": "yes", "b": "yes"}) == "yes"
     assert claims_stats.combine({"a": "yes", "b": "yes (within noise)"}) == "yes (within noise)"
     assert claims_stats.combine({"a": "no", "b": "no"}) == "no"
+    assert claims_stats.combine({"a": "within noise", "b": "within noise"}) == "within noise"
     assert claims_stats.combine({"a": "yes", "b": "no"}) == "partly: a yes; b no"
