@@ -14,7 +14,14 @@ from typing import Any, Literal
 from lrtune.schemas.recommendations import RangeTestConfig
 from lrtune.schemas.schedules import POLICY_NAMES, ParamGroupRule
 from lrtune.schemas.search import check_metric_mode, validate_search_space
-from lrtune.schemas.trials import OptimizerSpec, schedule_free_policy_error
+from lrtune.schemas.trials import (
+    ENSEMBLE_PREFIX,
+    MAX_SNAPSHOTS,
+    SNAPSHOT_POLICIES,
+    OptimizerSpec,
+    schedule_free_policy_error,
+    single_model_metric,
+)
 from lrtune.schemas.workloads import BUILTIN_WORKLOADS, WorkloadSpec
 from pydantic import (
     BaseModel,
@@ -250,6 +257,15 @@ class JobSpec(BaseModel):
     name: str = Field("", max_length=200)
     workload: WorkloadSpec
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    # Before `metric`, whose validator reads it (an ensemble metric needs snapshots).
+    snapshots: int | None = Field(
+        None,
+        ge=2,
+        le=MAX_SNAPSHOTS,
+        description="Snapshot ensembles (Huang et al. 2017), for clr and sgdr policies only: "
+        "each trial keeps its weights at every cycle's end and reports, besides each metric, "
+        "ensemble_<metric> of the average prediction of its last `snapshots` snapshots.",
+    )
     metric: MetricSpec | None = Field(
         None, validate_default=True, description="Default: the workload's own metric."
     )
@@ -275,18 +291,25 @@ class JobSpec(BaseModel):
             if builtin is not None:
                 return MetricSpec(name=builtin.default_metric, mode=builtin.default_mode)
             return MetricSpec(name="val_loss", mode="min")
+        # ensemble_<metric> is <metric> of the snapshot ensemble: reported when both are there.
+        single = single_model_metric(metric.name)
+        if single != metric.name and info.data.get("snapshots") is None:
+            raise ValueError(
+                f"{metric.name!r} is a snapshot ensemble's metric: it needs `snapshots` "
+                f"(2 to {MAX_SNAPSHOTS}) with clr or sgdr policies"
+            )
         if builtin is not None:
             reported = [*ALWAYS_REPORTED, *builtin.metrics]
-            if metric.name not in reported:
+            if single not in reported:
                 raise ValueError(
                     f"workload {builtin.name!r} does not report {metric.name!r}; "
                     f"it reports {reported}"
                 )
         if metric.mode is None:
-            if builtin is not None and metric.name == builtin.default_metric:
+            if builtin is not None and single == builtin.default_metric:
                 mode = builtin.default_mode
             else:
-                mode = "max" if "acc" in metric.name else "min"
+                mode = "max" if "acc" in single else "min"
             return MetricSpec(name=metric.name, mode=mode)
         return metric
 
@@ -335,6 +358,32 @@ class JobSpec(BaseModel):
         )
         raise ValidationError.from_exception_data(type(self).__name__, [detail])
 
+    @model_validator(mode="after")
+    def _snapshots_need_cycles(self) -> JobSpec:
+        if self.snapshots is None:
+            return self
+        if self.kind != "search":
+            _raise_at(self, ("snapshots",), self.snapshots, "snapshots applies to search jobs")
+        acyclic = [p.policy for p in self.policies if p.policy not in SNAPSHOT_POLICIES]
+        if acyclic:
+            _raise_at(
+                self,
+                ("snapshots",),
+                self.snapshots,
+                f"snapshots applies to cyclic policies ({sorted(SNAPSHOT_POLICIES)}) only, "
+                f"whose cycles end with the rate at its lowest; this job also has {acyclic}",
+            )
+        if self.early_stopping.kind != "none" and self.metric_name.startswith(ENSEMBLE_PREFIX):
+            _raise_at(
+                self,
+                ("early_stopping", "kind"),
+                self.early_stopping.kind,
+                f"early stopping cannot judge trials by {self.metric_name!r}: a trial has no "
+                f"snapshot ensemble before its first cycle ends, and a cooldown probe none at "
+                f"all; rank by {single_model_metric(self.metric_name)!r} or drop early stopping",
+            )
+        return self
+
     def optimizer_for(self, policy: str) -> OptimizerSpec:
         """The optimizer `policy`'s trials train with: its arm's own, else the job's."""
         for entry in self.policies:
@@ -366,6 +415,16 @@ class JobSpec(BaseModel):
                 min(self.confirm.top_k, self.budget.trials_per_policy) * self.confirm.seeds
             )
         return per_policy * len(self.policies)
+
+
+def _raise_at(model: BaseModel, loc: tuple[str, ...], value: Any, reason: str) -> None:
+    """A 422 naming the field at `loc`, from a validator of the whole `model`."""
+    detail = InitErrorDetails(
+        type=PydanticCustomError("value_error", "Value error, {reason}", {"reason": reason}),
+        loc=loc,
+        input=value,
+    )
+    raise ValidationError.from_exception_data(type(model).__name__, [detail])
 
 
 # ---- read models ------------------------------------------------------------------------------

@@ -130,6 +130,28 @@ class Comparison(BaseModel):
     method: str = Field(description="How the interval was computed, or why there is none.")
 
 
+class SnapshotEnsemble(BaseModel):
+    """The winning configuration's snapshot ensemble against its single final model (a job with
+    `snapshots`): each over the configuration's seeds, at their last epoch."""
+
+    model_config = _OUTPUT
+
+    snapshots: int = Field(description="The job's `snapshots`: the ensemble's members at most.")
+    single_metric: str = Field(description="The single model's metric, e.g. val_accuracy.")
+    ensemble_metric: str = Field(description="The ensemble's, e.g. ensemble_val_accuracy.")
+    single_mean: float
+    ensemble_mean: float
+    n_seeds: int
+    difference: float = Field(
+        description="Ensemble's mean minus the single model's, in the better sense (positive: "
+        "the ensemble is better)."
+    )
+    ci_low: float | None = None
+    ci_high: float | None = None
+    confidence: float = 0.95
+    method: str = Field(description="How the interval was computed, or why there is none.")
+
+
 class Recommendation(BaseModel):
     """GET /v1/jobs/{id}/recommendation; `final` is false while the job still runs."""
 
@@ -142,6 +164,9 @@ class Recommendation(BaseModel):
     winner: PolicyEvidence | None
     by_policy: list[PolicyEvidence]
     comparison: Comparison | None
+    snapshot_ensemble: SnapshotEnsemble | None = Field(
+        None, description="With `snapshots`: the winner's ensemble against its single model."
+    )
     rationale: str
     code: dict[str, str] = Field(
         default_factory=dict,

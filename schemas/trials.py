@@ -21,6 +21,17 @@ OptimizerName = Literal["sgd", "adam", "adamw", "sgd_schedulefree", "adamw_sched
 SCHEDULE_FREE_OPTIMIZERS: frozenset[str] = frozenset({"sgd_schedulefree", "adamw_schedulefree"})
 # schedulefree's SGDScheduleFree default; its momentum must lie in (0, 1), so 0 cannot be ours.
 SCHEDULE_FREE_SGD_MOMENTUM = 0.9
+# Snapshot ensembles (Huang et al. 2017): the policies whose cycles end with the rate at its
+# lowest, the prefix of the metrics their ensembles report, and how many snapshots may be kept.
+SNAPSHOT_POLICIES: frozenset[str] = frozenset({"clr", "sgdr"})
+ENSEMBLE_PREFIX = "ensemble_"
+MAX_SNAPSHOTS = 20
+
+
+def single_model_metric(metric: str) -> str:
+    """The metric an ensemble metric is the snapshot ensemble's version of (itself otherwise):
+    ensemble_val_accuracy -> val_accuracy."""
+    return metric.removeprefix(ENSEMBLE_PREFIX)
 
 
 class OptimizerSpec(BaseModel):
@@ -135,6 +146,24 @@ class TrialConfig(BaseModel):
         "else val_loss).",
     )
     mode: Literal["max", "min"] | None = None
+    snapshots: int | None = Field(
+        default=None,
+        ge=2,
+        le=MAX_SNAPSHOTS,
+        description="clr and sgdr only: keep the weights at each cycle's end and report the "
+        "metrics of the last this-many snapshots' average prediction as ensemble_<metric>.",
+    )
+
+    @model_validator(mode="after")
+    def _snapshots_need_cycles(self) -> TrialConfig:
+        if self.snapshots is not None and self.schedule.policy not in SNAPSHOT_POLICIES:
+            raise ValueError(
+                f"snapshots applies to cyclic policies ({sorted(SNAPSHOT_POLICIES)}) only, "
+                f"not {self.schedule.policy!r}: a snapshot is taken at each cycle's end"
+            )
+        if self.snapshots is None and self.metric_name.startswith(ENSEMBLE_PREFIX):
+            raise ValueError(f"metric {self.metric_name!r} needs snapshots")
+        return self
 
     @model_validator(mode="after")
     def _schedule_free_runs_fixed(self) -> TrialConfig:
@@ -163,9 +192,10 @@ class TrialConfig(BaseModel):
         if self.mode is not None:
             return self.mode
         info = BUILTIN_WORKLOADS.get(self.workload.name or "")
-        if info is not None and self.metric_name == info.default_metric:
+        single = single_model_metric(self.metric_name)
+        if info is not None and single == info.default_metric:
             return info.default_mode
-        return "max" if self.metric_name.endswith("accuracy") else "min"
+        return "max" if single.endswith("accuracy") else "min"
 
 
 class EpochResult(BaseModel):

@@ -44,6 +44,7 @@ def trial_summaries(inputs: RecommendationInputs) -> list[TrialSummary]:
                 is_confirmation=trial.phase == "confirm",
                 status=trial.status,
                 optimizer=spec.optimizer_for(trial.policy),
+                final_values=inputs.final_values.get(trial.id, {}),
             )
         )
     return summaries
@@ -66,6 +67,7 @@ def compute_recommendation(inputs: RecommendationInputs) -> Recommendation | Non
         param_groups=spec.param_groups,
         training_steps=spec.budget.epochs * steps if steps is not None else None,
         optimizer=spec.optimizer,
+        snapshots=spec.snapshots,
     )
 
 

@@ -22,7 +22,7 @@ import random
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -109,12 +109,14 @@ CANCELLED_TRIAL_ERROR = "stopped: the job was cancelled"
 @dataclass(frozen=True)
 class RecommendationInputs:
     """What a job's recommendation is computed from: the job, its trials, and per trial the
-    job's metric after each epoch (NaN where an epoch lacks it)."""
+    job's metric after each epoch (NaN where an epoch lacks it) and every value of its last
+    epoch by name (`final_values`)."""
 
     job: Job
     trials: list[Trial]
     metric_values: dict[int, list[float]]
     steps_per_epoch: int | None
+    final_values: dict[int, dict[str, float]] = field(default_factory=dict)
 
 
 class Store:
@@ -1250,6 +1252,7 @@ class Store:
             job = self._jobs_from_rows(session, [job_row])[0]
             trials: dict[int, Trial] = {}
             values: dict[int, list[float]] = {}
+            final_values: dict[int, dict[str, float]] = {}
             steps_per_epoch: int | None = None
             rows = session.execute(
                 select(TrialRow, TrialMetricRow)
@@ -1266,6 +1269,12 @@ class Store:
                 epoch = _trial_metric(metric_row)
                 value = _metric_value(epoch, job.spec.metric_name)
                 values[trial_row.id].append(math.nan if value is None else value)
+                # Epochs come in order: the last one's values stay.
+                final_values[trial_row.id] = {
+                    "train_loss": math.nan if epoch.train_loss is None else epoch.train_loss,
+                    "val_loss": math.nan if epoch.val_loss is None else epoch.val_loss,
+                    **epoch.metrics,
+                }
                 if epoch.epoch == 1:
                     steps_per_epoch = max(steps_per_epoch or 0, epoch.step) or None
             return RecommendationInputs(
@@ -1273,6 +1282,7 @@ class Store:
                 trials=list(trials.values()),
                 metric_values=values,
                 steps_per_epoch=steps_per_epoch,
+                final_values=final_values,
             )
 
         return self._run(work, write=False)

@@ -624,3 +624,64 @@ def test_job_page_folds_a_wide_rung_to_its_top_and_its_cut(
     assert rung.locator("tr.gap").count() == 0
     assert page.get_by_test_id("rungs-toggle").inner_text() == "show fewer"
     screenshot(page, tmp_path, "wide-rung-all")
+
+
+def test_trial_page_draws_the_snapshot_ensemble_beside_the_metric(
+    page: Any, sqlite_template: Path, tmp_path: Path
+) -> None:
+    """A job with snapshots ranked by its ensemble: the trial's chart has the single model's
+    metric beside it, from the first cycle end (epoch 2 here) on."""
+    database = tmp_path / "lrtune.db"
+    shutil.copyfile(sqlite_template, database)
+    url = f"sqlite:///{database}"
+    store = Store.from_url(url)
+    spec = JobSpec.model_validate(
+        {
+            "name": "digits: snapshot ensemble",
+            "workload": {"name": "digits", "params": {"model": "mlp"}},
+            "snapshots": 3,
+            "metric": {"name": "ensemble_val_accuracy"},
+            "policies": ["sgdr"],
+            "budget": {"epochs": 4, "trials_per_policy": 1},
+        }
+    )
+    job, _ = store.create_job(spec=spec)
+    store.claim_next_job(worker_id="test-worker", lease_seconds=600)
+    trial = store.create_trial(
+        job_id=job.id,
+        policy="sgdr",
+        schedule={"policy": "sgdr", "eta_max": 0.1, "t_0": 40, "t_mult": 1},
+        search_config={"eta_max": 0.1},
+        seed=0,
+        ray_trial_id="snapshots-0",
+    )
+    store.update_trial_status(trial_id=trial.id, status="running")
+    rows = [
+        TrialMetric(
+            epoch=epoch,
+            step=30 * epoch,
+            lr=0.05,
+            train_loss=1.0 / epoch,
+            val_loss=1.1 / epoch,
+            metrics={
+                "val_accuracy": 0.8 + 0.02 * epoch,
+                **({"ensemble_val_accuracy": 0.83 + 0.02 * epoch} if epoch >= 2 else {}),
+            },
+            elapsed_s=0.4 * epoch,
+        )
+        for epoch in range(1, 5)
+    ]
+    store.record_trial_results(trial_id=trial.id, results=rows)
+    store.update_trial_status(trial_id=trial.id, status="completed")
+    store.mark_job_succeeded(job_id=job.id)
+    store.dispose()
+    with LiveService(Settings(database_url=url, home=tmp_path / "home")) as live:
+        page.goto(f"{live.url}/#/trials/{trial.id}")
+        chart = page.get_by_test_id("trial-metric-chart")
+        chart.locator("canvas").wait_for()
+        assert chart.get_attribute("data-series") == "2"
+        legend = page.get_by_test_id("trial-metric-legend").inner_text()
+        assert "ensemble_val_accuracy" in legend and "cooldown" not in legend
+        assert legend.replace("ensemble_val_accuracy", "").count("val_accuracy") == 1
+        assert "null" not in page.locator("#view").inner_text()  # no probe card, no stray text
+        screenshot(page, tmp_path, "trial-page-snapshot-ensemble")

@@ -59,6 +59,7 @@ def pytorch_snippet(
     param_groups: Sequence[ParamGroupRule] | None = None,
     training_steps: int | None = None,
     optimizer: OptimizerSpec | None = None,
+    snapshots: int | None = None,
 ) -> str:
     """Python code that builds `scheduler` for an existing `optimizer` (any lr it was built with).
 
@@ -74,7 +75,8 @@ def pytorch_snippet(
     after every epoch instead (and a LambdaLR for its warmup). With a schedule-free `optimizer`
     the snippet builds the optimizer too (over `model`, one group per rule as a trial does) and
     defines `lrtune_train()` and `lrtune_eval(train_batches)`, its train()/eval() swaps with
-    BatchNorm recalibrated at x.
+    BatchNorm recalibrated at x. With `snapshots` (clr and sgdr), it also shows how to collect
+    a snapshot ensemble (`snapshot_ensemble_code`).
     """
     rules = list(param_groups or [])
     if isinstance(spec, PlateauSchedule):
@@ -111,7 +113,71 @@ def pytorch_snippet(
         ]
     if schedule_free:
         body += _SCHEDULE_FREE_SWAPS
+    if snapshots is not None:
+        body += snapshot_ensemble_code(spec, snapshots)
     return "\n".join([*header, *body, ""])
+
+
+def snapshot_ensemble_code(spec: ScheduleSpec, snapshots: int) -> list[str]:
+    """Huang et al. 2017's snapshot ensemble as lrtune measures it (ensemble_<metric>):
+    `lrtune_cycle_ends(total_steps)`, the step counts after which a cycle ends (as
+    `schedule_math.cycle_ends` finds them), the loop's few lines that keep the last
+    `snapshots` weights, and `lrtune_ensemble_predict`, their average softmax."""
+    warmup = spec.warmup_steps
+    if isinstance(spec, CyclicSchedule):
+        period = 2 * spec.step_size
+        ends = [f"    return set(range({warmup + period}, total_steps + 1, {period}))"]
+    elif isinstance(spec, SgdrSchedule) and spec.t_mult.is_integer():
+        ends = [
+            f"    ends, start, length = set(), 0, {spec.t_0}",
+            f"    while {warmup} + start + length <= total_steps:",
+            f"        start, length = start + length, length * {int(spec.t_mult)}",
+            f"        ends.add({warmup} + start)",
+            "    return ends",
+        ]
+    elif isinstance(spec, SgdrSchedule):
+        # Restart i starts at t_0 (t_mult^i - 1) / (t_mult - 1), the first step past it.
+        ends = [
+            "    ends, i = set(), 1",
+            "    while True:",
+            f"        start = {spec.t_0} * math.expm1(i * math.log1p({spec.t_mult!r} - 1.0)) / "
+            f"({spec.t_mult!r} - 1.0)",
+            f"        if {warmup} + math.ceil(start) > total_steps:",
+            "            return ends",
+            f"        ends.add({warmup} + math.ceil(start))",
+            "        i += 1",
+        ]
+    else:
+        raise ValueError(f"only clr and sgdr have cycles, not {spec.policy}")
+    return [
+        "",
+        "# Snapshot ensemble (Huang et al. 2017): keep the weights after each cycle's last step,",
+        f"# where the rate is lowest, the last {snapshots} of them, and average their softmax.",
+        "import copy",
+        "import math",
+        "",
+        "def lrtune_cycle_ends(total_steps):",
+        '    """The step counts after which a cycle ends (warmup counted)."""',
+        *ends,
+        "",
+        "lrtune_snapshots = []",
+        "# In the training loop, with cycle_ends = lrtune_cycle_ends(total_steps) computed once",
+        "# and `step` the optimizer steps taken so far (after optimizer.step(), scheduler.step()):",
+        "#     if step in cycle_ends:",
+        "#         lrtune_snapshots.append(copy.deepcopy(model.state_dict()))",
+        f"#         del lrtune_snapshots[:-{snapshots}]",
+        "",
+        "@torch.no_grad()",
+        "def lrtune_ensemble_predict(model, inputs):",
+        '    """The snapshots\' average softmax probabilities for `inputs` (`model`: the',
+        '    architecture; its own weights are left alone)."""',
+        "    member = copy.deepcopy(model).eval()",
+        "    probabilities = 0",
+        "    for state in lrtune_snapshots:",
+        "        member.load_state_dict(state)",
+        "        probabilities = probabilities + torch.softmax(member(inputs), dim=-1)",
+        "    return probabilities / len(lrtune_snapshots)",
+    ]
 
 
 def _schedule_free_optimizer_code(
@@ -626,9 +692,11 @@ def export_snippets(
     training_steps: int | None = None,
     optimizer: OptimizerSpec | None = None,
     metric: str | None = None,
+    snapshots: int | None = None,
 ) -> dict[str, Snippet]:
     """The schedule's code in every format (FORMATS), keyed by format. `metric` (the job's, e.g.
-    val_accuracy) is the one plateau watches."""
+    val_accuracy) is the one plateau watches; with `snapshots` the PyTorch code also collects a
+    snapshot ensemble."""
     return {
         "pytorch": Snippet(
             pytorch_snippet(
@@ -636,6 +704,7 @@ def export_snippets(
                 param_groups=param_groups,
                 training_steps=training_steps,
                 optimizer=optimizer,
+                snapshots=snapshots,
             ),
             exact=True,
         ),

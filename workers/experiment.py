@@ -468,9 +468,11 @@ def inspect_training(spec: JobSpec, code: CodeSnapshot | None = None) -> tuple[i
     """(optimizer steps per epoch, whether it is a train function) of what the job trains: a
     workload built once (data and model), or a train function's declared count. Raises
     WorkloadError for user code that cannot train: it does not import, returns the wrong
-    type, has no steps per epoch, or does not report the job's metric."""
+    type, has no steps per epoch, does not report the job's metric, or is a train function
+    in a job with snapshots (its loop is its own: lrtune cannot take them)."""
     from lrtune.workers.train_function import TrainFunction
-    from lrtune.workers.workloads import build_training, check_reports_metric
+    from lrtune.workers.trial import TRAIN_FUNCTION_SNAPSHOTS
+    from lrtune.workers.workloads import WorkloadError, build_training, check_reports_metric
 
     if code is not None:
         code.activate()
@@ -478,6 +480,8 @@ def inspect_training(spec: JobSpec, code: CodeSnapshot | None = None) -> tuple[i
     assert target is not None  # WorkloadSpec guarantees one of the two
     built = build_training(target, spec.workload.params, seed=spec.search.seed)
     if isinstance(built, TrainFunction):
+        if spec.snapshots is not None:
+            raise WorkloadError(f"{target!r} is a train function: {TRAIN_FUNCTION_SNAPSHOTS}")
         return built.steps_per_epoch, True
     check_reports_metric(built, spec.metric_name, label=target)
     return built.steps_per_epoch, False

@@ -8,13 +8,18 @@ ranks configurations on their mean over seeds. The code it attaches comes from `
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Literal
 
-from lrtune.schemas.recommendations import Comparison, PolicyEvidence, Recommendation
+from lrtune.schemas.recommendations import (
+    Comparison,
+    PolicyEvidence,
+    Recommendation,
+    SnapshotEnsemble,
+)
 from lrtune.schemas.schedules import ParamGroupRule, ScheduleSpec
-from lrtune.schemas.trials import OptimizerSpec
+from lrtune.schemas.trials import ENSEMBLE_PREFIX, OptimizerSpec, single_model_metric
 from lrtune.workers.code_export import Snippet, export_snippets
 from scipy import stats
 
@@ -39,7 +44,8 @@ class TrialSummary:
     `metric_values` holds the job metric after each epoch; `final_metric` is the value the trial
     is judged on (default: the last epoch's). NaN or inf (a diverged trial) counts as the worst
     possible value. `optimizer` is the one it trained with (None: the job's, as
-    `build_recommendation` is told).
+    `build_recommendation` is told). `final_values` holds every value of its last epoch by
+    name (a job with snapshots compares ensemble_<metric> with <metric> there).
     """
 
     trial_id: str
@@ -51,6 +57,7 @@ class TrialSummary:
     is_confirmation: bool = False
     status: str = "completed"
     optimizer: OptimizerSpec | None = None
+    final_values: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def final(self) -> float:
@@ -97,6 +104,7 @@ def build_recommendation(
     param_groups: Sequence[ParamGroupRule] | None = None,
     training_steps: int | None = None,
     optimizer: OptimizerSpec | None = None,
+    snapshots: int | None = None,
 ) -> Recommendation:
     """The winner, the best configuration of each policy, how sure we are, and the export.
 
@@ -108,6 +116,8 @@ def build_recommendation(
     optimizer (a schedule-free one is built in the PyTorch code) shape the exported code
     (PyTorch, Keras, Hugging Face), each with whether it is exact: each policy's best
     configuration carries its code, and the recommendation's is the winner's.
+    With `snapshots` (the job's), the winner's snapshot ensemble is compared with its single
+    model, and the PyTorch code shows how to collect the snapshots.
     With `final` false this is the best so far.
     """
     configs = _ranked(_configs(trials, optimizer=optimizer), mode)
@@ -123,7 +133,11 @@ def build_recommendation(
             mode=mode,
             baseline=baseline,
             snippets=_exports(
-                config, param_groups=param_groups, training_steps=training_steps, metric=metric
+                config,
+                param_groups=param_groups,
+                training_steps=training_steps,
+                metric=metric,
+                snapshots=snapshots,
             ),
         )
         for config in ranked_best
@@ -131,6 +145,11 @@ def build_recommendation(
     winner = evidence[0] if evidence else None
     comparison = (
         _compare(ranked_best[0], ranked_best[1], mode=mode) if len(ranked_best) > 1 else None
+    )
+    ensemble = (
+        _ensemble_against_single(ranked_best[0], metric=metric, mode=mode, snapshots=snapshots)
+        if snapshots is not None and ranked_best
+        else None
     )
     rationale = _rationale(
         evidence=evidence,
@@ -141,6 +160,8 @@ def build_recommendation(
         counted=sum(len(c.trials) for c in configs),
         labels=_labels(evidence),
     )
+    if ensemble is not None:
+        rationale += " " + _ensemble_text(ensemble)
     return Recommendation(
         job_id=job_id,
         final=final,
@@ -149,6 +170,7 @@ def build_recommendation(
         winner=winner,
         by_policy=evidence,
         comparison=comparison,
+        snapshot_ensemble=ensemble,
         rationale=rationale,
         code=dict(winner.code) if winner is not None else {},
         exact=dict(winner.exact) if winner is not None else {},
@@ -161,6 +183,7 @@ def _exports(
     param_groups: Sequence[ParamGroupRule] | None,
     training_steps: int | None,
     metric: str,
+    snapshots: int | None = None,
 ) -> dict[str, Snippet]:
     """The configuration as code in every format, with the optimizer it trained with."""
     return export_snippets(
@@ -169,6 +192,7 @@ def _exports(
         training_steps=training_steps,
         optimizer=config.optimizer,
         metric=metric,
+        snapshots=snapshots,
     )
 
 
@@ -314,8 +338,7 @@ def _compare(best: _Config, other: _Config, *, mode: Mode) -> Comparison:
         )
     var_1 = (_std(first) or 0.0) ** 2 / n_1
     var_2 = (_std(second) or 0.0) ** 2 / n_2
-    standard_error = math.sqrt(var_1 + var_2)
-    if standard_error == 0.0:
+    if var_1 + var_2 == 0.0:
         return Comparison(
             winner=best.policy,
             runner_up=other.policy,
@@ -325,9 +348,7 @@ def _compare(best: _Config, other: _Config, *, mode: Mode) -> Comparison:
             confidence=CONFIDENCE,
             method="every seed gave the same value, so the interval is a single point",
         )
-    # Welch-Satterthwaite degrees of freedom: the two spreads need not be equal.
-    dof = (var_1 + var_2) ** 2 / (var_1**2 / (n_1 - 1) + var_2**2 / (n_2 - 1))
-    half_width = float(stats.t.ppf(0.5 + CONFIDENCE / 2, dof)) * standard_error
+    half_width, dof = _welch_half_width(var_1, var_2, n_1, n_2)
     return Comparison(
         winner=best.policy,
         runner_up=other.policy,
@@ -336,6 +357,87 @@ def _compare(best: _Config, other: _Config, *, mode: Mode) -> Comparison:
         ci_high=difference + half_width,
         confidence=CONFIDENCE,
         method=f"Welch t-interval on the difference of means ({dof:.1f} degrees of freedom)",
+    )
+
+
+def _welch_half_width(var_1: float, var_2: float, n_1: int, n_2: int) -> tuple[float, float]:
+    """Half the width of the CONFIDENCE Welch t-interval on a difference of two means, whose
+    squared standard errors are `var_1` and `var_2` (not both 0), with its degrees of freedom."""
+    standard_error = math.sqrt(var_1 + var_2)
+    # Welch-Satterthwaite degrees of freedom: the two spreads need not be equal.
+    dof = (var_1 + var_2) ** 2 / (var_1**2 / (n_1 - 1) + var_2**2 / (n_2 - 1))
+    return float(stats.t.ppf(0.5 + CONFIDENCE / 2, dof)) * standard_error, dof
+
+
+def _ensemble_against_single(
+    config: _Config, *, metric: str, mode: Mode, snapshots: int
+) -> SnapshotEnsemble:
+    """The configuration's ensemble_<metric> against its <metric>, each a mean over its seeds'
+    last epochs, with a Welch interval on the difference (the same seeds give both, so a
+    paired interval would be narrower; Welch is the conservative one). A trial that diverged,
+    or ended before its first cycle did (no ensemble), counts as the worst value."""
+    single_metric = single_model_metric(metric)
+    ensemble_metric = f"{ENSEMBLE_PREFIX}{single_metric}"
+
+    def finals(name: str) -> list[float]:
+        return [
+            _score(
+                math.nan if trial.status == "diverged" else trial.final_values.get(name, math.nan),
+                mode,
+            )
+            for trial in config.trials
+        ]
+
+    single, ensemble = finals(single_metric), finals(ensemble_metric)
+    n = len(single)
+    single_mean, ensemble_mean = math.fsum(single) / n, math.fsum(ensemble) / n
+    sign = 1.0 if mode == "max" else -1.0
+    found = SnapshotEnsemble(
+        snapshots=snapshots,
+        single_metric=single_metric,
+        ensemble_metric=ensemble_metric,
+        single_mean=single_mean,
+        ensemble_mean=ensemble_mean,
+        n_seeds=n,
+        difference=math.nan,
+        confidence=CONFIDENCE,
+        method="",
+    )
+    if not (math.isfinite(single_mean) and math.isfinite(ensemble_mean)):
+        return found.model_copy(
+            update={
+                "method": "no interval: a trial diverged or ended before its first cycle did "
+                "(no ensemble), which counts as the worst value"
+            }
+        )
+    difference = sign * (ensemble_mean - single_mean)
+    if n < 2:
+        return found.model_copy(
+            update={
+                "difference": difference,
+                "method": "no interval: the winner ran with one seed only, so there is no "
+                "spread estimate",
+            }
+        )
+    var_single = (_std(single) or 0.0) ** 2 / n
+    var_ensemble = (_std(ensemble) or 0.0) ** 2 / n
+    if var_single + var_ensemble == 0.0:
+        return found.model_copy(
+            update={
+                "difference": difference,
+                "ci_low": difference,
+                "ci_high": difference,
+                "method": "every seed gave the same values, so the interval is a single point",
+            }
+        )
+    half_width, dof = _welch_half_width(var_ensemble, var_single, n, n)
+    return found.model_copy(
+        update={
+            "difference": difference,
+            "ci_low": difference - half_width,
+            "ci_high": difference + half_width,
+            "method": f"Welch t-interval on the difference of means ({dof:.1f} degrees of freedom)",
+        }
     )
 
 
@@ -366,6 +468,36 @@ def _value_text(value: float, metric: str) -> str:
 def _difference_text(value: float, metric: str) -> str:
     # Accuracy differences read best in percentage points ("0.8 points"), others as numbers.
     return f"{100 * value:.1f} points" if _is_share(metric) else f"{value:.3g}"
+
+
+def _ensemble_text(ensemble: SnapshotEnsemble) -> str:
+    """One or two sentences: whether the winner's snapshot ensemble beats its single model."""
+    single, name = ensemble.single_metric, ensemble.ensemble_metric
+    seeds = "1 seed" if ensemble.n_seeds == 1 else f"{ensemble.n_seeds} seeds"
+    values = (
+        f"{name} {_value_text(ensemble.ensemble_mean, single)} against {single} "
+        f"{_value_text(ensemble.single_mean, single)} over {seeds}"
+    )
+    head = f"Its snapshot ensemble (the last {ensemble.snapshots} cycle ends' weights)"
+    if not math.isfinite(ensemble.difference):
+        return f"{head}: {values}; {ensemble.method}."
+    by = _difference_text(abs(ensemble.difference), single)
+    if ensemble.difference > 0:
+        sentence = f"{head} beats the single final model ({values}) by {by}"
+    else:
+        sentence = f"{head} does not beat the single final model ({values}): it is {by} worse"
+    if ensemble.ci_low is None or ensemble.ci_high is None:
+        return f"{sentence}; {ensemble.method}."
+    low = _difference_text(ensemble.ci_low, single).removesuffix(" points")
+    high = _difference_text(ensemble.ci_high, single)
+    interval = f"{100 * ensemble.confidence:.0f}% CI of ensemble minus single {low} to {high}"
+    if ensemble.ci_low > 0:
+        verdict = "the interval excludes 0: the ensemble is better."
+    elif ensemble.ci_high < 0:
+        verdict = "the interval excludes 0: the single model is better."
+    else:
+        verdict = "the interval includes 0: with these seeds the two cannot be told apart."
+    return f"{sentence}, {interval}; {verdict}"
 
 
 def _rationale(

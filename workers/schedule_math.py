@@ -37,6 +37,7 @@ from lrtune.schemas.schedules import (
 )
 
 __all__ = [
+    "cycle_ends",
     "learning_rate",
     "learning_rates",
     "plateau_rates",
@@ -303,14 +304,19 @@ def _sgdr_integer_restarts(t: Steps, t_0: int, t_mult: int) -> tuple[Steps, Rate
 def _sgdr_float_restarts(t: Steps, t_0: int, t_mult: float) -> tuple[Steps, Rates, Rates]:
     # Every restart start t_0 * (t_mult**i - 1) / (t_mult - 1) up to max(t), then a sorted lookup:
     # the starts are the definition, so no logarithm can land a step in the wrong restart.
-    last = int(t.max()) if t.size else 0
+    starts, lengths = _sgdr_float_starts(int(t.max()) if t.size else 0, t_0, t_mult)
+    restart = np.searchsorted(starts, t, side="right") - 1
+    return restart, t - starts[restart], lengths[restart]
+
+
+def _sgdr_float_starts(last: int, t_0: int, t_mult: float) -> tuple[Rates, Rates]:
+    """Every restart's start and length up to step `last` (and one past it)."""
     count = int(np.log1p(last / t_0 * (t_mult - 1.0)) / np.log(t_mult)) + 2
     index = np.arange(count, dtype=np.float64)
     lengths = t_0 * np.power(t_mult, index)
     # expm1/log1p keep the starts accurate when t_mult is barely above 1.
     starts = t_0 * np.expm1(index * np.log1p(t_mult - 1.0)) / (t_mult - 1.0)
-    restart = np.searchsorted(starts, t, side="right") - 1
-    return restart, t - starts[restart], lengths[restart]
+    return starts, lengths
 
 
 def _one_cycle(spec: OneCycleSchedule, t: Steps) -> Rates:
@@ -341,6 +347,32 @@ def _one_cycle(spec: OneCycleSchedule, t: Steps) -> Rates:
         lr = (b - a) * pct + a
     # torch raises past the last step; we hold the final rate instead.
     return np.where(t >= total, final, lr)
+
+
+def cycle_ends(spec: ScheduleSpec, total_steps: int) -> list[int]:
+    """The step counts s <= `total_steps` after which a cycle of clr or sgdr ends: step s - 1
+    was its last (the rate at its lowest), step s starts the next. Counted after the warmup.
+
+    clr's cycles are 2 x step_size long (the rate back at base_lr); sgdr's end at its restarts,
+    found as `_sgdr` finds them: exact integers for an integer t_mult, and for a fractional one
+    the first step at or past each float restart start (where the lookup moves to it).
+    """
+    warmup = spec.warmup_steps
+    if isinstance(spec, CyclicSchedule):
+        return list(range(warmup + 2 * spec.step_size, total_steps + 1, 2 * spec.step_size))
+    if not isinstance(spec, SgdrSchedule):
+        raise ValueError(f"only clr and sgdr have cycles, not {spec.policy}")
+    last = max(total_steps - warmup, 0)
+    if spec.t_mult.is_integer():
+        ends: list[int] = []
+        start, length = 0, spec.t_0
+        while start + length <= last:
+            start += length
+            length *= int(spec.t_mult)
+            ends.append(warmup + start)
+        return ends
+    starts, _ = _sgdr_float_starts(last, spec.t_0, spec.t_mult)
+    return [warmup + math.ceil(start) for start in starts[1:] if math.ceil(start) <= last]
 
 
 # --- WSD, inverse square root, REX --------------------------------------------------------------

@@ -98,6 +98,7 @@ def make_trainable(
             device=_device(),
             metric=metric,
             mode=mode,
+            snapshots=spec.snapshots,
         )
         if code is not None:
             code.activate()
@@ -110,7 +111,9 @@ def make_trainable(
 
         def report(result: EpochResult) -> None:
             last.clear()
-            last.update(epoch_metrics(result, node_id=node_id))
+            # Tune wants the job's metric in every result: an ensemble's is NaN (not stored)
+            # before the trial's first cycle ends.
+            last.update({metric: math.nan, **epoch_metrics(result, node_id=node_id)})
             if result.step < result.epoch * steps_per_epoch or not math.isfinite(result.train_loss):
                 # run_trial cuts an epoch short only when the loss diverged. Said now, because
                 # a scheduler may stop the trial at this very result, before it returns.

@@ -10,7 +10,7 @@ import copy
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import torch
 from lrtune.schemas.jobs import Cooldown
 from lrtune.schemas.schedules import ParamGroupRule, ScheduleSpec
 from lrtune.schemas.trials import (
+    ENSEMBLE_PREFIX,
     EpochResult,
     OptimizerSpec,
     ProbeResult,
@@ -27,7 +28,7 @@ from lrtune.schemas.trials import (
     TrialStatus,
 )
 from lrtune.workers.rng import rng_state, set_rng_state
-from lrtune.workers.schedule_math import learning_rate
+from lrtune.workers.schedule_math import cycle_ends, learning_rate
 from lrtune.workers.torch_schedule import ScheduleDriver, build_param_groups
 from lrtune.workers.train_function import (
     FunctionState,
@@ -45,6 +46,12 @@ from lrtune.workers.workloads import (
 )
 from schedulefree import AdamWScheduleFree, SGDScheduleFree
 from torch import Tensor, nn
+
+# Why a job with snapshots cannot train a user's loop.
+TRAIN_FUNCTION_SNAPSHOTS = (
+    "snapshots needs a workload that lrtune trains (a Workload); a train function's loop is its "
+    "own, so lrtune cannot take its snapshots"
+)
 
 # Report callback: return True to stop the trial after this epoch (cancellation, ASHA).
 Report = Callable[[EpochResult], bool | None]
@@ -81,7 +88,9 @@ class Checkpointing:
 @dataclass
 class TrialState:
     """Everything a trial needs to go on exactly after `epoch`: the model, the optimizer, the
-    schedule's step, every global RNG, the divergence tracker and the epochs reported so far.
+    schedule's step, every global RNG, the divergence tracker, the epochs reported so far, and
+    with `snapshots` the snapshots kept so far (weights on the CPU, oldest first) and the
+    ensemble metrics of the latest cycle end.
 
     The data order is a function of (seed, epoch) for `TensorBatches`, and a loader drawing
     from the global RNGs is covered by their states, so the position is the epoch itself.
@@ -101,6 +110,8 @@ class TrialState:
     smoothed: float
     history: list[EpochResult]
     elapsed_s: float
+    snapshots: list[dict[str, Any]] = field(default_factory=list)
+    ensemble: dict[str, float] = field(default_factory=dict)
 
     def save(self, path: Path) -> None:
         payload = {**self.__dict__, "history": [r.model_dump() for r in self.history]}
@@ -135,12 +146,20 @@ def run_trial(
     `probing` runs cooldown probes after some epochs, `checkpointing` saves the trial's state,
     and `resume` goes on from a saved state: the epochs after it are the same, number for
     number, as those of an uninterrupted run (on a CPU), and probes change nothing either.
+
+    With `config.snapshots` = M (clr and sgdr), a snapshot of the weights is taken after each
+    cycle's last step, mid-epoch or not, and the last M kept. Every epoch from the first cycle
+    end on reports `ensemble_<name>` for val_loss and each workload metric: the metric of the
+    average prediction of the snapshots kept at the latest cycle end (`evaluate_ensemble`),
+    so it changes at the epochs in which a cycle ends. Epochs before the first carry none.
     """
     started = time.perf_counter()
     device = _device(config.device)
     seed_everything(config.seed)
     built = _build(config)
     if isinstance(built, TrainFunction):
+        if config.snapshots is not None:
+            raise ValueError(f"this is a train function: {TRAIN_FUNCTION_SNAPSHOTS}")
         if resume is not None and not isinstance(resume, FunctionState):
             raise ValueError("a train function's trial cannot resume from a built-in's state")
         return _run_function(built, config, report, device, checkpointing, resume)
@@ -166,6 +185,11 @@ def run_trial(
         val_loader = workload.val_loader.to(device)
     optimizer = build_optimizer(model, config.optimizer, config.schedule, config.param_groups)
     driver = ScheduleDriver(optimizer, config.schedule, total_steps=total_steps)
+    snapshot_steps = (
+        frozenset(cycle_ends(config.schedule, total_steps)) if config.snapshots else frozenset()
+    )
+    snapshots: list[dict[str, Any]] = []
+    ensemble: dict[str, float] = {}
 
     history: list[EpochResult] = []
     step = 0
@@ -180,6 +204,7 @@ def run_trial(
         history = list(resume.history)
         step, first_epoch = resume.step, resume.epoch
         reference_loss, smoothed = resume.reference_loss, resume.smoothed
+        snapshots, ensemble = list(resume.snapshots), dict(resume.ensemble)
         started -= resume.elapsed_s
     status: TrialStatus = "completed"
     for epoch in range(first_epoch, config.epochs):
@@ -189,6 +214,7 @@ def run_trial(
         train_weights(model, optimizer)
         losses: list[float] = []
         diverged = False
+        snapshot_taken = False
         for inputs, targets in train_loader:
             inputs, targets = inputs.to(device), targets.to(device)
             optimizer.zero_grad(set_to_none=True)
@@ -203,6 +229,10 @@ def run_trial(
             optimizer.step()
             step += 1
             driver.step()
+            if step in snapshot_steps:
+                assert config.snapshots is not None
+                snapshots = [*snapshots, take_snapshot(model)][-config.snapshots :]
+                snapshot_taken = True
             # Bias-corrected exponential average, as in the LR range test (Smith 2017).
             smoothed = _LOSS_SMOOTHING * smoothed + (1 - _LOSS_SMOOTHING) * loss_value
             running = smoothed / (1 - _LOSS_SMOOTHING**step)
@@ -215,6 +245,14 @@ def run_trial(
         # model holds the average x.
         eval_weights(model, optimizer, train_loader=train_loader, device=device, data_epoch=epoch)
         val_loss, metrics = evaluate(workload, model, val_loader, device)
+        if snapshot_taken:
+            ensemble_loss, ensemble_metrics = evaluate_ensemble(
+                workload, model, snapshots, val_loader, device
+            )
+            ensemble = {
+                f"{ENSEMBLE_PREFIX}{name}": value
+                for name, value in {"val_loss": ensemble_loss, **ensemble_metrics}.items()
+            }
         result = EpochResult(
             epoch=epoch + 1,
             step=step,
@@ -222,13 +260,14 @@ def run_trial(
             lr=driver.rate(max(step - 1, 0)),
             train_loss=float(np.mean(losses)) if losses else math.nan,
             val_loss=val_loss,
-            metrics=metrics,
+            metrics={**metrics, **ensemble},
             elapsed_s=time.perf_counter() - started,
         )
         history.append(result)
         # Plateau's rate follows the job's metric: the driver gets each epoch's value once,
-        # after its evaluation (every other policy ignores it).
-        driver.on_epoch_end(result.values()[metric])
+        # after its evaluation (every other policy ignores it; only an ensemble metric, which
+        # plateau never has, can be missing).
+        driver.on_epoch_end(result.values().get(metric, math.nan))
         if probing is not None and epoch + 1 in probing.epochs and not diverged and step > 0:
             probing.on_probe(
                 cooldown_probe(
@@ -258,6 +297,8 @@ def run_trial(
                     smoothed=smoothed,
                     history=list(history),
                     elapsed_s=time.perf_counter() - started,
+                    snapshots=list(snapshots),
+                    ensemble=dict(ensemble),
                 )
             )
         stop = report(result)
@@ -532,6 +573,49 @@ def recalibrate_batchnorm(
     return True
 
 
+def take_snapshot(model: nn.Module) -> dict[str, Any]:
+    """The model's weights and buffers as they are now, copied to the CPU."""
+    return {
+        name: value.detach().to("cpu", copy=True) if isinstance(value, Tensor) else value
+        for name, value in model.state_dict().items()
+    }
+
+
+@torch.no_grad()
+def evaluate_ensemble(
+    workload: Workload,
+    model: nn.Module,
+    snapshots: Sequence[dict[str, Any]],
+    val_loader: Iterable[tuple[Tensor, Tensor]],
+    device: torch.device,
+) -> tuple[float, dict[str, float]]:
+    """`evaluate` of the snapshot ensemble: the average prediction of `snapshots` (state dicts
+    of `model`, loaded into copies of it; `model` itself is left alone), scored by the
+    workload's own loss and metrics.
+
+    For "probabilities" (the default; outputs are logits) the softmax probabilities are
+    averaged and handed on as their logarithm, log(mean_i softmax(o_i)), computed as
+    logsumexp_i(log_softmax(o_i)) - log(M) so that no probability underflows to log(0); it is
+    a valid logit vector whose softmax is the average. For "outputs" the outputs are averaged.
+    """
+    if not snapshots:
+        raise ValueError("an ensemble needs at least one snapshot")
+    members = []
+    for snapshot in snapshots:
+        member = copy.deepcopy(model)
+        member.load_state_dict(snapshot)
+        members.append(member.eval())
+    log_count = math.log(len(members))
+
+    def average(inputs: Tensor) -> Tensor:
+        outputs = torch.stack([member(inputs) for member in members])
+        if workload.ensemble_average == "outputs":
+            return outputs.mean(dim=0)
+        return torch.logsumexp(outputs.log_softmax(dim=-1), dim=0) - log_count
+
+    return _score(workload, average, val_loader, device)
+
+
 @torch.no_grad()
 def evaluate(
     workload: Workload,
@@ -541,13 +625,22 @@ def evaluate(
 ) -> tuple[float, dict[str, float]]:
     """Validation loss (mean over examples) and the workload's metrics on the whole val set."""
     model.eval()
+    return _score(workload, model, val_loader, device)
+
+
+def _score(
+    workload: Workload,
+    predict: Callable[[Tensor], Tensor],
+    val_loader: Iterable[tuple[Tensor, Tensor]],
+    device: torch.device,
+) -> tuple[float, dict[str, float]]:
     outputs: list[Tensor] = []
     targets: list[Tensor] = []
     total_loss = 0.0
     count = 0
     for inputs, batch_targets in val_loader:
         inputs, batch_targets = inputs.to(device), batch_targets.to(device)
-        batch_outputs = model(inputs)
+        batch_outputs = predict(inputs)
         # loss_fn gives a batch mean; weight it so a smaller last batch counts for what it is.
         total_loss += float(workload.loss_fn(batch_outputs, batch_targets).item()) * len(inputs)
         count += len(inputs)
@@ -616,7 +709,7 @@ def _outcome(
     best_metric: float | None = None
     best_epoch: int | None = None
     for result in history:
-        value = result.values()[metric]
+        value = result.values().get(metric, math.nan)  # an ensemble's before its first snapshot
         if not math.isfinite(value):
             continue
         if best_metric is None or (value > best_metric if mode == "max" else value < best_metric):

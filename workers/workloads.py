@@ -21,10 +21,11 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
 import torch
+from lrtune.schemas.trials import single_model_metric
 from lrtune.schemas.workloads import BUILTIN_WORKLOADS, ENTRYPOINT_PATTERN, resolve_params
 from lrtune.workers.train_function import TrainFunction
 from torch import Tensor, nn
@@ -67,6 +68,10 @@ class Workload:
     - `loss_fn(outputs, targets)`: the mean loss of a batch, used for training and val_loss.
     - `metrics`: name -> fn(outputs, targets) -> float, evaluated on the concatenated outputs
       of the whole validation set, e.g. {"val_accuracy": accuracy}.
+    - `ensemble_average`: how a snapshot ensemble (a job's `snapshots`) averages its members'
+      outputs before `loss_fn` and `metrics` score them: "probabilities", the softmax over the
+      last dimension (outputs are logits; the average goes on as its logarithm, logits of the
+      averaged probabilities), or "outputs", the raw outputs (e.g. a regression's).
     """
 
     model: nn.Module
@@ -74,6 +79,7 @@ class Workload:
     val_loader: Iterable[Batch]
     loss_fn: LossFn = field(default_factory=lambda: nn.CrossEntropyLoss())
     metrics: Mapping[str, MetricFn] = field(default_factory=lambda: {"val_accuracy": accuracy})
+    ensemble_average: Literal["probabilities", "outputs"] = "probabilities"
 
     @property
     def steps_per_epoch(self) -> int:
@@ -90,9 +96,10 @@ class Workload:
 
 
 def check_reports_metric(workload: Workload, metric: str, *, label: str) -> None:
-    """WorkloadError unless `workload` reports `metric` every epoch."""
+    """WorkloadError unless `workload` reports `metric` every epoch (an ensemble_<metric> of
+    snapshots: unless it reports <metric>)."""
     reported = {"train_loss", "val_loss", *workload.metrics}
-    if metric not in reported:
+    if single_model_metric(metric) not in reported:
         raise WorkloadError(
             f"metric {metric!r} is not reported by workload {label!r}; "
             f"it reports {sorted(reported)}"

@@ -648,6 +648,12 @@ async function trialPage(trialId) {
   const lossChart = h("div", { class: "chart", "data-testid": "trial-loss-chart" });
   const lrChart = h("div", { class: "chart", "data-testid": "trial-lr-chart" });
   const colour = policyColour(trial.policy);
+  // A job with snapshots: the single model's metric and its snapshot ensemble's side by side
+  // (ensemble_<metric> from the first cycle end on).
+  const single = metricName.replace(/^ensemble_/, "");
+  const partner = metricName === single ? `ensemble_${single}` : single;
+  const partnerRows = metrics.filter((m) => typeof value(m, partner) === "number" || typeof value(m, partner) === "string");
+  const partnerColour = "#6b7380";
   const restored = trial.restored_from_epoch;
   view.replaceChildren(
     h("div", { class: "pagehead" }, h("div", {},
@@ -674,9 +680,10 @@ async function trialPage(trialId) {
         h("pre", { class: "json" }, JSON.stringify(trial.search_config, null, 2))),
       h("div", { class: "card" },
         h("div", { class: "chart-title" }, `${metricName} by epoch`), metricChart,
-        probed.length ? h("div", { class: "legend", "data-testid": "trial-metric-legend", style: "margin: 0 0 10px" },
+        probed.length || partnerRows.length ? h("div", { class: "legend", "data-testid": "trial-metric-legend", style: "margin: 0 0 10px" },
           h("span", {}, h("span", { class: "key-line", style: `--key: ${colour}` }), metricName),
-          h("span", {}, h("span", { class: "key-probe", style: `--key: ${colour}` }), "cooldown probe")) : null,
+          partnerRows.length ? h("span", {}, h("span", { class: "key-line", style: `--key: ${partnerColour}` }), partner) : null,
+          probed.length ? h("span", {}, h("span", { class: "key-probe", style: `--key: ${colour}` }), "cooldown probe") : null) : null,
         h("div", { class: "chart-title" }, "loss by epoch"), lossChart,
         h("div", { class: "chart-title" }, "learning rate by epoch (last update of the epoch)"), lrChart)),
     probeCard(trial, probed, metrics, metricName, value),
@@ -693,6 +700,9 @@ async function trialPage(trialId) {
   }
   const epochs = metrics.map((m) => m.epoch);
   const metricSeries = [{ label: metricName, x: epochs, y: metrics.map((m) => value(m, metricName)), colour, width: 2 }];
+  if (partnerRows.length) {
+    metricSeries.push({ label: partner, x: partnerRows.map((m) => m.epoch), y: partnerRows.map((m) => value(m, partner)), colour: partnerColour, width: 1.5 });
+  }
   if (probed.length) {
     metricSeries.push({ label: "cooldown probe", x: probed.map((p) => p.epoch), y: probed.map((p) => value(p, metricName)), colour, hollow: true, linkTo: 0 });
   }
@@ -708,7 +718,7 @@ async function trialPage(trialId) {
 // The trial's cooldown probes, one a rung; none, no card. A pruned trial's last probe is the value
 // it was stopped on.
 function probeCard(trial, probes, metrics, metricName, value) {
-  if (!probes.length) return null;
+  if (!probes.length) return "";  // replaceChildren would write a null out as the text "null"
   const raw = new Map(metrics.map((m) => [m.epoch, value(m, metricName)]));
   const stoppedOn = trial.status === "pruned" ? probes[probes.length - 1] : null;
   const note = stoppedOn && h("div", { class: "notice pruned-note", "data-testid": "pruned-note" },
