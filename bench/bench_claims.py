@@ -961,7 +961,9 @@ def section(results: dict[str, Any]) -> str:
         "below 0, else within noise; a claim that one thing *matches* another holds unless the "
         "whole interval is below 0 ('yes (within noise)' when it holds 0). A claim that does not "
         "hold here is a result, not a failure: these are small models, few epochs and few seeds. "
-        "A trial that diverged counts as accuracy 0 from its divergence to the end.",
+        "A trial that diverged counts as accuracy 0 from its divergence to the end: where a "
+        "row shows a spread of tens of points, some seeds diverged (the range test's max_lr, "
+        "M, is a rate at which the digits cnn sometimes does).",
         "",
         "How each group measures (one job per workload unless said):",
         "",
