@@ -1,0 +1,509 @@
+"""Population trials: K trials of one workload trained together, as one batched model.
+
+The members share the workload (architecture, data, batch size), the optimizer spec, the
+device and the order of the training batches; each has its own schedule (and param-group
+rules) and its own seed, which initialises its weights exactly as `run_trial` would. Their
+parameters are stacked (`torch.func.stack_module_state`) and one `vmap`ped `functional_call`
+runs every member on the same batch; the optimizer is torch's SGD / Adam / AdamW written over
+the stacked tensors with a per-member rate, in torch's order of operations.
+
+Equivalence: a member trains as `run_trial` trains its config on its own, the batches ordered
+by the population's data seed: the config's `data_seed` (its `seed` when None), which every
+member must share. So a population of trials of one seed needs nothing more, and members of
+several seeds are lone trials with `data_seed` set. Losses and weights agree to float
+rounding (batched matmuls sum in another order), not bit for bit.
+
+Not fusible, with the reason (`NotFusible`): train functions (their loop is their own),
+schedule-free optimizers (two weight sets and a train/eval swap, not written here), models with
+running statistics (BatchNorm's in-place buffer updates), dropout (a lone trial draws its masks
+from the global RNG, one model at a time, which a batched draw cannot reproduce), loaders other
+than `TensorBatches` (their order is not a function of a seed).
+
+A member that diverges, is stopped by `report` or reaches its epochs leaves the batch: its
+slice of every stacked tensor is dropped, so the rest train as fast as a smaller population.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from lrtune.schemas.trials import (
+    EpochResult,
+    OptimizerSpec,
+    TrialConfig,
+    TrialOutcome,
+    TrialStatus,
+)
+from lrtune.workers.torch_schedule import ScheduleDriver, build_param_groups
+from lrtune.workers.trial import _outcome
+from lrtune.workers.workloads import (
+    TensorBatches,
+    Workload,
+    build_training,
+    check_reports_metric,
+    seed_everything,
+)
+from torch import Tensor, nn
+from torch.func import functional_call, stack_module_state, vmap
+
+# report(member index, epoch result): True stops that member after this epoch.
+PopulationReport = Callable[[int, EpochResult], bool | None]
+
+# As in run_trial: the weight of the past in the smoothed loss divergence is judged on.
+_LOSS_SMOOTHING = 0.9
+
+_DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+
+
+class NotFusible(ValueError):
+    """These trials cannot train as one population; the message says why."""
+
+
+def data_seed(config: TrialConfig) -> int:
+    """The seed of a trial's training-batch order."""
+    return config.data_seed if config.data_seed is not None else config.seed
+
+
+def check_fusible(configs: Sequence[TrialConfig]) -> None:
+    """NotFusible unless the configs can share one batched model (before building anything;
+    `run_population` checks the built model too)."""
+    if not configs:
+        raise NotFusible("a population needs at least one member")
+    first = configs[0]
+    for config in configs[1:]:
+        for what in ("workload", "optimizer", "device"):
+            if getattr(config, what) != getattr(first, what):
+                raise NotFusible(f"members differ in {what}: a population shares it")
+        if data_seed(config) != data_seed(first):
+            raise NotFusible(
+                "members differ in their data order (data_seed, else seed): a population "
+                "trains every member on the same batches"
+            )
+    if first.optimizer.schedule_free:
+        raise NotFusible(
+            f"{first.optimizer.name} keeps two weight sets and swaps them for evaluation; "
+            "populations fuse sgd, adam and adamw"
+        )
+
+
+def check_model_fusible(model: nn.Module) -> None:
+    """NotFusible for a model whose forward pass cannot be batched exactly (see the module)."""
+    for name, module in model.named_modules():
+        if getattr(module, "track_running_stats", False):
+            raise NotFusible(
+                f"{name or 'the model'} ({type(module).__name__}) updates running statistics "
+                "in place while training; populations do not batch those buffers"
+            )
+        if isinstance(module, _DROPOUT) and module.p > 0:
+            raise NotFusible(
+                f"{name or 'the model'} ({type(module).__name__}, p={module.p}) draws masks "
+                "from the global RNG one model at a time, which a batched draw cannot reproduce"
+            )
+
+
+class StackedOptimizer:
+    """torch.optim's SGD, Adam or AdamW over stacked parameters ([K, ...], one slice a member),
+    each member at its own rate: `_single_tensor_sgd` / `_single_tensor_adam`, step for step,
+    with the rate a [K, 1, ...] tensor where torch has a float.
+
+    Every member in the stack has taken the same number of steps (a member only ever leaves),
+    so Adam's bias corrections are shared numbers, as in torch.
+    """
+
+    def __init__(self, spec: OptimizerSpec) -> None:
+        if spec.name not in ("sgd", "adam", "adamw"):
+            raise NotFusible(f"populations fuse sgd, adam and adamw, not {spec.name}")
+        self.spec = spec
+        self.steps = 0
+        # name -> {"momentum_buffer"} (SGD, after its first step) or {"exp_avg", "exp_avg_sq"}.
+        self.state: dict[str, dict[str, Tensor]] = {}
+
+    @torch.no_grad()
+    def step(self, params: dict[str, Tensor], rates: dict[str, Tensor]) -> None:
+        """One update of every member; `rates[name]` holds each member's rate for `name`."""
+        self.steps += 1
+        for name, param in params.items():
+            assert param.grad is not None  # every parameter takes part in the loss
+            # float64, as torch's float rate: products with it are rounded once, to float32.
+            lr = rates[name].view(-1, *([1] * (param.dim() - 1)))
+            if self.spec.name == "sgd":
+                self._sgd(name, param, param.grad, lr)
+            else:
+                self._adam(name, param, param.grad, lr)
+
+    def _sgd(self, name: str, param: Tensor, grad: Tensor, lr: Tensor) -> None:
+        spec = self.spec
+        if spec.weight_decay != 0:
+            grad = grad.add(param, alpha=spec.weight_decay)
+        if spec.momentum != 0:
+            state = self.state.setdefault(name, {})
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                buf = state["momentum_buffer"] = grad.detach().clone()
+            else:
+                buf.mul_(spec.momentum).add_(grad)  # dampening 0: alpha 1 - 0
+            grad = grad.add(buf, alpha=spec.momentum) if spec.nesterov else buf
+        param.addcmul_(grad, lr.to(param.dtype), value=-1)
+
+    def _adam(self, name: str, param: Tensor, grad: Tensor, lr: Tensor) -> None:
+        spec = self.spec
+        beta1, beta2 = spec.betas
+        if spec.weight_decay != 0:
+            if spec.name == "adamw":
+                param.mul_((1 - lr * spec.weight_decay).to(param.dtype))
+            else:
+                grad = grad.add(param, alpha=spec.weight_decay)
+        state = self.state.get(name)
+        if state is None:
+            state = self.state[name] = {
+                "exp_avg": torch.zeros_like(param),
+                "exp_avg_sq": torch.zeros_like(param),
+            }
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        exp_avg.lerp_(grad, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        bias_correction1 = 1 - beta1**self.steps
+        bias_correction2 = 1 - beta2**self.steps
+        denom = (exp_avg_sq.sqrt() / bias_correction2**0.5).add_(spec.eps)
+        step_size = (lr / bias_correction1).to(param.dtype)
+        param.addcmul_(exp_avg / denom, step_size, value=-1)
+
+    def keep(self, index: Tensor) -> None:
+        """Only the members at `index` stay (in that order)."""
+        for state in self.state.values():
+            for key, value in state.items():
+                state[key] = value.index_select(0, index)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps, "state": copy.deepcopy(self.state)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps = int(state["steps"])
+        self.state = copy.deepcopy(state["state"])
+
+
+@dataclass
+class _RateGroups:
+    """A member's param groups as the schedule driver sees them (it sets each group's lr)."""
+
+    param_groups: list[dict[str, Any]]
+
+
+@dataclass
+class _Member:
+    """One trial of the population: its schedule, its divergence tracker and its epochs."""
+
+    config: TrialConfig
+    driver: ScheduleDriver
+    group_of: dict[str, int]  # parameter name -> index of its param group
+    history: list[EpochResult] = field(default_factory=list)
+    step: int = 0
+    reference_loss: float | None = None
+    smoothed: float = 0.0
+    losses: list[float] = field(default_factory=list)
+    diverged: bool = False
+    status: TrialStatus | None = None  # set when the member leaves
+    # The weights a member left the batch with, until its last epoch is evaluated.
+    left_with: tuple[dict[str, Tensor], dict[str, Tensor]] | None = None
+
+    def rate(self, name: str) -> float:
+        return float(self.driver.last_lr[self.group_of[name]])
+
+
+def run_population(
+    configs: Sequence[TrialConfig],
+    report: PopulationReport,
+    *,
+    on_loss: Callable[[int, float], None] | None = None,
+    on_done: Callable[[int, dict[str, Tensor]], None] | None = None,
+) -> list[TrialOutcome]:
+    """Train every config at once; `report(index, result)` after each member's epochs, as
+    `run_trial`'s report (True stops that member). One outcome per config, in order, each as
+    `run_trial` would return for it (its `elapsed_s` is the population's time so far).
+
+    `on_loss(index, loss)` sees every training batch's loss of every member, `on_done(index,
+    state_dict)` each member's final weights (its model's state dict) as it leaves.
+
+    Raises NotFusible when the configs cannot share one batched model, WorkloadError for a
+    workload that cannot be built, ValueError for a config that cannot run.
+    """
+    started = time.perf_counter()
+    check_fusible(configs)
+    first = configs[0]
+    device = _device(first.device)
+    models: list[nn.Module] = []
+    members: list[_Member] = []
+    workload: Workload | None = None
+    for config in configs:
+        # Exactly run_trial's seeding, so each member starts from its lone trial's weights.
+        seed_everything(config.seed)
+        built = build_training(_target(config), config.workload.params, seed=config.seed)
+        if not isinstance(built, Workload):
+            raise NotFusible("a train function runs its own loop; populations need a Workload")
+        check_model_fusible(built.model)
+        check_reports_metric(built, config.metric_name, label=config.workload.label)
+        if config.schedule.policy == "plateau" and config.schedule.mode != config.metric_mode:
+            raise ValueError(
+                f"plateau watches {config.metric_name!r}, whose mode is "
+                f"{config.metric_mode!r}, but its own mode is {config.schedule.mode!r}"
+            )
+        workload = workload or built
+        model = built.model.to(device)
+        models.append(model)
+        members.append(_member(config, model, steps_per_epoch=built.steps_per_epoch))
+    assert workload is not None
+    if not isinstance(workload.train_loader, TensorBatches):
+        raise NotFusible(
+            "the train_loader is not a TensorBatches: its order is not a function of a seed, "
+            "so the members' lone trials would not see the same batches"
+        )
+    train_loader = workload.train_loader.to(device)
+    train_loader.seed = data_seed(first)
+    val_loader = (
+        workload.val_loader.to(device)
+        if isinstance(workload.val_loader, TensorBatches)
+        else workload.val_loader
+    )
+    population = _Stack(models, workload, first.optimizer)
+    del models
+
+    active = list(range(len(members)))  # members in the stack, in stack order
+    for epoch in range(max(config.epochs for config in configs)):
+        train_loader.set_epoch(epoch)
+        population.train()
+        for inputs, targets in train_loader:
+            if not active:
+                break
+            inputs, targets = inputs.to(device), targets.to(device)
+            losses = population.losses(inputs, targets)
+            values = losses.tolist()
+            if on_loss is not None:
+                for slot, index in enumerate(active):
+                    on_loss(index, values[slot])
+            # run_trial does not step on a NaN/inf loss: such a member leaves as it was.
+            broken = [slot for slot, value in enumerate(values) if not math.isfinite(value)]
+            for slot in broken:
+                member = members[active[slot]]
+                member.losses.append(values[slot])
+                member.diverged = True
+                member.left_with = population.member_weights(slot)
+            losses.sum().backward()
+            population.step([members[index] for index in active])
+            for slot, index in enumerate(active):
+                member = members[index]
+                if member.diverged:
+                    continue
+                _after_step(member, values[slot])
+                if member.diverged:
+                    member.left_with = population.member_weights(slot)
+            active = _leave(population, members, active, lambda m: m.diverged)
+
+        # Evaluate every member still training or gone this epoch, then report them.
+        population.eval()
+        evaluated = dict(zip(active, population.evaluate(val_loader), strict=True))
+        for index, member in enumerate(members):
+            if member.left_with is not None and member.status is None:
+                evaluated[index] = population.evaluate(val_loader, member.left_with)[0]
+        for index in sorted(evaluated):
+            member = members[index]
+            if epoch >= member.config.epochs or member.status is not None:
+                continue
+            val_loss, metrics = evaluated[index]
+            result = EpochResult(
+                epoch=epoch + 1,
+                step=member.step,
+                lr=member.driver.rate(max(member.step - 1, 0)),
+                train_loss=float(np.mean(member.losses)) if member.losses else math.nan,
+                val_loss=val_loss,
+                metrics=metrics,
+                elapsed_s=time.perf_counter() - started,
+            )
+            member.losses = []
+            member.history.append(result)
+            member.driver.on_epoch_end(result.values()[member.config.metric_name])
+            stop = report(index, result)
+            if member.diverged:
+                member.status = "diverged"
+            elif stop:
+                member.status = "stopped" if epoch + 1 < member.config.epochs else "completed"
+            elif epoch + 1 == member.config.epochs:
+                member.status = "completed"
+            if member.status is not None and on_done is not None:
+                if member.left_with is None:
+                    member.left_with = population.member_weights(active.index(index))
+                on_done(index, population.state_dict(member.left_with))
+            member.left_with = None
+        active = _leave(population, members, active, lambda m: m.status is not None)
+        if not active:
+            break
+
+    elapsed = time.perf_counter() - started
+    return [
+        _outcome(
+            member.status or "completed",
+            member.history,
+            member.step,
+            member.config.metric_name,
+            member.config.metric_mode,
+            elapsed,
+        )
+        for member in members
+    ]
+
+
+class _Stack:
+    """The members' stacked weights, their forward pass and their optimizer."""
+
+    def __init__(self, models: list[nn.Module], workload: Workload, spec: OptimizerSpec) -> None:
+        params, buffers = stack_module_state(models)
+        self.params: dict[str, Tensor] = params
+        self.buffers: dict[str, Tensor] = buffers
+        # The architecture without weights: functional_call supplies each member's.
+        self.skeleton = copy.deepcopy(models[0]).to("meta")
+        self.loss_fn = workload.loss_fn
+        self.metrics = workload.metrics
+        self.optimizer = StackedOptimizer(spec)
+
+        def member_forward(
+            params: dict[str, Tensor], buffers: dict[str, Tensor], inputs: Tensor
+        ) -> Tensor:
+            return functional_call(self.skeleton, (params, buffers), (inputs,))
+
+        self._forward = vmap(member_forward, in_dims=(0, 0, None))
+        self._loss = vmap(self.loss_fn, in_dims=(0, None))
+
+    def train(self) -> None:
+        self.skeleton.train()
+
+    def eval(self) -> None:
+        self.skeleton.eval()
+
+    def losses(self, inputs: Tensor, targets: Tensor) -> Tensor:
+        """Each member's mean loss on the batch, [K]; its gradients reach that member only."""
+        for param in self.params.values():
+            param.grad = None
+        outputs = self._forward(self.params, self.buffers, inputs)
+        return self._loss(outputs, targets)
+
+    def step(self, members: list[_Member]) -> None:
+        rates = {
+            name: torch.tensor(
+                [member.rate(name) for member in members], dtype=torch.float64, device=param.device
+            )
+            for name, param in self.params.items()
+        }
+        self.optimizer.step(self.params, rates)
+
+    def member_weights(self, slot: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """A copy of one member's weights and buffers, stacked alone ([1, ...])."""
+        return (
+            {name: p.detach()[slot : slot + 1].clone() for name, p in self.params.items()},
+            {name: b[slot : slot + 1].clone() for name, b in self.buffers.items()},
+        )
+
+    def keep(self, slots: list[int]) -> None:
+        index = torch.tensor(slots, dtype=torch.long, device=self._device())
+        self.params = {
+            name: p.detach().index_select(0, index).requires_grad_()
+            for name, p in self.params.items()
+        }
+        self.buffers = {name: b.index_select(0, index) for name, b in self.buffers.items()}
+        self.optimizer.keep(index)
+
+    @torch.no_grad()
+    def evaluate(
+        self, val_loader: Any, weights: tuple[dict[str, Tensor], dict[str, Tensor]] | None = None
+    ) -> list[tuple[float, dict[str, float]]]:
+        """Each member's validation loss (mean over examples) and metrics, as `evaluate`."""
+        params, buffers = weights if weights is not None else (self.params, self.buffers)
+        count = next(iter(params.values())).shape[0]
+        if count == 0:
+            return []
+        totals = [0.0] * count
+        outputs: list[Tensor] = []
+        targets: list[Tensor] = []
+        examples = 0
+        for inputs, batch_targets in val_loader:
+            inputs, batch_targets = inputs.to(self._device()), batch_targets.to(self._device())
+            batch_outputs = self._forward(params, buffers, inputs)
+            for slot, loss in enumerate(self._loss(batch_outputs, batch_targets).tolist()):
+                totals[slot] += loss * len(inputs)
+            examples += len(inputs)
+            outputs.append(batch_outputs)
+            targets.append(batch_targets)
+        all_outputs, all_targets = torch.cat(outputs, dim=1), torch.cat(targets)
+        return [
+            (
+                totals[slot] / examples,
+                {
+                    name: float(fn(all_outputs[slot], all_targets))
+                    for name, fn in self.metrics.items()
+                },
+            )
+            for slot in range(count)
+        ]
+
+    def state_dict(self, weights: tuple[dict[str, Tensor], dict[str, Tensor]]) -> dict[str, Tensor]:
+        """One member's weights (stacked alone) as its model's state dict."""
+        params, buffers = weights
+        return {name: value[0] for name, value in {**params, **buffers}.items()}
+
+    def _device(self) -> torch.device:
+        return next(iter(self.params.values())).device
+
+
+def _member(config: TrialConfig, model: nn.Module, *, steps_per_epoch: int) -> _Member:
+    groups = build_param_groups(model, config.param_groups)
+    group_by_param = {id(p): index for index, group in enumerate(groups) for p in group["params"]}
+    group_of = {name: group_by_param[id(p)] for name, p in model.named_parameters()}
+    rate_groups = _RateGroups([{"lr_mult": group["lr_mult"]} for group in groups])
+    driver = ScheduleDriver(
+        rate_groups, config.schedule, total_steps=config.epochs * steps_per_epoch
+    )
+    return _Member(config=config, driver=driver, group_of=group_of)
+
+
+def _after_step(member: _Member, loss: float) -> None:
+    """run_trial's bookkeeping after an update: the schedule's next rate and divergence."""
+    member.losses.append(loss)
+    member.step += 1
+    member.driver.step()
+    # Bias-corrected exponential average, as in run_trial.
+    member.smoothed = _LOSS_SMOOTHING * member.smoothed + (1 - _LOSS_SMOOTHING) * loss
+    running = member.smoothed / (1 - _LOSS_SMOOTHING**member.step)
+    if member.reference_loss is None:
+        member.reference_loss = loss
+    elif running > member.config.divergence_factor * member.reference_loss > 0:
+        member.diverged = True
+
+
+def _leave(
+    stack: _Stack, members: list[_Member], active: list[int], leaves: Callable[[_Member], bool]
+) -> list[int]:
+    """Drop the members for which `leaves` holds from the stack; the indices still in it."""
+    slots = [slot for slot, index in enumerate(active) if not leaves(members[index])]
+    if len(slots) == len(active):
+        return active
+    stack.keep(slots)
+    return [active[slot] for slot in slots]
+
+
+def _target(config: TrialConfig) -> str:
+    target = (
+        config.workload.name if config.workload.name is not None else config.workload.entrypoint
+    )
+    assert target is not None  # WorkloadSpec guarantees one of the two
+    return target
+
+
+def _device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but this worker has no usable CUDA device")
+    return torch.device(name)
