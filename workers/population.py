@@ -67,7 +67,8 @@ class NotFusible(ValueError):
 
 
 def data_seed(config: TrialConfig) -> int:
-    """The seed of a trial's training-batch order."""
+    """What a trial's batch order follows: its `data_seed`, else its `seed` (the built-ins
+    order by it, and user code is built after the global RNGs are seeded with it)."""
     return config.data_seed if config.data_seed is not None else config.seed
 
 
@@ -265,7 +266,8 @@ def run_population(
             "so the members' lone trials would not see the same batches"
         )
     train_loader = workload.train_loader.to(device)
-    train_loader.seed = data_seed(first)
+    if first.data_seed is not None:
+        train_loader.seed = first.data_seed
     val_loader = (
         workload.val_loader.to(device)
         if isinstance(workload.val_loader, TensorBatches)
