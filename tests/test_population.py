@@ -35,14 +35,17 @@ def recorded_loss(outputs, targets):
     return loss
 
 
-def make(record=False, norm=None):
+def make(record=False, layer=None):
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(64, 6, generator=generator)
     y = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()
     layers = [nn.Linear(6, 16), nn.ReLU()]
-    if norm == "batchnorm":
+    if layer == "conv":  # not a chain of matmuls: runs through vmap
+        layers = [nn.Unflatten(1, (1, 6)), nn.Conv1d(1, 4, 3), nn.ReLU(), nn.Flatten()]
+        layers.append(nn.Linear(16, 16))
+    if layer == "batchnorm":
         layers.append(nn.BatchNorm1d(16))
-    if norm == "dropout":
+    if layer == "dropout":
         layers.append(nn.Dropout(0.1))
     model = nn.Sequential(nn.Sequential(*layers), nn.Linear(16, 3))
     BUILT.append(model)
@@ -152,6 +155,27 @@ def test_every_member_trains_as_its_lone_trial(tiny: Any, optimizer: str) -> Non
         assert outcomes[index].best_epoch == lone_outcome.best_epoch
 
 
+def test_a_model_that_is_not_an_mlp_trains_as_its_lone_trials_through_vmap(tiny: Any) -> None:
+    adamw = OPTIMIZERS["adamw"]
+    configs = [member(i, s, adamw, layer="conv") for i, s in enumerate(SCHEDULES[:4])]
+    losses: dict[int, list[float]] = {i: [] for i in range(len(configs))}
+    weights: dict[int, dict[str, torch.Tensor]] = {}
+
+    run_population(
+        configs,
+        lambda index, result: None,
+        on_loss=lambda index, loss: losses[index].append(loss),
+        on_done=weights.__setitem__,
+    )
+
+    for index in range(len(configs)):
+        tiny.LOSSES.clear()
+        run_trial(member(index, SCHEDULES[index], adamw, layer="conv", record=True), lambda r: None)
+        assert losses[index] == pytest.approx(tiny.LOSSES, rel=1e-5, abs=1e-6)
+        for name, value in tiny.BUILT[-1].state_dict().items():
+            torch.testing.assert_close(weights[index][name], value, rtol=1e-5, atol=1e-6)
+
+
 def test_a_diverging_member_leaves_and_the_rest_train_on(tiny: Any) -> None:
     sgd = {"name": "sgd"}
     configs = [
@@ -205,11 +229,11 @@ def test_members_with_other_data_orders_or_optimizers_do_not_fuse() -> None:
 
 
 @pytest.mark.parametrize(
-    ("norm", "reason"), [("batchnorm", "running statistics"), ("dropout", "masks")]
+    ("layer", "reason"), [("batchnorm", "running statistics"), ("dropout", "masks")]
 )
-def test_batchnorm_and_dropout_are_not_fusible(tiny: Any, norm: str, reason: str) -> None:
+def test_batchnorm_and_dropout_are_not_fusible(tiny: Any, layer: str, reason: str) -> None:
     configs = [
-        member(i, {"policy": "fixed", "lr": 0.05}, {"name": "sgd"}, norm=norm) for i in range(2)
+        member(i, {"policy": "fixed", "lr": 0.05}, {"name": "sgd"}, layer=layer) for i in range(2)
     ]
     with pytest.raises(NotFusible, match=reason):
         run_population(configs, lambda index, result: None)

@@ -378,8 +378,17 @@ class _Stack:
         ) -> Tensor:
             return functional_call(self.skeleton, (params, buffers), (inputs,))
 
-        self._forward = vmap(member_forward, in_dims=(0, 0, None))
+        self._vmapped = vmap(member_forward, in_dims=(0, 0, None))
+        self._chain = _matmul_chain(self.skeleton)
         self._loss = vmap(self.loss_fn, in_dims=(0, None))
+
+    def _forward(
+        self, params: dict[str, Tensor], buffers: dict[str, Tensor], inputs: Tensor
+    ) -> Tensor:
+        """Every member's outputs on the same inputs, [K, batch, ...]."""
+        if self._chain is None:
+            return self._vmapped(params, buffers, inputs)
+        return _run_chain(self._chain, params, inputs)
 
     def train(self) -> None:
         self.skeleton.train()
@@ -459,6 +468,63 @@ class _Stack:
 
     def _device(self) -> torch.device:
         return next(iter(self.params.values())).device
+
+
+# The layers a plain chain of batched matmuls runs (see `_matmul_chain`).
+_CHAIN_LAYERS = (nn.Linear, nn.ReLU, nn.Flatten)
+
+
+def _matmul_chain(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
+    """The layers of `model` in the order its forward runs them, with their names, when it is
+    nothing but (nested) `nn.Sequential`s of Linear, ReLU and Flatten(1, -1); else None.
+
+    Such a model (an MLP) runs as batched matmuls, the shared input of the first layer as one
+    matmul of every member's weights: on a CPU about 1.4x faster than vmap's generic rules
+    (which expand the shared input and transpose around every bmm). Any other model takes vmap.
+    """
+    layers: list[tuple[str, nn.Module]] = []
+
+    def walk(module: nn.Module, prefix: str) -> bool:
+        if type(module) is nn.Sequential:
+            return all(walk(child, f"{prefix}{name}.") for name, child in module.named_children())
+        if isinstance(module, nn.Flatten) and (module.start_dim, module.end_dim) != (1, -1):
+            return False
+        layers.append((prefix.rstrip("."), module))
+        return type(module) in _CHAIN_LAYERS
+
+    return layers if walk(model, "") and layers else None
+
+
+def _run_chain(
+    layers: list[tuple[str, nn.Module]], params: dict[str, Tensor], inputs: Tensor
+) -> Tensor:
+    """`_matmul_chain`'s layers over stacked weights: [batch, ...] in, [K, batch, ...] out."""
+    members = next(iter(params.values())).shape[0]
+    hidden = inputs
+    shared = True  # `hidden` is still the members' common input, [batch, ...]
+    for name, layer in layers:
+        if isinstance(layer, nn.Flatten):
+            hidden = hidden.flatten(1 if shared else 2)
+        elif isinstance(layer, nn.ReLU):
+            hidden = torch.relu(hidden)
+        else:
+            weight = params[f"{name}.weight"]  # [K, out, in]
+            bias = params.get(f"{name}.bias")  # [K, out]
+            outputs = weight.shape[1]
+            if shared:
+                # One matmul for all: [batch, in] x [in, K * out] -> [K, batch, out].
+                flat = hidden @ weight.reshape(members * outputs, -1).t()
+                hidden = flat.view(len(hidden), members, outputs).transpose(0, 1)
+                if bias is not None:
+                    hidden = hidden + bias.unsqueeze(1)
+                shared = False
+            elif bias is not None:
+                hidden = torch.baddbmm(bias.unsqueeze(1), hidden, weight.transpose(1, 2))
+            else:
+                hidden = torch.bmm(hidden, weight.transpose(1, 2))
+    if shared:  # no layer with weights: every member computes the same
+        hidden = hidden.expand(members, *hidden.shape)
+    return hidden
 
 
 def _member(config: TrialConfig, model: nn.Module, *, steps_per_epoch: int) -> _Member:
