@@ -13,7 +13,13 @@ from typing import Any
 import pytest
 import torch
 from lrtune.schemas.trials import EpochResult, TrialConfig
-from lrtune.workers.population import NotFusible, check_fusible, run_population
+from lrtune.workers.population import (
+    NotFusible,
+    PopulationCheckpointing,
+    PopulationState,
+    check_fusible,
+    run_population,
+)
 from lrtune.workers.trial import run_trial
 
 # 48 examples in 3 steps of 16: 4 epochs are 12 steps, short enough for every schedule below to
@@ -215,6 +221,49 @@ def test_a_stopped_member_leaves_after_that_epoch(tiny: Any) -> None:
     assert [o.status for o in outcomes] == ["completed", "stopped", "completed"]
     assert [o.epochs_done for o in outcomes] == [4, 2, 4]
     assert (1, 3) not in seen and (0, 4) in seen and (2, 4) in seen
+
+
+class Crash(Exception):
+    """The process dies (kill -9) after a report."""
+
+
+def test_a_resumed_population_goes_on_exactly_as_an_uninterrupted_one(
+    tiny: Any, tmp_path: Path
+) -> None:
+    configs = [member(i, s, OPTIMIZERS["adam"]) for i, s in enumerate(SCHEDULES[-4:])]
+    # One member stops at epoch 1, before the checkpoint: it must stay gone after resuming.
+    stops = {(1, 1)}
+
+    def run(*, crash_after: int | None, **options: Any) -> tuple[Any, ...]:
+        epochs: dict[int, list[dict[str, float]]] = {i: [] for i in range(len(configs))}
+        weights: dict[int, dict[str, torch.Tensor]] = {}
+
+        def report(index: int, result: EpochResult) -> bool:
+            if crash_after is not None and result.epoch > crash_after:
+                raise Crash
+            epochs[index].append(numbers(result))
+            return (index, result.epoch) in stops
+
+        outcomes = run_population(configs, report, on_done=weights.__setitem__, **options)
+        return epochs, weights, [(o.status, o.epochs_done, o.best_metric) for o in outcomes]
+
+    uninterrupted = run(crash_after=None)
+    path = tmp_path / "population.pt"
+    saving = PopulationCheckpointing(due=lambda epoch: epoch == 2, save=lambda s: s.save(path))
+    with pytest.raises(Crash):
+        run(crash_after=2, checkpointing=saving)
+    state = PopulationState.load(path)
+    resumed = run(crash_after=None, resume=state)
+
+    assert state.epoch == 2 and state.active == [0, 2, 3]
+    epochs, weights, outcomes = resumed
+    assert outcomes == uninterrupted[2]
+    for index in range(len(configs)):
+        done = 1 if index == 1 else 2
+        assert epochs[index] == uninterrupted[0][index][done:]
+        for name, value in uninterrupted[1][index].items():
+            if index != 1:  # its weights went to on_done before the crash
+                assert torch.equal(weights[index][name], value)
 
 
 def test_members_with_other_data_orders_or_optimizers_do_not_fuse() -> None:

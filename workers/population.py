@@ -30,6 +30,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,6 +42,7 @@ from lrtune.schemas.trials import (
     TrialOutcome,
     TrialStatus,
 )
+from lrtune.workers.rng import rng_state, set_rng_state
 from lrtune.workers.torch_schedule import ScheduleDriver, build_param_groups
 from lrtune.workers.trial import _outcome
 from lrtune.workers.workloads import (
@@ -185,9 +187,12 @@ class StackedOptimizer:
     def state_dict(self) -> dict[str, Any]:
         return {"steps": self.steps, "state": copy.deepcopy(self.state)}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], *, device: torch.device) -> None:
         self.steps = int(state["steps"])
-        self.state = copy.deepcopy(state["state"])
+        self.state = {
+            name: {key: value.to(device).clone() for key, value in tensors.items()}
+            for name, tensors in state["state"].items()
+        }
 
 
 @dataclass
@@ -217,6 +222,57 @@ class _Member:
     def rate(self, name: str) -> float:
         return float(self.driver.last_lr[self.group_of[name]])
 
+    def state_dict(self) -> dict[str, Any]:
+        """What resuming needs, between epochs (`losses` and `left_with` are empty then)."""
+        return {
+            "step": self.step,
+            "reference_loss": self.reference_loss,
+            "smoothed": self.smoothed,
+            "history": [result.model_dump() for result in self.history],
+            "diverged": self.diverged,
+            "status": self.status,
+            "schedule": self.driver.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.reference_loss = state["reference_loss"]
+        self.smoothed = float(state["smoothed"])
+        self.history = [EpochResult.model_validate(result) for result in state["history"]]
+        self.diverged = bool(state["diverged"])
+        self.status = state["status"]
+        self.driver.load_state_dict(state["schedule"])
+
+
+@dataclass(frozen=True)
+class PopulationCheckpointing:
+    """After each epoch for which `due(epoch)` holds, the population's state goes to `save`."""
+
+    due: Callable[[int], bool]
+    save: Callable[[PopulationState], None]
+
+
+@dataclass
+class PopulationState:
+    """Everything a population needs to go on exactly after `epoch`: each member's schedule,
+    divergence tracker, epochs and status; which members are still in the stack; the stacked
+    weights and optimizer state; the global RNGs. The data order is a function of (data seed,
+    epoch), so the position is the epoch itself."""
+
+    epoch: int
+    members: list[dict[str, Any]]
+    active: list[int]
+    stack: dict[str, Any]
+    rng: dict[str, Any]
+    elapsed_s: float
+
+    def save(self, path: Path) -> None:
+        torch.save(dict(self.__dict__), path)
+
+    @classmethod
+    def load(cls, path: Path) -> PopulationState:
+        return cls(**torch.load(path, map_location="cpu", weights_only=False))
+
 
 def run_population(
     configs: Sequence[TrialConfig],
@@ -224,6 +280,8 @@ def run_population(
     *,
     on_loss: Callable[[int, float], None] | None = None,
     on_done: Callable[[int, dict[str, Tensor]], None] | None = None,
+    checkpointing: PopulationCheckpointing | None = None,
+    resume: PopulationState | None = None,
 ) -> list[TrialOutcome]:
     """Train every config at once; `report(index, result)` after each member's epochs, as
     `run_trial`'s report (True stops that member). One outcome per config, in order, each as
@@ -231,6 +289,9 @@ def run_population(
 
     `on_loss(index, loss)` sees every training batch's loss of every member, `on_done(index,
     state_dict)` each member's final weights (its model's state dict) as it leaves.
+    `checkpointing` saves the whole population after the epochs it is due at (every member's
+    epochs reported), and `resume` goes on from such a state: every member's epochs after it
+    are the same, number for number, as those of an uninterrupted run (on a CPU).
 
     Raises NotFusible when the configs cannot share one batched model, WorkloadError for a
     workload that cannot be built, ValueError for a config that cannot run.
@@ -277,7 +338,19 @@ def run_population(
     del models
 
     active = list(range(len(members)))  # members in the stack, in stack order
-    for epoch in range(max(config.epochs for config in configs)):
+    first_epoch = 0
+    if resume is not None:
+        if len(resume.members) != len(members):
+            raise ValueError(
+                f"the state is of a population of {len(resume.members)}, not {len(members)}"
+            )
+        population.load_state_dict(resume.stack)
+        for member, saved in zip(members, resume.members, strict=True):
+            member.load_state_dict(saved)
+        active, first_epoch = list(resume.active), resume.epoch
+        set_rng_state(resume.rng)
+        started -= resume.elapsed_s
+    for epoch in range(first_epoch, max(config.epochs for config in configs)):
         train_loader.set_epoch(epoch)
         population.train()
         for inputs, targets in train_loader:
@@ -340,9 +413,20 @@ def run_population(
             if member.status is not None and on_done is not None:
                 if member.left_with is None:
                     member.left_with = population.member_weights(active.index(index))
-                on_done(index, population.state_dict(member.left_with))
+                on_done(index, _model_state(member.left_with))
             member.left_with = None
         active = _leave(population, members, active, lambda m: m.status is not None)
+        if checkpointing is not None and active and checkpointing.due(epoch + 1):
+            checkpointing.save(
+                PopulationState(
+                    epoch=epoch + 1,
+                    members=[member.state_dict() for member in members],
+                    active=list(active),
+                    stack=population.state_dict(),
+                    rng=rng_state(),
+                    elapsed_s=time.perf_counter() - started,
+                )
+            )
         if not active:
             break
 
@@ -412,6 +496,22 @@ class _Stack:
         }
         self.optimizer.step(self.params, rates)
 
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "params": {name: p.detach().clone() for name, p in self.params.items()},
+            "buffers": {name: b.clone() for name, b in self.buffers.items()},
+            "optimizer": self.optimizer.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        device = self._device()
+        self.params = {
+            name: p.to(device).detach().clone().requires_grad_()
+            for name, p in state["params"].items()
+        }
+        self.buffers = {name: b.to(device).clone() for name, b in state["buffers"].items()}
+        self.optimizer.load_state_dict(state["optimizer"], device=device)
+
     def member_weights(self, slot: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """A copy of one member's weights and buffers, stacked alone ([1, ...])."""
         return (
@@ -460,11 +560,6 @@ class _Stack:
             )
             for slot in range(count)
         ]
-
-    def state_dict(self, weights: tuple[dict[str, Tensor], dict[str, Tensor]]) -> dict[str, Tensor]:
-        """One member's weights (stacked alone) as its model's state dict."""
-        params, buffers = weights
-        return {name: value[0] for name, value in {**params, **buffers}.items()}
 
     def _device(self) -> torch.device:
         return next(iter(self.params.values())).device
@@ -525,6 +620,12 @@ def _run_chain(
     if shared:  # no layer with weights: every member computes the same
         hidden = hidden.expand(members, *hidden.shape)
     return hidden
+
+
+def _model_state(weights: tuple[dict[str, Tensor], dict[str, Tensor]]) -> dict[str, Tensor]:
+    """One member's weights (stacked alone) as its model's state dict."""
+    params, buffers = weights
+    return {name: value[0] for name, value in {**params, **buffers}.items()}
 
 
 def _member(config: TrialConfig, model: nn.Module, *, steps_per_epoch: int) -> _Member:
