@@ -18,6 +18,7 @@ from lrtune.workers.population import (
     PopulationCheckpointing,
     PopulationState,
     check_fusible,
+    population_size,
     run_population,
 )
 from lrtune.workers.trial import run_trial
@@ -264,6 +265,11 @@ def test_a_resumed_population_goes_on_exactly_as_an_uninterrupted_one(
         for name, value in uninterrupted[1][index].items():
             if index != 1:  # its weights went to on_done before the crash
                 assert torch.equal(weights[index][name], value)
+
+
+def test_on_a_cpu_a_population_takes_every_member() -> None:
+    configs = [member(i, {"policy": "fixed", "lr": 0.05}, {"name": "sgd"}) for i in range(5)]
+    assert population_size(configs) == 5
 
 
 def test_members_with_other_data_orders_or_optimizers_do_not_fuse() -> None:

@@ -111,6 +111,44 @@ def check_model_fusible(model: nn.Module) -> None:
             )
 
 
+# The share of a GPU's free memory a population may fill: the rest is left for the allocator's
+# fragmentation, evaluation's larger batches and CUDA's own workspaces.
+GPU_MEMORY_SHARE = 0.7
+
+
+def population_size(configs: Sequence[TrialConfig]) -> int:
+    """How many of `configs` (fusible ones) to train as one population: all on a CPU; on CUDA
+    as many as `GPU_MEMORY_SHARE` of the free memory holds, one member's share measured by a
+    training step of one lone model (its peak memory above its weights, plus its weights,
+    gradients and optimizer state)."""
+    check_fusible(configs)
+    device = _device(configs[0].device)
+    if device.type != "cuda":
+        return len(configs)
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(1, min(len(configs), int(free * GPU_MEMORY_SHARE // _member_bytes(configs[0]))))
+
+
+def _member_bytes(config: TrialConfig) -> int:
+    device = _device(config.device)
+    seed_everything(config.seed)
+    built = build_training(_target(config), config.workload.params, seed=config.seed)
+    if not isinstance(built, Workload):
+        raise NotFusible("a train function runs its own loop; populations need a Workload")
+    model = built.model.to(device)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    slots = {"sgd": 1, "adam": 2, "adamw": 2}.get(config.optimizer.name, 2)
+    inputs, targets = next(iter(built.train_loader))
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    built.loss_fn(model(inputs.to(device)), targets.to(device)).backward()
+    peak = torch.cuda.max_memory_allocated(device) - before
+    del model, built
+    # The peak holds the activations and the gradients; weights and optimizer state come on top.
+    return peak + weights * (1 + slots)
+
+
 class StackedOptimizer:
     """torch.optim's SGD, Adam or AdamW over stacked parameters ([K, ...], one slice a member),
     each member at its own rate: `_single_tensor_sgd` / `_single_tensor_adam`, step for step,
