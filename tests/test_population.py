@@ -47,9 +47,11 @@ def make(record=False, layer=None):
     x = torch.randn(64, 6, generator=generator)
     y = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()
     layers = [nn.Linear(6, 16), nn.ReLU()]
-    if layer == "conv":  # not a chain of matmuls: runs through vmap
-        layers = [nn.Unflatten(1, (1, 6)), nn.Conv1d(1, 4, 3), nn.ReLU(), nn.Flatten()]
-        layers.append(nn.Linear(16, 16))
+    if layer in ("conv", "gelu"):  # a 1-D CNN; with GELU it is no chain: vmap runs it
+        activation = nn.GELU() if layer == "gelu" else nn.ReLU()
+        layers = [nn.Unflatten(1, (1, 6)), nn.Conv1d(1, 4, 3), activation]
+        layers += [nn.Conv1d(4, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten()]
+        layers.append(nn.Linear(8, 16))
     if layer == "batchnorm":
         layers.append(nn.BatchNorm1d(16))
     if layer == "dropout":
@@ -162,9 +164,10 @@ def test_every_member_trains_as_its_lone_trial(tiny: Any, optimizer: str) -> Non
         assert outcomes[index].best_epoch == lone_outcome.best_epoch
 
 
-def test_a_model_that_is_not_an_mlp_trains_as_its_lone_trials_through_vmap(tiny: Any) -> None:
+@pytest.mark.parametrize("layer", ["conv", "gelu"], ids=["grouped convolutions", "vmap"])
+def test_a_cnn_trains_as_its_lone_trials(tiny: Any, layer: str) -> None:
     adamw = OPTIMIZERS["adamw"]
-    configs = [member(i, s, adamw, layer="conv") for i, s in enumerate(SCHEDULES[:4])]
+    configs = [member(i, s, adamw, layer=layer) for i, s in enumerate(SCHEDULES[:4])]
     losses: dict[int, list[float]] = {i: [] for i in range(len(configs))}
     weights: dict[int, dict[str, torch.Tensor]] = {}
 
@@ -177,10 +180,12 @@ def test_a_model_that_is_not_an_mlp_trains_as_its_lone_trials_through_vmap(tiny:
 
     for index in range(len(configs)):
         tiny.LOSSES.clear()
-        run_trial(member(index, SCHEDULES[index], adamw, layer="conv", record=True), lambda r: None)
+        run_trial(member(index, SCHEDULES[index], adamw, layer=layer, record=True), lambda r: None)
         assert losses[index] == pytest.approx(tiny.LOSSES, rel=1e-5, abs=1e-6)
+        # Looser than for the MLPs: a convolution sums in another order batched, and Adam
+        # divides by the gradients' size, so a gradient near 0 turns rounding into a step.
         for name, value in tiny.BUILT[-1].state_dict().items():
-            torch.testing.assert_close(weights[index][name], value, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(weights[index][name], value, rtol=1e-4, atol=1e-5)
 
 
 def test_a_diverging_member_leaves_and_the_rest_train_on(tiny: Any) -> None:
