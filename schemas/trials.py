@@ -121,7 +121,7 @@ class TrialConfig(BaseModel):
     param_groups: list[ParamGroupRule] = Field(default_factory=list)
     epochs: int = Field(gt=0)
     seed: int = Field(default=0, ge=0)
-    data_seed: int | None = Field(
+    shuffle_seed: int | None = Field(
         default=None,
         ge=0,
         description="The seed of the training batches' order when it is not `seed` (the "

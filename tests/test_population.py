@@ -95,7 +95,7 @@ OPTIMIZERS: dict[str, dict[str, Any]] = {
     "adamw": {"name": "adamw", "weight_decay": 0.1},
 }
 
-DATA_SEED = 5
+SHUFFLE_SEED = 5
 
 
 @pytest.fixture
@@ -118,7 +118,7 @@ def member(
             "param_groups": [{"match": "1.", "lr_mult": 0.5}] if index % 2 else [],
             "epochs": 4,
             "seed": 100 + index,
-            "data_seed": DATA_SEED,
+            "shuffle_seed": SHUFFLE_SEED,
             # Adam at these rates may climb for a while; judged the same either way, but a
             # ratio right at the bound could tip with the rounding, so far from it.
             "divergence_factor": 1e6,
@@ -281,7 +281,7 @@ def test_members_with_other_data_orders_or_optimizers_do_not_fuse() -> None:
     fixed = {"policy": "fixed", "lr": 0.05}
     one = member(0, fixed, {"name": "sgd"})
     with pytest.raises(NotFusible, match="data order"):
-        check_fusible([one, one.model_copy(update={"data_seed": DATA_SEED + 1})])
+        check_fusible([one, one.model_copy(update={"shuffle_seed": SHUFFLE_SEED + 1})])
     with pytest.raises(NotFusible, match="optimizer"):
         check_fusible([one, member(1, fixed, {"name": "adam"})])
     with pytest.raises(NotFusible, match="two weight sets"):
@@ -299,12 +299,12 @@ def test_batchnorm_and_dropout_are_not_fusible(tiny: Any, layer: str, reason: st
         run_population(configs, lambda index, result: None)
 
 
-def test_a_lone_trial_orders_its_batches_by_its_data_seed(tiny: Any) -> None:
-    def train_losses(data_seed: int | None) -> list[float]:
+def test_a_lone_trial_orders_its_batches_by_its_shuffle_seed(tiny: Any) -> None:
+    def train_losses(shuffle_seed: int | None) -> list[float]:
         config = member(0, {"policy": "fixed", "lr": 0.05}, {"name": "sgd"})
         results: list[EpochResult] = []
-        run_trial(config.model_copy(update={"data_seed": data_seed}), results.append)
+        run_trial(config.model_copy(update={"shuffle_seed": shuffle_seed}), results.append)
         return [result.train_loss for result in results]
 
     # The tiny workload's TensorBatches is made without a seed: its own order is seed 0's.
-    assert train_losses(None) == train_losses(0) != train_losses(DATA_SEED)
+    assert train_losses(None) == train_losses(0) != train_losses(SHUFFLE_SEED)

@@ -8,9 +8,9 @@ runs every member on the same batch; the optimizer is torch's SGD / Adam / AdamW
 the stacked tensors with a per-member rate, in torch's order of operations.
 
 Equivalence: a member trains as `run_trial` trains its config on its own, the batches ordered
-by the population's data seed: the config's `data_seed` (its `seed` when None), which every
+by the population's shuffle seed: the config's `shuffle_seed` (its `seed` when None), which every
 member must share. So a population of trials of one seed needs nothing more, and members of
-several seeds are lone trials with `data_seed` set. Losses and weights agree to float
+several seeds are lone trials with `shuffle_seed` set. Losses and weights agree to float
 rounding (batched matmuls sum in another order), not bit for bit.
 
 Not fusible, with the reason (`NotFusible`): train functions (their loop is their own),
@@ -69,10 +69,10 @@ class NotFusible(ValueError):
     """These trials cannot train as one population; the message says why."""
 
 
-def data_seed(config: TrialConfig) -> int:
-    """What a trial's batch order follows: its `data_seed`, else its `seed` (the built-ins
+def shuffle_seed(config: TrialConfig) -> int:
+    """What a trial's batch order follows: its `shuffle_seed`, else its `seed` (the built-ins
     order by it, and user code is built after the global RNGs are seeded with it)."""
-    return config.data_seed if config.data_seed is not None else config.seed
+    return config.shuffle_seed if config.shuffle_seed is not None else config.seed
 
 
 def check_fusible(configs: Sequence[TrialConfig]) -> None:
@@ -85,9 +85,9 @@ def check_fusible(configs: Sequence[TrialConfig]) -> None:
         for what in ("workload", "optimizer", "device"):
             if getattr(config, what) != getattr(first, what):
                 raise NotFusible(f"members differ in {what}: a population shares it")
-        if data_seed(config) != data_seed(first):
+        if shuffle_seed(config) != shuffle_seed(first):
             raise NotFusible(
-                "members differ in their data order (data_seed, else seed): a population "
+                "members differ in their data order (shuffle_seed, else seed): a population "
                 "trains every member on the same batches"
             )
     if first.optimizer.schedule_free:
@@ -295,7 +295,7 @@ class PopulationCheckpointing:
 class PopulationState:
     """Everything a population needs to go on exactly after `epoch`: each member's schedule,
     divergence tracker, epochs and status; which members are still in the stack; the stacked
-    weights and optimizer state; the global RNGs. The data order is a function of (data seed,
+    weights and optimizer state; the global RNGs. The data order is a function of (shuffle seed,
     epoch), so the position is the epoch itself."""
 
     epoch: int
@@ -366,8 +366,8 @@ def run_population(
             "so the members' lone trials would not see the same batches"
         )
     train_loader = workload.train_loader.to(device)
-    if first.data_seed is not None:
-        train_loader.seed = first.data_seed
+    if first.shuffle_seed is not None:
+        train_loader.seed = first.shuffle_seed
     val_loader = (
         workload.val_loader.to(device)
         if isinstance(workload.val_loader, TensorBatches)

@@ -42,7 +42,7 @@ from lrtune.workers.workloads import (
     build_training,
     check_reports_metric,
     seed_everything,
-    set_data_seed,
+    set_shuffle_seed,
 )
 from schedulefree import AdamWScheduleFree, SGDScheduleFree
 from torch import Tensor, nn
@@ -142,16 +142,16 @@ def run_trial(
     seed_everything(config.seed)
     built = _build(config)
     if isinstance(built, TrainFunction):
-        if config.data_seed is not None:
-            raise ValueError("data_seed needs a built-in loop; a train function orders its data")
+        if config.shuffle_seed is not None:
+            raise ValueError("shuffle_seed needs a built-in loop; a train function orders its data")
         if resume is not None and not isinstance(resume, FunctionState):
             raise ValueError("a train function's trial cannot resume from a built-in's state")
         return _run_function(built, config, report, device, checkpointing, resume)
     if resume is not None and not isinstance(resume, TrialState):
         raise ValueError("a built-in trial cannot resume from a train function's state")
     workload = built
-    if config.data_seed is not None:
-        set_data_seed(workload, config.data_seed)
+    if config.shuffle_seed is not None:
+        set_shuffle_seed(workload, config.shuffle_seed)
     metric = config.metric_name
     check_reports_metric(workload, metric, label=config.workload.label)
     if config.schedule.policy == "plateau" and config.schedule.mode != config.metric_mode:
