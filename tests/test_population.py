@@ -42,8 +42,9 @@ def recorded_loss(outputs, targets):
     return loss
 
 
-def make(record=False, layer=None):
-    generator = torch.Generator().manual_seed(0)
+def make(record=False, layer=None, seeded_data=False):
+    # seeded_data: drawn from the global RNG, which each member seeds with its own seed
+    generator = None if seeded_data else torch.Generator().manual_seed(0)
     x = torch.randn(64, 6, generator=generator)
     y = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()
     layers = [nn.Linear(6, 16), nn.ReLU()]
@@ -286,6 +287,13 @@ def test_members_with_other_data_orders_or_optimizers_do_not_fuse() -> None:
         check_fusible([one, member(1, fixed, {"name": "adam"})])
     with pytest.raises(NotFusible, match="two weight sets"):
         check_fusible([member(0, fixed, {"name": "sgd_schedulefree"})])
+
+
+def test_members_whose_user_code_draws_other_data_do_not_fuse(tiny: Any) -> None:
+    fixed = {"policy": "fixed", "lr": 0.05}
+    configs = [member(i, fixed, {"name": "sgd"}, seeded_data=True) for i in range(2)]
+    with pytest.raises(NotFusible, match="other examples"):
+        run_population(configs, lambda index, result: None)
 
 
 @pytest.mark.parametrize(

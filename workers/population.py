@@ -356,23 +356,16 @@ def run_population(
                 f"{config.metric_mode!r}, but its own mode is {config.schedule.mode!r}"
             )
         workload = workload or built
+        _check_same_data(workload, built)
         model = built.model.to(device)
         models.append(model)
         members.append(_member(config, model, steps_per_epoch=built.steps_per_epoch))
-    assert workload is not None
-    if not isinstance(workload.train_loader, TensorBatches):
-        raise NotFusible(
-            "the train_loader is not a TensorBatches: its order is not a function of a seed, "
-            "so the members' lone trials would not see the same batches"
-        )
+    assert workload is not None and isinstance(workload.train_loader, TensorBatches)
     train_loader = workload.train_loader.to(device)
     if first.shuffle_seed is not None:
         train_loader.seed = first.shuffle_seed
-    val_loader = (
-        workload.val_loader.to(device)
-        if isinstance(workload.val_loader, TensorBatches)
-        else workload.val_loader
-    )
+    assert isinstance(workload.val_loader, TensorBatches)
+    val_loader = workload.val_loader.to(device)
     population = _Stack(models, workload, first.optimizer)
     del models
 
@@ -711,6 +704,27 @@ def _run_chain(
     if layout == _GROUPED:  # ends in a convolution: [batch, K * C, L] -> [K, batch, C, L]
         return hidden.reshape(batch, members, -1, hidden.shape[-1]).transpose(0, 1)
     return hidden
+
+
+def _check_same_data(first: Workload, other: Workload) -> None:
+    """NotFusible unless `other` trains and validates on `first`'s examples: user code may draw
+    its data from the global RNGs, seeded with each member's own seed."""
+    for what in ("train_loader", "val_loader"):
+        ours, theirs = getattr(first, what), getattr(other, what)
+        if not isinstance(ours, TensorBatches) or not isinstance(theirs, TensorBatches):
+            raise NotFusible(
+                f"the workload's {what} is not a TensorBatches: its order is not a function of "
+                "a seed, so the members' lone trials would not see the same batches"
+            )
+        same = ours.batch_size == theirs.batch_size and all(
+            a is b or (a.shape == b.shape and torch.equal(a, b))
+            for a, b in ((ours.inputs, theirs.inputs), (ours.targets, theirs.targets))
+        )
+        if not same:
+            raise NotFusible(
+                f"the members' {what}s hold other examples (is the data drawn from the seeded "
+                "global RNG?): a population trains every member on the same batches"
+            )
 
 
 def _model_state(weights: tuple[dict[str, Tensor], dict[str, Tensor]]) -> dict[str, Tensor]:
