@@ -2,12 +2,12 @@
 the same trials one at a time.
 
 For each workload, K members (K = 4, 16, 64 by default) with schedules drawn from several
-policies and rates, seeds 0..K-1 and one data order, go through `run_population`; the lone side
-is the same configs through `run_trial`, one after another in this process (a warm process:
-no start-up, data already in memory, which favours the lone side), on the first `--lone`
-members. One torch thread on both sides, as each 1-CPU Ray trial gets. A lone trial's rate does
-not depend on K, so it is timed once per workload. `--process` also times one trial in a fresh
-process (`python -c`: imports, data, one trial), what a trial per process costs at the least.
+policies and rates, seeds 0..K-1 and one shuffle seed, go through `run_population`, and the same
+K configs through `run_trial`, one after another in this process (a warm process: no start-up,
+data already in memory, which favours the lone side). The two sides alternate, `--repeats`
+times, and each keeps its least time, so both meet the same load. One torch thread on both
+sides, as each 1-CPU Ray trial gets. `--process` also times one trial in a fresh process
+(`python -c`: imports, data, one trial), what a trial per process costs at the least.
 
     nice -n 5 .venv/bin/python -m bench.bench_population --write
 """
@@ -121,7 +121,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
-    parser.add_argument("--lone", type=int, default=4, help="lone trials timed per workload")
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS))
     parser.add_argument("--repeats", type=int, default=2, help="timings kept: the least")
     parser.add_argument("--process", action="store_true", help="also time a trial per process")
@@ -136,12 +135,12 @@ def main() -> None:
         time_lone(members[:1])  # warm: the data in memory, torch's kernels loaded
         time_population(members[:2])
         process = time_process(members[0]) if args.process else None
-        lone_runs: list[Timing] = []
         for size in args.sizes:
             load = os.getloadavg()[0]
+            lone_runs: list[Timing] = []
             population_runs: list[Timing] = []
             for _ in range(args.repeats):  # alternating, so both meet the same load
-                lone_runs.append(time_lone(members[: args.lone]))
+                lone_runs.append(time_lone(members[:size]))
                 population_runs.append(time_population(members[:size]))
             lone_cpu, lone_wall = fastest(lone_runs)
             cpu, wall = fastest(population_runs)
@@ -179,8 +178,8 @@ def write(
         f"K trials of {args.epochs} epochs each (SGD momentum 0.9, weight decay 1e-4; fixed, "
         "cosine, clr, wsd and one_cycle schedules at rates from 0.01 to 0.1; seeds 0..K-1, one "
         "data order), as one population (`run_population`: building the K models, training, "
-        f"evaluating every epoch) against one trial at a time (`run_trial` in a warm process, "
-        f"{args.lone} trials timed), one torch thread each. Trials per hour per core, from CPU "
+        "evaluating every epoch) against one trial at a time (`run_trial` in a warm process, "
+        "the same K trials), one torch thread each. Trials per hour per core, from CPU "
         "seconds (wall-clock in brackets):",
         "",
         "| workload | K | load | trials/hour, population | trials/hour, one at a time | "
