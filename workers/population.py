@@ -90,6 +90,10 @@ def check_fusible(configs: Sequence[TrialConfig]) -> None:
                 "members differ in their data order (shuffle_seed, else seed): a population "
                 "trains every member on the same batches"
             )
+    # `snapshots` comes with snapshot ensembles (another branch): a population takes none, so
+    # such a trial must run alone. getattr, until both are merged: then `first.snapshots`.
+    if getattr(first, "snapshots", None):
+        raise NotFusible("snapshot ensembles are taken by lone trials only, not in a population")
     if first.optimizer.schedule_free:
         raise NotFusible(
             f"{first.optimizer.name} keeps two weight sets and swaps them for evaluation; "
