@@ -91,8 +91,8 @@ def check_fusible(configs: Sequence[TrialConfig]) -> None:
                 "trains every member on the same batches"
             )
     # `snapshots` comes with snapshot ensembles (another branch): a population takes none, so
-    # such a trial must run alone. getattr, until both are merged: then `first.snapshots`.
-    if getattr(first, "snapshots", None):
+    # such a trial must run alone. getattr until both are merged, then `config.snapshots`.
+    if any(getattr(config, "snapshots", None) for config in configs):
         raise NotFusible("snapshot ensembles are taken by lone trials only, not in a population")
     if first.optimizer.schedule_free:
         raise NotFusible(
