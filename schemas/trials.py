@@ -132,6 +132,12 @@ class TrialConfig(BaseModel):
     param_groups: list[ParamGroupRule] = Field(default_factory=list)
     epochs: int = Field(gt=0)
     seed: int = Field(default=0, ge=0)
+    shuffle_seed: int | None = Field(
+        default=None,
+        ge=0,
+        description="The seed of the training batches' order when it is not `seed` (the "
+        "members of a population share one order); `seed` alone still initialises the model.",
+    )
     device: Literal["cpu", "cuda"] = "cpu"
     divergence_factor: float = Field(
         default=4.0,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -20,7 +20,13 @@ from lrtune.workers.schedule_math import (
     plateau_watched,
 )
 
-__all__ = ["ScheduleDriver", "build_param_groups"]
+__all__ = ["ParamGroups", "ScheduleDriver", "build_param_groups"]
+
+
+class ParamGroups(Protocol):
+    """What the driver sets rates on: a torch optimizer, or a population member's groups."""
+
+    param_groups: list[dict[str, Any]]
 
 
 def build_param_groups(
@@ -67,7 +73,7 @@ class ScheduleDriver:
 
     def __init__(
         self,
-        optimizer: torch.optim.Optimizer,
+        optimizer: ParamGroups,
         spec: ScheduleSpec,
         total_steps: int | None = None,
     ) -> None:

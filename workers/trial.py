@@ -43,6 +43,7 @@ from lrtune.workers.workloads import (
     build_training,
     check_reports_metric,
     seed_everything,
+    set_shuffle_seed,
 )
 from schedulefree import AdamWScheduleFree, SGDScheduleFree
 from torch import Tensor, nn
@@ -160,12 +161,16 @@ def run_trial(
     if isinstance(built, TrainFunction):
         if config.snapshots is not None:
             raise ValueError(f"this is a train function: {TRAIN_FUNCTION_SNAPSHOTS}")
+        if config.shuffle_seed is not None:
+            raise ValueError("shuffle_seed needs a built-in loop; a train function orders its data")
         if resume is not None and not isinstance(resume, FunctionState):
             raise ValueError("a train function's trial cannot resume from a built-in's state")
         return _run_function(built, config, report, device, checkpointing, resume)
     if resume is not None and not isinstance(resume, TrialState):
         raise ValueError("a built-in trial cannot resume from a train function's state")
     workload = built
+    if config.shuffle_seed is not None:
+        set_shuffle_seed(workload, config.shuffle_seed)
     metric = config.metric_name
     check_reports_metric(workload, metric, label=config.workload.label)
     if config.schedule.policy == "plateau" and config.schedule.mode != config.metric_mode:

@@ -267,6 +267,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def set_shuffle_seed(workload: Workload, shuffle_seed: int) -> None:
+    """Order the training batches by `shuffle_seed` instead of the trial's seed.
+
+    Only a `TensorBatches` loader has an order of its own to reseed; any other loader draws
+    from wherever it likes, so a data seed cannot be honoured there (WorkloadError).
+    """
+    if not isinstance(workload.train_loader, TensorBatches):
+        raise WorkloadError(
+            "shuffle_seed needs the workload's train_loader to be an lrtune TensorBatches, whose "
+            f"order is a function of (seed, epoch); got {type(workload.train_loader).__name__}"
+        )
+    workload.train_loader.seed = shuffle_seed
+
+
 # --- mnist1d ---------------------------------------------------------------------------------
 
 
