@@ -76,7 +76,8 @@ class Branch:
         return {
             "horizon": self.horizon.to_json(),
             "status": self.status,
-            "history": [result.model_dump(mode="json") for result in self.history],
+            # Python floats, not JSON: a diverged epoch's NaN must come back a NaN.
+            "history": [result.model_dump() for result in self.history],
             "fork_step": self.fork_step,
             "error": self.error,
         }
@@ -90,6 +91,17 @@ class Branch:
             fork_step=data["fork_step"],
             error=data.get("error"),
         )
+
+
+def sweep_trial_config(
+    config: dict[str, Any], horizons: Sequence[int], *, steps_per_epoch: int
+) -> dict[str, Any]:
+    """A wsd trial's Tune config as a sweep's trunk: its `horizons` (the shorter lengths, to
+    fork), and in the point it records, its length (`horizon_epochs`) and `trunk` key."""
+    trunk = parse_schedule(config["schedule"])
+    planned = plan_horizons(config["trial_key"], trunk, horizons, steps_per_epoch=steps_per_epoch)
+    point = {**config["point"], "horizon_epochs": horizons[-1], "trunk": config["trial_key"]}
+    return {**config, "point": point, "horizons": [h.to_json() for h in planned]}
 
 
 def horizon_schedule(trunk: WsdSchedule, total_steps: int) -> ScheduleSpec:
