@@ -119,3 +119,29 @@ def test_a_sweep_job_runs_every_horizon_to_its_recommendation(
     answer = api_client.get(f"/v1/jobs/{job.id}/recommendation")
     assert answer.status_code == 200, answer.text
     assert answer.json()["final"] is True
+
+
+@pytest.mark.ray
+def test_a_diverging_trunk_takes_the_horizons_it_had_not_forked_with_it(
+    ray_local: str, settings: Settings, store: Store
+) -> None:
+    body = {
+        **SWEEP,
+        "policies": [{"policy": "wsd", "search": {"lr": 1e4}}],
+        "horizons": [1, 2],
+    }
+    job, _ = store.create_job(spec=JobSpec.model_validate(body))
+    run_worker(settings, once=True, store=store)
+    assert store.get_job(job.id).status == "succeeded", store.get_job(job.id).error
+    trials = {t.ray_trial_id: t for t in store.list_trials(job_id=job.id, limit=100).items}
+    assert set(trials) == {"wsd-0", "wsd-0-h1"}
+    assert {t.status for t in trials.values()} == {"diverged"}
+    trunk, horizon = (
+        [(m.epoch, m.step, m.lr, m.train_loss, m.val_loss, m.metrics) for m in curve]
+        for curve in (
+            store.list_trial_metrics(trial_id=trials[key].id) for key in ("wsd-0", "wsd-0-h1")
+        )
+    )
+    # The horizon never forked: its own trial would have diverged on the same steps.
+    assert [row[0] for row in trunk] == [1] and repr(horizon) == repr(trunk)
+    assert trials["wsd-0-h1"].search_config["fork_step"] is None
