@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, NoReturn
 
 from lrtune.schemas.recommendations import RangeTestConfig
 from lrtune.schemas.schedules import POLICY_NAMES, ParamGroupRule
-from lrtune.schemas.search import check_metric_mode, validate_search_space
+from lrtune.schemas.search import check_metric_mode, field_of, validate_search_space
 from lrtune.schemas.trials import (
     ENSEMBLE_PREFIX,
     MAX_SNAPSHOTS,
@@ -248,6 +248,10 @@ class Resources(BaseModel):
     gpu: float = Field(0.0, ge=0.0, allow_inf_nan=False, description="Fractions share a GPU.")
 
 
+# Horizons of a training-length sweep at most: each is a trial per wsd configuration.
+MAX_HORIZONS = 32
+
+
 class JobSpec(BaseModel):
     """What POST /v1/jobs takes (api.md section 2)."""
 
@@ -281,6 +285,31 @@ class JobSpec(BaseModel):
     )
     resources_per_trial: Resources = Field(default_factory=lambda: Resources.model_validate({}))
     param_groups: list[ParamGroupRule] = Field(default_factory=list)
+    horizons: list[Annotated[int, Field(gt=0)]] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_HORIZONS,
+        description="Training lengths in epochs, increasing, the last the budget's epochs (which "
+        "it sets when the budget leaves epochs out): each wsd trial is one trunk cooled down to "
+        "every length, each length a trial of its own (a training-length sweep).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _budget_from_horizons(cls, data: Any) -> Any:
+        # A sweep's budget is its longest horizon; a budget without epochs takes it from there.
+        if not isinstance(data, dict):
+            return data
+        horizons, budget = data.get("horizons"), data.get("budget")
+        if (
+            isinstance(horizons, list)
+            and horizons
+            and all(isinstance(epochs, int) for epochs in horizons)
+            and isinstance(budget, dict)
+            and "epochs" not in budget
+        ):
+            data = {**data, "budget": {**budget, "epochs": max(horizons)}}
+        return data
 
     @field_validator("metric")
     @classmethod
@@ -384,6 +413,41 @@ class JobSpec(BaseModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _horizons_sweep_wsd_to_the_budget(self) -> JobSpec:
+        horizons = self.horizons
+        if horizons is None:
+            return self
+        for index in range(1, len(horizons)):
+            if horizons[index] <= horizons[index - 1]:
+                _raise_at(
+                    self,
+                    ("horizons", index),
+                    horizons[index],
+                    f"horizons must increase: {horizons[index]} comes after {horizons[index - 1]}",
+                )
+        budget = self.budget.epochs
+        for index, epochs in enumerate(horizons):
+            if epochs > budget:
+                _raise_at(
+                    self,
+                    ("horizons", index),
+                    epochs,
+                    f"horizon {epochs} is beyond the budget's {budget} epochs",
+                )
+        if horizons[-1] != budget:
+            _raise_at(
+                self,
+                ("horizons",),
+                horizons,
+                f"the longest horizon ({horizons[-1]}) must be the budget's epochs ({budget}): "
+                "the trunk trains that long",
+            )
+        problem = _sweep_problem(self)
+        if problem is not None:
+            _raise_at(self, ("horizons",), horizons, problem)
+        return self
+
     def optimizer_for(self, policy: str) -> OptimizerSpec:
         """The optimizer `policy`'s trials train with: its arm's own, else the job's."""
         for entry in self.policies:
@@ -414,10 +478,26 @@ class JobSpec(BaseModel):
             per_policy += (
                 min(self.confirm.top_k, self.budget.trials_per_policy) * self.confirm.seeds
             )
-        return per_policy * len(self.policies)
+        # A sweep's wsd trials are one per horizon (the trunk the longest).
+        swept = per_policy * (len(self.horizons) - 1) if self.horizons else 0
+        return per_policy * len(self.policies) + swept
 
 
-def _raise_at(model: BaseModel, loc: tuple[str, ...], value: Any, reason: str) -> None:
+def _sweep_problem(spec: JobSpec) -> str | None:
+    """Why the job cannot sweep its horizons, or None."""
+    wsd = next((entry for entry in spec.policies if entry.policy == "wsd"), None)
+    if wsd is None:
+        return "horizons sweep the wsd policy's training length; add wsd to policies"
+    if any(field_of("wsd", key)[0] == "total_steps" for key in wsd.search or {}):
+        return "horizons set each wsd trial's total_steps; leave total_steps out of its search"
+    if spec.early_stopping.kind != "none":
+        return "a sweep trains every horizon of every configuration; it takes no early stopping"
+    if spec.confirm is not None:
+        return "a sweep's horizons are not confirmed with fresh seeds; leave confirm out"
+    return None
+
+
+def _raise_at(model: BaseModel, loc: tuple[str | int, ...], value: Any, reason: str) -> NoReturn:
     """A 422 naming the field at `loc`, from a validator of the whole `model`."""
     detail = InitErrorDetails(
         type=PydanticCustomError("value_error", "Value error, {reason}", {"reason": reason}),

@@ -202,6 +202,63 @@ def seed_wide_rung_job(store: Store) -> int:
     return job.id
 
 
+SWEEP_HORIZONS = (2, 4, 6)
+SWEEP_RATES = (0.05, 0.2)
+
+
+def sweep_accuracy(lr: float, epochs: int) -> float:
+    """What a horizon reaches: more with length, the lower rate ahead at the longest."""
+    return 0.7 + 0.03 * epochs + (0.05 if lr == SWEEP_RATES[0] and epochs == 6 else 0.0)
+
+
+def seed_sweep_job(store: Store) -> int:
+    """A succeeded training-length sweep: two wsd trunks (rates), each cooled down to every
+    horizon, one trial per horizon as the worker records them."""
+    spec = JobSpec.model_validate(
+        {
+            "name": "digits: how long to train",
+            "workload": {"name": "digits", "params": {"model": "mlp"}},
+            "metric": {"name": "val_accuracy", "mode": "max"},
+            "policies": ["wsd"],
+            "horizons": list(SWEEP_HORIZONS),
+            "budget": {"trials_per_policy": len(SWEEP_RATES)},
+        }
+    )
+    job, _ = store.create_job(spec=spec)
+    store.claim_next_job(worker_id="test-worker", lease_seconds=600)
+    for k, lr in enumerate(SWEEP_RATES):
+        for epochs in SWEEP_HORIZONS:
+            trunk = epochs == SWEEP_HORIZONS[-1]
+            key = f"wsd-{k}" if trunk else f"wsd-{k}-h{epochs}"
+            point: dict[str, Any] = {"lr": lr, "horizon_epochs": epochs, "trunk": f"wsd-{k}"}
+            if not trunk:
+                point["fork_step"] = epochs * 30 - 6
+            trial = store.create_trial(
+                job_id=job.id,
+                policy="wsd",
+                schedule={"policy": "wsd", "lr": lr, "total_steps": epochs * 30, "decay_frac": 0.2},
+                search_config=point,
+                seed=k,
+                ray_trial_id=key,
+            )
+            rows = [
+                TrialMetric(
+                    epoch=epoch,
+                    step=epoch * 30,
+                    lr=lr,
+                    train_loss=1.0 / epoch,
+                    val_loss=1.1 / epoch,
+                    metrics={"val_accuracy": sweep_accuracy(lr, epoch)},
+                    elapsed_s=0.4 * epoch,
+                )
+                for epoch in range(1, epochs + 1)
+            ]
+            store.record_trial_results(trial_id=trial.id, results=rows)
+            store.update_trial_status(trial_id=trial.id, status="completed")
+    store.mark_job_succeeded(job_id=job.id)
+    return job.id
+
+
 class LiveService:
     """uvicorn serving create_app(settings) in a thread on a free loopback port."""
 
@@ -234,18 +291,21 @@ class Seeded(NamedTuple):
     database_url: str
     job_id: int
     wide_rung_job_id: int
+    sweep_job_id: int
 
 
 @pytest.fixture(scope="module")
 def seeded(sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Seeded:
-    """Both finished jobs, written before the service starts (and before any other job is
+    """The finished jobs, written before the service starts (and before any other job is
     queued: the store claims the oldest)."""
     database = tmp_path_factory.mktemp("dashboard") / "lrtune.db"
     shutil.copyfile(sqlite_template, database)
     url = f"sqlite:///{database}"
     store = Store.from_url(url)
     try:
-        return Seeded(url, seed_finished_job(store), seed_wide_rung_job(store))
+        return Seeded(
+            url, seed_finished_job(store), seed_wide_rung_job(store), seed_sweep_job(store)
+        )
     finally:
         store.dispose()
 
@@ -685,3 +745,34 @@ def test_trial_page_draws_the_snapshot_ensemble_beside_the_metric(
         assert legend.replace("ensemble_val_accuracy", "").count("val_accuracy") == 1
         assert "null" not in page.locator("#view").inner_text()  # no probe card, no stray text
         screenshot(page, tmp_path, "trial-page-snapshot-ensemble")
+
+
+def test_job_page_of_a_sweep_draws_the_metric_against_training_length(
+    page: Any, service: tuple[str, int], seeded: Seeded, tmp_path: Path
+) -> None:
+    url, _ = service
+    page.goto(f"{url}/#/jobs/{seeded.sweep_job_id}")
+    page.wait_for_function("document.body.dataset.jobPage === 'drawn'")
+    card = page.get_by_test_id("sweep")
+    chart = card.get_by_test_id("sweep-chart")
+    chart.locator("canvas").wait_for()
+    # A line per trunk, and the best at each length.
+    assert chart.get_attribute("data-series") == str(len(SWEEP_RATES) + 1)
+    assert "2 wsd trunks, each cooled down to 3 lengths" in card.inner_text()
+    rows = card.get_by_test_id("sweep-row")
+    assert rows.count() == len(SWEEP_HORIZONS)
+    for i, epochs in enumerate(SWEEP_HORIZONS):
+        best = max(sweep_accuracy(lr, epochs) for lr in SWEEP_RATES)
+        cells = rows.nth(i).locator("td").all_inner_texts()
+        assert cells[0] == str(epochs) and cells[1] == f"{best:.4f}", cells
+    # The lower rate wins only at the longest length.
+    assert rows.nth(2).locator("td").nth(3).inner_text() == "0.0500"
+    assert rows.nth(0).locator("td").nth(3).inner_text() == "0.200"
+    screenshot(page, tmp_path, "sweep-job-page")
+
+
+def test_a_job_without_horizons_has_no_sweep_card(page: Any, service: tuple[str, int]) -> None:
+    url, job_id = service
+    page.goto(f"{url}/#/jobs/{job_id}")
+    page.wait_for_function("document.body.dataset.jobPage === 'drawn'")
+    assert not page.get_by_test_id("sweep").is_visible()

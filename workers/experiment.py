@@ -22,7 +22,7 @@ import math
 import os
 import pickle
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,7 @@ from lrtune.workers.early_stopping import make_scheduler
 from lrtune.workers.range_test import derive_search_spaces
 from lrtune.workers.results import CancelStopper, RecordResults, sink_for
 from lrtune.workers.run_storage import PruneCheckpoints, experiment_names, storage_uri
+from lrtune.workers.sweep import sweep_trial_config
 from lrtune.workers.trainable import make_trainable
 from lrtune.workers.user_code import CodeSnapshot
 from pydantic import ValidationError
@@ -264,7 +265,9 @@ class EqualBudgetSearcher(_StatefulSearcher):
     restores), `policy`, `index`, `seed`, `optimizer` (the policy's arm's, as JSON: `optimizers`
     maps each policy to it), `point` (the sampled search-space point, durations still in epochs
     or fractions) and `schedule` (resolved in steps) or `schedule_error`.
-    Suggests nothing once the job must stop (cancellation).
+    Suggests nothing once the job must stop (cancellation). With `horizons` (a training-length
+    sweep) each wsd trial is a trunk, its config also listing the horizons it forks
+    (`lrtune.workers.sweep`).
     """
 
     def __init__(
@@ -280,6 +283,7 @@ class EqualBudgetSearcher(_StatefulSearcher):
         mode: str,
         steps_per_epoch: int,
         epochs: int,
+        horizons: Sequence[int] = (),
     ) -> None:
         super().__init__(metric=metric, mode=mode)
         self.job_key = job_key
@@ -291,6 +295,7 @@ class EqualBudgetSearcher(_StatefulSearcher):
         self.seed = seed
         self.steps_per_epoch = steps_per_epoch
         self.epochs = epochs
+        self.horizons = list(horizons)
         self.state = _SearchState(suggested=dict.fromkeys(self.order, 0))
         self._grids: dict[str, list[dict[str, Any]]] = {}
         self._tpe: dict[str, Any] = {}
@@ -346,6 +351,8 @@ class EqualBudgetSearcher(_StatefulSearcher):
             config["schedule"] = schedule.model_dump(mode="json")
         except (ValidationError, ValueError) as error:
             config["schedule_error"] = _first_problem(error)
+        if self.horizons and policy == "wsd" and config["schedule"] is not None:
+            config = sweep_trial_config(config, self.horizons, steps_per_epoch=self.steps_per_epoch)
         return config
 
     def _point(self, space: PolicySpace, *, index: int, trial_id: str) -> dict[str, Any]:
@@ -519,6 +526,7 @@ def plan_searcher(plan: ExperimentPlan) -> EqualBudgetSearcher:
         mode=spec.metric_mode,
         steps_per_epoch=plan.steps_per_epoch,
         epochs=spec.budget.epochs,
+        horizons=spec.horizons or (),
     )
 
 

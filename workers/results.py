@@ -28,6 +28,9 @@ OUTCOME_KEY = "lrtune_outcome"
 PROBE_KEY = "lrtune_probe"
 # The epoch of the checkpoint a restarted trial resumed from, in its first result after that.
 RESTORED_KEY = "lrtune_restored_from_epoch"
+# The horizons of a training-length sweep that the trunk forked and ran since its previous
+# result, each a trial of its own (`lrtune.workers.sweep.Branch.to_json`).
+BRANCHES_KEY = "lrtune_branches"
 NODE_KEY = "node_id"
 # A comma-separated list of the workload metrics flattened into the result.
 METRIC_NAMES_KEY = "metric_names"
@@ -217,6 +220,8 @@ class RecordResults(Callback):
         key = trial_key_of(trial)
         if key in self._ignored or key not in self._started:
             return
+        for branch in result.get(BRANCHES_KEY) or ():
+            self._record_branch(trial, branch, node_id=result.get(NODE_KEY))
         if result.get(OUTCOME_KEY) == "diverged":
             self._diverged.add(key)
         if RESTORED_KEY in result:
@@ -230,6 +235,30 @@ class RecordResults(Callback):
         if PROBE_KEY in result:
             probe = ProbeResult.model_validate(result[PROBE_KEY])
             self.sink.on_probe(key, probe, decision=self._decision(epoch.epoch, result))
+
+    def _record_branch(self, trunk: Any, branch: dict[str, Any], *, node_id: str | None) -> None:
+        """A horizon forked from `trunk` and run to its end: a trial of its own, written whole
+        (its start, every epoch of its curve, how it ended). Already recorded: nothing."""
+        horizon = branch["horizon"]
+        key = str(horizon["trial_key"])
+        config = trunk.config
+        trial_id = self.sink.on_trial_start(
+            key,
+            policy=config["policy"],
+            schedule=horizon["schedule"] or {"policy": config["policy"]},
+            search_config={
+                **config["point"],
+                "horizon_epochs": horizon["epochs"],
+                "fork_step": branch["fork_step"],
+            },
+            seed=int(config["seed"]),
+            node_id=node_id,
+        )
+        if trial_id is None:
+            return
+        for data in branch["history"]:
+            self.sink.on_epoch(key, EpochResult.model_validate(data), node_id=node_id)
+        self.sink.on_trial_end(key, status=branch["status"], error=branch["error"])
 
     def _decision(self, epoch: int, result: dict[str, Any]) -> str:
         """What ASHA decided at this rung: Tune marks the result `done` when the scheduler stops

@@ -21,12 +21,14 @@ from lrtune.schemas.schedules import parse_schedule
 from lrtune.schemas.trials import EpochResult, OptimizerSpec, ProbeResult, TrialConfig
 from lrtune.workers.early_stopping import JUDGED_KEY, judged_value, probe_epochs, rung_epochs
 from lrtune.workers.results import (
+    BRANCHES_KEY,
     OUTCOME_KEY,
     PROBE_KEY,
     RESTORED_KEY,
     TrialError,
     epoch_metrics,
 )
+from lrtune.workers.sweep import Branch, Horizon, run_sweep
 from lrtune.workers.train_function import FunctionState
 from lrtune.workers.trial import Checkpointing, Probing, TrialState, load_state, run_trial
 from lrtune.workers.user_code import CodeSnapshot, describe_user_error
@@ -126,6 +128,9 @@ def make_trainable(
             if probe is not None:
                 extra[PROBE_KEY] = probe.model_dump(mode="json")
                 extra[JUDGED_KEY] = judged_value(probe.values()[metric], mode=mode)
+            branches: list[dict[str, Any]] | None = pending.pop("branches", None)
+            if branches:
+                extra[BRANCHES_KEY] = branches
             state: TrialState | FunctionState | None = pending.pop("state", None)
             # Blocks until the driver has the result; when Tune stops the trial (ASHA,
             # cancellation) this call ends the trial's thread instead of returning.
@@ -143,17 +148,43 @@ def make_trainable(
                 epochs=probed, cooldown=cooldown, on_probe=lambda p: pending.update(probe=p)
             )
         checkpointing = Checkpointing(due=checkpoint_due, save=lambda s: pending.update(state=s))
+
+        def on_branch(branch: Branch) -> None:
+            # A horizon of a sweep, run: it goes with the trunk's next result.
+            pending.setdefault("branches", []).append(branch.to_json())
+
+        horizons = [Horizon.from_json(h) for h in config.get("horizons") or []]
         try:
-            outcome = run_trial(
-                trial_config, report, probing=probing, checkpointing=checkpointing, resume=resume
-            )
+            if horizons:
+                outcome = run_sweep(
+                    trial_config,
+                    horizons,
+                    report,
+                    on_branch=on_branch,
+                    checkpointing=checkpointing,
+                    resume=resume,
+                )
+            else:
+                outcome = run_trial(
+                    trial_config,
+                    report,
+                    probing=probing,
+                    checkpointing=checkpointing,
+                    resume=resume,
+                )
         except Exception as error:
             # The trial's error in SQL names the user's exception and the line of their code
             # it came from, not lrtune's frames around it.
             raise TrialError(describe_user_error(error)) from error
+        closing: dict[str, Any] = {}
         if outcome.status == "diverged" and last and OUTCOME_KEY not in last:
             # One more result, the last epoch again, so the driver learns how the trial ended.
-            tune.report({**last, OUTCOME_KEY: "diverged"})
+            closing[OUTCOME_KEY] = "diverged"
+        if pending.get("branches"):
+            # The horizons a diverged trunk never forked diverged with it (lrtune.workers.sweep).
+            closing[BRANCHES_KEY] = pending.pop("branches")
+        if closing and last:
+            tune.report({**last, **closing})
 
     lrtune_trial.__name__ = TRAINABLE_NAME
     lrtune_trial.__qualname__ = TRAINABLE_NAME

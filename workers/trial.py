@@ -86,6 +86,18 @@ class Checkpointing:
     save: Callable[[TrialState | FunctionState], None]
 
 
+@dataclass(frozen=True)
+class Forking:
+    """Right after each of the given optimizer steps (counted from 0 at the trial's start), a copy
+    of the trial's state goes to `on_fork`, mid-epoch or not, before the trial goes on: a
+    branch resumed from it (`run_trial(..., resume=state)`) trains exactly as a trial that had
+    been on its own schedule from the start, as long as the two schedules agree up to there
+    (a training-length sweep: `lrtune.workers.sweep`)."""
+
+    steps: frozenset[int]
+    on_fork: Callable[[TrialState], None]
+
+
 @dataclass
 class TrialState:
     """Everything a trial needs to go on exactly after `epoch`: the model, the optimizer, the
@@ -94,7 +106,10 @@ class TrialState:
     ensemble metrics of the latest cycle end.
 
     The data order is a function of (seed, epoch) for `TensorBatches`, and a loader drawing
-    from the global RNGs is covered by their states, so the position is the epoch itself.
+    from the global RNGs is covered by their states, so the position is the epoch itself. A
+    fork's state may be mid-epoch (`step` beyond `epoch` whole epochs, `epoch_losses` the
+    training losses of the epoch so far): resuming it skips the epoch's batches already trained,
+    which only `TensorBatches` can replay.
     A schedule-free optimizer's state is taken in eval mode, as schedulefree asks: the model
     holds the average x (BatchNorm statistics recomputed at x), the optimizer says
     `train_mode` False, and the resumed trial swaps back to train mode at its next epoch,
@@ -113,6 +128,7 @@ class TrialState:
     elapsed_s: float
     snapshots: list[dict[str, Any]] = field(default_factory=list)
     ensemble: dict[str, float] = field(default_factory=dict)
+    epoch_losses: list[float] = field(default_factory=list)
 
     def save(self, path: Path) -> None:
         payload = {**self.__dict__, "history": [r.model_dump() for r in self.history]}
@@ -135,6 +151,7 @@ def run_trial(
     probing: Probing | None = None,
     checkpointing: Checkpointing | None = None,
     resume: TrialState | FunctionState | None = None,
+    forking: Forking | None = None,
 ) -> TrialOutcome:
     """Train `config.workload` for `config.epochs` epochs, calling `report` after each epoch.
 
@@ -147,6 +164,8 @@ def run_trial(
     `probing` runs cooldown probes after some epochs, `checkpointing` saves the trial's state,
     and `resume` goes on from a saved state: the epochs after it are the same, number for
     number, as those of an uninterrupted run (on a CPU), and probes change nothing either.
+
+    `forking` hands copies of the state to a callback after some steps (branches of a sweep).
 
     With `config.snapshots` = M (clr and sgdr), a snapshot of the weights is taken after each
     cycle's last step, mid-epoch or not, and the last M kept. Every epoch from the first cycle
@@ -165,6 +184,8 @@ def run_trial(
             raise ValueError("shuffle_seed needs a built-in loop; a train function orders its data")
         if resume is not None and not isinstance(resume, FunctionState):
             raise ValueError("a train function's trial cannot resume from a built-in's state")
+        if forking is not None:
+            raise ValueError("a train function's trial cannot fork: its loop is the user's")
         return _run_function(built, config, report, device, checkpointing, resume)
     if resume is not None and not isinstance(resume, TrialState):
         raise ValueError("a built-in trial cannot resume from a train function's state")
@@ -201,6 +222,9 @@ def run_trial(
     first_epoch = 0
     reference_loss: float | None = None
     smoothed = 0.0
+    # Batches of the first epoch already trained (a mid-epoch fork resumes after them).
+    skip = 0
+    resumed_losses: list[float] = []
     if resume is not None:
         model.load_state_dict(resume.model)
         optimizer.load_state_dict(resume.optimizer)
@@ -211,16 +235,43 @@ def run_trial(
         reference_loss, smoothed = resume.reference_loss, resume.smoothed
         snapshots, ensemble = list(resume.snapshots), dict(resume.ensemble)
         started -= resume.elapsed_s
+        skip = step - first_epoch * steps_per_epoch
+        resumed_losses = list(resume.epoch_losses)
+        if skip and not isinstance(workload.train_loader, TensorBatches):
+            raise ValueError(
+                "a mid-epoch resume replays the epoch's first batches, which needs a train_loader "
+                "whose order is a function of (seed, epoch): TensorBatches"
+            )
+
+    def state_now(epoch_done: int, losses: list[float]) -> TrialState:
+        return TrialState(
+            epoch=epoch_done,
+            step=step,
+            model=model.state_dict(),
+            optimizer=optimizer.state_dict(),
+            schedule=driver.state_dict(),
+            rng=rng_state(),
+            reference_loss=reference_loss,
+            smoothed=smoothed,
+            history=list(history),
+            elapsed_s=time.perf_counter() - started,
+            snapshots=list(snapshots),
+            ensemble=dict(ensemble),
+            epoch_losses=list(losses),
+        )
+
     status: TrialStatus = "completed"
     for epoch in range(first_epoch, config.epochs):
         set_epoch = getattr(train_loader, "set_epoch", None)
         if callable(set_epoch):
             set_epoch(epoch)
         train_weights(model, optimizer)
-        losses: list[float] = []
+        losses, resumed_losses = resumed_losses, []
         diverged = False
         snapshot_taken = False
-        for inputs, targets in train_loader:
+        for position, (inputs, targets) in enumerate(train_loader):
+            if position < skip:
+                continue  # trained before the fork this run resumes from
             inputs, targets = inputs.to(device), targets.to(device)
             optimizer.zero_grad(set_to_none=True)
             loss = workload.loss_fn(model(inputs), targets)
@@ -246,6 +297,10 @@ def run_trial(
             elif running > config.divergence_factor * reference_loss > 0:
                 diverged = True
                 break
+            if forking is not None and step in forking.steps:
+                # Copies: the branch's optimizer may keep the tensors it is given.
+                forking.on_fork(copy.deepcopy(state_now(epoch, losses)))
+        skip = 0
         # Schedule-free: from here to the next epoch (evaluation, probe, checkpoint, report) the
         # model holds the average x.
         eval_weights(model, optimizer, train_loader=train_loader, device=device, data_epoch=epoch)
@@ -290,22 +345,7 @@ def run_trial(
                 )
             )
         if checkpointing is not None and not diverged and checkpointing.due(epoch + 1):
-            checkpointing.save(
-                TrialState(
-                    epoch=epoch + 1,
-                    step=step,
-                    model=model.state_dict(),
-                    optimizer=optimizer.state_dict(),
-                    schedule=driver.state_dict(),
-                    rng=rng_state(),
-                    reference_loss=reference_loss,
-                    smoothed=smoothed,
-                    history=list(history),
-                    elapsed_s=time.perf_counter() - started,
-                    snapshots=list(snapshots),
-                    ensemble=dict(ensemble),
-                )
-            )
+            checkpointing.save(state_now(epoch + 1, []))
         stop = report(result)
         if diverged:
             status = "diverged"

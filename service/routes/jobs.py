@@ -173,8 +173,8 @@ def check_job_limits(spec: JobSpec, settings: Settings, *, tenant: Tenant) -> No
     if spec.planned_trials > max_trials:
         raise LimitExceededError(
             f"this job plans {spec.planned_trials} trials (policies x trials_per_policy, plus "
-            f"confirmation seeds); tenant {tenant.name!r} may run at most {max_trials} per job "
-            "(max_trials_per_job)",
+            f"confirmation seeds and one per horizon of a sweep); tenant {tenant.name!r} may run "
+            f"at most {max_trials} per job (max_trials_per_job)",
             field="budget.trials_per_policy",
         )
     if spec.budget.trials_per_policy > settings.max_trials_per_policy:

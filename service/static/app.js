@@ -210,11 +210,12 @@ async function jobPage(jobId) {
   const recoCard = h("div", { class: "card reco", "data-testid": "recommendation" });
   const boardCard = h("div", { class: "card", "data-testid": "leaderboard" });
   const curvesCard = h("div", { class: "card", "data-testid": "curves" });
+  const sweepCard = h("div", { class: "card", "data-testid": "sweep", hidden: true });
   const lrCard = h("div", { class: "card", "data-testid": "lr-curves" });
   const rangeCard = h("div", { class: "card", "data-testid": "range-test" });
   const rungsCard = h("div", { class: "card", "data-testid": "rungs" });
   const trialsCard = h("div", { class: "card", "data-testid": "trials" });
-  view.replaceChildren(head, progressCard, timelineCard, recoCard, boardCard, curvesCard, rungsCard,
+  view.replaceChildren(head, progressCard, timelineCard, recoCard, boardCard, curvesCard, sweepCard, rungsCard,
     h("div", { class: "grid2" }, lrCard, rangeCard), h("div", { style: "height:16px" }), trialsCard);
 
   const state = { job, curves, recommendation };
@@ -229,6 +230,7 @@ async function jobPage(jobId) {
   performance.mark("lrtune:job-page-drawn");
   document.body.dataset.jobPage = "drawn";
   renderLrCurves(lrCard, curves);
+  renderSweep(sweepCard, job).catch((error) => sweepCard.append(errorBox(error)));
   trialsTable(trialsCard, jobId, curves.policies.map((p) => p.policy));
 
   if (!FINISHED_JOB.has(job.status)) {
@@ -256,6 +258,7 @@ async function jobPage(jobId) {
         renderCurves(curvesCard, c, winnerIds(state));
         renderRungs(rungsCard, g, fresh);
         renderTimeline(timelineCard, t);
+        renderSweep(sweepCard, fresh).catch(() => null);
       }
       if (finished) {
         timers.forEach(clearInterval);
@@ -466,6 +469,76 @@ function renderCurves(card, curves, winners) {
   }
   lineChart(metricChart, curveSeries(curves, "metric", winners), { xLabel: "epoch", yLabel: curves.metric });
   lineChart(lossChart, curveSeries(curves, "val_loss", winners), { xLabel: "epoch", yLabel: "val_loss", logY: true });
+}
+
+// A training-length sweep (the job's `horizons`): the metric at the end of each horizon, one line
+// per wsd trunk (a configuration cooled down to every length) and the best at each length.
+async function renderSweep(card, job) {
+  const horizons = job.spec.horizons;
+  if (!horizons) return;
+  const trials = [];
+  let cursor = null;
+  do {
+    const params = new URLSearchParams({ limit: "200", policy: "wsd" });
+    if (cursor) params.set("cursor", cursor);
+    const page = await api(`/v1/jobs/${job.id}/trials?${params}`);
+    trials.push(...page.items);
+    cursor = page.next_cursor;
+  } while (cursor);
+  const metric = job.spec.metric ? job.spec.metric.name : "val_loss";
+  const better = (a, b) => (job.spec.metric && job.spec.metric.mode === "max" ? a > b : a < b);
+  // A horizon counts once it has trained its whole length.
+  const ended = trials.filter((t) => t.search_config.horizon_epochs === t.epochs_done && finite(t.last_metric) !== null);
+  const trunks = new Map();
+  for (const t of ended) {
+    const key = t.search_config.trunk;
+    if (!trunks.has(key)) trunks.set(key, []);
+    trunks.get(key).push(t);
+  }
+  const series = [...trunks.values()].map((runs) => {
+    runs.sort((a, b) => a.search_config.horizon_epochs - b.search_config.horizon_epochs);
+    return {
+      label: `${runs[0].search_config.trunk} (lr ${fmt(runs[0].schedule.lr, 3)})`,
+      x: runs.map((t) => t.search_config.horizon_epochs),
+      y: runs.map((t) => finite(t.last_metric)),
+      colour: withAlpha(policyColour("wsd"), 0.5),
+      width: 1.2,
+    };
+  });
+  const best = horizons.map((epochs) => ended
+    .filter((t) => t.search_config.horizon_epochs === epochs)
+    .reduce((found, t) => (found === null || better(finite(t.last_metric), finite(found.last_metric)) ? t : found), null));
+  const reached = best.filter(Boolean);
+  if (reached.length) {
+    series.push({
+      label: "best at each length",
+      x: reached.map((t) => t.search_config.horizon_epochs),
+      y: reached.map((t) => finite(t.last_metric)),
+      colour: policyColour("wsd"),
+      width: 3,
+    });
+  }
+  const chart = h("div", { class: "chart", "data-testid": "sweep-chart" });
+  card.hidden = false;
+  card.replaceChildren(
+    h("div", { class: "row" }, h("h2", { style: "margin:0" }, "How long to train"),
+      h("span", { class: "muted small" }, `${trunks.size} wsd trunk${trunks.size === 1 ? "" : "s"}, each cooled down to ${horizons.length} lengths`)),
+    h("div", { class: "grid2" },
+      h("div", {}, h("div", { class: "chart-title" }, `${metric} against training length`), chart),
+      h("table", {},
+        h("thead", {}, h("tr", {}, ["Epochs", `Best ${metric}`, "Trial", "lr"].map((c, i) => h("th", { class: i === 2 ? "" : "num" }, c)))),
+        h("tbody", {}, horizons.map((epochs, i) => h("tr", { "data-testid": "sweep-row" },
+          h("td", { class: "num" }, String(epochs)),
+          h("td", { class: "num" }, best[i] ? fmt(best[i].last_metric) : "–"),
+          h("td", {}, best[i] ? h("a", { href: `#/trials/${best[i].id}` }, `#${best[i].id}`) : "–"),
+          h("td", { class: "num" }, best[i] ? fmt(best[i].schedule.lr, 3) : "–"),
+        ))))),
+  );
+  if (!series.length) {
+    chart.append(h("div", { class: "notice" }, "No horizon has trained its whole length yet."));
+    return;
+  }
+  lineChart(chart, series, { xLabel: "training length (epochs)", yLabel: metric });
 }
 
 // Early stopping's rungs: at each rung epoch, the trials that reached it best-first by the value
