@@ -43,6 +43,13 @@ UNFINISHED_TRIAL_STATUSES = ("pending", "running")
 # The tenant's cap on queued + running jobs: the submitter outpaces one worker on purpose, so
 # the cap answers 429 (expected, counted apart) and bounds the queue left to drain at the end.
 MAX_ACTIVE_JOBS = 6
+# Of the submissions: a quarter carry a new Idempotency-Key; one in ten replays a key already
+# answered (30% of those with another spec: 409; else the same job, 200); one in four is
+# followed by a cancel of a recent job.
+NEW_KEY_SHARE = 0.25
+REPLAY_SHARE = 0.1
+OTHER_SPEC_SHARE = 0.3
+CANCEL_SHARE = 0.25
 POLICIES = ["fixed", "cosine", "exponential", "clr", "sgdr", "one_cycle"]
 PREVIEWS: list[dict[str, Any]] = [
     {"policy": "clr", "base_lr": 0.001, "max_lr": 0.1, "step_size": 250, "mode": "triangular2"},
@@ -68,8 +75,10 @@ class Traffic:
     requests: list[Request] = field(default_factory=list)
     accepted: set[int] = field(default_factory=set)
     keys: dict[str, tuple[dict[str, Any], int]] = field(default_factory=dict)
-    key_replays: int = 0
-    key_replays_same_job: int = 0
+    # Replays of a used key: same spec -> [answered with the key's job, answered otherwise];
+    # another spec -> [409, answered otherwise].
+    same_spec_replays: list[int] = field(default_factory=lambda: [0, 0])
+    other_spec_replays: list[int] = field(default_factory=lambda: [0, 0])
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def note(self, request: Request) -> None:
@@ -250,52 +259,57 @@ class LoadGenerator:
         return answer
 
     def submitter(self) -> None:
-        """Submit a job every `submit_every_s`; a quarter with an Idempotency-Key (some of those
-        sent again: the same job must come back, or 409 for a different spec); cancel one job
-        in four, at a random later time."""
+        """Submit a job every `submit_every_s` on average, some with an Idempotency-Key, some
+        replaying a used key; cancel a recent job after some submissions (see the shares)."""
         rng = random.Random(self.seed)
         retry: list[tuple[str, dict[str, Any]]] = []  # keyed submissions that got no answer
         with httpx.Client(timeout=30) as client:
             while not self.stopping.wait(rng.uniform(0.5, 1.5) * self.submit_every_s):
-                spec, headers, key = job_spec(rng), {}, None
+                spec, key, other_spec = job_spec(rng), None, False
                 if retry:
                     key, spec = retry.pop()
-                elif self.traffic.keys and rng.random() < 0.1:
+                elif self.traffic.keys and rng.random() < REPLAY_SHARE:
                     key = rng.choice(list(self.traffic.keys))
                     spec = dict(self.traffic.keys[key][0])
-                    if rng.random() < 0.3:
+                    other_spec = rng.random() < OTHER_SPEC_SHARE
+                    if other_spec:
                         spec["name"] = "soak, another spec under a used key"
-                elif rng.random() < 0.25:
+                elif rng.random() < NEW_KEY_SHARE:
                     key = uuid.uuid4().hex
-                if key is not None:
-                    headers["Idempotency-Key"] = key
-                replay = key in self.traffic.keys
+                replay = key is not None and key in self.traffic.keys
                 answer = self.call(
                     client,
                     "POST",
                     "/v1/jobs",
                     "POST /v1/jobs",
                     json=spec,
-                    headers=headers,
-                    expect=(429, 409) if replay else (429,),
+                    headers={"Idempotency-Key": key} if key is not None else {},
+                    # 429: the tenant's cap on active jobs, except for a replay of a used key.
+                    expect=(409,) if other_spec else () if replay else (429,),
                 )
                 if answer is None:
                     if key is not None:
                         retry.append((key, spec))
                     continue
+                if key is not None and replay:
+                    self._count_replay(key, answer, other_spec=other_spec)
                 if answer.status_code in (200, 201):
                     job_id = answer.json()["id"]
                     self.traffic.accept(job_id)
                     if key is not None and not replay:
                         self.traffic.keys[key] = (spec, job_id)
-                    if key is not None and replay:
-                        self.traffic.key_replays += 1
-                        self.traffic.key_replays_same_job += job_id == self.traffic.keys[key][1]
-                if rng.random() < 0.25 and self.traffic.accepted:
+                if rng.random() < CANCEL_SHARE and self.traffic.accepted:
                     job_id = rng.choice(self.traffic.some_jobs())
                     path = f"/v1/jobs/{job_id}/cancel"
                     # 409: the job had already succeeded or failed.
                     self.call(client, "POST", path, "POST /v1/jobs/{id}/cancel", expect=(409,))
+
+    def _count_replay(self, key: str, answer: httpx.Response, *, other_spec: bool) -> None:
+        if other_spec:
+            self.traffic.other_spec_replays[answer.status_code != 409] += 1
+            return
+        same_job = answer.status_code == 200 and answer.json()["id"] == self.traffic.keys[key][1]
+        self.traffic.same_spec_replays[not same_job] += 1
 
     def reader(self, index: int) -> None:
         """Poll jobs, list jobs and trials, read a trial's metrics, preview schedules."""
@@ -343,6 +357,7 @@ class Check:
     trials: collections.Counter[str] = field(default_factory=collections.Counter)
     epochs: int = 0
     restored: int = 0  # trials resumed from a checkpoint after a kill
+    resumed_jobs: list[int] = field(default_factory=list)  # run by more than one worker
     failed_jobs: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
@@ -359,6 +374,9 @@ def check_final_state(store: Store, job_ids: set[int]) -> Check:
             continue
         if job.status == "failed":
             found.failed_jobs.append(f"job {job_id}: {job.error}")
+        workers = {p.worker_id for p in store.job_timeline(job_id).phases if p.worker_id}
+        if len(workers) > 1:
+            found.resumed_jobs.append(job_id)
         trials = _all_trials(store, job_id)
         if job.status == "succeeded" and len(trials) != job.progress.planned:
             found.problems.append(
@@ -566,8 +584,9 @@ def report(
         "jobs, list a job's trials, read a trial's metrics, preview a schedule) and one "
         f"submitter (a job every ~{args.submit_every:.0f} s: digits or mnist1d mlp, 2-4 epochs, "
         "1-3 policies x 1-2 trials, 30% with ASHA and cooldown probes, 15% with a "
-        "confirmation run; a quarter with an Idempotency-Key, 10% of submissions replay a used "
-        "key, a third of those with another spec; a cancel after one submission in four). "
+        f"confirmation run; {NEW_KEY_SHARE:.0%} with a new Idempotency-Key, {REPLAY_SHARE:.0%} "
+        f"replaying a used key ({OTHER_SPEC_SHARE:.0%} of those with another spec); a cancel of "
+        f"a recent job after {CANCEL_SHARE:.0%} of submissions). "
         f"Run with: `nice -n 5 .venv/bin/python -m bench.bench_soak {' '.join(sys.argv[1:])}`.",
         "",
         f"- Load for {load_seconds / 60:.1f} min; then {drained_s / 60:.1f} min until every job "
@@ -585,8 +604,9 @@ def report(
         f"answer while the API was down or in flight when it was killed: {_by_status(expected)}.",
         f"- Errors (any other 4xx or 5xx, or no answer outside the API restart): "
         f"{_by_status(unexpected) if unexpected else 'none'}.",
-        f"- Idempotency-Key replays with the same spec answered with the job first made for "
-        f"the key: {traffic.key_replays_same_job} of {traffic.key_replays}.",
+        "- Idempotency-Key replays: with the same spec, answered 200 with the key's first job "
+        f"{traffic.same_spec_replays[0]} of {sum(traffic.same_spec_replays)}; with another "
+        f"spec, 409 {traffic.other_spec_replays[0]} of {sum(traffic.other_spec_replays)}.",
         "",
         *table,
         "",
@@ -595,7 +615,9 @@ def report(
         + ", ".join(f"{s} {n}" for s, n in sorted(check.jobs.items()))
         + f"; {sum(check.trials.values())} trials: "
         + ", ".join(f"{s} {n}" for s, n in sorted(check.trials.items()))
-        + f"; {check.restored} trials resumed from a checkpoint after a kill; "
+        + f"; {len(check.resumed_jobs)} jobs interrupted by a kill and finished by the next "
+        f"worker ({', '.join(map(str, check.resumed_jobs)) or 'none'}); {check.restored} trials "
+        "resumed from a checkpoint after a kill; "
         f"{check.epochs:,} epochs stored.",
         "Checked: every job final; each succeeded job has exactly its planned trials, no Tune "
         "trial made twice; each completed trial stored epochs 1..budget.epochs once, each pruned, "
