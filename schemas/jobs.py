@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from lrtune.schemas.recommendations import RangeTestConfig
 from lrtune.schemas.schedules import POLICY_NAMES, ParamGroupRule
-from lrtune.schemas.search import check_metric_mode, validate_search_space
+from lrtune.schemas.search import SearchSpaceError, check_metric_mode, validate_search_space
 from lrtune.schemas.trials import OptimizerSpec, schedule_free_policy_error
 from lrtune.schemas.workloads import BUILTIN_WORKLOADS, WorkloadSpec
 from pydantic import (
@@ -112,9 +112,11 @@ class PolicySearch(BaseModel):
             return search
         try:
             validate_search_space(policy, search)
-        except ValidationError as error:
-            problem = error.errors()[0]
-            raise ValueError(problem["msg"].removeprefix("Value error, ")) from None
+        except SearchSpaceError as error:
+            # Said at the key (policies.0.search.max_lr), not at the whole space.
+            raise _value_error(
+                cls.__name__, loc=(error.key,), value=search[error.key], reason=str(error)
+            ) from None
         return search
 
     @field_validator("optimizer")
@@ -126,6 +128,16 @@ class PolicySearch(BaseModel):
         if optimizer is not None and optimizer.schedule_free and policy not in (None, "fixed"):
             raise ValueError(schedule_free_policy_error(optimizer.name, [policy]))
         return optimizer
+
+
+def _value_error(title: str, *, loc: tuple[str, ...], value: Any, reason: str) -> ValidationError:
+    """A value error said at `loc` below the validated field or model, rather than at it."""
+    detail = InitErrorDetails(
+        type=PydanticCustomError("value_error", "Value error, {reason}", {"reason": reason}),
+        loc=loc,
+        input=value,
+    )
+    return ValidationError.from_exception_data(title, [detail])
 
 
 class LrBounds(BaseModel):
@@ -328,12 +340,9 @@ class JobSpec(BaseModel):
             f'schedules, give it to the fixed arm ({{"policy": "fixed", "optimizer": '
             f'{{"name": "{self.optimizer.name}"}}}}) and keep a scheduled optimizer for the job'
         )
-        detail = InitErrorDetails(
-            type=PydanticCustomError("value_error", "Value error, {reason}", {"reason": reason}),
-            loc=("optimizer", "name"),
-            input=self.optimizer.name,
+        raise _value_error(
+            type(self).__name__, loc=("optimizer", "name"), value=self.optimizer.name, reason=reason
         )
-        raise ValidationError.from_exception_data(type(self).__name__, [detail])
 
     def optimizer_for(self, policy: str) -> OptimizerSpec:
         """The optimizer `policy`'s trials train with: its arm's own, else the job's."""

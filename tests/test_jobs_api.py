@@ -55,12 +55,12 @@ INVALID_SPECS: list[tuple[str, dict[str, Any], str]] = [
     (
         "reversed bounds",
         {"policies": [{"policy": "clr", "search": {"max_lr": {"loguniform": [1.0, 0.01]}}}]},
-        "policies.0.search",
+        "policies.0.search.max_lr",
     ),
     (
         "field the policy lacks",
         {"policies": [{"policy": "sgdr", "search": {"max_lr": {"uniform": [0.1, 1.0]}}}]},
-        "policies.0.search",
+        "policies.0.search.max_lr",
     ),
     (
         "epochs over the limit",
@@ -90,12 +90,12 @@ INVALID_SPECS: list[tuple[str, dict[str, Any], str]] = [
     (
         "wsd decay twice",
         {"policies": [{"policy": "wsd", "search": {"decay_steps_frac": 0.2, "decay_frac": 0.1}}]},
-        "policies.0.search",
+        "policies.0.search.decay_frac",
     ),
     (
         "wsd ratio above 1",
         {"policies": [{"policy": "wsd", "search": {"min_lr_ratio": 1.5}}]},
-        "policies.0.search",
+        "policies.0.search.min_lr_ratio",
     ),
 ]
 
@@ -110,6 +110,39 @@ def test_invalid_specs_are_422_naming_the_field_and_store_nothing(
     paths = [f["path"] for f in error["fields"]]
     assert path in paths, error
     assert api_client.get("/v1/jobs").json()["items"] == []
+
+
+# Each domain error in a search space: the key the 422 is said at and words its message must hold.
+SEARCH_SPACE_ERRORS: list[tuple[str, str, dict[str, Any], list[str]]] = [
+    ("reversed", "clr", {"max_lr": {"loguniform": [1.0, 0.01]}}, ["max_lr", "reversed"]),
+    ("empty", "clr", {"gamma": {"uniform": [0.5, 0.5]}}, ["gamma", "reversed or empty"]),
+    ("not positive", "clr", {"base_lr": {"loguniform": [0.0, 0.1]}}, ["base_lr", "positive"]),
+    ("int reversed", "sgdr", {"t_mult": {"int": [3, 1]}}, ["t_mult", "reversed"]),
+    ("no choices", "clr", {"mode": {"choice": []}}, ["mode", "at least 1"]),
+    ("one bound", "one_cycle", {"pct_start": {"uniform": [0.3]}}, ["pct_start", "uniform.1"]),
+    ("bad choice", "clr", {"mode": {"choice": ["zigzag"]}}, ["mode", "zigzag"]),
+    ("unknown field", "sgdr", {"max_lr": 0.1}, ["max_lr", "has no field"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("policy", "space", "words"),
+    [(p, s, w) for _, p, s, w in SEARCH_SPACE_ERRORS],
+    ids=[n for n, _, _, _ in SEARCH_SPACE_ERRORS],
+)
+def test_search_space_errors_name_the_key(
+    api_client: TestClient,
+    job_body: dict[str, Any],
+    policy: str,
+    space: dict[str, Any],
+    words: list[str],
+) -> None:
+    body = {**job_body, "policies": ["fixed", {"policy": policy, "search": space}]}
+    error = _error(api_client.post("/v1/jobs", json=body), 422)
+    [key] = space
+    assert [f["path"] for f in error["fields"]] == [f"policies.1.search.{key}"], error
+    message = error["fields"][0]["message"]
+    assert all(word in message for word in words), message
 
 
 def test_the_new_policies_are_accepted_with_their_default_spaces(
