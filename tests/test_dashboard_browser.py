@@ -405,6 +405,23 @@ def test_trial_page_shows_spec_curves_and_metrics(
     screenshot(page, tmp_path, "trial-page")
 
 
+def test_the_dashboards_own_paths_open_their_pages(
+    page: Any, service: tuple[str, int], tmp_path: Path
+) -> None:
+    url, job_id = service
+    page.goto(f"{url}/jobs/{job_id}")  # a link pasted without its `#`
+    page.wait_for_function("document.body.dataset.jobPage === 'drawn'")
+    assert page.url == f"{url}/#/jobs/{job_id}"
+    assert page.get_by_test_id("trials").locator("tbody tr").count() == 12
+    screenshot(page, tmp_path, "job-page-deep-link")
+    best = httpx.get(f"{url}/v1/jobs/{job_id}").json()["best"]
+    page.goto(f"{url}/trials/{best['trial_id']}")
+    page.get_by_test_id("metrics-table").wait_for()
+    page.goto(f"{url}/new")
+    page.get_by_test_id("new-job-form").wait_for()
+    assert page.url == f"{url}/#/new"
+
+
 def test_new_job_form_previews_and_submits_a_valid_job(
     page: Any, service: tuple[str, int], tmp_path: Path
 ) -> None:

@@ -1,4 +1,5 @@
-"""The web dashboard: its page at /, and the compact learning-curve view its job page draws.
+"""The web dashboard: its page at / (and its own paths), and the compact learning-curve view its
+job page draws.
 
 `GET /v1/jobs/{id}/curves` answers in one response, whatever the job's size, the standing of
 every policy and the curves of each policy's best trials, thinned to `max_points` epochs, so a
@@ -11,8 +12,8 @@ import math
 from pathlib import Path as FilePath
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Response
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi.responses import FileResponse, RedirectResponse
 from lrtune.schemas.errors import ErrorBody
 from lrtune.schemas.jobs import Trial, TrialMetric
 from lrtune.service.deps import StoreDep, TenantDep
@@ -77,6 +78,17 @@ class JobCurves(BaseModel):
 def dashboard_page() -> FileResponse:
     """The dashboard's single page (its views are routed in the browser)."""
     return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+# The dashboard's own paths, typed or pasted without their `#` (/jobs/7 for /#/jobs/7), are sent
+# to the page, whose router reads the hash.
+@router.get("/jobs", include_in_schema=False)
+@router.get("/jobs/{job_id}", include_in_schema=False)
+@router.get("/trials/{trial_id}", include_in_schema=False)
+@router.get("/new", include_in_schema=False)
+def dashboard_deep_link(request: Request) -> RedirectResponse:
+    """The dashboard at the view this path names."""
+    return RedirectResponse(f"/#{request.url.path}")
 
 
 @router.get(
