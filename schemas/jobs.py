@@ -32,14 +32,6 @@ TrialStatus = Literal["pending", "running", "completed", "pruned", "diverged", "
 # A search trial samples the search space; a confirm trial reruns a top configuration with a
 # fresh seed (the job's `confirm`).
 TrialPhase = Literal["search", "confirm"]
-JOB_STATUSES: tuple[str, ...] = (
-    "queued",
-    "running",
-    "succeeded",
-    "failed",
-    "cancelling",
-    "cancelled",
-)
 TRIAL_STATUSES: tuple[str, ...] = (
     "pending",
     "running",
@@ -51,9 +43,6 @@ TRIAL_STATUSES: tuple[str, ...] = (
 FINISHED_TRIAL_STATUSES = frozenset({"completed", "pruned", "diverged", "failed"})
 # The losses every workload reports each epoch, besides its own metrics.
 ALWAYS_REPORTED = ("train_loss", "val_loss")
-
-# The issue text calls it a workload reference; it is the workloads module's spec.
-WorkloadRef = WorkloadSpec
 
 _INPUT = ConfigDict(extra="forbid")
 # Read models: NaN and +-inf leave as "NaN", "Infinity", "-Infinity" (see the module docstring).

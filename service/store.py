@@ -843,30 +843,6 @@ class Store:
 
     # ---- results ------------------------------------------------------------------------------
 
-    def record_trial_result(
-        self,
-        *,
-        trial_id: int,
-        epoch: int,
-        step: int,
-        lr: float,
-        train_loss: float | None,
-        val_loss: float | None,
-        metrics: dict[str, float],
-        elapsed_s: float,
-    ) -> Trial:
-        """Store one epoch of a trial; the same (trial, epoch) twice is stored once."""
-        result = TrialMetric(
-            epoch=epoch,
-            step=step,
-            lr=lr,
-            train_loss=train_loss,
-            val_loss=val_loss,
-            metrics=metrics,
-            elapsed_s=elapsed_s,
-        )
-        return self.record_trial_results(trial_id=trial_id, results=[result])
-
     def record_trial_results(self, *, trial_id: int, results: Sequence[TrialMetric]) -> Trial:
         """Store epochs of a trial (insert-or-ignore on (trial, epoch)) and, in the same
         transaction, advance the trial's epochs_done, last metric and best metric."""

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 from fastapi.testclient import TestClient
-from lrtune.schemas.jobs import JobSpec, TrialProbe
+from lrtune.schemas.jobs import JobSpec, TrialMetric, TrialProbe
 from lrtune.service.app import create_app
 from lrtune.service.db import make_engine
 from lrtune.service.errors import SchemaOutdatedError
@@ -85,15 +85,19 @@ def test_upgrading_a_database_made_by_0001_backfills_best_settings(database_url:
             trial = store.create_trial(
                 job_id=job.id, policy=policy, schedule={"policy": policy}, search_config={}, seed=0
             )
-            store.record_trial_result(
+            store.record_trial_results(
                 trial_id=trial.id,
-                epoch=1,
-                step=5,
-                lr=0.1,
-                train_loss=1.0,
-                val_loss=1.0,
-                metrics={"val_accuracy": accuracy},
-                elapsed_s=1.0,
+                results=[
+                    TrialMetric(
+                        epoch=1,
+                        step=5,
+                        lr=0.1,
+                        train_loss=1.0,
+                        val_loss=1.0,
+                        metrics={"val_accuracy": accuracy},
+                        elapsed_s=1.0,
+                    )
+                ],
             )
             store.update_trial_status(trial_id=trial.id, status="completed")
         store.mark_job_succeeded(job_id=job.id)

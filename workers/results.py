@@ -19,8 +19,6 @@ from typing import Any, Literal, Protocol
 from lrtune.schemas.trials import EpochResult, ProbeResult
 from ray.tune import Callback, Stopper
 
-# Keys of the dict a trial reports each epoch (besides the workload's metrics, flattened in).
-EPOCH_KEYS = ("epoch", "step", "lr", "train_loss", "val_loss", "elapsed_s")
 # "diverged" on the epoch where the loss blew up (and on one closing result when the blow-up
 # came on an epoch's last step); "already_finished" on the one result of a skipped trial.
 OUTCOME_KEY = "lrtune_outcome"
