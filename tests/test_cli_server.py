@@ -6,9 +6,7 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import httpx
 import pytest
@@ -17,8 +15,7 @@ from lrtune.service.cli import app
 from lrtune.service.migrate import current_revision, downgrade, head_revision, upgrade_to_head
 from typer.testing import CliRunner
 
-if TYPE_CHECKING:
-    from conftest import PostgresServer
+from tests.conftest import PostgresServer, wait_until
 
 runner = CliRunner()
 
@@ -60,15 +57,17 @@ def _start_server(command: str, *, port: int, env: dict[str, str]) -> subprocess
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
-    deadline = time.monotonic() + 60
-    ready = None
-    while time.monotonic() < deadline and ready is None:
+
+    def answers() -> bool:
         try:
             ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2)
         except httpx.TransportError:
             assert server.poll() is None, server.stdout.read() if server.stdout else ""
-            time.sleep(0.3)
-    assert ready is not None and ready.status_code == 200, ready and ready.text
+            return False
+        assert ready.status_code == 200, ready.text
+        return True
+
+    wait_until(answers, timeout=60, what=f"`lrtune {command}` to answer /readyz", every=0.3)
     return server
 
 

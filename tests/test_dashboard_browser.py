@@ -11,20 +11,17 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import httpx
 import pytest
-import uvicorn
 from lrtune.schemas.jobs import JobSpec, RungDecision, TrialMetric, TrialProbe
-from lrtune.service.app import create_app
 from lrtune.service.settings import Settings
 from lrtune.service.store import Store
+
+from tests.conftest import LiveService
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -200,34 +197,6 @@ def seed_wide_rung_job(store: Store) -> int:
         store.update_trial_status(trial_id=trial.id, status="completed" if kept else "pruned")
     store.mark_job_succeeded(job_id=job.id)
     return job.id
-
-
-class LiveService:
-    """uvicorn serving create_app(settings) in a thread on a free loopback port."""
-
-    def __init__(self, settings: Settings) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(
-            create_app(settings), host="127.0.0.1", port=self.port, log_level="warning"
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> LiveService:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the service did not start")
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 class Seeded(NamedTuple):

@@ -8,7 +8,10 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from lrtune.schemas.jobs import TrialMetric
 from lrtune.service.store import Store
+
+from tests.conftest import JobSeeder
 
 API_MD_EXAMPLE: dict[str, Any] = {
     "name": "mnist1d schedules",
@@ -266,25 +269,33 @@ def test_trials_metrics_and_non_finite_values(
         ).id
         for policy in ("fixed", "clr", "clr")
     ]
-    store.record_trial_result(
+    store.record_trial_results(
         trial_id=trials[0],
-        epoch=1,
-        step=12,
-        lr=0.1,
-        train_loss=0.9,
-        val_loss=1.1,
-        metrics={"val_accuracy": 0.6},
-        elapsed_s=1.5,
+        results=[
+            TrialMetric(
+                epoch=1,
+                step=12,
+                lr=0.1,
+                train_loss=0.9,
+                val_loss=1.1,
+                metrics={"val_accuracy": 0.6},
+                elapsed_s=1.5,
+            )
+        ],
     )
-    store.record_trial_result(
+    store.record_trial_results(
         trial_id=trials[1],
-        epoch=1,
-        step=12,
-        lr=math.inf,
-        train_loss=math.nan,
-        val_loss=-math.inf,
-        metrics={"val_accuracy": math.nan},
-        elapsed_s=1.5,
+        results=[
+            TrialMetric(
+                epoch=1,
+                step=12,
+                lr=math.inf,
+                train_loss=math.nan,
+                val_loss=-math.inf,
+                metrics={"val_accuracy": math.nan},
+                elapsed_s=1.5,
+            )
+        ],
     )
     store.update_trial_status(trial_id=trials[1], status="diverged")
 
@@ -321,30 +332,20 @@ def test_trials_metrics_and_non_finite_values(
     assert got["progress"]["pending"] == 2 and got["progress"]["diverged"] == 1
 
 
-def test_best_settings(app: FastAPI, api_client: TestClient, job_body: dict[str, Any]) -> None:
+def test_best_settings(
+    app: FastAPI, api_client: TestClient, seed_job: JobSeeder, job_body: dict[str, Any]
+) -> None:
     assert api_client.get("/v1/best").json() == []
     job = api_client.post("/v1/jobs", json=job_body).json()["id"]
     store = _store(app)
     store.claim_next_job(worker_id="w", lease_seconds=60)
     for policy, accuracy in (("fixed", 0.7), ("clr", 0.8), ("clr", 0.9)):
-        trial = store.create_trial(
-            job_id=job,
-            policy=policy,
-            schedule={"policy": policy, "lr": accuracy},
-            search_config={},
-            seed=0,
+        last_epoch = seed_job.epoch(
+            3, accuracy, step=30, lr=0.01, train_loss=0.1, val_loss=0.2, elapsed_s=3.0
         )
-        store.record_trial_result(
-            trial_id=trial.id,
-            epoch=3,
-            step=30,
-            lr=0.01,
-            train_loss=0.1,
-            val_loss=0.2,
-            metrics={"val_accuracy": accuracy},
-            elapsed_s=3.0,
+        seed_job.trial(
+            job, policy=policy, schedule={"policy": policy, "lr": accuracy}, epochs=[last_epoch]
         )
-        store.update_trial_status(trial_id=trial.id, status="completed")
     assert api_client.get("/v1/best").json() == []  # the job has not finished
     store.mark_job_succeeded(job_id=job)
     best = api_client.get("/v1/best", params={"workload": "digits"}).json()

@@ -23,6 +23,8 @@ from lrtune.service.worker import run_worker
 from lrtune.workers.daemon import RAW_JUDGED_NOTE
 from lrtune.workers.schedule_math import learning_rate
 
+from tests.conftest import wait_until
+
 pytestmark = pytest.mark.ray
 
 # A train function on a tiny regression: {body} goes after each epoch's steps, so a test can
@@ -239,11 +241,18 @@ def test_user_code_that_cannot_be_planned_fails_its_job_and_the_next_job_succeed
             stderr=subprocess.STDOUT,
         )
         try:
-            deadline = time.monotonic() + 180
-            while store.get_job(jobs[-1].id).status not in ("succeeded", "failed"):
+
+            def last_job_ended() -> bool:
                 assert worker.poll() is None, f"the worker died\n{log.read_text()[-3000:]}"
-                assert time.monotonic() < deadline, log.read_text()[-3000:]
-                time.sleep(0.5)
+                return store.get_job(jobs[-1].id).status in ("succeeded", "failed")
+
+            wait_until(
+                last_job_ended,
+                timeout=180,
+                what="the last job",
+                logs=lambda: log.read_text()[-3000:],
+                every=0.5,
+            )
             assert worker.poll() is None, "the worker outlives every broken entrypoint"
         finally:
             worker.kill()
@@ -318,10 +327,11 @@ def test_cancel_stops_running_train_functions(
         target=run_worker, args=(code_settings,), kwargs={"once": True, "store": store}
     )
     worker.start()
-    deadline = time.monotonic() + 90
-    while not any(t.epochs_done >= 1 for t in trials(store, job.id)):
-        assert time.monotonic() < deadline, "no epoch within 90 s"
-        time.sleep(0.2)
+    wait_until(
+        lambda: any(t.epochs_done >= 1 for t in trials(store, job.id)),
+        timeout=90,
+        what="a first epoch",
+    )
     store.cancel_job(job.id)
     started = time.monotonic()
     worker.join(timeout=60)
