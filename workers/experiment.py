@@ -43,7 +43,7 @@ from lrtune.schemas.search import (
 )
 from lrtune.schemas.trials import OptimizerSpec
 from lrtune.workers.early_stopping import make_scheduler
-from lrtune.workers.range_test import derive_search_spaces
+from lrtune.workers.lr_range_test import derive_search_spaces
 from lrtune.workers.results import CancelStopper, RecordResults, sink_for
 from lrtune.workers.run_storage import PruneCheckpoints, experiment_names, storage_uri
 from lrtune.workers.trainable import make_trainable
