@@ -13,7 +13,9 @@ from lrtune.schemas.schedules import ParamGroupRule, ScheduleSpec
 from lrtune.schemas.workloads import BUILTIN_WORKLOADS, WorkloadSpec
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-TrialStatus = Literal["completed", "diverged", "stopped", "failed"]
+# How one run of a trial ended (a TrialOutcome), not the stored status of a trial row
+# (`lrtune.schemas.jobs.TrialStatus`: pending, running, ..., pruned).
+TrialOutcomeStatus = Literal["completed", "diverged", "stopped", "failed"]
 Beta = Annotated[float, Field(ge=0.0, lt=1.0, allow_inf_nan=False)]
 OptimizerName = Literal["sgd", "adam", "adamw", "sgd_schedulefree", "adamw_schedulefree"]
 # Defazio et al. 2024 ("The Road Less Scheduled"), the `schedulefree` package: they average
@@ -219,7 +221,7 @@ class TrialOutcome(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    status: TrialStatus
+    status: TrialOutcomeStatus
     epochs_done: int = Field(ge=0)
     steps_done: int = Field(default=0, ge=0)
     last: EpochResult | None = Field(default=None, description="The last epoch reported.")

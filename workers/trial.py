@@ -24,7 +24,7 @@ from lrtune.schemas.trials import (
     ProbeResult,
     TrialConfig,
     TrialOutcome,
-    TrialStatus,
+    TrialOutcomeStatus,
 )
 from lrtune.workers.rng import rng_state, set_rng_state
 from lrtune.workers.schedule_math import learning_rate
@@ -181,7 +181,7 @@ def run_trial(
         step, first_epoch = resume.step, resume.epoch
         reference_loss, smoothed = resume.reference_loss, resume.smoothed
         started -= resume.elapsed_s
-    status: TrialStatus = "completed"
+    status: TrialOutcomeStatus = "completed"
     for epoch in range(first_epoch, config.epochs):
         set_epoch = getattr(train_loader, "set_epoch", None)
         if callable(set_epoch):
@@ -606,7 +606,7 @@ def _device(name: str) -> torch.device:
 
 
 def _outcome(
-    status: TrialStatus,
+    status: TrialOutcomeStatus,
     history: list[EpochResult],
     steps: int,
     metric: str,
