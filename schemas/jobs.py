@@ -14,7 +14,7 @@ from typing import Any, Literal
 from lrtune.schemas.recommendations import RangeTestConfig
 from lrtune.schemas.schedules import POLICY_NAMES, ParamGroupRule
 from lrtune.schemas.search import SearchSpaceError, check_metric_mode, validate_search_space
-from lrtune.schemas.trials import OptimizerSpec, schedule_free_policy_error
+from lrtune.schemas.trials import MetricValues, OptimizerSpec, schedule_free_policy_error
 from lrtune.schemas.workloads import BUILTIN_WORKLOADS, WorkloadSpec
 from pydantic import (
     BaseModel,
@@ -470,7 +470,7 @@ class Trial(BaseModel):
     finished_at: datetime | None = None
 
 
-class TrialMetric(BaseModel):
+class TrialMetric(MetricValues, BaseModel):
     """One epoch of one trial; any float may be "NaN", "Infinity" or "-Infinity" in JSON."""
 
     model_config = ConfigDict(ser_json_inf_nan="strings", extra="forbid")
@@ -487,7 +487,7 @@ class TrialMetric(BaseModel):
 RungDecision = Literal["continue", "stop"]
 
 
-class TrialProbe(BaseModel):
+class TrialProbe(MetricValues, BaseModel):
     """A cooldown probe of a trial (see `lrtune.schemas.trials.ProbeResult`), as GET
     /v1/trials/{id}/probes answers it; `decision` is what early stopping did at that rung."""
 

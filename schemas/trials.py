@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 from lrtune.schemas.schedules import ParamGroupRule, ScheduleSpec
 from lrtune.schemas.workloads import BUILTIN_WORKLOADS, WorkloadSpec
@@ -170,7 +170,32 @@ class TrialConfig(BaseModel):
         return "max" if self.metric_name.endswith("accuracy") else "min"
 
 
-class EpochResult(BaseModel):
+class _Reported(Protocol):
+    @property
+    def train_loss(self) -> float | None: ...
+
+    @property
+    def val_loss(self) -> float | None: ...
+
+    @property
+    def metrics(self) -> dict[str, float]: ...
+
+
+class MetricValues:
+    """The one way to read a metric from what a trial reported (an epoch or a cooldown probe, as
+    the trial reports it or as the store answers it)."""
+
+    def value(self: _Reported, name: str) -> float | None:
+        """Metric `name`, train_loss and val_loss included (what a job's `metric` refers to);
+        None when it was not reported."""
+        if name == "train_loss":
+            return self.train_loss
+        if name == "val_loss":
+            return self.val_loss
+        return self.metrics.get(name)
+
+
+class EpochResult(MetricValues, BaseModel):
     """One epoch of one trial: a row of the trial's metrics."""
 
     model_config = ConfigDict(frozen=True)
@@ -187,12 +212,8 @@ class EpochResult(BaseModel):
     )
     elapsed_s: float = Field(description="Seconds since the trial started.")
 
-    def values(self) -> dict[str, float]:
-        """Every metric by name, train_loss and val_loss included (what `metric` refers to)."""
-        return {"train_loss": self.train_loss, "val_loss": self.val_loss, **self.metrics}
 
-
-class ProbeResult(BaseModel):
+class ProbeResult(MetricValues, BaseModel):
     """A cooldown probe: a branch from the trial's state at the end of `epoch` (a copy of model
     and optimizer), trained `cooldown_steps` more steps with the rate annealed from the
     schedule's current rate to 0, evaluated and thrown away. The trial goes on from before it.
@@ -210,10 +231,6 @@ class ProbeResult(BaseModel):
     val_loss: float
     metrics: dict[str, float] = Field(default_factory=dict)
     elapsed_s: float = Field(description="Seconds the probe took, evaluation included.")
-
-    def values(self) -> dict[str, float]:
-        """Every metric by name, train_loss and val_loss included (what `metric` refers to)."""
-        return {"train_loss": self.train_loss, "val_loss": self.val_loss, **self.metrics}
 
 
 class TrialOutcome(BaseModel):

@@ -255,6 +255,7 @@ class TrialContext:
                 f"the job's metric {self.metric!r} was not reported: ctx.report got "
                 f"{sorted(floats)}"
             )
+        metric_value = floats[self.metric]
         result = EpochResult(
             epoch=epoch,
             step=steps,
@@ -266,7 +267,7 @@ class TrialContext:
         )
         self.history.append(result)
         for scheduler in self._schedulers:
-            scheduler.on_epoch_end(result.values()[self.metric])
+            scheduler.on_epoch_end(metric_value)
         state = None
         if self._pending is not None and self.checkpoint_due(epoch):
             user, rng = self._pending

@@ -228,7 +228,12 @@ def run_trial(
         history.append(result)
         # Plateau's rate follows the job's metric: the driver gets each epoch's value once,
         # after its evaluation (every other policy ignores it).
-        driver.on_epoch_end(result.values()[metric])
+        metric_value = result.value(metric)
+        if metric_value is None:
+            raise WorkloadError(
+                f"the job's metric {metric!r} is not among the workload's: {sorted(metrics)}"
+            )
+        driver.on_epoch_end(metric_value)
         if probing is not None and epoch + 1 in probing.epochs and not diverged and step > 0:
             probing.on_probe(
                 cooldown_probe(
@@ -616,8 +621,8 @@ def _outcome(
     best_metric: float | None = None
     best_epoch: int | None = None
     for result in history:
-        value = result.values()[metric]
-        if not math.isfinite(value):
+        value = result.value(metric)
+        if value is None or not math.isfinite(value):
             continue
         if best_metric is None or (value > best_metric if mode == "max" else value < best_metric):
             best_metric, best_epoch = value, result.epoch

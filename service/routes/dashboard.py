@@ -136,7 +136,7 @@ def _curve(trial: Trial, epochs: list[TrialMetric], metric: str, max_points: int
         schedule=trial.schedule,
         steps=epochs[-1].step if epochs else 0,
         epoch=[e.epoch for e in kept],
-        metric=[_value(e, metric) for e in kept],
+        metric=[e.value(metric) for e in kept],
         train_loss=[e.train_loss for e in kept],
         val_loss=[e.val_loss for e in kept],
         lr=[e.lr for e in kept],
@@ -150,14 +150,6 @@ def thin(epochs: list[TrialMetric], max_points: int) -> list[TrialMetric]:
     last = len(epochs) - 1
     indices = sorted({round(i * last / (max_points - 1)) for i in range(max_points)})
     return [epochs[i] for i in indices]
-
-
-def _value(epoch: TrialMetric, metric: str) -> float | None:
-    if metric == "train_loss":
-        return epoch.train_loss
-    if metric == "val_loss":
-        return epoch.val_loss
-    return epoch.metrics.get(metric)
 
 
 def _rank_key(value: float | None, mode: str) -> float:
