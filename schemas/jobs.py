@@ -13,11 +13,17 @@ from typing import Annotated, Any, Literal, NoReturn
 
 from lrtune.schemas.recommendations import RangeTestConfig
 from lrtune.schemas.schedules import POLICY_NAMES, ParamGroupRule
-from lrtune.schemas.search import check_metric_mode, field_of, validate_search_space
+from lrtune.schemas.search import (
+    SearchSpaceError,
+    check_metric_mode,
+    field_of,
+    validate_search_space,
+)
 from lrtune.schemas.trials import (
     ENSEMBLE_PREFIX,
     MAX_SNAPSHOTS,
     SNAPSHOT_POLICIES,
+    MetricValues,
     OptimizerSpec,
     schedule_free_policy_error,
     single_model_metric,
@@ -39,14 +45,6 @@ TrialStatus = Literal["pending", "running", "completed", "pruned", "diverged", "
 # A search trial samples the search space; a confirm trial reruns a top configuration with a
 # fresh seed (the job's `confirm`).
 TrialPhase = Literal["search", "confirm"]
-JOB_STATUSES: tuple[str, ...] = (
-    "queued",
-    "running",
-    "succeeded",
-    "failed",
-    "cancelling",
-    "cancelled",
-)
 TRIAL_STATUSES: tuple[str, ...] = (
     "pending",
     "running",
@@ -58,9 +56,6 @@ TRIAL_STATUSES: tuple[str, ...] = (
 FINISHED_TRIAL_STATUSES = frozenset({"completed", "pruned", "diverged", "failed"})
 # The losses every workload reports each epoch, besides its own metrics.
 ALWAYS_REPORTED = ("train_loss", "val_loss")
-
-# The issue text calls it a workload reference; it is the workloads module's spec.
-WorkloadRef = WorkloadSpec
 
 _INPUT = ConfigDict(extra="forbid")
 # Read models: NaN and +-inf leave as "NaN", "Infinity", "-Infinity" (see the module docstring).
@@ -119,9 +114,11 @@ class PolicySearch(BaseModel):
             return search
         try:
             validate_search_space(policy, search)
-        except ValidationError as error:
-            problem = error.errors()[0]
-            raise ValueError(problem["msg"].removeprefix("Value error, ")) from None
+        except SearchSpaceError as error:
+            # Said at the key (policies.0.search.max_lr), not at the whole space.
+            raise _value_error(
+                cls.__name__, loc=(error.key,), value=search[error.key], reason=str(error)
+            ) from None
         return search
 
     @field_validator("optimizer")
@@ -133,6 +130,18 @@ class PolicySearch(BaseModel):
         if optimizer is not None and optimizer.schedule_free and policy not in (None, "fixed"):
             raise ValueError(schedule_free_policy_error(optimizer.name, [policy]))
         return optimizer
+
+
+def _value_error(
+    title: str, *, loc: tuple[str | int, ...], value: Any, reason: str
+) -> ValidationError:
+    """A value error said at `loc` below the validated field or model, rather than at it."""
+    detail = InitErrorDetails(
+        type=PydanticCustomError("value_error", "Value error, {reason}", {"reason": reason}),
+        loc=loc,
+        input=value,
+    )
+    return ValidationError.from_exception_data(title, [detail])
 
 
 class LrBounds(BaseModel):
@@ -380,12 +389,9 @@ class JobSpec(BaseModel):
             f'schedules, give it to the fixed arm ({{"policy": "fixed", "optimizer": '
             f'{{"name": "{self.optimizer.name}"}}}}) and keep a scheduled optimizer for the job'
         )
-        detail = InitErrorDetails(
-            type=PydanticCustomError("value_error", "Value error, {reason}", {"reason": reason}),
-            loc=("optimizer", "name"),
-            input=self.optimizer.name,
+        raise _value_error(
+            type(self).__name__, loc=("optimizer", "name"), value=self.optimizer.name, reason=reason
         )
-        raise ValidationError.from_exception_data(type(self).__name__, [detail])
 
     @model_validator(mode="after")
     def _snapshots_need_cycles(self) -> JobSpec:
@@ -499,12 +505,7 @@ def _sweep_problem(spec: JobSpec) -> str | None:
 
 def _raise_at(model: BaseModel, loc: tuple[str | int, ...], value: Any, reason: str) -> NoReturn:
     """A 422 naming the field at `loc`, from a validator of the whole `model`."""
-    detail = InitErrorDetails(
-        type=PydanticCustomError("value_error", "Value error, {reason}", {"reason": reason}),
-        loc=loc,
-        input=value,
-    )
-    raise ValidationError.from_exception_data(type(model).__name__, [detail])
+    raise _value_error(type(model).__name__, loc=loc, value=value, reason=reason)
 
 
 # ---- read models ------------------------------------------------------------------------------
@@ -611,7 +612,7 @@ class Trial(BaseModel):
     finished_at: datetime | None = None
 
 
-class TrialMetric(BaseModel):
+class TrialMetric(MetricValues, BaseModel):
     """One epoch of one trial; any float may be "NaN", "Infinity" or "-Infinity" in JSON."""
 
     model_config = ConfigDict(ser_json_inf_nan="strings", extra="forbid")
@@ -628,7 +629,7 @@ class TrialMetric(BaseModel):
 RungDecision = Literal["continue", "stop"]
 
 
-class TrialProbe(BaseModel):
+class TrialProbe(MetricValues, BaseModel):
     """A cooldown probe of a trial (see `lrtune.schemas.trials.ProbeResult`), as GET
     /v1/trials/{id}/probes answers it; `decision` is what early stopping did at that rung."""
 

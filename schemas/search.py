@@ -73,6 +73,14 @@ DOMAIN_KEYS: dict[str, type[BaseModel]] = {
 }
 
 
+class SearchSpaceError(ValueError):
+    """A problem with one key of a search space: `key` says which, and the message names it."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
 def parse_domain(value: Any) -> Domain | Any:
     """A one-key dict naming a domain becomes that domain; anything else is a fixed value."""
     if isinstance(value, dict) and len(value) == 1:
@@ -98,21 +106,32 @@ def field_of(policy: str, key: str) -> tuple[str, str | None]:
 
 
 def validate_search_space(policy: str, space: dict[str, Any]) -> dict[str, Domain | Any]:
-    """Check every key names a field of `policy` and every domain is well formed."""
+    """Check every key names a field of `policy` and every domain is well formed;
+    SearchSpaceError names the key at fault."""
     parsed: dict[str, Domain | Any] = {}
     seen: dict[str, str] = {}
     for key, value in space.items():
-        field, suffix = field_of(policy, key)
+        try:
+            field, suffix = field_of(policy, key)
+        except ValueError as error:
+            raise SearchSpaceError(key, str(error)) from None
         if field in seen:
-            raise ValueError(f"{key!r} and {seen[field]!r} set the same field {field!r}")
+            raise SearchSpaceError(key, f"{key!r} and {seen[field]!r} set the same field {field!r}")
         seen[field] = key
-        parsed[key] = parse_domain(value)
+        try:
+            parsed[key] = parse_domain(value)
+        except ValidationError as error:
+            problem = error.errors()[0]
+            where = ".".join(str(part) for part in problem["loc"])  # e.g. uniform.1
+            message = problem["msg"].removeprefix("Value error, ")
+            raise SearchSpaceError(key, f"{key}: {where}: {message}") from None
         if suffix is None:
             _check_values(policy, field, parsed[key])
     for one, other in _ALTERNATIVES.get(policy, ()):
         if one in seen and other in seen:
-            raise ValueError(
-                f"{seen[one]!r} and {seen[other]!r} both set {policy}'s decay; give one of them"
+            raise SearchSpaceError(
+                seen[other],
+                f"{seen[one]!r} and {seen[other]!r} both set {policy}'s decay; give one of them",
             )
     return parsed
 
@@ -134,7 +153,9 @@ def _check_values(policy: str, field: str, value: Domain | Any) -> None:
             adapter.validate_python(candidate)
         except ValidationError as error:
             problem = error.errors()[0]["msg"]
-            raise ValueError(f"{field} = {candidate!r} is not a valid value: {problem}") from None
+            raise SearchSpaceError(
+                field, f"{field} = {candidate!r} is not a valid value: {problem}"
+            ) from None
 
 
 @functools.cache

@@ -7,13 +7,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 from lrtune.schemas.schedules import ParamGroupRule, ScheduleSpec
 from lrtune.schemas.workloads import BUILTIN_WORKLOADS, WorkloadSpec
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-TrialStatus = Literal["completed", "diverged", "stopped", "failed"]
+# How one run of a trial ended (a TrialOutcome), not the stored status of a trial row
+# (`lrtune.schemas.jobs.TrialStatus`: pending, running, ..., pruned).
+TrialOutcomeStatus = Literal["completed", "diverged", "stopped", "failed"]
 Beta = Annotated[float, Field(ge=0.0, lt=1.0, allow_inf_nan=False)]
 OptimizerName = Literal["sgd", "adam", "adamw", "sgd_schedulefree", "adamw_schedulefree"]
 # Defazio et al. 2024 ("The Road Less Scheduled"), the `schedulefree` package: they average
@@ -204,7 +206,32 @@ class TrialConfig(BaseModel):
         return "max" if single.endswith("accuracy") else "min"
 
 
-class EpochResult(BaseModel):
+class _Reported(Protocol):
+    @property
+    def train_loss(self) -> float | None: ...
+
+    @property
+    def val_loss(self) -> float | None: ...
+
+    @property
+    def metrics(self) -> dict[str, float]: ...
+
+
+class MetricValues:
+    """The one way to read a metric from what a trial reported (an epoch or a cooldown probe, as
+    the trial reports it or as the store answers it)."""
+
+    def value(self: _Reported, name: str) -> float | None:
+        """Metric `name`, train_loss and val_loss included (what a job's `metric` refers to);
+        None when it was not reported."""
+        if name == "train_loss":
+            return self.train_loss
+        if name == "val_loss":
+            return self.val_loss
+        return self.metrics.get(name)
+
+
+class EpochResult(MetricValues, BaseModel):
     """One epoch of one trial: a row of the trial's metrics."""
 
     model_config = ConfigDict(frozen=True)
@@ -221,12 +248,8 @@ class EpochResult(BaseModel):
     )
     elapsed_s: float = Field(description="Seconds since the trial started.")
 
-    def values(self) -> dict[str, float]:
-        """Every metric by name, train_loss and val_loss included (what `metric` refers to)."""
-        return {"train_loss": self.train_loss, "val_loss": self.val_loss, **self.metrics}
 
-
-class ProbeResult(BaseModel):
+class ProbeResult(MetricValues, BaseModel):
     """A cooldown probe: a branch from the trial's state at the end of `epoch` (a copy of model
     and optimizer), trained `cooldown_steps` more steps with the rate annealed from the
     schedule's current rate to 0, evaluated and thrown away. The trial goes on from before it.
@@ -245,17 +268,13 @@ class ProbeResult(BaseModel):
     metrics: dict[str, float] = Field(default_factory=dict)
     elapsed_s: float = Field(description="Seconds the probe took, evaluation included.")
 
-    def values(self) -> dict[str, float]:
-        """Every metric by name, train_loss and val_loss included (what `metric` refers to)."""
-        return {"train_loss": self.train_loss, "val_loss": self.val_loss, **self.metrics}
-
 
 class TrialOutcome(BaseModel):
     """How a trial ended. `diverged` is a result, not an error; `failed` carries the error."""
 
     model_config = ConfigDict(frozen=True)
 
-    status: TrialStatus
+    status: TrialOutcomeStatus
     epochs_done: int = Field(ge=0)
     steps_done: int = Field(default=0, ge=0)
     last: EpochResult | None = Field(default=None, description="The last epoch reported.")

@@ -41,7 +41,7 @@ def main() -> None:
 
 @app.command()
 def api(host: HostOption = "127.0.0.1", port: PortOption = 8000) -> None:
-    """Serve the REST API and the dashboard (an embedded SQLite is migrated first)."""
+    """Serve the REST API and the dashboard (an empty or embedded database is migrated first)."""
     settings = Settings()
     _prepare_database(settings)
     _serve_api(settings, host=host, port=port)
@@ -72,7 +72,7 @@ def serve(
     port: PortOption = 8000,
     code_path: CodePathOption = None,
 ) -> None:
-    """Migrate the embedded database, then run the API and one worker together (quick start)."""
+    """Migrate an empty or embedded database, then run the API and one worker (quick start)."""
     import subprocess
     import sys
 
@@ -296,10 +296,10 @@ def run_trial_command(
 
 def _prepare_database(settings: Settings) -> None:
     from lrtune.service.errors import StorageError
-    from lrtune.service.migrate import prepare_embedded_database
+    from lrtune.service.migrate import prepare_serving_database
 
     try:
-        prepare_embedded_database(settings)
+        prepare_serving_database(settings)
     except StorageError as error:
         _fail(error.message)
 

@@ -91,16 +91,39 @@ def check_revision(current: str | None) -> None:
     )
 
 
-def prepare_embedded_database(settings: Settings) -> None:
-    """For `lrtune api`/`serve`: upgrade an embedded SQLite database, then check it is at head.
+def prepare_serving_database(settings: Settings) -> None:
+    """For `lrtune api`/`serve`: create the schema of an empty database at any URL (as Optuna's
+    and MLflow's servers do) and upgrade an embedded SQLite, then check the schema is at head.
 
-    A server database (PostgreSQL) is never migrated implicitly: several API replicas would race,
-    and an operator decides when the schema changes; it must already be at head.
+    A server database (PostgreSQL) that has a schema is never migrated implicitly: an operator
+    decides when its schema changes (`lrtune db upgrade`), so an older one is refused.
     """
     url = settings.resolved_database_url
     if is_sqlite(url):
         upgrade_to_head(url)
+    else:
+        create_schema_if_empty(url)
     ensure_schema_current(url)
+
+
+# Any constant of our own: the key of the advisory lock that creates the schema.
+_SCHEMA_LOCK_KEY = 0x6C7274756E65  # "lrtune"
+
+
+def create_schema_if_empty(url: str) -> bool:
+    """Apply every migration to a database Alembic has never touched; True if it did.
+
+    On PostgreSQL, API replicas that start together on a new database would race to create the
+    tables: a transaction-scoped advisory lock lets the first create them and the others find
+    them made (the migrations run inside that same transaction).
+    """
+    with _connection(url) as connection:
+        if connection.dialect.name == "postgresql":
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK_KEY})")
+        if MigrationContext.configure(connection).get_current_revision() is not None:
+            return False
+        command.upgrade(alembic_config(connection), "head")
+    return True
 
 
 @contextmanager

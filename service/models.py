@@ -55,7 +55,6 @@ def utcnow() -> datetime:
 # The tenant migration 0003 creates first: jobs stored before tenants existed, and every request
 # when authentication is off (the embedded single-user mode), belong to it.
 DEFAULT_TENANT_ID = 1
-DEFAULT_TENANT_NAME = "default"
 
 
 class Base(DeclarativeBase):

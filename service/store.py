@@ -845,30 +845,6 @@ class Store:
 
     # ---- results ------------------------------------------------------------------------------
 
-    def record_trial_result(
-        self,
-        *,
-        trial_id: int,
-        epoch: int,
-        step: int,
-        lr: float,
-        train_loss: float | None,
-        val_loss: float | None,
-        metrics: dict[str, float],
-        elapsed_s: float,
-    ) -> Trial:
-        """Store one epoch of a trial; the same (trial, epoch) twice is stored once."""
-        result = TrialMetric(
-            epoch=epoch,
-            step=step,
-            lr=lr,
-            train_loss=train_loss,
-            val_loss=val_loss,
-            metrics=metrics,
-            elapsed_s=elapsed_s,
-        )
-        return self.record_trial_results(trial_id=trial_id, results=[result])
-
     def record_trial_results(self, *, trial_id: int, results: Sequence[TrialMetric]) -> Trial:
         """Store epochs of a trial (insert-or-ignore on (trial, epoch)) and, in the same
         transaction, advance the trial's epochs_done, last metric and best metric."""
@@ -900,16 +876,14 @@ class Store:
                 return
             best = trial.best_metric
             for r in new:
-                value = _metric_value(r, metric_name)
+                value = r.value(metric_name)
                 if value is not None and is_better(value, best, mode):
                     best = value
             trial.best_metric = best
             latest = new[-1]
             if latest.epoch >= trial.epochs_done:
                 trial.epochs_done = latest.epoch
-                trial.last_metric, trial.last_metric_kind = split_float(
-                    _metric_value(latest, metric_name)
-                )
+                trial.last_metric, trial.last_metric_kind = split_float(latest.value(metric_name))
 
         self._run(work, write=True)
         return self.get_trial(trial_id)
@@ -1011,7 +985,7 @@ class Store:
             for probe_row, policy, metric_row in rows:
                 probe = _trial_probe(probe_row)
                 raw = (
-                    _metric_value(_trial_metric(metric_row), job.metric_name)
+                    _trial_metric(metric_row).value(job.metric_name)
                     if metric_row is not None
                     else None
                 )
@@ -1020,7 +994,7 @@ class Store:
                         trial_id=probe_row.trial_id,
                         policy=policy,
                         raw=raw,
-                        judged=_metric_value(probe, job.metric_name),
+                        judged=probe.value(job.metric_name),
                         decision=probe.decision,
                     )
                 )
@@ -1267,7 +1241,7 @@ class Store:
                 if metric_row is None:
                     continue
                 epoch = _trial_metric(metric_row)
-                value = _metric_value(epoch, job.spec.metric_name)
+                value = epoch.value(job.spec.metric_name)
                 values[trial_row.id].append(math.nan if value is None else value)
                 # Epochs come in order: the last one's values stay.
                 final_values[trial_row.id] = {
@@ -1680,15 +1654,6 @@ def _best_judged_first(trials: list[RungTrial], mode: str) -> list[RungTrial]:
         return False, -value if mode == "max" else value, trial.trial_id
 
     return sorted(trials, key=key)
-
-
-def _metric_value(result: TrialMetric | TrialProbe, name: str) -> float | None:
-    """The value of metric `name` in an epoch or a probe (train_loss and val_loss included)."""
-    if name == "train_loss":
-        return result.train_loss
-    if name == "val_loss":
-        return result.val_loss
-    return result.metrics.get(name)
 
 
 def _end_open_phases(session: Session, job_ids: Sequence[int], at: datetime) -> None:

@@ -95,17 +95,12 @@ class StoreSink:
         if node_id is not None and trial_key not in self._node_recorded:
             self.store.update_trial_status(trial_id=trial_id, status="running", node_id=node_id)
             self._node_recorded.add(trial_key)
-        self._pending.setdefault(trial_id, []).append(
-            TrialMetric(
-                epoch=result.epoch,
-                step=result.step,
-                lr=result.lr,
-                train_loss=result.train_loss,
-                val_loss=result.val_loss,
-                metrics=result.metrics,
-                elapsed_s=_seconds(result.elapsed_s),
-            )
+        # The epoch as the trial measured it becomes the stored record, field for field; only
+        # the clock is made one the store accepts.
+        stored = TrialMetric.model_validate(
+            {**result.model_dump(), "elapsed_s": _seconds(result.elapsed_s)}
         )
+        self._pending.setdefault(trial_id, []).append(stored)
         self._flush_when_due()
 
     def on_probe(self, trial_key: str, probe: ProbeResult, *, decision: str | None) -> None:

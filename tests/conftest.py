@@ -14,14 +14,19 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
-from collections.abc import Callable, Iterator
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from lrtune.schemas.jobs import JobSpec, TrialMetric, TrialStatus
 from lrtune.service.app import create_app
 from lrtune.service.migrate import upgrade_to_head
 from lrtune.service.settings import Settings
@@ -88,6 +93,131 @@ def job_curves_by_key(store: Store, job_id: int) -> Curves:
 def curves_by_key() -> Callable[[Store, int], Curves]:
     """`job_curves_by_key`, for tests that compare two runs of a job."""
     return job_curves_by_key
+
+
+def wait_until(
+    predicate: Callable[[], bool],
+    *,
+    timeout: float,
+    what: str,
+    logs: Callable[[], str] | None = None,
+    every: float = 0.2,
+) -> None:
+    """Poll `predicate` until it holds; past `timeout` seconds, fail saying what was awaited
+    (and the tail of the logs, when given)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            tail = f"\n{logs()}" if logs is not None else ""
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{tail}")
+        time.sleep(every)
+
+
+class LiveService:
+    """uvicorn serving create_app(settings) in a thread on a free loopback port."""
+
+    def __init__(self, settings: Settings) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            create_app(settings), host="127.0.0.1", port=self.port, log_level="warning"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> LiveService:
+        self.thread.start()
+
+        def started() -> bool:
+            assert self.thread.is_alive(), "the service did not start"
+            return bool(self.server.started)
+
+        wait_until(started, timeout=20, what="the service to start", every=0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def epoch_row(
+    epoch: int,
+    value: float,
+    *,
+    metric: str = "val_accuracy",
+    step: int | None = None,
+    lr: float = 0.1,
+    train_loss: float | None = 1.0,
+    val_loss: float | None = 1.0,
+    elapsed_s: float = 0.1,
+) -> TrialMetric:
+    """One epoch as a trial reports it; `value` is the job's metric (val_accuracy by default)."""
+    return TrialMetric(
+        epoch=epoch,
+        step=10 * epoch if step is None else step,
+        lr=lr,
+        train_loss=train_loss,
+        val_loss=val_loss,
+        metrics={metric: value},
+        elapsed_s=elapsed_s,
+    )
+
+
+class JobSeeder:
+    """Seeds a job with trials and epochs through the store's functions, as a worker writes
+    them: the one factory for tests that need a job's history without running it."""
+
+    epoch = staticmethod(epoch_row)
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def job(self, body: dict[str, Any], *, worker_id: str = "w") -> int:
+        """A job from `body`, claimed by `worker_id` (running)."""
+        job, _ = self.store.create_job(spec=JobSpec.model_validate(body))
+        claimed = self.store.claim_next_job(worker_id=worker_id, lease_seconds=600)
+        assert claimed is not None and claimed.id == job.id
+        return job.id
+
+    def trial(
+        self,
+        job_id: int,
+        *,
+        epochs: Sequence[TrialMetric] = (),
+        policy: str = "fixed",
+        schedule: dict[str, Any] | None = None,
+        search_config: dict[str, Any] | None = None,
+        seed: int = 0,
+        phase: str = "search",
+        ray_trial_id: str | None = None,
+        status: TrialStatus | None = "completed",
+    ) -> int:
+        """A trial with its epochs, left in `status` (None: pending, as created); as on a worker,
+        it runs before its epochs are recorded."""
+        trial = self.store.create_trial(
+            job_id=job_id,
+            policy=policy,
+            schedule=schedule or {"policy": policy, "lr": 0.1},
+            search_config={} if search_config is None else search_config,
+            seed=seed,
+            phase=phase,
+            ray_trial_id=ray_trial_id,
+        )
+        if status is not None:
+            self.store.update_trial_status(trial_id=trial.id, status="running")
+        if epochs:
+            self.store.record_trial_results(trial_id=trial.id, results=list(epochs))
+        if status is not None and status != "running":
+            self.store.update_trial_status(trial_id=trial.id, status=status)
+        return trial.id
+
+
+@pytest.fixture
+def seed_job(store: Store) -> JobSeeder:
+    """A `JobSeeder` over the test's store."""
+    return JobSeeder(store)
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from lrtune.schemas.jobs import TrialProbe
+from lrtune.schemas.jobs import TrialMetric, TrialProbe
 from lrtune.schemas.recommendations import BoundSuggestion, RangeTestResult
 from lrtune.service.app import create_app
 from lrtune.service.cli import app as cli
@@ -49,15 +49,19 @@ def tenants(auth_app: FastAPI, store: Store, job_body: dict[str, Any]) -> Iterat
             search_config={},
             seed=0,
         )
-        store.record_trial_result(
+        store.record_trial_results(
             trial_id=trial.id,
-            epoch=1,
-            step=10,
-            lr=0.1,
-            train_loss=1.0,
-            val_loss=1.0,
-            metrics={"val_accuracy": 0.5},
-            elapsed_s=0.1,
+            results=[
+                TrialMetric(
+                    epoch=1,
+                    step=10,
+                    lr=0.1,
+                    train_loss=1.0,
+                    val_loss=1.0,
+                    metrics={"val_accuracy": 0.5},
+                    elapsed_s=0.1,
+                )
+            ],
         )
         store.record_trial_probes(
             trial_id=trial.id,

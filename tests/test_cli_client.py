@@ -8,19 +8,19 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-import uvicorn
-from lrtune.schemas.jobs import JobSpec, TrialMetric, TrialProbe
+from lrtune.schemas.jobs import TrialMetric, TrialProbe
 from lrtune.schemas.recommendations import BoundSuggestion, RangeTestResult
-from lrtune.service.app import create_app
 from lrtune.service.cli import app as cli
 from lrtune.service.settings import Settings
 from lrtune.service.store import Store
 from typer.testing import CliRunner
+
+from tests.conftest import JobSeeder, LiveService
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 runner = CliRunner()
@@ -29,54 +29,31 @@ runner = CliRunner()
 @pytest.fixture
 def service_url(settings: Settings) -> Iterator[str]:
     """uvicorn serving the app over a fresh database, in a thread, on a free loopback port."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the service did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with LiveService(settings) as live:
+        yield live.url
 
 
 @pytest.fixture
-def finished_job(store: Store, job_body: dict[str, object]) -> int:
+def finished_job(store: Store, seed_job: JobSeeder, job_body: dict[str, Any]) -> int:
     """A succeeded job with two trials per policy, three epochs each, written by the store."""
-    job, _ = store.create_job(spec=JobSpec.model_validate(job_body))
-    store.claim_next_job(worker_id="w", lease_seconds=60)
+    job_id = seed_job.job(job_body)
     for policy, lr in (("fixed", 0.1), ("fixed", 0.03), ("clr", 0.2), ("clr", 0.05)):
         schedule = (
             {"policy": "fixed", "lr": lr}
             if policy == "fixed"
             else {"policy": "clr", "base_lr": 0.001, "max_lr": lr, "step_size": 10}
         )
-        trial = store.create_trial(
-            job_id=job.id, policy=policy, schedule=schedule, search_config={"lr": lr}, seed=0
+        epochs = [
+            seed_job.epoch(
+                e, 0.5 + lr + 0.1 * e, lr=lr, train_loss=1 / e, val_loss=1.2 / e, elapsed_s=0.1 * e
+            )
+            for e in (1, 2, 3)
+        ]
+        seed_job.trial(
+            job_id, policy=policy, schedule=schedule, search_config={"lr": lr}, epochs=epochs
         )
-        store.record_trial_results(
-            trial_id=trial.id,
-            results=[
-                TrialMetric(
-                    epoch=e,
-                    step=10 * e,
-                    lr=lr,
-                    train_loss=1 / e,
-                    val_loss=1.2 / e,
-                    metrics={"val_accuracy": 0.5 + lr + 0.1 * e},
-                    elapsed_s=0.1 * e,
-                )
-                for e in (1, 2, 3)
-            ],
-        )
-        store.update_trial_status(trial_id=trial.id, status="completed")
-    store.mark_job_succeeded(job_id=job.id)
-    return job.id
+    store.mark_job_succeeded(job_id=job_id)
+    return job_id
 
 
 def run(url: str, *args: str) -> tuple[int, str, str]:
@@ -297,27 +274,13 @@ def test_console_script_reads_lrtune_url(service_url: str, finished_job: int) ->
 
 
 def test_status_timeline_prints_each_phase_and_each_trials_start_up(
-    service_url: str, store: Store, job_body: dict[str, object]
+    service_url: str, store: Store, seed_job: JobSeeder, job_body: dict[str, Any]
 ) -> None:
-    job, _ = store.create_job(spec=JobSpec.model_validate(job_body))
-    store.claim_next_job(worker_id="w", lease_seconds=60)
+    job = store.get_job(seed_job.job(job_body))
     for phase in ("planning", "search"):
         assert store.begin_job_phase(job_id=job.id, phase=phase, worker_id="w")
-    trial = store.create_trial(
-        job_id=job.id,
-        policy="fixed",
-        schedule={"policy": "fixed", "lr": 0.1},
-        search_config={},
-        seed=0,
-    )
-    store.update_trial_status(trial_id=trial.id, status="running")
-    store.record_trial_results(
-        trial_id=trial.id,
-        results=[
-            TrialMetric(epoch=1, step=10, lr=0.1, metrics={"val_accuracy": 0.5}, elapsed_s=0.25)
-        ],
-    )
-    store.update_trial_status(trial_id=trial.id, status="completed")
+    epoch = TrialMetric(epoch=1, step=10, lr=0.1, metrics={"val_accuracy": 0.5}, elapsed_s=0.25)
+    trial_id = seed_job.trial(job.id, epochs=[epoch])
     store.mark_job_succeeded(job_id=job.id)
     assert store.begin_job_phase(job_id=job.id, phase="recommendation", worker_id="w")
     store.end_job_phase(job_id=job.id, phase="recommendation", worker_id="w")
@@ -330,7 +293,7 @@ def test_status_timeline_prints_each_phase_and_each_trials_start_up(
     assert any(line.split()[:1] == ["total"] and "100.0%" in line for line in lines), out
     assert "job wall-clock (submitted to finished)" in out
     assert "start-up s" in out and "busy s" in out
-    (trial_row,) = [line for line in lines if line.split()[:1] == [str(trial.id)]]
+    (trial_row,) = [line for line in lines if line.split()[:1] == [str(trial_id)]]
     assert "fixed" in trial_row and "completed" in trial_row and "0.25" in trial_row
 
     code, plain, _ = run(service_url, "status", str(job.id))

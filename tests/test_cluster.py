@@ -19,9 +19,8 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +30,8 @@ import yaml
 from lrtune.schemas.jobs import JobSpec, Trial
 from lrtune.service.migrate import upgrade_to_head
 from lrtune.service.store import Store
+
+from tests.conftest import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -357,14 +358,6 @@ def _trials(store: Store, job_id: int) -> list[Trial]:
     return sorted(store.list_trials(job_id=job_id, limit=500).items, key=lambda t: t.id)
 
 
-def _wait(predicate: Callable[[], bool], *, timeout: float, what: str, logs: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{logs}")
-        time.sleep(0.1)
-
-
 # A small CNN on digits: about a second an epoch, so there is time to stop a node mid-trial.
 EPOCHS = 6
 
@@ -402,7 +395,7 @@ def test_jobs_spread_over_two_ray_nodes_and_finish_on_the_head_when_one_is_lost(
     try:
         # 1. Two trials at once, one CPU per trial and per node: one trial on each node.
         spread, _ = store.create_job(spec=_cluster_spec(["fixed", "cosine"]))
-        _wait(lambda: finished(spread.id), timeout=180, what="the first job", logs="")
+        wait_until(lambda: finished(spread.id), timeout=180, what="the first job")
         assert store.get_job(spread.id).status == "succeeded", _job_state(store, spread.id)
         trials = _trials(store, spread.id)
         assert [t.status for t in trials] == ["completed", "completed"]
@@ -431,14 +424,16 @@ def test_jobs_spread_over_two_ray_nodes_and_finish_on_the_head_when_one_is_lost(
             ][:1]
             return bool(victim)
 
-        _wait(
+        wait_until(
             second_node_mid_trial,
             timeout=180,
             what="a trial mid-way on the second node",
-            logs=_tails(processes),
+            logs=lambda: _tails(processes),
         )
         cluster.node.kill()  # the node is lost: its raylet and trial processes die at once
-        _wait(lambda: finished(job.id), timeout=240, what="the job", logs=_tails(processes))
+        wait_until(
+            lambda: finished(job.id), timeout=240, what="the job", logs=lambda: _tails(processes)
+        )
 
         final = store.get_job(job.id)
         assert final.status == "succeeded", (final.error, _tails(processes))

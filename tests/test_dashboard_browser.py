@@ -11,20 +11,17 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import httpx
 import pytest
-import uvicorn
 from lrtune.schemas.jobs import JobSpec, RungDecision, TrialMetric, TrialProbe
-from lrtune.service.app import create_app
 from lrtune.service.settings import Settings
 from lrtune.service.store import Store
+
+from tests.conftest import LiveService
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -259,34 +256,6 @@ def seed_sweep_job(store: Store) -> int:
     return job.id
 
 
-class LiveService:
-    """uvicorn serving create_app(settings) in a thread on a free loopback port."""
-
-    def __init__(self, settings: Settings) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(
-            create_app(settings), host="127.0.0.1", port=self.port, log_level="warning"
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> LiveService:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the service did not start")
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-
 class Seeded(NamedTuple):
     database_url: str
     job_id: int
@@ -463,6 +432,23 @@ def test_trial_page_shows_spec_curves_and_metrics(
     for chart in ("trial-metric-chart", "trial-loss-chart", "trial-lr-chart"):
         assert page.get_by_test_id(chart).locator("canvas").count() == 1
     screenshot(page, tmp_path, "trial-page")
+
+
+def test_the_dashboards_own_paths_open_their_pages(
+    page: Any, service: tuple[str, int], tmp_path: Path
+) -> None:
+    url, job_id = service
+    page.goto(f"{url}/jobs/{job_id}")  # a link pasted without its `#`
+    page.wait_for_function("document.body.dataset.jobPage === 'drawn'")
+    assert page.url == f"{url}/#/jobs/{job_id}"
+    assert page.get_by_test_id("trials").locator("tbody tr").count() == 12
+    screenshot(page, tmp_path, "job-page-deep-link")
+    best = httpx.get(f"{url}/v1/jobs/{job_id}").json()["best"]
+    page.goto(f"{url}/trials/{best['trial_id']}")
+    page.get_by_test_id("metrics-table").wait_for()
+    page.goto(f"{url}/new")
+    page.get_by_test_id("new-job-form").wait_for()
+    assert page.url == f"{url}/#/new"
 
 
 def test_new_job_form_previews_and_submits_a_valid_job(

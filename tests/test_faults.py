@@ -19,7 +19,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,8 @@ import httpx
 import pytest
 from lrtune.schemas.jobs import Job, JobSpec, Trial
 from lrtune.service.store import CANCELLED_TRIAL_ERROR, Store
+
+from tests.conftest import wait_until
 
 LEASE_SECONDS = 2.0
 EPOCHS = 3
@@ -134,7 +136,9 @@ class Processes:
 
     def api(self, port: int) -> subprocess.Popen[bytes]:
         process = self.spawn(["-m", "lrtune.service.cli", "api", "--port", str(port)])
-        _wait(lambda: _ready(port), timeout=60, what="the API to answer /readyz", logs=self)
+        wait_until(
+            lambda: _ready(port), timeout=60, what="the API to answer /readyz", logs=self.tail
+        )
         return process
 
     def worker(self) -> subprocess.Popen[bytes]:
@@ -185,16 +189,6 @@ def _ready(port: int) -> bool:
         return False
 
 
-def _wait(
-    predicate: Callable[[], bool], *, timeout: float, what: str, logs: Processes | None = None
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}\n{logs.tail() if logs else ''}")
-        time.sleep(0.2)
-
-
 def _trials(store: Store, job_id: int) -> list[Trial]:
     return sorted(store.list_trials(job_id=job_id, limit=200).items, key=lambda t: t.id)
 
@@ -234,8 +228,11 @@ def test_api_killed_mid_job_then_restarted_the_job_completes_exactly(
     )
     assert submitted.status_code == 201, submitted.text
     job_id = submitted.json()["id"]
-    _wait(
-        lambda: _epochs_stored(store, job_id) >= 1, timeout=90, what="a first epoch", logs=processes
+    wait_until(
+        lambda: _epochs_stored(store, job_id) >= 1,
+        timeout=90,
+        what="a first epoch",
+        logs=processes.tail,
     )
 
     kill_9(api)
@@ -248,7 +245,7 @@ def test_api_killed_mid_job_then_restarted_the_job_completes_exactly(
     def succeeded() -> bool:
         return httpx.get(f"{base}/v1/jobs/{job_id}").json()["status"] in ("succeeded", "failed")
 
-    _wait(succeeded, timeout=180, what="the job to finish", logs=processes)
+    wait_until(succeeded, timeout=180, what="the job to finish", logs=processes.tail)
     _assert_complete_and_exact(store, store.get_job(job_id))
     # And through the restarted API: every trial's epochs, once each.
     page = httpx.get(f"{base}/v1/jobs/{job_id}/trials", params={"limit": 200}).json()
@@ -269,7 +266,9 @@ def test_worker_killed_three_times_the_job_completes_in_2_5x_without_rerunning_t
     calm, _ = store.create_job(spec=spec)
     started = time.monotonic()
     worker = processes.recording_worker(tmp_path / "calm.txt")
-    _wait(lambda: _finished(store, calm.id), timeout=180, what="the calm job", logs=processes)
+    wait_until(
+        lambda: _finished(store, calm.id), timeout=180, what="the calm job", logs=processes.tail
+    )
     uninterrupted = time.monotonic() - started
     kill_9(worker)
     _assert_complete_and_exact(
@@ -285,11 +284,11 @@ def test_worker_killed_three_times_the_job_completes_in_2_5x_without_rerunning_t
     for kill in range(3):
         # A random point of the run: after this worker has stored an epoch, within 3 s more.
         stored = _epochs_stored(store, job.id)
-        _wait(
+        wait_until(
             lambda before=stored: _epochs_stored(store, job.id) > before,
             timeout=90,
             what=f"progress before kill {kill + 1}",
-            logs=processes,
+            logs=processes.tail,
         )
         time.sleep(rng.uniform(0.0, 3.0))
         kill_9(worker)
@@ -298,7 +297,7 @@ def test_worker_killed_three_times_the_job_completes_in_2_5x_without_rerunning_t
             {t.id for t in _trials(store, job.id) if t.status == "completed"}
         )
         worker = processes.recording_worker(tmp_path / f"started-{kill + 1}.txt")
-    _wait(lambda: _finished(store, job.id), timeout=240, what="the job", logs=processes)
+    wait_until(lambda: _finished(store, job.id), timeout=240, what="the job", logs=processes.tail)
     interrupted = time.monotonic() - started
 
     _assert_complete_and_exact(store, store.get_job(job.id), epochs=SLOW_EPOCHS, trials=SLOW_TRIALS)
@@ -351,16 +350,18 @@ def test_a_train_function_killed_mid_trial_resumes_from_its_own_checkpoint_exact
     spec = JobSpec.model_validate(OWN_LOOP_SPEC)
     calm, _ = store.create_job(spec=spec)
     worker = processes.worker()
-    _wait(lambda: _finished(store, calm.id), timeout=180, what="the calm job", logs=processes)
+    wait_until(
+        lambda: _finished(store, calm.id), timeout=180, what="the calm job", logs=processes.tail
+    )
     kill_9(worker)
 
     job, _ = store.create_job(spec=spec)
     worker = processes.worker()
-    _wait(
+    wait_until(
         lambda: any(t.epochs_done >= 3 for t in _trials(store, job.id)),
         timeout=120,
         what="a trial three epochs in",
-        logs=processes,
+        logs=processes.tail,
     )
     # Tune snapshots its experiment state (which names the trials' latest checkpoints) every
     # 2 s; after that the kill loses at most the epochs since a trial's last checkpoint.
@@ -368,7 +369,9 @@ def test_a_train_function_killed_mid_trial_resumes_from_its_own_checkpoint_exact
     kill_9(worker)
     assert not _finished(store, job.id)
     processes.worker()
-    _wait(lambda: _finished(store, job.id), timeout=180, what="the resumed job", logs=processes)
+    wait_until(
+        lambda: _finished(store, job.id), timeout=180, what="the resumed job", logs=processes.tail
+    )
 
     _assert_complete_and_exact(store, store.get_job(job.id), epochs=OWN_LOOP_EPOCHS, trials=2)
     resumed = [t for t in _trials(store, job.id) if t.restored_from_epoch is not None]
@@ -390,8 +393,11 @@ def test_cancel_is_idempotent_survives_a_worker_restart_and_reaches_cancelled(
     # and a finished job answers 409 to a cancel.
     job_id = httpx.post(f"{base}/v1/jobs", json=SLOW_SPEC).json()["id"]
     worker = processes.worker()
-    _wait(
-        lambda: _epochs_stored(store, job_id) >= 1, timeout=90, what="a first epoch", logs=processes
+    wait_until(
+        lambda: _epochs_stored(store, job_id) >= 1,
+        timeout=90,
+        what="a first epoch",
+        logs=processes.tail,
     )
     kill_9(worker)
 
@@ -400,11 +406,11 @@ def test_cancel_is_idempotent_survives_a_worker_restart_and_reaches_cancelled(
     assert [a.status_code for a in answers] == [202, 202]
     assert [a.json()["status"] for a in answers] == ["cancelling", "cancelling"]
     processes.worker()
-    _wait(
+    wait_until(
         lambda: store.get_job(job_id).status == "cancelled",
         timeout=60,
         what="cancelled after the restart",
-        logs=processes,
+        logs=processes.tail,
     )
     last = httpx.post(f"{base}/v1/jobs/{job_id}/cancel")
     assert last.status_code == 202 and last.json()["status"] == "cancelled"
@@ -436,7 +442,9 @@ def test_trials_whose_actor_dies_are_retried_then_failed_and_the_job_fails_with_
     # The trials import the user's module from the worker's directory: Ray puts the directory of
     # a `python -c` driver on its workers' path (a deployment installs the module instead).
     processes.spawn(["-c", "from lrtune.service.cli import main; main()", "worker"], cwd=code)
-    _wait(lambda: _finished(store, job.id), timeout=120, what="the job to end", logs=processes)
+    wait_until(
+        lambda: _finished(store, job.id), timeout=120, what="the job to end", logs=processes.tail
+    )
 
     final = store.get_job(job.id)
     assert final.status == "failed"

@@ -16,6 +16,7 @@ import pytest
 import schemathesis
 from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
+from lrtune.schemas.jobs import TrialMetric
 from lrtune.service.app import create_app
 from lrtune.service.settings import Settings
 from lrtune.service.store import Store
@@ -55,15 +56,19 @@ def fuzzed_app(settings: Settings, store: Store, job_body: dict[str, Any]) -> It
         search_config={},
         seed=0,
     )
-    store.record_trial_result(
+    store.record_trial_results(
         trial_id=trial.id,
-        epoch=1,
-        step=10,
-        lr=0.1,
-        train_loss=float("nan"),
-        val_loss=1.0,
-        metrics={"val_accuracy": 0.5},
-        elapsed_s=0.1,
+        results=[
+            TrialMetric(
+                epoch=1,
+                step=10,
+                lr=0.1,
+                train_loss=float("nan"),
+                val_loss=1.0,
+                metrics={"val_accuracy": 0.5},
+                elapsed_s=0.1,
+            )
+        ],
     )
     store.record_trial_probes(
         trial_id=trial.id,

@@ -8,7 +8,10 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from lrtune.schemas.jobs import TrialMetric
 from lrtune.service.store import Store
+
+from tests.conftest import JobSeeder
 
 API_MD_EXAMPLE: dict[str, Any] = {
     "name": "mnist1d schedules",
@@ -55,12 +58,12 @@ INVALID_SPECS: list[tuple[str, dict[str, Any], str]] = [
     (
         "reversed bounds",
         {"policies": [{"policy": "clr", "search": {"max_lr": {"loguniform": [1.0, 0.01]}}}]},
-        "policies.0.search",
+        "policies.0.search.max_lr",
     ),
     (
         "field the policy lacks",
         {"policies": [{"policy": "sgdr", "search": {"max_lr": {"uniform": [0.1, 1.0]}}}]},
-        "policies.0.search",
+        "policies.0.search.max_lr",
     ),
     (
         "epochs over the limit",
@@ -90,12 +93,12 @@ INVALID_SPECS: list[tuple[str, dict[str, Any], str]] = [
     (
         "wsd decay twice",
         {"policies": [{"policy": "wsd", "search": {"decay_steps_frac": 0.2, "decay_frac": 0.1}}]},
-        "policies.0.search",
+        "policies.0.search.decay_frac",
     ),
     (
         "wsd ratio above 1",
         {"policies": [{"policy": "wsd", "search": {"min_lr_ratio": 1.5}}]},
-        "policies.0.search",
+        "policies.0.search.min_lr_ratio",
     ),
 ]
 
@@ -110,6 +113,39 @@ def test_invalid_specs_are_422_naming_the_field_and_store_nothing(
     paths = [f["path"] for f in error["fields"]]
     assert path in paths, error
     assert api_client.get("/v1/jobs").json()["items"] == []
+
+
+# Each domain error in a search space: the key the 422 is said at and words its message must hold.
+SEARCH_SPACE_ERRORS: list[tuple[str, str, dict[str, Any], list[str]]] = [
+    ("reversed", "clr", {"max_lr": {"loguniform": [1.0, 0.01]}}, ["max_lr", "reversed"]),
+    ("empty", "clr", {"gamma": {"uniform": [0.5, 0.5]}}, ["gamma", "reversed or empty"]),
+    ("not positive", "clr", {"base_lr": {"loguniform": [0.0, 0.1]}}, ["base_lr", "positive"]),
+    ("int reversed", "sgdr", {"t_mult": {"int": [3, 1]}}, ["t_mult", "reversed"]),
+    ("no choices", "clr", {"mode": {"choice": []}}, ["mode", "at least 1"]),
+    ("one bound", "one_cycle", {"pct_start": {"uniform": [0.3]}}, ["pct_start", "uniform.1"]),
+    ("bad choice", "clr", {"mode": {"choice": ["zigzag"]}}, ["mode", "zigzag"]),
+    ("unknown field", "sgdr", {"max_lr": 0.1}, ["max_lr", "has no field"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("policy", "space", "words"),
+    [(p, s, w) for _, p, s, w in SEARCH_SPACE_ERRORS],
+    ids=[n for n, _, _, _ in SEARCH_SPACE_ERRORS],
+)
+def test_search_space_errors_name_the_key(
+    api_client: TestClient,
+    job_body: dict[str, Any],
+    policy: str,
+    space: dict[str, Any],
+    words: list[str],
+) -> None:
+    body = {**job_body, "policies": ["fixed", {"policy": policy, "search": space}]}
+    error = _error(api_client.post("/v1/jobs", json=body), 422)
+    [key] = space
+    assert [f["path"] for f in error["fields"]] == [f"policies.1.search.{key}"], error
+    message = error["fields"][0]["message"]
+    assert all(word in message for word in words), message
 
 
 def test_the_new_policies_are_accepted_with_their_default_spaces(
@@ -233,25 +269,33 @@ def test_trials_metrics_and_non_finite_values(
         ).id
         for policy in ("fixed", "clr", "clr")
     ]
-    store.record_trial_result(
+    store.record_trial_results(
         trial_id=trials[0],
-        epoch=1,
-        step=12,
-        lr=0.1,
-        train_loss=0.9,
-        val_loss=1.1,
-        metrics={"val_accuracy": 0.6},
-        elapsed_s=1.5,
+        results=[
+            TrialMetric(
+                epoch=1,
+                step=12,
+                lr=0.1,
+                train_loss=0.9,
+                val_loss=1.1,
+                metrics={"val_accuracy": 0.6},
+                elapsed_s=1.5,
+            )
+        ],
     )
-    store.record_trial_result(
+    store.record_trial_results(
         trial_id=trials[1],
-        epoch=1,
-        step=12,
-        lr=math.inf,
-        train_loss=math.nan,
-        val_loss=-math.inf,
-        metrics={"val_accuracy": math.nan},
-        elapsed_s=1.5,
+        results=[
+            TrialMetric(
+                epoch=1,
+                step=12,
+                lr=math.inf,
+                train_loss=math.nan,
+                val_loss=-math.inf,
+                metrics={"val_accuracy": math.nan},
+                elapsed_s=1.5,
+            )
+        ],
     )
     store.update_trial_status(trial_id=trials[1], status="diverged")
 
@@ -288,30 +332,20 @@ def test_trials_metrics_and_non_finite_values(
     assert got["progress"]["pending"] == 2 and got["progress"]["diverged"] == 1
 
 
-def test_best_settings(app: FastAPI, api_client: TestClient, job_body: dict[str, Any]) -> None:
+def test_best_settings(
+    app: FastAPI, api_client: TestClient, seed_job: JobSeeder, job_body: dict[str, Any]
+) -> None:
     assert api_client.get("/v1/best").json() == []
     job = api_client.post("/v1/jobs", json=job_body).json()["id"]
     store = _store(app)
     store.claim_next_job(worker_id="w", lease_seconds=60)
     for policy, accuracy in (("fixed", 0.7), ("clr", 0.8), ("clr", 0.9)):
-        trial = store.create_trial(
-            job_id=job,
-            policy=policy,
-            schedule={"policy": policy, "lr": accuracy},
-            search_config={},
-            seed=0,
+        last_epoch = seed_job.epoch(
+            3, accuracy, step=30, lr=0.01, train_loss=0.1, val_loss=0.2, elapsed_s=3.0
         )
-        store.record_trial_result(
-            trial_id=trial.id,
-            epoch=3,
-            step=30,
-            lr=0.01,
-            train_loss=0.1,
-            val_loss=0.2,
-            metrics={"val_accuracy": accuracy},
-            elapsed_s=3.0,
+        seed_job.trial(
+            job, policy=policy, schedule={"policy": policy, "lr": accuracy}, epochs=[last_epoch]
         )
-        store.update_trial_status(trial_id=trial.id, status="completed")
     assert api_client.get("/v1/best").json() == []  # the job has not finished
     store.mark_job_succeeded(job_id=job)
     best = api_client.get("/v1/best", params={"workload": "digits"}).json()

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 from fastapi.testclient import TestClient
-from lrtune.schemas.jobs import JobSpec, TrialProbe
+from lrtune.schemas.jobs import JobSpec, TrialMetric, TrialProbe
 from lrtune.service.app import create_app
 from lrtune.service.db import make_engine
 from lrtune.service.errors import SchemaOutdatedError
@@ -16,7 +16,7 @@ from lrtune.service.migrate import (
     downgrade,
     ensure_schema_current,
     head_revision,
-    prepare_embedded_database,
+    prepare_serving_database,
     schema_drift,
     upgrade_to_head,
 )
@@ -85,15 +85,19 @@ def test_upgrading_a_database_made_by_0001_backfills_best_settings(database_url:
             trial = store.create_trial(
                 job_id=job.id, policy=policy, schedule={"policy": policy}, search_config={}, seed=0
             )
-            store.record_trial_result(
+            store.record_trial_results(
                 trial_id=trial.id,
-                epoch=1,
-                step=5,
-                lr=0.1,
-                train_loss=1.0,
-                val_loss=1.0,
-                metrics={"val_accuracy": accuracy},
-                elapsed_s=1.0,
+                results=[
+                    TrialMetric(
+                        epoch=1,
+                        step=5,
+                        lr=0.1,
+                        train_loss=1.0,
+                        val_loss=1.0,
+                        metrics={"val_accuracy": accuracy},
+                        elapsed_s=1.0,
+                    )
+                ],
             )
             store.update_trial_status(trial_id=trial.id, status="completed")
         store.mark_job_succeeded(job_id=job.id)
@@ -161,23 +165,29 @@ def test_readyz_answers_503_when_the_database_is_unreachable(tmp_path: Path) -> 
 
 def test_embedded_sqlite_is_upgraded_automatically(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path / "home")
-    prepare_embedded_database(settings)
+    prepare_serving_database(settings)
     assert (tmp_path / "home" / "lrtune.db").exists()
     assert current_revision(settings.resolved_database_url) == head_revision()
 
 
 @pytest.mark.postgres
-def test_a_server_database_is_never_migrated_implicitly(
+def test_an_empty_server_database_gets_its_schema_and_an_older_one_is_refused(
     postgres_server: PostgresServer, tmp_path: Path
 ) -> None:
-    url = postgres_server.create(f"{postgres_server.prefix}_not_implicit")
+    name = f"{postgres_server.prefix}_serving"
+    url = postgres_server.create(name)
     try:
         settings = Settings(database_url=url, home=tmp_path)
+        prepare_serving_database(settings)
+        assert current_revision(url) == head_revision()
+        prepare_serving_database(settings)  # a second start finds it made
+        downgrade(url, "-1")
+        older = current_revision(url)
         with pytest.raises(SchemaOutdatedError, match="lrtune db upgrade"):
-            prepare_embedded_database(settings)
-        assert current_revision(url) is None
+            prepare_serving_database(settings)
+        assert current_revision(url) == older  # never migrated implicitly
     finally:
-        postgres_server.drop(f"{postgres_server.prefix}_not_implicit")
+        postgres_server.drop(name)
 
 
 def test_upgrading_a_database_made_by_0002_puts_its_jobs_in_the_default_tenant(

@@ -23,6 +23,8 @@ from lrtune.service.worker import run_worker
 from lrtune.workers.daemon import RAW_JUDGED_NOTE
 from lrtune.workers.schedule_math import learning_rate
 
+from tests.conftest import wait_until
+
 pytestmark = pytest.mark.ray
 
 # A train function on a tiny regression: {body} goes after each epoch's steps, so a test can
@@ -239,11 +241,18 @@ def test_user_code_that_cannot_be_planned_fails_its_job_and_the_next_job_succeed
             stderr=subprocess.STDOUT,
         )
         try:
-            deadline = time.monotonic() + 180
-            while store.get_job(jobs[-1].id).status not in ("succeeded", "failed"):
+
+            def last_job_ended() -> bool:
                 assert worker.poll() is None, f"the worker died\n{log.read_text()[-3000:]}"
-                assert time.monotonic() < deadline, log.read_text()[-3000:]
-                time.sleep(0.5)
+                return store.get_job(jobs[-1].id).status in ("succeeded", "failed")
+
+            wait_until(
+                last_job_ended,
+                timeout=180,
+                what="the last job",
+                logs=lambda: log.read_text()[-3000:],
+                every=0.5,
+            )
             assert worker.poll() is None, "the worker outlives every broken entrypoint"
         finally:
             worker.kill()
@@ -318,10 +327,11 @@ def test_cancel_stops_running_train_functions(
         target=run_worker, args=(code_settings,), kwargs={"once": True, "store": store}
     )
     worker.start()
-    deadline = time.monotonic() + 90
-    while not any(t.epochs_done >= 1 for t in trials(store, job.id)):
-        assert time.monotonic() < deadline, "no epoch within 90 s"
-        time.sleep(0.2)
+    wait_until(
+        lambda: any(t.epochs_done >= 1 for t in trials(store, job.id)),
+        timeout=90,
+        what="a first epoch",
+    )
     store.cancel_job(job.id)
     started = time.monotonic()
     worker.join(timeout=60)
@@ -330,3 +340,72 @@ def test_cancel_stops_running_train_functions(
     assert store.get_job(job.id).status == "cancelled"
     found = trials(store, job.id)
     assert all(t.status != "running" and t.epochs_done < 20 for t in found)
+
+
+# digits, whose first trial process to begin the third epoch dies there (os._exit, as a killed
+# process does); the marker file makes the retry live.
+DIES_ONCE = """
+import os
+
+from lrtune.workers.workloads import build_workload
+
+
+class DiesOnce:
+    def __init__(self, batches, marker):
+        self.batches, self.marker = batches, marker
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def set_epoch(self, epoch):
+        if epoch == 2 and not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            os._exit(1)
+        self.batches.set_epoch(epoch)
+
+
+def make(marker=""):
+    workload = build_workload("digits", {"model": "mlp"})
+    workload.train_loader = DiesOnce(workload.train_loader, marker)
+    return workload
+"""
+
+
+@sqlite_only
+def test_a_retried_trial_records_each_epoch_once_without_on_trial_recover(
+    ray_local: str, code_settings: Settings, store: Store, code: Path
+) -> None:
+    """Tune retries a trial whose process died (MAX_TRIAL_FAILURES) and tells callbacks through
+    on_trial_recover, which RecordResults does not implement: the trial's row stays running, and
+    the retry's results (its restore, then epochs it had not reported) complete it."""
+    code.mkdir(parents=True, exist_ok=True)
+    (code / "dies_once.py").write_text(DIES_ONCE)
+    marker = code / "died"
+    epochs = 4
+    # Planning builds digits once in a Ray task: more time than a train function needs.
+    settings = code_settings.model_copy(
+        update={"checkpoint_every_epochs": 1, "planning_timeout_s": 120.0}
+    )
+    [job] = run_jobs(
+        settings,
+        store,
+        spec(
+            "dies_once:make",
+            workload={"entrypoint": "dies_once:make", "params": {"marker": str(marker)}},
+            metric={"name": "val_accuracy", "mode": "max"},
+            policies=["fixed"],
+            budget={"epochs": epochs, "trials_per_policy": 1},
+        ),
+    )
+    assert marker.exists(), "the trial's first process died"
+    assert job.status == "succeeded", job.error
+    [trial] = trials(store, job.id)
+    assert trial.status == "completed" and trial.error is None
+    assert trial.restored_from_epoch is not None and 1 <= trial.restored_from_epoch < 3
+    assert [m.epoch for m in store.list_trial_metrics(trial_id=trial.id)] == list(
+        range(1, epochs + 1)
+    )
+    assert job.progress.completed == 1 and job.progress.failed == 0

@@ -129,7 +129,14 @@ def member(
 
 def numbers(result: EpochResult) -> dict[str, float]:
     """An epoch's numbers but its time (which a population shares)."""
-    return {"epoch": result.epoch, "step": result.step, "lr": result.lr, **result.values()}
+    return {
+        "epoch": result.epoch,
+        "step": result.step,
+        "lr": result.lr,
+        **result.metrics,
+        "train_loss": result.train_loss,
+        "val_loss": result.val_loss,
+    }
 
 
 @pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))

@@ -11,11 +11,12 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.ray
 
@@ -79,15 +80,20 @@ def test_readme_own_model_section_runs_and_an_edit_takes_effect_without_a_restar
         return done.stdout
 
     try:
-        deadline = time.monotonic() + 90
-        while True:
+
+        def serving() -> bool:
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/v1/workloads").status_code == 200:
-                    break
+                return httpx.get(f"http://127.0.0.1:{port}/v1/workloads").status_code == 200
             except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
-            time.sleep(0.5)
+                return False
+
+        wait_until(
+            serving,
+            timeout=90,
+            what="`lrtune serve` to answer",
+            logs=lambda: (tmp_path / "serve.log").read_text()[-3000:],
+            every=0.5,
+        )
 
         outputs = [run(command(line)) for line in client_lines]
         assert outputs[0].strip() == "1"  # the job id, as the README says

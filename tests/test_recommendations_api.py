@@ -8,71 +8,55 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from lrtune.schemas.jobs import JobSpec, TrialMetric
+from lrtune.schemas.jobs import JobSpec, TrialStatus
 from lrtune.service.recommendations import publish_recommendation
 from lrtune.service.store import Store
 from sqlalchemy import event
 
+from tests.conftest import JobSeeder
 
-def _job(store: Store, **overrides: Any) -> int:
+
+def _job(seed_job: JobSeeder, **overrides: Any) -> int:
     body: dict[str, Any] = {
         "workload": {"name": "digits"},
         "metric": {"name": "val_accuracy", "mode": "max"},
         "policies": ["fixed", "clr"],
         "budget": {"epochs": 2, "trials_per_policy": 2},
     }
-    body.update(overrides)
-    job, _ = store.create_job(spec=JobSpec.model_validate(body))
-    store.claim_next_job(worker_id="w", lease_seconds=60)
-    return job.id
+    return seed_job.job({**body, **overrides})
 
 
 def _trial(
-    store: Store,
+    seed_job: JobSeeder,
     job_id: int,
     *,
     lr: float,
     values: list[float],
     seed: int = 0,
     phase: str = "search",
-    status: str = "completed",
+    status: TrialStatus | None = "completed",
 ) -> int:
-    trial = store.create_trial(
-        job_id=job_id,
-        policy="fixed",
+    """A fixed-rate trial whose epochs (7 steps each) reach `values` of val_accuracy."""
+    return seed_job.trial(
+        job_id,
         schedule={"policy": "fixed", "lr": lr},
         search_config={"lr": lr},
         seed=seed,
         phase=phase,
+        status=status,
+        epochs=[seed_job.epoch(e, v, step=7 * e, lr=lr) for e, v in enumerate(values, start=1)],
     )
-    store.record_trial_results(
-        trial_id=trial.id,
-        results=[
-            TrialMetric(
-                epoch=e,
-                step=7 * e,
-                lr=lr,
-                train_loss=1.0,
-                val_loss=1.0,
-                metrics={"val_accuracy": v},
-                elapsed_s=0.1,
-            )
-            for e, v in enumerate(values, start=1)
-        ],
-    )
-    store.update_trial_status(trial_id=trial.id, status=status)
-    return trial.id
 
 
-def test_404s_say_what_is_missing(api_client: TestClient, store: Store) -> None:
-    job_id = _job(store)
+def test_404s_say_what_is_missing(api_client: TestClient, seed_job: JobSeeder) -> None:
+    job_id = _job(seed_job)
     answer = api_client.get(f"/v1/jobs/{job_id}/recommendation")
     assert answer.status_code == 404
     assert "no trial has finished its budget" in answer.json()["error"]["message"]
     answer = api_client.get(f"/v1/jobs/{job_id}/range-test")
     assert answer.status_code == 404
     assert 'without lr_bounds "auto"' in answer.json()["error"]["message"]
-    auto = _job(store, lr_bounds="auto")
+    auto = _job(seed_job, lr_bounds="auto")
     message = api_client.get(f"/v1/jobs/{auto}/range-test").json()["error"]["message"]
     assert "no LR range test yet" in message
     for path in ("recommendation", "range-test"):
@@ -80,28 +64,14 @@ def test_404s_say_what_is_missing(api_client: TestClient, store: Store) -> None:
         assert missing.status_code == 404 and "no job with id 424242" in missing.text
 
 
-def test_live_while_running_then_final_and_stored(api_client: TestClient, store: Store) -> None:
-    job_id = _job(store)
-    first = _trial(store, job_id, lr=0.1, values=[0.5, 0.8])
-    _trial(store, job_id, lr=0.01, values=[0.4, 0.6])
+def test_live_while_running_then_final_and_stored(
+    api_client: TestClient, store: Store, seed_job: JobSeeder
+) -> None:
+    job_id = _job(seed_job)
+    first = _trial(seed_job, job_id, lr=0.1, values=[0.5, 0.8])
+    _trial(seed_job, job_id, lr=0.01, values=[0.4, 0.6])
     # A running trial with a higher value is not evidence yet.
-    running = store.create_trial(
-        job_id=job_id,
-        policy="fixed",
-        schedule={"policy": "fixed", "lr": 0.3},
-        search_config={},
-        seed=0,
-    )
-    store.record_trial_result(
-        trial_id=running.id,
-        epoch=1,
-        step=7,
-        lr=0.3,
-        train_loss=1.0,
-        val_loss=1.0,
-        metrics={"val_accuracy": 0.99},
-        elapsed_s=0.1,
-    )
+    running = _trial(seed_job, job_id, lr=0.3, values=[0.99], status=None)
     live = api_client.get(f"/v1/jobs/{job_id}/recommendation").json()
     assert live["final"] is False
     assert live["winner"]["trial_ids"] == [str(first)]
@@ -110,7 +80,7 @@ def test_live_while_running_then_final_and_stored(api_client: TestClient, store:
     # steps_per_epoch 7 (the step after epoch 1) x 2 epochs: the snippet's training length.
     assert "lr_mults" in live["code"]["pytorch"]
 
-    store.update_trial_status(trial_id=running.id, status="pruned")
+    store.update_trial_status(trial_id=running, status="pruned")
     store.mark_job_succeeded(job_id=job_id)
     final = api_client.get(f"/v1/jobs/{job_id}/recommendation").json()
     assert final["final"] is True and final["winner"]["trial_ids"] == [str(first)]
@@ -125,16 +95,16 @@ def test_live_while_running_then_final_and_stored(api_client: TestClient, store:
 
 
 def test_confirmation_trials_replace_the_search_trial_of_their_policy(
-    api_client: TestClient, store: Store
+    api_client: TestClient, seed_job: JobSeeder
 ) -> None:
-    job_id = _job(store, confirm={"top_k": 1, "seeds": 2})
-    _trial(store, job_id, lr=0.1, values=[0.5, 0.95])  # the lucky search seed
+    job_id = _job(seed_job, confirm={"top_k": 1, "seeds": 2})
+    _trial(seed_job, job_id, lr=0.1, values=[0.5, 0.95])  # the lucky search seed
     confirm = [
-        _trial(store, job_id, lr=0.1, values=[0.5, v], seed=s, phase="confirm")
+        _trial(seed_job, job_id, lr=0.1, values=[0.5, v], seed=s, phase="confirm")
         for s, v in ((11, 0.7), (12, 0.8))
     ]
     # A diverged trial counts as the worst value, whatever its last epoch said.
-    _trial(store, job_id, lr=5.0, values=[0.99, math.nan], seed=3, status="diverged")
+    _trial(seed_job, job_id, lr=5.0, values=[0.99, math.nan], seed=3, status="diverged")
     reco = api_client.get(f"/v1/jobs/{job_id}/recommendation").json()
     winner = reco["winner"]
     assert sorted(winner["trial_ids"]) == sorted(str(i) for i in confirm)
@@ -149,10 +119,12 @@ def test_confirmation_trials_replace_the_search_trial_of_their_policy(
     ]
 
 
-def test_recommendation_inputs_read_every_trial_in_one_query(store: Store) -> None:
-    job_id = _job(store)
+def test_recommendation_inputs_read_every_trial_in_one_query(
+    store: Store, seed_job: JobSeeder
+) -> None:
+    job_id = _job(seed_job)
     for index in range(12):
-        _trial(store, job_id, lr=0.01 * (index + 1), values=[0.1, 0.2, 0.3], seed=index)
+        _trial(seed_job, job_id, lr=0.01 * (index + 1), values=[0.1, 0.2, 0.3], seed=index)
     statements: list[str] = []
 
     def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:

@@ -16,7 +16,7 @@ from lrtune.schemas.search import DEFAULT_SEARCH_SPACES
 from lrtune.service.settings import Settings
 from lrtune.service.store import Store
 from lrtune.service.worker import run_worker
-from lrtune.workers.range_test import derive_search_spaces
+from lrtune.workers.lr_range_test import derive_search_spaces
 from sqlalchemy import create_engine, text
 
 pytestmark = pytest.mark.ray

@@ -30,7 +30,7 @@ from lrtune.service.store import Store
 from lrtune.service.worker import run_worker
 from lrtune.workers import trial as trial_module
 from lrtune.workers.code_export import pytorch_snippet
-from lrtune.workers.range_test import run_range_test
+from lrtune.workers.lr_range_test import run_range_test
 from lrtune.workers.recommendation import TrialSummary, build_recommendation
 from lrtune.workers.schedule_math import learning_rates
 from lrtune.workers.torch_schedule import ScheduleDriver

@@ -31,15 +31,19 @@ def _trial(store: Store, job_id: int, policy: str = "fixed", ray_id: str | None 
 
 
 def _result(trial_id: int, epoch: int, accuracy: float, store: Store) -> None:
-    store.record_trial_result(
+    store.record_trial_results(
         trial_id=trial_id,
-        epoch=epoch,
-        step=epoch * 10,
-        lr=0.1,
-        train_loss=1.0 / epoch,
-        val_loss=1.5 / epoch,
-        metrics={"val_accuracy": accuracy},
-        elapsed_s=float(epoch),
+        results=[
+            TrialMetric(
+                epoch=epoch,
+                step=epoch * 10,
+                lr=0.1,
+                train_loss=1.0 / epoch,
+                val_loss=1.5 / epoch,
+                metrics={"val_accuracy": accuracy},
+                elapsed_s=float(epoch),
+            )
+        ],
     )
 
 
@@ -216,15 +220,19 @@ def test_best_metric_honours_mode_min(store: Store, job_body: dict[str, Any]) ->
 
 def test_non_finite_values_round_trip(store: Store, job_body: dict[str, Any]) -> None:
     trial_id = _trial(store, _running_job(store, job_body))
-    store.record_trial_result(
+    store.record_trial_results(
         trial_id=trial_id,
-        epoch=1,
-        step=10,
-        lr=math.inf,
-        train_loss=math.nan,
-        val_loss=-math.inf,
-        metrics={"val_accuracy": math.nan, "grad_norm": math.inf, "other": -math.inf},
-        elapsed_s=0.5,
+        results=[
+            TrialMetric(
+                epoch=1,
+                step=10,
+                lr=math.inf,
+                train_loss=math.nan,
+                val_loss=-math.inf,
+                metrics={"val_accuracy": math.nan, "grad_norm": math.inf, "other": -math.inf},
+                elapsed_s=0.5,
+            )
+        ],
     )
     [row] = store.list_trial_metrics(trial_id=trial_id)
     assert row.lr == math.inf
@@ -507,15 +515,19 @@ def test_job_timeline_tiles_the_job_from_submission_to_recommendation(
     trial = _trial(store, job.id)
     store.update_trial_status(trial_id=trial, status="running")
     for epoch in (1, 2):
-        store.record_trial_result(
+        store.record_trial_results(
             trial_id=trial,
-            epoch=epoch,
-            step=10 * epoch,
-            lr=0.1,
-            train_loss=1.0,
-            val_loss=1.0,
-            metrics={"val_accuracy": 0.5},
-            elapsed_s=0.01 * epoch,
+            results=[
+                TrialMetric(
+                    epoch=epoch,
+                    step=10 * epoch,
+                    lr=0.1,
+                    train_loss=1.0,
+                    val_loss=1.0,
+                    metrics={"val_accuracy": 0.5},
+                    elapsed_s=0.01 * epoch,
+                )
+            ],
         )
     unfinished = _trial(store, job.id, policy="clr")
     time.sleep(0.05)

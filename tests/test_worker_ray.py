@@ -26,6 +26,8 @@ from lrtune.service.store import Store
 from lrtune.service.worker import run_worker
 from lrtune.workers.schedule_math import learning_rate
 
+from tests.conftest import wait_until
+
 pytestmark = pytest.mark.ray
 
 POLICIES = ["fixed", "exponential", "clr", "sgdr"]
@@ -44,15 +46,6 @@ def _spec(**overrides: Any) -> JobSpec:
 
 def _trials(store: Store, job_id: int) -> list[Trial]:
     return sorted(store.list_trials(job_id=job_id, limit=500).items, key=lambda t: t.id)
-
-
-def _wait(predicate: Any, *, timeout: float, what: str, log: Path | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            tail = log.read_text()[-4000:] if log is not None and log.exists() else ""
-            raise AssertionError(f"timed out waiting for {what}\n{tail}")
-        time.sleep(0.2)
 
 
 def _run(settings: Settings, store: Store, spec: JobSpec) -> Job:
@@ -241,7 +234,7 @@ def test_cancel_mid_job_ends_cancelled_and_starts_no_trial_after_it(
         target=run_worker, args=(settings,), kwargs={"once": True, "store": store}
     )
     worker.start()
-    _wait(
+    wait_until(
         lambda: any(t.epochs_done >= 1 for t in _trials(store, job.id)),
         timeout=60,
         what="a first epoch",
@@ -295,11 +288,11 @@ def test_kill_9_mid_job_then_a_new_worker_finishes_it_without_rerunning_trials(
         stderr=subprocess.STDOUT,
     )
     try:
-        _wait(
+        wait_until(
             lambda: sum(t.status == "completed" for t in _trials(store, job.id)) >= 2,
             timeout=180,
             what="two completed trials in the first worker",
-            log=tmp_path / "worker.log",
+            logs=lambda: (tmp_path / "worker.log").read_text()[-4000:],
         )
     finally:
         process.send_signal(signal.SIGKILL)

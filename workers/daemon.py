@@ -385,7 +385,7 @@ def _range_test_task(spec: JobSpec, code: CodeSnapshot | None) -> RangeTestResul
     """Runs on a Ray worker: the range test on the job's workload, optimizer and groups."""
     import ray
     import torch
-    from lrtune.workers.range_test import run_range_test
+    from lrtune.workers.lr_range_test import run_range_test
 
     if code is not None:
         code.activate()

@@ -67,8 +67,9 @@ def probe_epochs(spec: JobSpec) -> frozenset[int]:
     return rung_epochs(spec) if spec.early_stopping.judge == "cooldown" else frozenset()
 
 
-def judged_value(value: float, *, mode: str) -> float:
-    """A probe's metric as ASHA sees it: NaN and infinities as the worst value there is."""
-    if math.isfinite(value):
+def judged_value(value: float | None, *, mode: str) -> float:
+    """A probe's metric as ASHA sees it: NaN, infinities and a missing value as the worst value
+    there is."""
+    if value is not None and math.isfinite(value):
         return value
     return -math.inf if mode == "max" else math.inf

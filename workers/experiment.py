@@ -43,8 +43,8 @@ from lrtune.schemas.search import (
 )
 from lrtune.schemas.trials import OptimizerSpec
 from lrtune.workers.early_stopping import make_scheduler
-from lrtune.workers.range_test import derive_search_spaces
-from lrtune.workers.results import CancelStopper, RecordResults, sink_for
+from lrtune.workers.lr_range_test import derive_search_spaces
+from lrtune.workers.results import CancelStopper, RecordResults, TuneTrialConfig, sink_for
 from lrtune.workers.run_storage import PruneCheckpoints, experiment_names, storage_uri
 from lrtune.workers.sweep import sweep_trial_config
 from lrtune.workers.trainable import make_trainable
@@ -318,10 +318,10 @@ class EqualBudgetSearcher(_StatefulSearcher):
         # The metric and mode come from the job spec; the space from the policies.
         return True
 
-    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+    def suggest(self, trial_id: str) -> TuneTrialConfig | None:
         remaining = [p for p in self.order if self.state.suggested[p] < self.trials_per_policy]
         if not remaining or sink_for(self.job_key).should_stop():
-            return Searcher.FINISHED  # type: ignore[return-value]  # Tune's sentinel string
+            return Searcher.FINISHED  # Tune's sentinel string
         # Round robin: the policy with the fewest trials so far, in the job's order.
         policy = min(remaining, key=lambda p: self.state.suggested[p])
         index = self.state.suggested[policy]
@@ -329,7 +329,7 @@ class EqualBudgetSearcher(_StatefulSearcher):
         self.state.owner[trial_id] = policy
         space = self.spaces[policy]
         point = self._point(space, index=index, trial_id=trial_id)
-        config: dict[str, Any] = {
+        config: TuneTrialConfig = {
             "trial_key": f"{policy}-{index}",
             "policy": policy,
             "index": index,
@@ -620,11 +620,11 @@ class ConfirmationPick:
 
 def confirmation_configs(
     plan: ExperimentPlan, picks: list[ConfirmationPick], *, seeds: int
-) -> list[dict[str, Any]]:
+) -> list[TuneTrialConfig]:
     """The trial configs of the confirmation run: every pick with `seeds` confirmation seeds and
     its policy's optimizer, keyed `confirm-<policy>-<rank>-<seed index>` (stable across
     restores)."""
-    configs = []
+    configs: list[TuneTrialConfig] = []
     for index in range(seeds):
         for pick in picks:
             configs.append(
@@ -647,7 +647,7 @@ def confirmation_configs(
 class ConfirmationSearcher(_StatefulSearcher):
     """Hands out a fixed list of trial configs, in order; nothing once the job must stop."""
 
-    def __init__(self, *, job_key: str, configs: list[dict[str, Any]], metric: str, mode: str):
+    def __init__(self, *, job_key: str, configs: list[TuneTrialConfig], metric: str, mode: str):
         super().__init__(metric=metric, mode=mode)
         self.job_key = job_key
         self.configs = configs
@@ -658,12 +658,12 @@ class ConfirmationSearcher(_StatefulSearcher):
     ) -> bool:
         return True
 
-    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+    def suggest(self, trial_id: str) -> TuneTrialConfig | None:
         if self.next_index >= len(self.configs) or sink_for(self.job_key).should_stop():
-            return Searcher.FINISHED  # type: ignore[return-value]  # Tune's sentinel string
+            return Searcher.FINISHED  # Tune's sentinel string
         config = self.configs[self.next_index]
         self.next_index += 1
-        return dict(config)
+        return config.copy()
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False

@@ -40,7 +40,7 @@ from lrtune.schemas.trials import (
     OptimizerSpec,
     TrialConfig,
     TrialOutcome,
-    TrialStatus,
+    TrialOutcomeStatus,
 )
 from lrtune.workers.rng import rng_state, set_rng_state
 from lrtune.workers.torch_schedule import ScheduleDriver, build_param_groups
@@ -258,7 +258,7 @@ class _Member:
     smoothed: float = 0.0
     losses: list[float] = field(default_factory=list)
     diverged: bool = False
-    status: TrialStatus | None = None  # set when the member leaves
+    status: TrialOutcomeStatus | None = None  # set when the member leaves
     # The weights a member left the batch with, until its last epoch is evaluated.
     left_with: tuple[dict[str, Tensor], dict[str, Tensor]] | None = None
 
@@ -438,7 +438,9 @@ def run_population(
             )
             member.losses = []
             member.history.append(result)
-            member.driver.on_epoch_end(result.values()[member.config.metric_name])
+            # The metric is among the workload's (checked when the population was built).
+            metric_value = result.value(member.config.metric_name)
+            member.driver.on_epoch_end(math.nan if metric_value is None else metric_value)
             stop = report(index, result)
             if member.diverged:
                 member.status = "diverged"

@@ -14,13 +14,11 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NotRequired, Protocol, TypedDict, cast
 
 from lrtune.schemas.trials import EpochResult, ProbeResult
 from ray.tune import Callback, Stopper
 
-# Keys of the dict a trial reports each epoch (besides the workload's metrics, flattened in).
-EPOCH_KEYS = ("epoch", "step", "lr", "train_loss", "val_loss", "elapsed_s")
 # "diverged" on the epoch where the loss blew up (and on one closing result when the blow-up
 # came on an epoch's last step); "already_finished" on the one result of a skipped trial.
 OUTCOME_KEY = "lrtune_outcome"
@@ -34,6 +32,31 @@ BRANCHES_KEY = "lrtune_branches"
 NODE_KEY = "node_id"
 # A comma-separated list of the workload metrics flattened into the result.
 METRIC_NAMES_KEY = "metric_names"
+
+
+class TuneTrialConfig(TypedDict):
+    """One Tune trial's config: built by the searchers (`workers/experiment.py`), read by the
+    trainable and by `RecordResults`. A plain dict at runtime: Tune stores and restores it."""
+
+    trial_key: str  # stable across restores: the trial's key in SQL
+    policy: str
+    index: int
+    seed: int
+    steps_per_epoch: int
+    # The arm's optimizer (OptimizerSpec as JSON); missing in configs from before it was there.
+    optimizer: NotRequired[dict[str, Any] | None]
+    point: dict[str, Any]  # the sampled point of the search space
+    schedule: dict[str, Any] | None  # the resolved schedule spec; None when it did not resolve
+    schedule_error: str | None
+    phase: NotRequired[Literal["search", "confirm"]]  # missing: "search"
+    # A sweep's trunk: the shorter horizons it forks (lrtune.workers.sweep.Horizon as JSON).
+    horizons: NotRequired[list[dict[str, Any]]]
+
+
+def trial_config(trial: Any) -> TuneTrialConfig:
+    """A Tune trial's config, typed."""
+    return cast(TuneTrialConfig, trial.config)
+
 
 FinishedStatus = Literal["completed", "pruned", "diverged", "failed"]
 CANCELLED_ERROR = "stopped: the job was cancelled"
@@ -197,7 +220,7 @@ class RecordResults(Callback):
         key = trial_key_of(trial)
         if key in self._ignored:
             return
-        config = trial.config
+        config = trial_config(trial)
         trial_id = self.sink.on_trial_start(
             key,
             policy=config["policy"],
@@ -205,7 +228,7 @@ class RecordResults(Callback):
             search_config=config["point"],
             seed=int(config["seed"]),
             node_id=None,
-            phase=str(config.get("phase", "search")),
+            phase=config.get("phase", "search"),
         )
         if trial_id is None:
             # The job was cancelled between Tune choosing the trial and starting it: nothing
@@ -342,7 +365,7 @@ class CancelStopper(Stopper):
 
 def trial_key_of(trial: Any) -> str:
     """The stable key of a Tune trial: set by the searcher, the same after a restore."""
-    return str(trial.config["trial_key"])
+    return str(trial_config(trial)["trial_key"])
 
 
 def error_message(trial: Any) -> str:

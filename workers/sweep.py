@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 from lrtune.schemas.schedules import ScheduleSpec, WsdSchedule, parse_schedule
-from lrtune.schemas.trials import EpochResult, TrialConfig, TrialOutcome, TrialStatus
+from lrtune.schemas.trials import EpochResult, TrialConfig, TrialOutcome, TrialOutcomeStatus
 from lrtune.workers.rng import rng_state, set_rng_state
 from lrtune.workers.schedule_math import learning_rates
 from lrtune.workers.train_function import FunctionState
@@ -67,7 +67,7 @@ class Branch:
     own), how it ended, and the trunk's step it forked at (None: it never forked)."""
 
     horizon: Horizon
-    status: TrialStatus
+    status: TrialOutcomeStatus
     history: list[EpochResult]
     fork_step: int | None
     error: str | None = None

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 from lrtune.schemas.schedules import ParamGroupRule, ScheduleSpec
-from lrtune.schemas.trials import EpochResult, TrialStatus
+from lrtune.schemas.trials import EpochResult, TrialOutcomeStatus
 from lrtune.workers.rng import rng_state, set_rng_state
 from lrtune.workers.torch_schedule import ScheduleDriver, build_param_groups
 from torch.optim.lr_scheduler import LRScheduler
@@ -154,7 +154,7 @@ class TrialContext:
     checkpoint_due: Callable[[int], bool] = lambda epoch: False
     resume: FunctionState | None = None
     history: list[EpochResult] = field(default_factory=list)
-    status: TrialStatus = "completed"
+    status: TrialOutcomeStatus = "completed"
     started: float = field(default_factory=time.perf_counter)
     _schedulers: list[TrialLRScheduler] = field(default_factory=list)
     _pending: tuple[dict[str, Any], dict[str, Any]] | None = None
@@ -255,6 +255,7 @@ class TrialContext:
                 f"the job's metric {self.metric!r} was not reported: ctx.report got "
                 f"{sorted(floats)}"
             )
+        metric_value = floats[self.metric]
         result = EpochResult(
             epoch=epoch,
             step=steps,
@@ -266,7 +267,7 @@ class TrialContext:
         )
         self.history.append(result)
         for scheduler in self._schedulers:
-            scheduler.on_epoch_end(result.values()[self.metric])
+            scheduler.on_epoch_end(metric_value)
         state = None
         if self._pending is not None and self.checkpoint_due(epoch):
             user, rng = self._pending

@@ -26,6 +26,7 @@ from lrtune.workers.results import (
     PROBE_KEY,
     RESTORED_KEY,
     TrialError,
+    TuneTrialConfig,
     epoch_metrics,
 )
 from lrtune.workers.sweep import Branch, Horizon, run_sweep
@@ -74,7 +75,7 @@ def make_trainable(
         every = checkpoint_every_epochs
         return epoch in rungs or (every > 0 and epoch % every == 0)
 
-    def lrtune_trial(config: dict[str, Any]) -> None:
+    def lrtune_trial(config: TuneTrialConfig) -> None:
         if config["trial_key"] in skip:
             # Tune insists on the metric in a trial's results; the driver ignores this one.
             tune.report({metric: math.nan, OUTCOME_KEY: "already_finished"})
@@ -127,7 +128,7 @@ def make_trainable(
             probe: ProbeResult | None = pending.pop("probe", None)
             if probe is not None:
                 extra[PROBE_KEY] = probe.model_dump(mode="json")
-                extra[JUDGED_KEY] = judged_value(probe.values()[metric], mode=mode)
+                extra[JUDGED_KEY] = judged_value(probe.value(metric), mode=mode)
             branches: list[dict[str, Any]] | None = pending.pop("branches", None)
             if branches:
                 extra[BRANCHES_KEY] = branches

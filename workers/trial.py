@@ -25,7 +25,7 @@ from lrtune.schemas.trials import (
     ProbeResult,
     TrialConfig,
     TrialOutcome,
-    TrialStatus,
+    TrialOutcomeStatus,
 )
 from lrtune.workers.rng import rng_state, set_rng_state
 from lrtune.workers.schedule_math import cycle_ends, learning_rate
@@ -260,7 +260,7 @@ def run_trial(
             epoch_losses=list(losses),
         )
 
-    status: TrialStatus = "completed"
+    status: TrialOutcomeStatus = "completed"
     for epoch in range(first_epoch, config.epochs):
         set_epoch = getattr(train_loader, "set_epoch", None)
         if callable(set_epoch):
@@ -326,8 +326,13 @@ def run_trial(
         history.append(result)
         # Plateau's rate follows the job's metric: the driver gets each epoch's value once,
         # after its evaluation (every other policy ignores it; only an ensemble metric, which
-        # plateau never has, can be missing).
-        driver.on_epoch_end(result.values().get(metric, math.nan))
+        # plateau never has, can be missing: before the first cycle end).
+        metric_value = result.value(metric)
+        if metric_value is None and not metric.startswith(ENSEMBLE_PREFIX):
+            raise WorkloadError(
+                f"the job's metric {metric!r} is not among the workload's: {sorted(metrics)}"
+            )
+        driver.on_epoch_end(math.nan if metric_value is None else metric_value)
         if probing is not None and epoch + 1 in probing.epochs and not diverged and step > 0:
             probing.on_probe(
                 cooldown_probe(
@@ -744,7 +749,7 @@ def _device(name: str) -> torch.device:
 
 
 def _outcome(
-    status: TrialStatus,
+    status: TrialOutcomeStatus,
     history: list[EpochResult],
     steps: int,
     metric: str,
@@ -754,8 +759,8 @@ def _outcome(
     best_metric: float | None = None
     best_epoch: int | None = None
     for result in history:
-        value = result.values().get(metric, math.nan)  # an ensemble's before its first snapshot
-        if not math.isfinite(value):
+        value = result.value(metric)
+        if value is None or not math.isfinite(value):
             continue
         if best_metric is None or (value > best_metric if mode == "max" else value < best_metric):
             best_metric, best_epoch = value, result.epoch

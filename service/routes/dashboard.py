@@ -1,4 +1,5 @@
-"""The web dashboard: its page at /, and the compact learning-curve view its job page draws.
+"""The web dashboard: its page at / (and its own paths), and the compact learning-curve view its
+job page draws.
 
 `GET /v1/jobs/{id}/curves` answers in one response, whatever the job's size, the standing of
 every policy and the curves of each policy's best trials, thinned to `max_points` epochs, so a
@@ -11,8 +12,8 @@ import math
 from pathlib import Path as FilePath
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Response
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi.responses import FileResponse, RedirectResponse
 from lrtune.schemas.errors import ErrorBody
 from lrtune.schemas.jobs import Trial, TrialMetric
 from lrtune.service.deps import StoreDep, TenantDep
@@ -79,6 +80,17 @@ def dashboard_page() -> FileResponse:
     return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
 
+# The dashboard's own paths, typed or pasted without their `#` (/jobs/7 for /#/jobs/7), are sent
+# to the page, whose router reads the hash.
+@router.get("/jobs", include_in_schema=False)
+@router.get("/jobs/{job_id}", include_in_schema=False)
+@router.get("/trials/{trial_id}", include_in_schema=False)
+@router.get("/new", include_in_schema=False)
+def dashboard_deep_link(request: Request) -> RedirectResponse:
+    """The dashboard at the view this path names."""
+    return RedirectResponse(f"/#{request.url.path}")
+
+
 @router.get(
     "/v1/jobs/{job_id}/curves",
     response_model=JobCurves,
@@ -124,7 +136,7 @@ def _curve(trial: Trial, epochs: list[TrialMetric], metric: str, max_points: int
         schedule=trial.schedule,
         steps=epochs[-1].step if epochs else 0,
         epoch=[e.epoch for e in kept],
-        metric=[_value(e, metric) for e in kept],
+        metric=[e.value(metric) for e in kept],
         train_loss=[e.train_loss for e in kept],
         val_loss=[e.val_loss for e in kept],
         lr=[e.lr for e in kept],
@@ -138,14 +150,6 @@ def thin(epochs: list[TrialMetric], max_points: int) -> list[TrialMetric]:
     last = len(epochs) - 1
     indices = sorted({round(i * last / (max_points - 1)) for i in range(max_points)})
     return [epochs[i] for i in indices]
-
-
-def _value(epoch: TrialMetric, metric: str) -> float | None:
-    if metric == "train_loss":
-        return epoch.train_loss
-    if metric == "val_loss":
-        return epoch.val_loss
-    return epoch.metrics.get(metric)
 
 
 def _rank_key(value: float | None, mode: str) -> float:

@@ -11,7 +11,7 @@ from lrtune.schemas.schedules import FixedSchedule, ParamGroupRule
 from lrtune.schemas.search import DEFAULT_SEARCH_SPACES, validate_search_space
 from lrtune.schemas.trials import OptimizerSpec, TrialConfig, TrialOutcome
 from lrtune.schemas.workloads import WorkloadSpec
-from lrtune.workers.range_test import (
+from lrtune.workers.lr_range_test import (
     derive_search_spaces,
     ramp_rates,
     run_range_test,

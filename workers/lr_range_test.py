@@ -162,7 +162,7 @@ def suggest_bounds(*, lrs: Sequence[float], smoothed: Sequence[float]) -> BoundS
     - `max_lr`: where the smoothed loss stops falling, before it turns up: the rate of the lowest
       smoothed loss divided by `MAX_LR_SAFETY` (3). The EMA lags the raw loss, so its minimum
       already lies where training turns unstable; a third of it trains (checked on digits and
-      mnist1d by tests/test_range_test.py, together with 10x above it diverging).
+      mnist1d by tests/test_lr_range_test.py, together with 10x above it diverging).
     - `min_lr`: where the loss starts to fall steeply: `max_lr / MIN_LR_RATIO` (a decade below,
       Smith's base_lr guidance widened), raised to the start of the longest descent when the
       descent starts later, and kept below max_lr.
