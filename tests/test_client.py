@@ -223,3 +223,11 @@ def test_unreachable_service() -> None:
     with client, pytest.raises(ServiceUnreachable) as error:
         client.list_jobs()
     assert "cannot reach lrtune at http://nowhere" in str(error.value)
+
+
+def test_the_client_imports_as_the_readme_shows() -> None:
+    """README's "From Python" example imports the client from the package itself."""
+    import lrtune.client
+    from lrtune.client.api import LrtuneClient
+
+    assert lrtune.client.LrtuneClient is LrtuneClient
