@@ -210,17 +210,19 @@ def test_every_phase_of_a_job_is_timed_and_they_add_up_to_its_wall_clock(
     assert timeline.trials == []
 
 
-def test_search_and_confirmation_are_one_tune_experiment_and_asha_leaves_confirmation_alone(
+def test_search_and_confirmation_are_one_tune_experiment_on_the_free_cpus(
     ray_local: str, settings: Settings, store: Store
 ) -> None:
     spec = _spec(
         policies=["fixed", "clr"],
-        budget={"epochs": 3, "trials_per_policy": 3, "max_concurrent_trials": 2},
+        # No max_concurrent_trials: as many as the free CPUs hold, 2 on this Ray.
+        budget={"epochs": 3, "trials_per_policy": 3},
         early_stopping={"kind": "asha", "grace_epochs": 1, "reduction_factor": 2},
         confirm={"top_k": 1, "seeds": 2},
     )
     job = _run(settings, store, spec)
     assert job.status == "succeeded", job.error
+    assert any(note.startswith("2 trials at once") for note in job.notes), job.notes
     # One experiment in the run storage: the confirmation is no second Tune run.
     storage = Path(settings.resolved_storage)
     assert [p.name for p in storage.iterdir() if p.is_dir()] == [f"job-{job.id}"]
@@ -239,6 +241,12 @@ def test_search_and_confirmation_are_one_tune_experiment_and_asha_leaves_confirm
         probes = store.list_trial_probes(trial_id=trial.id)
         assert all(probe.decision != "stop" for probe in probes)
     assert store.get_job(job.id).progress.planned == len(trials)
+    spans = [(t.started_at, t.finished_at) for t in trials]
+    assert any(
+        a_start < b_end and b_start < a_end
+        for (a_start, a_end), (b_start, b_end) in itertools.combinations(spans, 2)
+        if a_start and a_end and b_start and b_end
+    ), "no two trials ran at once"
 
     # The confirmation phase starts when the search's last trial has ended, before the first
     # confirmation trial starts.

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from lrtune.schemas.jobs import Job, JobPhaseName, JobSpec
+from lrtune.schemas.jobs import Job, JobPhaseName, JobSpec, Resources
 from lrtune.schemas.recommendations import RangeTestResult
 from lrtune.workers.early_stopping import probe_epochs
 from lrtune.workers.results import ConfirmationSink, sink_registered
@@ -149,9 +149,17 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
+# Ray's setting of the modules its worker processes import when they start (comma-separated);
+# a cluster's nodes take it from their environment at `ray start`.
+PRELOAD_ENV = "RAY_preload_python_modules"
+PRELOADED_MODULES = "lrtune.workers.trainable"
+
+
 def ensure_ray(*, address: str | None, num_cpus: int | None = None) -> None:
     """Join the cluster at `address`, or start a local Ray (sized to the machine unless
-    `num_cpus` says otherwise); nothing when Ray is already up in this process."""
+    `num_cpus` says otherwise; its worker processes preload the trial code unless
+    RAY_preload_python_modules says otherwise); nothing when Ray is already up in this
+    process."""
     import ray
 
     if ray.is_initialized():
@@ -159,6 +167,10 @@ def ensure_ray(*, address: str | None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     else:
+        # Ray starts worker processes ahead of work; with this setting of Ray's, each imports
+        # the trial code (torch, Ray Tune) as it starts, so a job's trial actors start in a
+        # warm process instead of spending seconds on imports after the job has begun.
+        os.environ.setdefault(PRELOAD_ENV, PRELOADED_MODULES)
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
 
 
@@ -415,6 +427,15 @@ def _run_search(
         bounds = range_test(job, sink=sink, code=code).suggestion
     if sink.should_stop():
         return None
+    if spec.budget.max_concurrent_trials is None:
+        slots = free_trial_slots(spec.resources_per_trial)
+        spec = spec.model_copy(
+            update={"budget": spec.budget.model_copy(update={"max_concurrent_trials": slots})}
+        )
+        sink.add_note(
+            f"{slots} trials at once (budget.max_concurrent_trials is unset): as many as the "
+            "Ray cluster's free CPUs and GPUs held when the worker started the job"
+        )
     plan = plan_experiment(
         spec,
         job_key=key,
@@ -432,6 +453,19 @@ def _run_search(
     if len(results) > 0 and len(errors) == len(results):
         return f"every trial failed; the first: {_last_line(str(errors[0]))}"
     return None
+
+
+def free_trial_slots(resources: Resources) -> int:
+    """How many trials asking `resources` each the Ray cluster's free CPUs and GPUs hold now
+    (at least one: a job on a busy cluster waits its turn for a slot)."""
+    import ray
+
+    free = ray.available_resources()
+    # Ray reports fractions of a resource as floats (0.25 x 4 may read 0.9999999).
+    slots = math.floor(free.get("CPU", 0.0) / resources.cpu + 1e-6)
+    if resources.gpu > 0:
+        slots = min(slots, math.floor(free.get("GPU", 0.0) / resources.gpu + 1e-6))
+    return max(1, slots)
 
 
 def _last_line(text: str) -> str:
