@@ -657,11 +657,13 @@ class SearchThenConfirm(_StatefulSearcher):
                     self.search_running.add(trial_id)
                 return config
             self.search_suggested_all = True
+        if self.search_running:
+            # The confirmation picks from the finished search: Tune asks again at its next
+            # step (no database read here, it asks often).
+            return None
         sink = cast(ConfirmationSink, sink_for(self.plan.job_key))
         if sink.should_stop():
             return Searcher.FINISHED  # type: ignore[return-value]  # Tune's sentinel string
-        if self.search_running:
-            return None  # the confirmation picks from the finished search: ask again later
         if self.confirm is None:
             self.confirm = self._pick_confirmation(sink)
         self._begin_confirmation(sink)
