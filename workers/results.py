@@ -111,7 +111,8 @@ class ConfirmationSink(ResultSink, Protocol):
     def set_planned_trials(self, planned: int) -> None: ...
 
     def begin_phase(self, phase: JobPhaseName) -> None:
-        """The job enters `phase` of its timeline now; the phase before it ends here."""
+        """The job enters `phase` of its timeline now; the phase before it ends here. Never
+        raises: the timeline records the job, it is no reason for the job to fail."""
         ...
 
 
