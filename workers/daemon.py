@@ -149,17 +149,9 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
-# Ray's setting of the modules its worker processes import when they start (comma-separated);
-# a cluster's nodes take it from their environment at `ray start`.
-PRELOAD_ENV = "RAY_preload_python_modules"
-PRELOADED_MODULES = "lrtune.workers.trainable"
-
-
 def ensure_ray(*, address: str | None, num_cpus: int | None = None) -> None:
     """Join the cluster at `address`, or start a local Ray (sized to the machine unless
-    `num_cpus` says otherwise; its worker processes preload the trial code unless
-    RAY_preload_python_modules says otherwise); nothing when Ray is already up in this
-    process."""
+    `num_cpus` says otherwise); nothing when Ray is already up in this process."""
     import ray
 
     if ray.is_initialized():
@@ -167,10 +159,6 @@ def ensure_ray(*, address: str | None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     else:
-        # Ray starts worker processes ahead of work; with this setting of Ray's, each imports
-        # the trial code (torch, Ray Tune) as it starts, so a job's trial actors start in a
-        # warm process instead of spending seconds on imports after the job has begun.
-        os.environ.setdefault(PRELOAD_ENV, PRELOADED_MODULES)
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
 
 
