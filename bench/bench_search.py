@@ -759,19 +759,29 @@ def arm_lines(
     *,
     best_mean: float,
     oracle_total: int,
+    oracle_seconds: float,
+    oracle_load: float,
     cooldown: tuple[float, str],
     trials: int,
 ) -> list[str]:
+    # The grid a user would run instead: the oracle's, one seed (its wall-clock over its seeds;
+    # its probes included, so the grid is, if anything, slower than a plain one).
+    grid_seconds = oracle_seconds / ORACLE_SEEDS
     lines = [
         f"Arms: {trials} trials per policy ({trials * len(POLICIES)} in all) for lrtune and "
         "TPE; lrtune confirms each policy's best on 3 seeds (18 trials more); random search "
         "gets the cooldown arm's epochs. Gap: the oracle's best mean minus the recommendation's "
         "mean on the oracle's 3 seeds, in accuracy points, over the search seeds "
-        f"({', '.join(str(r.seed) for r in next(iter(arms.values())))}).",
+        f"({', '.join(str(r.seed) for r in next(iter(arms.values())))}). Wall: the arm's "
+        "seconds (a job: through the worker, confirmation included; bounds given, no range "
+        "test) against "
+        f"the grid's, the oracle's grid on one seed: {grid_seconds:.0f} s for "
+        f"{oracle_total // ORACLE_SEEDS} epochs ({oracle_seconds:.0f} s for its "
+        f"{ORACLE_SEEDS} seeds, at load {oracle_load:.1f} when it was trained and cached).",
         "",
         "| arm | gap: mean | gap: worst | recommended | epochs (mean) | of the oracle's "
-        "| search / probes / confirm | trials (pruned) | wall (mean) |",
-        "| --- | ---: | ---: | --- | ---: | ---: | --- | --- | ---: |",
+        "| search / probes / confirm | trials (pruned) | wall (mean) | wall vs grid |",
+        "| --- | ---: | ---: | --- | ---: | ---: | --- | --- | ---: | ---: |",
     ]
     for arm, runs in arms.items():
         gaps = [100 * (best_mean - r.on_oracle_seeds) for r in runs]
@@ -789,7 +799,8 @@ def arm_lines(
             f"{100 * epochs / oracle_total:.1f}% | {parts} | "
             f"{statistics.mean(r.trials for r in runs):.0f} "
             f"({statistics.mean(r.pruned for r in runs):.0f}) | "
-            f"{statistics.mean(r.seconds for r in runs):.0f} s |"
+            f"{statistics.mean(r.seconds for r in runs):.0f} s | "
+            f"{statistics.mean(r.seconds for r in runs) / grid_seconds:.2f}x |"
         )
     lines.append("")
     return lines
@@ -1014,6 +1025,8 @@ def main() -> None:
                     arms,
                     best_mean=best_mean,
                     oracle_total=total,
+                    oracle_seconds=oracle["seconds"],
+                    oracle_load=oracle["load"],
                     cooldown=cooldown,
                     trials=args.trials,
                 )

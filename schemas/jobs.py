@@ -166,7 +166,12 @@ class Budget(BaseModel):
 
     epochs: int = Field(gt=0)
     trials_per_policy: int = Field(gt=0)
-    max_concurrent_trials: int = Field(1, gt=0)
+    max_concurrent_trials: int | None = Field(
+        None,
+        gt=0,
+        description="Trials running at once. Unset: as many as the Ray cluster's free CPUs and "
+        "GPUs hold (divided by resources_per_trial) when the worker starts the job, at least 1.",
+    )
 
 
 # The probe's length as a share of the steps already trained, chosen on bench/bench_search.py:

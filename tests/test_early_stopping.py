@@ -20,6 +20,7 @@ from lrtune.service.worker import run_worker
 from lrtune.workers.early_stopping import (
     JUDGED_KEY,
     CooldownASHA,
+    SearchASHA,
     judged_value,
     make_scheduler,
     probe_epochs,
@@ -46,7 +47,9 @@ def test_asha_is_judged_by_cooldown_unless_raw_is_asked_for() -> None:
     assert judged.early_stopping.cooldown is not None
     assert type(make_scheduler(judged)) is CooldownASHA
     raw = spec(kind="asha", judge="raw")
-    assert type(make_scheduler(raw)) is AsyncHyperBandScheduler
+    # Tune's own ASHA, leaving confirmation trials alone (they follow the search in its run).
+    assert type(make_scheduler(raw)) is SearchASHA
+    assert isinstance(make_scheduler(raw), AsyncHyperBandScheduler)
     assert raw.early_stopping.cooldown is None
     assert type(make_scheduler(spec())) is FIFOScheduler
     assert spec().early_stopping.judge is None

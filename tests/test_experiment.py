@@ -8,10 +8,13 @@ from typing import Any
 
 import pytest
 from lrtune.schemas.jobs import JobSpec, LrBounds, PolicySearch
+from lrtune.schemas.schedules import parse_schedule
 from lrtune.schemas.search import Choice, IntRange, LogUniform, Uniform
 from lrtune.workers.experiment import (
     EqualBudgetSearcher,
+    SearchThenConfirm,
     grid_points,
+    job_searcher,
     plan_experiment,
     plan_searcher,
     policy_space,
@@ -19,6 +22,7 @@ from lrtune.workers.experiment import (
     to_tune_domain,
     trial_seed,
 )
+from lrtune.workers.recommendation import TrialSummary
 from lrtune.workers.results import sink_registered
 from ray.tune.search import Searcher
 
@@ -49,7 +53,7 @@ def _searcher(spec: JobSpec, *, job_key: str = "1") -> EqualBudgetSearcher:
     return plan_searcher(plan)
 
 
-def _drain(searcher: EqualBudgetSearcher, sink: object, *, job_key: str = "1") -> list[Any]:
+def _drain(searcher: Searcher, sink: object, *, job_key: str = "1") -> list[Any]:
     configs: list[Any] = []
     with sink_registered(job_key, sink):
         for n in range(1000):
@@ -207,3 +211,79 @@ def test_the_new_policies_resolve_and_plateau_watches_the_jobs_metric(algorithm:
             assert schedule["decay_steps"] == round(schedule["decay_frac"] * total)
         if config["policy"] == "inverse_sqrt":
             assert schedule["timescale"] == schedule["warmup_steps"] > 0
+
+
+class _ConfirmingSink(_NeverStop):
+    """A sink that also answers what the searcher asks when the search ends: the finished
+    search trials (each config's value is its index: the last index of a policy is its best)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.finished: list[dict[str, Any]] = []
+        self.phases: list[str] = []
+        self.planned: list[int] = []
+
+    def search_summaries(self) -> list[TrialSummary]:
+        return [
+            TrialSummary(
+                trial_id=config["trial_key"],
+                policy=config["policy"],
+                schedule=parse_schedule(config["schedule"]),
+                seed=config["seed"],
+                metric_values=[float(config["index"])],
+            )
+            for config in self.finished
+        ]
+
+    def begin_phase(self, phase: str) -> None:
+        self.phases.append(phase)
+
+    def set_planned_trials(self, planned: int) -> None:
+        self.planned.append(planned)
+
+
+def test_the_confirmation_follows_the_search_in_the_same_run_and_survives_a_restore(
+    tmp_path: Path,
+) -> None:
+    spec = _spec(
+        policies=["fixed", "clr"],
+        budget={"epochs": 3, "trials_per_policy": 2},
+        confirm={"top_k": 1, "seeds": 2},
+    )
+    plan = plan_experiment(spec, job_key="1", storage_path=tmp_path, steps_per_epoch=22)
+    searcher = job_searcher(plan)
+    assert isinstance(searcher, SearchThenConfirm)
+    sink = _ConfirmingSink()
+    with sink_registered("1", sink):
+        search = [searcher.suggest(f"s{i}") for i in range(4)]
+        assert all(isinstance(config, dict) for config in search)
+        # Every search trial handed out, one still running: nothing to suggest yet.
+        for i, config in enumerate(search[:3]):
+            sink.finished.append(config)
+            searcher.on_trial_complete(f"s{i}", result={"val_loss": 1.0})
+        assert searcher.suggest("c0") is None
+        assert sink.phases == []
+        sink.finished.append(search[3])
+        searcher.on_trial_complete("s3", result={"val_loss": 1.0})
+
+        first = searcher.suggest("c0")
+        assert sink.phases == ["confirmation"] and sink.planned == [4 + 4]
+        searcher.save(str(tmp_path / "state.pkl"))
+        # A worker that resumes the job restores the searcher from the experiment's state.
+        restored = job_searcher(plan)
+        restored.restore(str(tmp_path / "state.pkl"))
+        rest = _drain(restored, sink)
+    confirm = [first, *rest]
+    assert [c["trial_key"] for c in confirm] == [
+        "confirm-fixed-0-0",
+        "confirm-clr-0-0",
+        "confirm-fixed-0-1",
+        "confirm-clr-0-1",
+    ]
+    assert all(c["phase"] == "confirm" for c in confirm)
+    # Each policy's best search config (its index 1), on the confirmation's own seeds.
+    best = {c["policy"]: c["schedule"] for c in search if c["index"] == 1}
+    assert all(c["schedule"] == best[c["policy"]] for c in confirm)
+    assert {c["seed"] for c in confirm}.isdisjoint({c["seed"] for c in search})
+    # The restored searcher picked nothing again; it began the phase anew in its process.
+    assert sink.planned == [8] and sink.phases == ["confirmation", "confirmation"]

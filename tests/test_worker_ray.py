@@ -203,6 +203,67 @@ def test_every_phase_of_a_job_is_timed_and_they_add_up_to_its_wall_clock(
     assert timeline.trials == []
 
 
+def test_search_and_confirmation_are_one_tune_experiment_on_the_free_cpus(
+    ray_local: str, settings: Settings, store: Store
+) -> None:
+    spec = _spec(
+        policies=["fixed", "clr"],
+        # No max_concurrent_trials: as many as the free CPUs hold, 2 on this Ray.
+        budget={"epochs": 3, "trials_per_policy": 3},
+        early_stopping={"kind": "asha", "grace_epochs": 1, "reduction_factor": 2},
+        confirm={"top_k": 1, "seeds": 2},
+    )
+    job = _run(settings, store, spec)
+    assert job.status == "succeeded", job.error
+    assert any(note.startswith("2 trials at once") for note in job.notes), job.notes
+    # One experiment in the run storage: the confirmation is no second Tune run.
+    storage = Path(settings.resolved_storage)
+    assert [p.name for p in storage.iterdir() if p.is_dir()] == [f"job-{job.id}"]
+    assert len(list(storage.glob("*/experiment_state*.json"))) == 1
+
+    trials = _trials(store, job.id)
+    search = [t for t in trials if t.phase == "search"]
+    confirm = [t for t in trials if t.phase == "confirm"]
+    assert len(search) == 6
+    # Each policy's best search trial that ran to its end, on 2 seeds (a policy ASHA pruned
+    # throughout has nothing to confirm).
+    confirmed = sorted({t.policy for t in search if t.status in ("completed", "diverged")})
+    assert confirmed, "ASHA let no search trial finish"
+    assert sorted(str(t.ray_trial_id) for t in confirm) == [
+        f"confirm-{policy}-0-{index}" for policy in confirmed for index in (0, 1)
+    ]
+    # ASHA ranks and stops search trials only: every confirmation trial trains to its end.
+    assert {(t.status, t.epochs_done) for t in confirm} == {("completed", 3)}
+    for trial in confirm:
+        probes = store.list_trial_probes(trial_id=trial.id)
+        assert all(probe.decision != "stop" for probe in probes)
+    assert store.get_job(job.id).progress.planned == len(trials)
+    spans = [(t.started_at, t.finished_at) for t in trials]
+    assert any(
+        a_start < b_end and b_start < a_end
+        for (a_start, a_end), (b_start, b_end) in itertools.combinations(spans, 2)
+        if a_start and a_end and b_start and b_end
+    ), "no two trials ran at once"
+
+    # The confirmation phase starts when the search's last trial has ended, before the first
+    # confirmation trial starts.
+    timeline = store.job_timeline(job.id)
+    assert [p.phase for p in timeline.phases] == [
+        "queued",
+        "planning",
+        "search",
+        "confirmation",
+        "recommendation",
+    ]
+    _assert_tiled(timeline)
+    confirmation = timeline.phases[3]
+    assert all(t.finished_at is not None for t in search)
+    assert max(t.finished_at for t in search if t.finished_at) <= confirmation.started_at
+    assert all(
+        t.started_at is not None and t.started_at >= confirmation.started_at for t in confirm
+    )
+
+
 def test_asha_prunes_and_statuses_match_what_tune_reported(
     ray_local: str, settings: Settings, store: Store
 ) -> None:

@@ -23,11 +23,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from lrtune.schemas.jobs import Job, JobPhaseName, JobSpec
+from lrtune.schemas.jobs import Job, JobPhaseName, JobSpec, Resources
 from lrtune.schemas.recommendations import RangeTestResult
 from lrtune.workers.early_stopping import probe_epochs
-from lrtune.workers.recommendation import TrialSummary, select_for_confirmation
-from lrtune.workers.results import ResultSink, sink_registered
+from lrtune.workers.results import ConfirmationSink, sink_registered
 from lrtune.workers.user_code import CodeSnapshot
 
 log = logging.getLogger(__name__)
@@ -95,8 +94,9 @@ class Lease:
                 return
 
 
-class JobSink(ResultSink, Protocol):
-    """A job's `ResultSink` plus what the daemon records about the job as a whole."""
+class JobSink(ConfirmationSink, Protocol):
+    """A job's `ResultSink` plus what the daemon and the searcher (picking what to confirm)
+    record about the job as a whole."""
 
     def stored_range_test(self) -> RangeTestResult | None:
         """The job's range test if one was stored already (a resumed job does not rerun it)."""
@@ -106,23 +106,12 @@ class JobSink(ResultSink, Protocol):
 
     def save_search_spaces(self, spaces: dict[str, dict[str, Any]]) -> None: ...
 
-    def set_planned_trials(self, planned: int) -> None: ...
-
     def add_note(self, note: str) -> None:
         """Say on the job what the worker decided that its spec does not say."""
         ...
 
-    def search_summaries(self) -> list[TrialSummary]:
-        """The job's finished search-phase trials, for picking what to confirm."""
-        ...
-
     def on_job_succeeded(self) -> None:
         """The job has succeeded: store what is final about it (its recommendation)."""
-        ...
-
-    def begin_phase(self, phase: JobPhaseName) -> None:
-        """The job enters `phase` of its timeline now; the phase before it ends here. Never
-        raises: the timeline records the job, it is no reason for the job to fail."""
         ...
 
     def end_phase(self, phase: JobPhaseName) -> None:
@@ -403,16 +392,10 @@ def _range_test_task(spec: JobSpec, code: CodeSnapshot | None) -> RangeTestResul
 def _run_search(
     job: Job, *, sink: JobSink, options: WorkerOptions, code: CodeSnapshot | None
 ) -> str | None:
-    """Run the job: range test for lr_bounds "auto", the search experiment, then the
-    confirmation run when the job asks for one. The job's error when no trial ran to an end,
+    """Run the job: range test for lr_bounds "auto", then its Tune experiment (the search and,
+    when the job asks for one, the confirmation). The job's error when no trial ran to an end,
     else None."""
-    from lrtune.workers.experiment import (
-        ConfirmationPick,
-        confirmation_configs,
-        plan_experiment,
-        run_confirmation,
-        run_experiment,
-    )
+    from lrtune.workers.experiment import plan_experiment, run_experiment
 
     key = str(job.id)
     spec = job.spec
@@ -432,6 +415,15 @@ def _run_search(
         bounds = range_test(job, sink=sink, code=code).suggestion
     if sink.should_stop():
         return None
+    if spec.budget.max_concurrent_trials is None:
+        slots = free_trial_slots(spec.resources_per_trial)
+        spec = spec.model_copy(
+            update={"budget": spec.budget.model_copy(update={"max_concurrent_trials": slots})}
+        )
+        sink.add_note(
+            f"{slots} trials at once (budget.max_concurrent_trials is unset): as many as the "
+            "Ray cluster's free CPUs and GPUs held when the worker started the job"
+        )
     plan = plan_experiment(
         spec,
         job_key=key,
@@ -445,30 +437,23 @@ def _run_search(
     with sink_registered(key, sink):
         sink.begin_phase("search")
         results = list(run_experiment(plan))
-        if spec.confirm is not None and not sink.should_stop():
-            sink.begin_phase("confirmation")
-            chosen = select_for_confirmation(
-                sink.search_summaries(), top_k=spec.confirm.top_k, mode=spec.metric_mode
-            )
-            picks = [
-                ConfirmationPick(
-                    policy=policy,
-                    rank=rank,
-                    schedule=schedule.model_dump(mode="json"),
-                    point=schedule.model_dump(mode="json"),
-                )
-                for policy in plan.search_spaces
-                for rank, schedule in enumerate(chosen.get(policy, []))
-            ]
-            configs = confirmation_configs(plan, picks, seeds=spec.confirm.seeds)
-            # Pruned, failed and repeated configurations are not confirmed: plan what runs.
-            sink.set_planned_trials(plan.total_trials + len(configs))
-            if configs:
-                results += list(run_confirmation(plan, configs))
     errors = [result.error for result in results if result.error is not None]
     if len(results) > 0 and len(errors) == len(results):
         return f"every trial failed; the first: {_last_line(str(errors[0]))}"
     return None
+
+
+def free_trial_slots(resources: Resources) -> int:
+    """How many trials asking `resources` each the Ray cluster's free CPUs and GPUs hold now
+    (at least one: a job on a busy cluster waits its turn for a slot)."""
+    import ray
+
+    free = ray.available_resources()
+    # Ray reports fractions of a resource as floats (0.25 x 4 may read 0.9999999).
+    slots = math.floor(free.get("CPU", 0.0) / resources.cpu + 1e-6)
+    if resources.gpu > 0:
+        slots = min(slots, math.floor(free.get("GPU", 0.0) / resources.gpu + 1e-6))
+    return max(1, slots)
 
 
 def _last_line(text: str) -> str:

@@ -21,7 +21,35 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialSch
 JUDGED_KEY = "lrtune_judged"
 
 
-class CooldownASHA(AsyncHyperBandScheduler):
+def is_confirmation(trial: Any) -> bool:
+    """A confirmation trial (a top configuration rerun on a fresh seed, after the search)."""
+    return trial.config.get("phase") == "confirm"
+
+
+class SearchASHA(AsyncHyperBandScheduler):
+    """Ray Tune's ASHA over the search's trials. The confirmation's trials come later in the
+    same Tune run and run to their end, as under FIFO: ASHA neither ranks nor stops them (the
+    point of confirming is a fair estimate of each configuration)."""
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        if not is_confirmation(trial):
+            super().on_trial_add(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
+        if is_confirmation(trial):
+            return TrialScheduler.CONTINUE
+        return super().on_trial_result(tune_controller, trial, result)
+
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> None:
+        if not is_confirmation(trial):
+            super().on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
+        if not is_confirmation(trial):
+            super().on_trial_remove(tune_controller, trial)
+
+
+class CooldownASHA(SearchASHA):
     """ASHA whose rung comparisons use the cooldown probe's value (`JUDGED_KEY`) when the
     result carries one; results without a probe (between rungs, the last epoch) are Tune's."""
 
@@ -32,12 +60,12 @@ class CooldownASHA(AsyncHyperBandScheduler):
 
 
 def make_scheduler(spec: JobSpec) -> TrialScheduler:
-    """ASHA on epochs when the job asks for early stopping (judged by cooldown probes unless
-    `judge` is "raw"), else first-in first-out."""
+    """ASHA on epochs for the search's trials when the job asks for early stopping (judged by
+    cooldown probes unless `judge` is "raw"), else first-in first-out."""
     stopping = spec.early_stopping
     if stopping.kind != "asha" or spec.budget.epochs <= stopping.grace_epochs:
         return FIFOScheduler()
-    asha = CooldownASHA if stopping.judge == "cooldown" else AsyncHyperBandScheduler
+    asha = CooldownASHA if stopping.judge == "cooldown" else SearchASHA
     # Metric and mode come from TuneConfig (Tune refuses them twice).
     return asha(
         time_attr="training_iteration",

@@ -9,6 +9,8 @@ policy and the trial's index: the same job gives the same points whatever the ti
 budget from one policy to another). The policy is part of each trial's config, so ASHA ranks
 all of them together (by their cooldown probes at rungs: `lrtune.workers.early_stopping`) and
 Ray Tune's experiment state and the trials' checkpoints cover the whole job (Tuner.restore).
+A job that confirms runs its confirmation as further trials of the same Tune run
+(`SearchThenConfirm`), on the actors the search started.
 
 Seeds: the i-th trial of every policy gets the same seed (common random numbers), so two
 policies are compared on the same initialisations and batch orders.
@@ -22,10 +24,10 @@ import math
 import os
 import pickle
 import zlib
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from lrtune.schemas.jobs import JobSpec, LrBounds, PolicySearch
@@ -44,14 +46,20 @@ from lrtune.schemas.search import (
 from lrtune.schemas.trials import OptimizerSpec
 from lrtune.workers.early_stopping import make_scheduler
 from lrtune.workers.lr_range_test import derive_search_spaces
-from lrtune.workers.results import CancelStopper, RecordResults, TuneTrialConfig, sink_for
-from lrtune.workers.run_storage import PruneCheckpoints, experiment_names, storage_uri
+from lrtune.workers.recommendation import select_for_confirmation
+from lrtune.workers.results import (
+    CancelStopper,
+    ConfirmationSink,
+    RecordResults,
+    TuneTrialConfig,
+    sink_for,
+)
+from lrtune.workers.run_storage import PruneCheckpoints, experiment_name, storage_uri
 from lrtune.workers.sweep import sweep_trial_config
 from lrtune.workers.trainable import make_trainable
 from lrtune.workers.user_code import CodeSnapshot
 from pydantic import ValidationError
 from ray import tune
-from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.sample import Domain as TuneDomain
 
@@ -421,13 +429,9 @@ class ExperimentPlan:
         return len(self.spaces) * self.spec.budget.trials_per_policy
 
     @property
-    def names(self) -> tuple[str, str]:
-        """The search's and the confirmation's experiment names: two experiments side by
-        side in the storage, so a worker that resumes the job resumes either."""
-        return experiment_names(self.job_key)
-
-    def location(self, name: str) -> str:
-        return f"{self.storage.rstrip('/')}/{name}"
+    def location(self) -> str:
+        """Where the job's one Tune experiment (search and confirmation) lives."""
+        return f"{self.storage.rstrip('/')}/{experiment_name(self.job_key)}"
 
 
 def plan_experiment(
@@ -501,14 +505,65 @@ def build_tuner(plan: ExperimentPlan, *, skip_keys: set[str] | None = None) -> t
     (or their start, before their first), errored ones stay failed. `skip_keys` are trials the
     database has as finished although Tune's last snapshot had them running; they return at
     once instead of training again.
+
+    One experiment per job: the search's trials, then (when the job confirms) the
+    confirmation's, as further trials of the same run (`job_searcher`).
     """
-    return _restore_or_build(
-        plan,
-        name=plan.names[0],
+    trainable = make_trainable(
+        plan.spec,
         skip_keys=skip_keys or set(),
-        searcher=lambda: plan_searcher(plan),
-        scheduler=make_scheduler(plan.spec),
+        checkpoint_every_epochs=plan.checkpoint_every_epochs,
+        code=plan.code,
     )
+    location = plan.location
+    if tune.Tuner.can_restore(location):
+        log.info("resuming job %s from %s", plan.job_key, location)
+        return tune.Tuner.restore(
+            location,
+            trainable,
+            resume_unfinished=True,
+            resume_errored=False,
+            restart_errored=False,
+        )
+    spec = plan.spec
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            metric=spec.metric_name,
+            mode=spec.metric_mode,
+            search_alg=job_searcher(plan),
+            scheduler=make_scheduler(spec),
+            # The searcher ends the experiment after its last trial; Tune must not stop asking
+            # earlier.
+            num_samples=-1,
+            max_concurrent_trials=spec.budget.max_concurrent_trials,
+            # One actor per concurrent slot for the whole job: no process start per trial.
+            reuse_actors=True,
+            trial_name_creator=trial_name,
+            trial_dirname_creator=trial_name,
+        ),
+        run_config=tune.RunConfig(
+            name=experiment_name(plan.job_key),
+            storage_path=plan.storage,
+            callbacks=[
+                RecordResults(job_key=plan.job_key, epochs=spec.budget.epochs),
+                PruneCheckpoints(),
+            ],
+            stop=CancelStopper(job_key=plan.job_key),
+            failure_config=tune.FailureConfig(max_failures=MAX_TRIAL_FAILURES),
+            # Tune keeps every checkpoint; PruneCheckpoints deletes the obsolete ones once no
+            # experiment state can name them (see lrtune.workers.run_storage).
+            checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
+            verbose=0,
+        ),
+    )
+
+
+def job_searcher(plan: ExperimentPlan) -> Searcher:
+    """The job's search algorithm: its search (`plan_searcher`), then its confirmation when
+    the job asks for one."""
+    search = plan_searcher(plan)
+    return search if plan.spec.confirm is None else SearchThenConfirm(plan, search)
 
 
 def plan_searcher(plan: ExperimentPlan) -> EqualBudgetSearcher:
@@ -527,67 +582,6 @@ def plan_searcher(plan: ExperimentPlan) -> EqualBudgetSearcher:
         steps_per_epoch=plan.steps_per_epoch,
         epochs=spec.budget.epochs,
         horizons=spec.horizons or (),
-    )
-
-
-def _restore_or_build(
-    plan: ExperimentPlan,
-    *,
-    name: str,
-    skip_keys: set[str],
-    searcher: Callable[[], Searcher],
-    scheduler: TrialScheduler,
-) -> tune.Tuner:
-    """One Tune experiment of the job, `name` in the plan's storage: restored from its state
-    when there is one (finished trials stay finished, unfinished ones go on from their latest
-    checkpoint, errored ones stay failed), else new with `searcher()` and `scheduler`."""
-    trainable = make_trainable(
-        plan.spec,
-        skip_keys=skip_keys,
-        checkpoint_every_epochs=plan.checkpoint_every_epochs,
-        code=plan.code,
-    )
-    location = plan.location(name)
-    if tune.Tuner.can_restore(location):
-        log.info("resuming job %s from %s", plan.job_key, location)
-        return tune.Tuner.restore(
-            location,
-            trainable,
-            resume_unfinished=True,
-            resume_errored=False,
-            restart_errored=False,
-        )
-    spec = plan.spec
-    return tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(
-            metric=spec.metric_name,
-            mode=spec.metric_mode,
-            search_alg=searcher(),
-            scheduler=scheduler,
-            # The searcher ends the experiment after its last trial; Tune must not stop asking
-            # earlier.
-            num_samples=-1,
-            max_concurrent_trials=spec.budget.max_concurrent_trials,
-            # One actor per concurrent slot for the whole job: no process start per trial.
-            reuse_actors=True,
-            trial_name_creator=trial_name,
-            trial_dirname_creator=trial_name,
-        ),
-        run_config=tune.RunConfig(
-            name=name,
-            storage_path=plan.storage,
-            callbacks=[
-                RecordResults(job_key=plan.job_key, epochs=spec.budget.epochs),
-                PruneCheckpoints(),
-            ],
-            stop=CancelStopper(job_key=plan.job_key),
-            failure_config=tune.FailureConfig(max_failures=MAX_TRIAL_FAILURES),
-            # Tune keeps every checkpoint; PruneCheckpoints deletes the obsolete ones once no
-            # experiment state can name them (see lrtune.workers.run_storage).
-            checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
-            verbose=0,
-        ),
     )
 
 
@@ -621,7 +615,7 @@ class ConfirmationPick:
 def confirmation_configs(
     plan: ExperimentPlan, picks: list[ConfirmationPick], *, seeds: int
 ) -> list[TuneTrialConfig]:
-    """The trial configs of the confirmation run: every pick with `seeds` confirmation seeds and
+    """The trial configs of the confirmation: every pick with `seeds` confirmation seeds and
     its policy's optimizer, keyed `confirm-<policy>-<rank>-<seed index>` (stable across
     restores)."""
     configs: list[TuneTrialConfig] = []
@@ -644,53 +638,111 @@ def confirmation_configs(
     return configs
 
 
-class ConfirmationSearcher(_StatefulSearcher):
-    """Hands out a fixed list of trial configs, in order; nothing once the job must stop."""
+class SearchThenConfirm(_StatefulSearcher):
+    """A job's search, then its confirmation, as the trials of one Tune run.
 
-    def __init__(self, *, job_key: str, configs: list[TuneTrialConfig], metric: str, mode: str):
-        super().__init__(metric=metric, mode=mode)
-        self.job_key = job_key
-        self.configs = configs
-        self.next_index = 0
+    First the search's trials (`search`, an EqualBudgetSearcher); once every one of them has
+    ended (completed, pruned, diverged or failed), the confirmation's: each policy's `top_k`
+    configurations by the finished search trials in SQL, each on `seeds` fresh seeds
+    (`confirmation_configs`). They reuse the search's trial actors: no second experiment to
+    start. The scheduler lets them run to their end (`lrtune.workers.early_stopping`).
+    Suggests nothing once the job must stop (cancellation).
+    """
+
+    def __init__(self, plan: ExperimentPlan, search: EqualBudgetSearcher) -> None:
+        super().__init__(metric=search.metric, mode=search.mode)
+        assert plan.spec.confirm is not None
+        # Pickled with the experiment: the confirmation configs need the plan, not the code.
+        self.plan = replace(plan, code=None)
+        self.search = search
+        self.search_running: set[str] = set()  # Tune ids of search trials not ended yet
+        self.search_suggested_all = False
+        self.confirm: list[TuneTrialConfig] | None = None  # picked when the search has ended
+        self.confirm_suggested = 0
+        # Whether this process recorded the confirmation phase (a restored run records it again).
+        self._phase_begun = False
 
     def set_search_properties(
         self, metric: str | None, mode: str | None, config: dict[str, Any], **spec: Any
     ) -> bool:
         return True
 
-    def suggest(self, trial_id: str) -> TuneTrialConfig | None:
-        if self.next_index >= len(self.configs) or sink_for(self.job_key).should_stop():
-            return Searcher.FINISHED  # Tune's sentinel string
-        config = self.configs[self.next_index]
-        self.next_index += 1
-        return config.copy()
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if not self.search_suggested_all:
+            config = self.search.suggest(trial_id)
+            if config != Searcher.FINISHED:
+                if config is not None:
+                    self.search_running.add(trial_id)
+                return config
+            self.search_suggested_all = True
+        if self.search_running:
+            # The confirmation picks from the finished search: Tune asks again at its next
+            # step (no database read here, it asks often).
+            return None
+        sink = cast(ConfirmationSink, sink_for(self.plan.job_key))
+        if sink.should_stop():
+            return Searcher.FINISHED  # type: ignore[return-value]  # Tune's sentinel string
+        if self.confirm is None:
+            self.confirm = self._pick_confirmation(sink)
+        self._begin_confirmation(sink)
+        if self.confirm_suggested >= len(self.confirm):
+            return Searcher.FINISHED  # type: ignore[return-value]
+        config = self.confirm[self.confirm_suggested]
+        self.confirm_suggested += 1
+        return dict(config)
+
+    def _pick_confirmation(self, sink: ConfirmationSink) -> list[TuneTrialConfig]:
+        spec = self.plan.spec
+        assert spec.confirm is not None
+        chosen = select_for_confirmation(
+            sink.search_summaries(), top_k=spec.confirm.top_k, mode=spec.metric_mode
+        )
+        picks = [
+            ConfirmationPick(
+                policy=policy,
+                rank=rank,
+                schedule=schedule.model_dump(mode="json"),
+                point=schedule.model_dump(mode="json"),
+            )
+            for policy in self.plan.search_spaces
+            for rank, schedule in enumerate(chosen.get(policy, []))
+        ]
+        configs = confirmation_configs(self.plan, picks, seeds=spec.confirm.seeds)
+        # Pruned, failed and repeated configurations are not confirmed: plan what runs.
+        sink.set_planned_trials(self.plan.total_trials + len(configs))
+        return configs
+
+    def _begin_confirmation(self, sink: ConfirmationSink) -> None:
+        if not self._phase_begun:
+            self._phase_begun = True
+            sink.begin_phase("confirmation")
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        if trial_id in self.search_running:
+            self.search.on_trial_result(trial_id, result)
+        elif self.confirm is not None and not self._phase_begun:
+            # A restored run that resumes confirmation trials is in that phase again.
+            self._begin_confirmation(cast(ConfirmationSink, sink_for(self.plan.job_key)))
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
     ) -> None:
-        return None
+        if trial_id in self.search_running:
+            self.search_running.discard(trial_id)
+            self.search.on_trial_complete(trial_id, result=result, error=error)
 
     def get_state(self) -> dict[str, Any]:
-        return {"configs": self.configs, "next_index": self.next_index}
+        return {
+            "search": self.search.get_state(),
+            "search_running": self.search_running,
+            "search_suggested_all": self.search_suggested_all,
+            "confirm": self.confirm,
+            "confirm_suggested": self.confirm_suggested,
+        }
 
     def set_state(self, state: dict[str, Any]) -> None:
-        self.configs = state["configs"]
-        self.next_index = state["next_index"]
-
-
-def run_confirmation(plan: ExperimentPlan, configs: list[dict[str, Any]]) -> tune.ResultGrid:
-    """Run (or resume) the job's confirmation run: every config to its full budget (no early
-    stopping: the point is a fair estimate of each configuration), as a second Tune experiment
-    of the job. The sink of `plan.job_key` must be registered."""
-    skip = sink_for(plan.job_key).finished_trial_keys()
-    spec = plan.spec
-    tuner = _restore_or_build(
-        plan,
-        name=plan.names[1],
-        skip_keys=skip,
-        searcher=lambda: ConfirmationSearcher(
-            job_key=plan.job_key, configs=configs, metric=spec.metric_name, mode=spec.metric_mode
-        ),
-        scheduler=FIFOScheduler(),
-    )
-    return tuner.fit()
+        self.search.set_state(state["search"])
+        self.search_running = state["search_running"]
+        self.search_suggested_all = state["search_suggested_all"]
+        self.confirm = state["confirm"]
+        self.confirm_suggested = state["confirm_suggested"]

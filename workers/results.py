@@ -14,10 +14,14 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Literal, NotRequired, Protocol, TypedDict, cast
+from typing import TYPE_CHECKING, Any, Literal, NotRequired, Protocol, TypedDict, cast
 
 from lrtune.schemas.trials import EpochResult, ProbeResult
 from ray.tune import Callback, Stopper
+
+if TYPE_CHECKING:
+    from lrtune.schemas.jobs import JobPhaseName
+    from lrtune.workers.recommendation import TrialSummary
 
 # "diverged" on the epoch where the loss blew up (and on one closing result when the blow-up
 # came on an epoch's last step); "already_finished" on the one result of a skipped trial.
@@ -119,6 +123,22 @@ class ResultSink(Protocol):
 
     def finished_trial_keys(self) -> set[str]:
         """Keys of the trials already finished in the database (not to be run again)."""
+        ...
+
+
+class ConfirmationSink(ResultSink, Protocol):
+    """What the searcher asks of the job's sink when the search ends and the confirmation
+    begins (the daemon's `JobSink` fits)."""
+
+    def search_summaries(self) -> list[TrialSummary]:
+        """The job's finished search-phase trials, for picking what to confirm."""
+        ...
+
+    def set_planned_trials(self, planned: int) -> None: ...
+
+    def begin_phase(self, phase: JobPhaseName) -> None:
+        """The job enters `phase` of its timeline now; the phase before it ends here. Never
+        raises: the timeline records the job, it is no reason for the job to fail."""
         ...
 
 

@@ -107,9 +107,9 @@ def storage_uri(storage: str | Path) -> str:
     return str(Path(text).expanduser().resolve())
 
 
-def experiment_names(job_key: str) -> tuple[str, str]:
-    """The job's search and confirmation experiments, side by side in the storage."""
-    return f"job-{job_key}", f"job-{job_key}-confirm"
+def experiment_name(job_key: str) -> str:
+    """The job's one Tune experiment (its search, then its confirmation) in the storage."""
+    return f"job-{job_key}"
 
 
 def remove_checkpoints(storage: str | Path, job_key: str) -> int:
@@ -119,7 +119,9 @@ def remove_checkpoints(storage: str | Path, job_key: str) -> int:
 
     filesystem, root = pyarrow.fs.FileSystem.from_uri(storage_uri(storage))
     removed = 0
-    for name in experiment_names(job_key):
+    # "job-<key>-confirm": the confirmation's own experiment, in lrtune versions that ran it
+    # as a second Tune run (a job such a worker began may end under this one).
+    for name in (experiment_name(job_key), f"{experiment_name(job_key)}-confirm"):
         selector = pyarrow.fs.FileSelector(
             f"{root.rstrip('/')}/{name}", recursive=True, allow_not_found=True
         )
