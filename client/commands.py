@@ -18,8 +18,15 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 import yaml
-from lrtune.client.api import DEFAULT_URL, FINISHED_JOB_STATUSES, ApiError, LrtuneClient
-from lrtune.schemas.jobs import Job, JobProgress, JobTimeline
+from lrtune.client.api import DEFAULT_URL, ApiError, LrtuneClient
+from lrtune.schemas.jobs import (
+    FINISHED_JOB_STATUSES,
+    FINISHED_TRIAL_STATUSES,
+    TRIAL_STATUSES,
+    Job,
+    JobProgress,
+    JobTimeline,
+)
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -34,7 +41,8 @@ UrlOption = Annotated[
 ]
 JobArgument = Annotated[int, typer.Argument(help="The job's id.", show_default=False)]
 TrialArgument = Annotated[int, typer.Argument(help="The trial's id.", show_default=False)]
-FINISHED_TRIALS = ("completed", "pruned", "diverged", "failed")
+# In the order the summary prints them.
+FINISHED_TRIALS = tuple(s for s in TRIAL_STATUSES if s in FINISHED_TRIAL_STATUSES)
 
 
 class RecommendFormat(StrEnum):

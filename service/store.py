@@ -26,6 +26,8 @@ from typing import Any, TypeVar
 
 from lrtune.schemas.dashboard import JobCurves, PolicyStanding
 from lrtune.schemas.jobs import (
+    ACTIVE_JOB_STATUSES,
+    CANCELLED_TRIAL_ERROR,
     FINISHED_TRIAL_STATUSES,
     JOB_PHASES,
     TRIAL_STATUSES,
@@ -118,9 +120,6 @@ TOKEN_PREFIX = "lrt_"
 # last_used_at is a hint for operators, not an audit log: write it at most this often per token,
 # so authenticated reads do not each take SQLite's write lock.
 _LAST_USED_RESOLUTION = timedelta(seconds=60)
-_ACTIVE_JOB_STATUSES = ("queued", "running", "cancelling")
-# The words the worker records on a trial that cancellation stopped (workers/results.py).
-CANCELLED_TRIAL_ERROR = "stopped: the job was cancelled"
 
 
 @dataclass(frozen=True)
@@ -368,7 +367,7 @@ class Store:
         active = session.scalar(
             select(func.count())
             .select_from(JobRow)
-            .where(JobRow.tenant_id == tenant_id, JobRow.status.in_(_ACTIVE_JOB_STATUSES))
+            .where(JobRow.tenant_id == tenant_id, JobRow.status.in_(ACTIVE_JOB_STATUSES))
         )
         if active is not None and active >= limit:
             raise ConcurrencyLimitError(
@@ -573,14 +572,10 @@ class Store:
         return self._finish_job(job_id, "succeeded", error=None, allowed_from=("running",))
 
     def mark_job_failed(self, *, job_id: int, error: str) -> Job:
-        return self._finish_job(
-            job_id, "failed", error=error, allowed_from=("queued", "running", "cancelling")
-        )
+        return self._finish_job(job_id, "failed", error=error, allowed_from=ACTIVE_JOB_STATUSES)
 
     def mark_job_cancelled(self, *, job_id: int) -> Job:
-        return self._finish_job(
-            job_id, "cancelled", error=None, allowed_from=("queued", "running", "cancelling")
-        )
+        return self._finish_job(job_id, "cancelled", error=None, allowed_from=ACTIVE_JOB_STATUSES)
 
     def _finish_job(
         self, job_id: int, status: str, *, error: str | None, allowed_from: tuple[str, ...]

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Literal, Protocol
 
+from lrtune.schemas.jobs import CANCELLED_TRIAL_ERROR
 from lrtune.schemas.trials import EpochResult, ProbeResult
 from ray.tune import Callback, Stopper
 
@@ -33,7 +34,6 @@ NODE_KEY = "node_id"
 METRIC_NAMES_KEY = "metric_names"
 
 FinishedStatus = Literal["completed", "pruned", "diverged", "failed"]
-CANCELLED_ERROR = "stopped: the job was cancelled"
 
 
 class TrialError(RuntimeError):
@@ -256,7 +256,7 @@ class RecordResults(Callback):
         elif self._last_epoch.get(key, 0) >= self.epochs:
             self.sink.on_trial_end(key, status="completed", error=None)
         elif self.sink.should_stop():
-            self.sink.on_trial_end(key, status="failed", error=CANCELLED_ERROR)
+            self.sink.on_trial_end(key, status="failed", error=CANCELLED_TRIAL_ERROR)
         else:
             self.sink.on_trial_end(key, status="pruned", error=None)
 
@@ -274,7 +274,7 @@ class RecordResults(Callback):
         if not self._started or not sink.should_stop() or getattr(sink, "lease_lost", False):
             return
         for key in sorted(self._started):
-            sink.on_trial_end(key, status="failed", error=CANCELLED_ERROR)
+            sink.on_trial_end(key, status="failed", error=CANCELLED_TRIAL_ERROR)
         self._started.clear()
 
 
