@@ -7,18 +7,46 @@ job of thousands of trials draws in one request.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path as FilePath
-from typing import Annotated
+from typing import Annotated, get_args
 
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import FileResponse
 from lrtune.schemas.dashboard import JobCurves
 from lrtune.schemas.errors import ErrorBody
+from lrtune.schemas.jobs import (
+    ACTIVE_JOB_STATUSES,
+    COUNTED_TRIAL_STATUSES,
+    FINISHED_JOB_STATUSES,
+    FINISHED_TRIAL_STATUSES,
+    JobStatus,
+    TrialStatus,
+)
 from lrtune.service.deps import StoreDep, TenantDep
 from lrtune.service.responses import json_response
 from lrtune.service.routes.jobs import JobId
 
 STATIC_DIR = FilePath(__file__).resolve().parents[1] / "static"
+
+
+def _status_words_module() -> str:
+    """schemas/jobs.py's status words as a JavaScript module: the pages spell none themselves.
+    Sets are listed in the order of their statuses' Literal."""
+    trial_statuses = get_args(TrialStatus)
+    words = {
+        "JOB_STATUSES": list(get_args(JobStatus)),
+        "FINISHED_JOB_STATUSES": [s for s in get_args(JobStatus) if s in FINISHED_JOB_STATUSES],
+        "ACTIVE_JOB_STATUSES": list(ACTIVE_JOB_STATUSES),
+        "TRIAL_STATUSES": list(trial_statuses),
+        "FINISHED_TRIAL_STATUSES": [s for s in trial_statuses if s in FINISHED_TRIAL_STATUSES],
+        "COUNTED_TRIAL_STATUSES": [s for s in trial_statuses if s in COUNTED_TRIAL_STATUSES],
+    }
+    lines = [f"export const {name} = {json.dumps(values)};" for name, values in words.items()]
+    return "// lrtune's status words, from lrtune.schemas.jobs.\n" + "\n".join(lines) + "\n"
+
+
+_STATUS_WORDS_JS = _status_words_module()
 
 router = APIRouter(tags=["dashboard"])
 
@@ -27,6 +55,16 @@ router = APIRouter(tags=["dashboard"])
 def dashboard_page() -> FileResponse:
     """The dashboard's single page (its views are routed in the browser)."""
     return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/status-words.js", include_in_schema=False)
+def status_words() -> Response:
+    """The status words as a JavaScript module the dashboard's pages import."""
+    return Response(
+        content=_STATUS_WORDS_JS,
+        media_type="text/javascript",
+        headers={"Cache-Control": "no-cache"},
+    )
 
 
 @router.get(
