@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
-import yaml
 from lrtune.client.api import DEFAULT_URL, ApiError, LrtuneClient
+from lrtune.client.terminal import err, fail, read_spec_file
 from lrtune.schemas.jobs import (
     FINISHED_JOB_STATUSES,
     FINISHED_TRIAL_STATUSES,
@@ -34,7 +34,9 @@ from rich.table import Table
 commands = typer.Typer(no_args_is_help=True)
 
 out = Console(highlight=False)
-err = Console(stderr=True, highlight=False, soft_wrap=True)  # an error stays one line
+# The client's commands exit 1 on any error they report (the service refused, the job failed, a
+# file could not be read); click's own usage errors exit 2.
+EXIT_FAILED = 1
 
 UrlOption = Annotated[
     str, typer.Option("--url", envvar="LRTUNE_URL", help="The lrtune service's base URL.")
@@ -433,17 +435,8 @@ def _client(url: str) -> Iterator[LrtuneClient]:
         _fail(f"{error.message}{status}")
 
 
-def _read_job_file(path: Path) -> Any:
-    try:
-        text = path.read_text()
-    except OSError as error:
-        _fail(f"cannot read {path}: {error.strerror}")
-    kind = "JSON" if path.suffix == ".json" else "YAML"
-    try:
-        data = json.loads(text) if kind == "JSON" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as error:
-        first = str(error).strip().splitlines()[0]
-        _fail(f"{path} is not valid {kind}: {first}")
+def _read_job_file(path: Path) -> dict[str, Any]:
+    data = read_spec_file(path, code=EXIT_FAILED)
     if not isinstance(data, dict):
         _fail(f"{path} must hold one job spec (a mapping), not {type(data).__name__}")
     return data
@@ -512,11 +505,4 @@ def _mean_std(mean: float, std: float | None) -> str:
 
 
 def _fail(message: str) -> NoReturn:
-    err.print(f"[red]error: {_escape(message)}[/red]")
-    raise typer.Exit(1)
-
-
-def _escape(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)
+    fail(message, code=EXIT_FAILED)

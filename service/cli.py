@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
-import yaml
 from lrtune.client.commands import commands
+from lrtune.client.terminal import err, fail, read_spec_file
 from lrtune.service.settings import Settings
 from pydantic import ValidationError
 from rich.console import Console
@@ -29,7 +28,9 @@ token_app = typer.Typer(
 app.add_typer(token_app, name="token")
 app.add_typer(commands)  # submit, jobs, status, watch, ...: the REST client commands
 
-err = Console(stderr=True)
+# The server's commands exit 2 when they cannot run (their input or the database is not usable),
+# as click does for its own usage errors.
+EXIT_CANNOT_RUN = 2
 
 HostOption = Annotated[str, typer.Option(help="Interface to bind.")]
 PortOption = Annotated[int, typer.Option(help="TCP port to listen on.")]
@@ -238,7 +239,7 @@ def preview(
     from lrtune.schemas.schedules import PreviewRequest
     from lrtune.workers.schedule_math import learning_rates
 
-    data = _read_spec_file(spec_file)
+    data = read_spec_file(spec_file, code=EXIT_CANNOT_RUN)
     try:
         request = PreviewRequest(schedule=data, steps=steps, every=every)
     except ValidationError as error:
@@ -268,7 +269,7 @@ def run_trial_command(
     from lrtune.schemas.trials import EpochResult, TrialConfig
     from lrtune.workers.trial import run_trials_sequentially
 
-    data = _read_spec_file(config_file)
+    data = read_spec_file(config_file, code=EXIT_CANNOT_RUN)
     items = data if isinstance(data, list) else [data]
     try:
         configs = [TrialConfig.model_validate(item) for item in items] * repeat
@@ -343,17 +344,6 @@ def _when(moment: Any) -> str:
     return "" if moment is None else moment.strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _read_spec_file(path: Path) -> Any:
-    try:
-        text = path.read_text()
-    except OSError as error:
-        _fail(f"cannot read {path}: {error.strerror}")
-    try:
-        return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as error:
-        _fail(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {error}")
-
-
 def _validation_summary(error: ValidationError) -> str:
     from lrtune.service.app import field_path
 
@@ -379,9 +369,8 @@ def _plot_schedule(steps: Any, rates: Any, *, title: str, path: Path) -> None:
     plt.close(figure)
 
 
-def _fail(message: str, code: int = 2) -> Any:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
-    raise typer.Exit(code)
+def _fail(message: str) -> NoReturn:
+    fail(message, code=EXIT_CANNOT_RUN)
 
 
 if __name__ == "__main__":
