@@ -1560,14 +1560,7 @@ def _merge_probes(probes: Sequence[TrialProbe]) -> list[TrialProbe]:
 
 def _best_judged_first(trials: list[RungTrial], mode: str) -> list[RungTrial]:
     """Best `judged` first under `mode`; a missing or non-finite value last; ties by trial id."""
-
-    def key(trial: RungTrial) -> tuple[bool, float, int]:
-        value = trial.judged
-        if value is None or not math.isfinite(value):
-            return True, 0.0, trial.trial_id
-        return False, -value if mode == "max" else value, trial.trial_id
-
-    return sorted(trials, key=key)
+    return sorted(trials, key=lambda trial: (_rank_key(trial.judged, mode), trial.trial_id))
 
 
 def _end_open_phases(session: Session, job_ids: Sequence[int], at: datetime) -> None:
