@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 from lrtune.client.api import DEFAULT_URL, ApiError, LrtuneClient
@@ -244,7 +244,7 @@ def watch(
                 job = client.get_job(job_id)
     if job.status != "succeeded":
         reason = f": {job.error}" if job.error else ""
-        _fail(f"job {job_id} {job.status}{reason}")
+        fail(f"job {job_id} {job.status}{reason}", code=EXIT_FAILED)
     best = f"; best {_number(job.best.value)} ({job.best.policy})" if job.best else ""
     out.print(f"job {job_id} succeeded{best}")
 
@@ -322,7 +322,7 @@ def recommend(
         key, name = _CODE_FORMATS[output]
         code = found.code.get(key)
         if not code:
-            _fail(f"job {job_id}'s recommendation has no {name} code")
+            fail(f"job {job_id}'s recommendation has no {name} code", code=EXIT_FAILED)
         typer.echo(code.rstrip("\n"))
         return
     state = "final" if found.final else "provisional: the job is still running"
@@ -432,13 +432,16 @@ def _client(url: str) -> Iterator[LrtuneClient]:
             yield client
     except ApiError as error:
         status = f" (HTTP {error.status})" if error.status else ""
-        _fail(f"{error.message}{status}")
+        fail(f"{error.message}{status}", code=EXIT_FAILED)
 
 
 def _read_job_file(path: Path) -> dict[str, Any]:
     data = read_spec_file(path, code=EXIT_FAILED)
     if not isinstance(data, dict):
-        _fail(f"{path} must hold one job spec (a mapping), not {type(data).__name__}")
+        fail(
+            f"{path} must hold one job spec (a mapping), not {type(data).__name__}",
+            code=EXIT_FAILED,
+        )
     return data
 
 
@@ -502,7 +505,3 @@ def _share(part: float, whole: float) -> str:
 
 def _mean_std(mean: float, std: float | None) -> str:
     return _number(mean) if std is None else f"{_number(mean)} ± {_number(std)}"
-
-
-def _fail(message: str) -> NoReturn:
-    fail(message, code=EXIT_FAILED)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 from lrtune.client.commands import commands
@@ -127,7 +127,7 @@ def db_upgrade() -> None:
     try:
         revision = upgrade_to_head(settings.resolved_database_url)
     except StorageError as error:
-        _fail(error.message)
+        fail(error.message, code=EXIT_CANNOT_RUN)
     typer.echo(f"database at revision {revision}")
 
 
@@ -140,7 +140,7 @@ def db_current() -> None:
     try:
         current = current_revision(Settings().resolved_database_url)
     except StorageError as error:
-        _fail(error.message)
+        fail(error.message, code=EXIT_CANNOT_RUN)
     typer.echo(f"current: {current or 'empty (no schema)'}\nhead: {head_revision()}")
 
 
@@ -151,7 +151,7 @@ def token_create(
 ) -> None:
     """Create a token for TENANT and print it once: only its SHA-256 is stored."""
     if not tenant.strip() or len(tenant) > 100:
-        _fail("--tenant must be 1 to 100 characters")
+        fail("--tenant must be 1 to 100 characters", code=EXIT_CANNOT_RUN)
     store = _store()
     try:
         record, token = store.create_token(tenant=tenant.strip(), label=label[:200])
@@ -195,7 +195,7 @@ def token_revoke(
     try:
         record = store.revoke_token(token_id=token_id)
     except NotFoundError as error:
-        _fail(error.message)
+        fail(error.message, code=EXIT_CANNOT_RUN)
     finally:
         store.dispose()
     typer.echo(f"token {record.id} of tenant {record.tenant!r} revoked")
@@ -221,7 +221,7 @@ def token_limits(
     try:
         found = store.set_tenant_limits(name=tenant, limits=limits)
     except NotFoundError as error:
-        _fail(error.message)
+        fail(error.message, code=EXIT_CANNOT_RUN)
     finally:
         store.dispose()
     typer.echo(f"tenant {found.name!r}: {found.limits.model_dump_json()}")
@@ -243,7 +243,7 @@ def preview(
     try:
         request = PreviewRequest(schedule=data, steps=steps, every=every)
     except ValidationError as error:
-        _fail(_validation_summary(error))
+        fail(_validation_summary(error), code=EXIT_CANNOT_RUN)
     grid = np.arange(0, request.steps, request.every, dtype=np.int64)
     rates = learning_rates(request.schedule, grid)
     if plot is None:
@@ -274,7 +274,7 @@ def run_trial_command(
     try:
         configs = [TrialConfig.model_validate(item) for item in items] * repeat
     except ValidationError as error:
-        _fail(_validation_summary(error))
+        fail(_validation_summary(error), code=EXIT_CANNOT_RUN)
 
     def show_epoch(index: int, result: EpochResult) -> None:
         metrics = " ".join(f"{name}={value:.4g}" for name, value in result.metrics.items())
@@ -302,7 +302,7 @@ def _prepare_database(settings: Settings) -> None:
     try:
         prepare_embedded_database(settings)
     except StorageError as error:
-        _fail(error.message)
+        fail(error.message, code=EXIT_CANNOT_RUN)
 
 
 def _check_database(settings: Settings) -> None:
@@ -312,7 +312,7 @@ def _check_database(settings: Settings) -> None:
     try:
         ensure_schema_current(settings.resolved_database_url)
     except StorageError as error:
-        _fail(error.message)
+        fail(error.message, code=EXIT_CANNOT_RUN)
 
 
 def _serve_api(settings: Settings, *, host: str, port: int) -> None:
@@ -367,10 +367,6 @@ def _plot_schedule(steps: Any, rates: Any, *, title: str, path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
-
-
-def _fail(message: str) -> NoReturn:
-    fail(message, code=EXIT_CANNOT_RUN)
 
 
 if __name__ == "__main__":
