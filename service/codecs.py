@@ -30,6 +30,7 @@ def split_float(value: float | None) -> tuple[float | None, int]:
 
 
 def join_float(value: float | None, kind: int) -> float | None:
+    """The float `split_float` split: NaN and +-inf back from their kind."""
     if kind == FloatKind.NAN:
         return math.nan
     if kind == FloatKind.POS_INF:
