@@ -215,10 +215,11 @@ def middle_point(policy: str, space: dict[str, Any]) -> dict[str, Any]:
 
 
 class SpacePreviewRequest(BaseModel):
-    """POST /v1/policies/{policy}/preview: a policy's curve at the middle of a search space."""
+    """POST /v1/search-spaces/preview: a policy's curve at the middle of a search space."""
 
     model_config = ConfigDict(extra="forbid")
 
+    policy: str = Field(description="The schedule policy the space is of.")
     search_space: dict[str, Any] = Field(description="A search space of the policy's fields.")
     steps: int = Field(
         gt=0, le=1_000_000, description="The training's length: `_frac` durations are of it."

@@ -262,8 +262,14 @@ def test_a_policys_preview_draws_the_middle_of_its_search_space(preview_client: 
         "decay_steps_frac": 0.5,
         "warmup_steps_epochs": {"int": [1, 3]},
     }
-    body = {"search_space": space, "steps": 1000, "steps_per_epoch": 100, "every": 50}
-    answer = preview_client.post("/v1/policies/cosine/preview", json=body)
+    body = {
+        "policy": "cosine",
+        "search_space": space,
+        "steps": 1000,
+        "steps_per_epoch": 100,
+        "every": 50,
+    }
+    answer = preview_client.post("/v1/search-spaces/preview", json=body)
     assert answer.status_code == 200, answer.text
     middle = {"policy": "cosine", "lr": 0.01, "alpha": 0.1, "decay_steps": 500}
     expected = preview_client.post(
@@ -279,8 +285,8 @@ def test_a_policys_preview_draws_the_middle_of_its_search_space(preview_client: 
         ("cosine", {"learning_rate": 0.1}, "search_space"),
         ("clr", {"base_lr": 0.5, "max_lr": 0.1}, "search_space"),
     ]:
-        body = {"search_space": space, "steps": 100, "steps_per_epoch": 10}
-        refused = preview_client.post(f"/v1/policies/{policy}/preview", json=body)
+        body = {"policy": policy, "search_space": space, "steps": 100, "steps_per_epoch": 10}
+        refused = preview_client.post("/v1/search-spaces/preview", json=body)
         assert refused.status_code == 422, refused.text
         assert refused.json()["error"]["fields"][0]["path"] == field, refused.text
 

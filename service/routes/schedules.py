@@ -41,15 +41,14 @@ def preview_schedule(request: PreviewRequest, settings: SettingsDep) -> Response
 
 
 @router.post(
-    "/policies/{policy}/preview",
+    "/search-spaces/preview",
     response_model=PreviewResponse,
     responses={422: {"model": ErrorBody}},
 )
-def preview_search_space(
-    policy: str, request: SpacePreviewRequest, settings: SettingsDep
-) -> Response:
+def preview_search_space(request: SpacePreviewRequest, settings: SettingsDep) -> Response:
     """A policy's curve at the middle of a search space (`middle_point`), its durations resolved
     to steps as a trial's are: what the new-job form draws for each policy."""
+    policy = request.policy
     if policy not in POLICY_NAMES:
         raise InvalidInputError(
             f"unknown policy {policy!r}; policies are {list(POLICY_NAMES)}", field="policy"

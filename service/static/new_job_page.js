@@ -186,9 +186,9 @@ function policyCard(info, onChange) {
       timer = setTimeout(async () => {
         try {
           // The service resolves the space's middle point as it would a trial's.
-          const curve = await api(`/v1/policies/${info.name}/preview`, {
+          const curve = await api("/v1/search-spaces/preview", {
             method: "POST",
-            body: { search_space: parsed, steps: total, steps_per_epoch: NOMINAL_STEPS_PER_EPOCH, every: Math.max(1, Math.floor(total / 150)) },
+            body: { policy: info.name, search_space: parsed, steps: total, steps_per_epoch: NOMINAL_STEPS_PER_EPOCH, every: Math.max(1, Math.floor(total / 150)) },
           });
           message.textContent = info.name === "plateau" ? "constant until the metric stalls: it follows the job's metric each epoch" : "";
           lineChart(chart, [{ label: info.name, x: curve.step, y: curve.lr, colour: policyColour(info.name), width: 1.6 }], { height: 86, bare: true });
