@@ -1,4 +1,4 @@
-"""Run `lrtune.service.app:create_app` under uvicorn on a free loopback port, for benchmarks."""
+"""Run `lrtune api` (uvicorn, one process) on a free loopback port, for benchmarks."""
 
 from __future__ import annotations
 
@@ -21,20 +21,12 @@ def running_api(env: dict[str, str] | None = None) -> Iterator[str]:
     port = _free_port()
     full_env = {"LRTUNE_HOME": tempfile.mkdtemp(prefix="lrtune-bench-"), **os.environ}
     full_env.update(env or {})
+    # The `lrtune api` a deployment runs (it prepares the process for serving, see
+    # service/cli.py); its access log goes to stdout, which a benchmark does not want to print.
     server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--factory",
-            "lrtune.service.app:create_app",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ],
+        [sys.executable, "-m", "lrtune.service.cli", "api", "--port", str(port)],
         env=full_env,
+        stdout=subprocess.DEVNULL,
     )
     base_url = f"http://127.0.0.1:{port}"
     try:

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import httpx
 from lrtune.schemas.errors import ErrorBody, FieldProblem
 from lrtune.schemas.jobs import (
+    FINISHED_JOB_STATUSES,
     BestSetting,
     Job,
     JobPage,
@@ -36,7 +37,6 @@ from lrtune.schemas.workloads import WorkloadInfo
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-FINISHED_JOB_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -14,12 +14,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
-import yaml
-from lrtune.client.api import DEFAULT_URL, FINISHED_JOB_STATUSES, ApiError, LrtuneClient
-from lrtune.schemas.jobs import Job, JobProgress, JobTimeline
+from lrtune.client.api import DEFAULT_URL, ApiError, LrtuneClient
+from lrtune.client.terminal import err, fail, read_spec_file
+from lrtune.schemas.jobs import (
+    FINISHED_JOB_STATUSES,
+    FINISHED_TRIAL_STATUSES,
+    TRIAL_STATUSES,
+    Job,
+    JobProgress,
+    JobTimeline,
+)
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -27,14 +34,17 @@ from rich.table import Table
 commands = typer.Typer(no_args_is_help=True)
 
 out = Console(highlight=False)
-err = Console(stderr=True, highlight=False, soft_wrap=True)  # an error stays one line
+# The client's commands exit 1 on any error they report (the service refused, the job failed, a
+# file could not be read); click's own usage errors exit 2.
+EXIT_FAILED = 1
 
 UrlOption = Annotated[
     str, typer.Option("--url", envvar="LRTUNE_URL", help="The lrtune service's base URL.")
 ]
 JobArgument = Annotated[int, typer.Argument(help="The job's id.", show_default=False)]
 TrialArgument = Annotated[int, typer.Argument(help="The trial's id.", show_default=False)]
-FINISHED_TRIALS = ("completed", "pruned", "diverged", "failed")
+# In the order the summary prints them.
+FINISHED_TRIALS = tuple(s for s in TRIAL_STATUSES if s in FINISHED_TRIAL_STATUSES)
 
 
 class RecommendFormat(StrEnum):
@@ -234,7 +244,7 @@ def watch(
                 job = client.get_job(job_id)
     if job.status != "succeeded":
         reason = f": {job.error}" if job.error else ""
-        _fail(f"job {job_id} {job.status}{reason}")
+        fail(f"job {job_id} {job.status}{reason}", code=EXIT_FAILED)
     best = f"; best {_number(job.best.value)} ({job.best.policy})" if job.best else ""
     out.print(f"job {job_id} succeeded{best}")
 
@@ -312,7 +322,7 @@ def recommend(
         key, name = _CODE_FORMATS[output]
         code = found.code.get(key)
         if not code:
-            _fail(f"job {job_id}'s recommendation has no {name} code")
+            fail(f"job {job_id}'s recommendation has no {name} code", code=EXIT_FAILED)
         typer.echo(code.rstrip("\n"))
         return
     state = "final" if found.final else "provisional: the job is still running"
@@ -422,22 +432,16 @@ def _client(url: str) -> Iterator[LrtuneClient]:
             yield client
     except ApiError as error:
         status = f" (HTTP {error.status})" if error.status else ""
-        _fail(f"{error.message}{status}")
+        fail(f"{error.message}{status}", code=EXIT_FAILED)
 
 
-def _read_job_file(path: Path) -> Any:
-    try:
-        text = path.read_text()
-    except OSError as error:
-        _fail(f"cannot read {path}: {error.strerror}")
-    kind = "JSON" if path.suffix == ".json" else "YAML"
-    try:
-        data = json.loads(text) if kind == "JSON" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as error:
-        first = str(error).strip().splitlines()[0]
-        _fail(f"{path} is not valid {kind}: {first}")
+def _read_job_file(path: Path) -> dict[str, Any]:
+    data = read_spec_file(path, code=EXIT_FAILED)
     if not isinstance(data, dict):
-        _fail(f"{path} must hold one job spec (a mapping), not {type(data).__name__}")
+        fail(
+            f"{path} must hold one job spec (a mapping), not {type(data).__name__}",
+            code=EXIT_FAILED,
+        )
     return data
 
 
@@ -501,14 +505,3 @@ def _share(part: float, whole: float) -> str:
 
 def _mean_std(mean: float, std: float | None) -> str:
     return _number(mean) if std is None else f"{_number(mean)} ± {_number(std)}"
-
-
-def _fail(message: str) -> NoReturn:
-    err.print(f"[red]error: {_escape(message)}[/red]")
-    raise typer.Exit(1)
-
-
-def _escape(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)

@@ -54,6 +54,16 @@ TRIAL_STATUSES: tuple[str, ...] = (
     "failed",
 )
 FINISHED_TRIAL_STATUSES = frozenset({"completed", "pruned", "diverged", "failed"})
+# Trials whose metric is evidence about their schedule, the ones a recommendation counts: a
+# diverged trial is a (bad) result; a failed one broke for reasons of its own, and a pruned or
+# running one has not trained its full budget, so its metric is not comparable with the others'.
+COUNTED_TRIAL_STATUSES = frozenset({"completed", "diverged"})
+# What the worker records as the error of a trial that cancelling its job stopped.
+CANCELLED_TRIAL_ERROR = "stopped: the job was cancelled"
+# A job in one of these has ended and changes no more.
+FINISHED_JOB_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+# A job in one of these holds one of its tenant's concurrent places (and may still end).
+ACTIVE_JOB_STATUSES = ("queued", "running", "cancelling")
 # The losses every workload reports each epoch, besides its own metrics.
 ALWAYS_REPORTED = ("train_loss", "val_loss")
 

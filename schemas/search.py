@@ -13,7 +13,7 @@ import functools
 import math
 from typing import Annotated, Any
 
-from lrtune.schemas.schedules import SCHEDULE_MODELS, ScheduleSpec, parse_schedule
+from lrtune.schemas.schedules import MAX_STEPS, SCHEDULE_MODELS, ScheduleSpec, parse_schedule
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 DURATION_SUFFIXES = ("_epochs", "_frac")
@@ -214,6 +214,41 @@ def resolve_schedule(
         ):
             fields[field] = total_steps
     return parse_schedule(fields)
+
+
+def middle_point(policy: str, space: dict[str, Any]) -> dict[str, Any]:
+    """The point in the middle of a search space: a range's midpoint (geometric for loguniform,
+    rounded for int), a choice's first option, a fixed value as it is. ValueError for a space
+    `validate_search_space` refuses."""
+    point: dict[str, Any] = {}
+    for key, domain in validate_search_space(policy, space).items():
+        if isinstance(domain, Choice):
+            point[key] = domain.choice[0]
+        elif isinstance(domain, LogUniform):
+            point[key] = math.sqrt(domain.loguniform[0] * domain.loguniform[1])
+        elif isinstance(domain, Uniform):
+            point[key] = (domain.uniform[0] + domain.uniform[1]) / 2
+        elif isinstance(domain, IntRange):
+            point[key] = round((domain.int[0] + domain.int[1]) / 2)
+        else:
+            point[key] = domain
+    return point
+
+
+class SpacePreviewRequest(BaseModel):
+    """POST /v1/search-spaces/preview: a policy's curve at the middle of a search space."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    policy: str = Field(description="The schedule policy the space is of.")
+    search_space: dict[str, Any] = Field(description="A search space of the policy's fields.")
+    steps: int = Field(
+        gt=0, le=1_000_000, description="The training's length: `_frac` durations are of it."
+    )
+    steps_per_epoch: int = Field(gt=0, le=MAX_STEPS, description="What `_epochs` count in.")
+    every: int = Field(
+        1, gt=0, le=MAX_STEPS, description="Return every n-th step only (t = 0, n, 2n, ...)."
+    )
 
 
 def _convert(value: Any, to_steps: Any) -> Any:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+from lrtune.schemas.jobs import COUNTED_TRIAL_STATUSES
 from lrtune.schemas.recommendations import Recommendation
 from lrtune.schemas.schedules import parse_schedule
 from lrtune.service.errors import NotFoundError
@@ -15,7 +16,6 @@ from lrtune.service.store import RecommendationInputs, Store
 from lrtune.workers.recommendation import TrialSummary, build_recommendation
 
 # Trials whose final metric is evidence (see lrtune.workers.recommendation).
-_COUNTED = frozenset({"completed", "diverged"})
 
 
 def trial_summaries(inputs: RecommendationInputs) -> list[TrialSummary]:
@@ -27,7 +27,7 @@ def trial_summaries(inputs: RecommendationInputs) -> list[TrialSummary]:
     Each trial trained with its policy's arm's optimizer (else the job's).
     """
     spec = inputs.job.spec
-    counted = [t for t in inputs.trials if t.status in _COUNTED]
+    counted = [t for t in inputs.trials if t.status in COUNTED_TRIAL_STATUSES]
     confirmed = {t.policy for t in counted if t.phase == "confirm"}
     summaries = []
     for trial in counted:

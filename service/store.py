@@ -13,8 +13,6 @@ an id that does not exist. `tenant_id=None` is for the worker and for operators:
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import logging
 import math
@@ -23,10 +21,13 @@ import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
+from lrtune.schemas.dashboard import JobCurves, PolicyStanding
 from lrtune.schemas.jobs import (
+    ACTIVE_JOB_STATUSES,
+    CANCELLED_TRIAL_ERROR,
     FINISHED_TRIAL_STATUSES,
     JOB_PHASES,
     TRIAL_STATUSES,
@@ -34,8 +35,6 @@ from lrtune.schemas.jobs import (
     BestSoFar,
     Job,
     JobPage,
-    JobPhase,
-    JobProgress,
     JobRung,
     JobSpec,
     JobTimeline,
@@ -45,11 +44,34 @@ from lrtune.schemas.jobs import (
     TrialMetric,
     TrialPage,
     TrialProbe,
-    TrialTiming,
     is_better,
 )
 from lrtune.schemas.recommendations import BoundSuggestion, RangeTestResult, Recommendation
 from lrtune.schemas.tenants import ApiToken, Tenant, TenantLimits
+from lrtune.service.codecs import (
+    decode_cursor,
+    decode_float,
+    encode_cursor,
+    encode_float,
+    encode_floats,
+    json_safe,
+    split_float,
+    utc,
+)
+from lrtune.service.conversions import (
+    api_token_from_row,
+    job_from_row,
+    job_phase_from_row,
+    metric_row_values,
+    probe_row_values,
+    seconds_between,
+    tenant_from_row,
+    trial_curve,
+    trial_from_row,
+    trial_metric_from_row,
+    trial_probe_from_row,
+    trial_timing_from_row,
+)
 from lrtune.service.db import WRITE_OPTION, make_engine
 from lrtune.service.errors import (
     ConcurrencyLimitError,
@@ -62,7 +84,6 @@ from lrtune.service.models import (
     DEFAULT_TENANT_ID,
     ApiTokenRow,
     BestSettingRow,
-    FloatKind,
     IdempotencyKeyRow,
     JobPhaseRow,
     JobRow,
@@ -93,17 +114,11 @@ T = TypeVar("T")
 # SQLSTATEs PostgreSQL uses for "try the transaction again".
 _RETRY_SQLSTATES = {"40001", "40P01"}  # serialization_failure, deadlock_detected
 _SQLITE_BUSY = ("database is locked", "database table is locked", "database is busy")
-_CURSOR_PREFIX = "id:"
-# Ids are 32-bit integers in SQL; anything larger names no row (and PostgreSQL would refuse it).
-MAX_ID = 2**31 - 1
 _METRIC_ROWS_PER_INSERT = 500
 TOKEN_PREFIX = "lrt_"
 # last_used_at is a hint for operators, not an audit log: write it at most this often per token,
 # so authenticated reads do not each take SQLite's write lock.
 _LAST_USED_RESOLUTION = timedelta(seconds=60)
-_ACTIVE_JOB_STATUSES = ("queued", "running", "cancelling")
-# The words the worker records on a trial that cancellation stopped (workers/results.py).
-CANCELLED_TRIAL_ERROR = "stopped: the job was cancelled"
 
 
 @dataclass(frozen=True)
@@ -173,7 +188,7 @@ class Store:
             assert row is not None
             return row
 
-        return _tenant(self._run(work, write=True))
+        return tenant_from_row(self._run(work, write=True))
 
     def get_tenant(self, *, tenant_id: int) -> Tenant:
         def work(session: Session) -> TenantRow:
@@ -182,7 +197,7 @@ class Store:
                 raise NotFoundError(f"no tenant with id {tenant_id}")
             return row
 
-        return _tenant(self._run(work, write=False))
+        return tenant_from_row(self._run(work, write=False))
 
     def set_tenant_limits(self, *, name: str, limits: TenantLimits) -> Tenant:
         """Replace the tenant's own limits (None: the server's default)."""
@@ -196,7 +211,7 @@ class Store:
             row.max_epochs = limits.max_epochs
             return row
 
-        return _tenant(self._run(work, write=True))
+        return tenant_from_row(self._run(work, write=True))
 
     def create_token(self, *, tenant: str, label: str = "") -> tuple[ApiToken, str]:
         """A new bearer token for `tenant` (created if missing); returns (record, token).
@@ -228,7 +243,7 @@ class Store:
                 .join(TenantRow, TenantRow.id == ApiTokenRow.tenant_id)
                 .order_by(ApiTokenRow.id)
             )
-            return [_api_token(row, tenant) for row, tenant in rows]
+            return [api_token_from_row(row, tenant) for row, tenant in rows]
 
         return self._run(work, write=False)
 
@@ -263,7 +278,7 @@ class Store:
         if found is None:
             return None
         token_id, last_used, tenant_row = found
-        last = _utc(last_used)
+        last = utc(last_used)
         if last is None or now - last > _LAST_USED_RESOLUTION:
 
             def touch(session: Session) -> None:
@@ -272,7 +287,7 @@ class Store:
                 )
 
             self._run(touch, write=True)
-        return _tenant(tenant_row)
+        return tenant_from_row(tenant_row)
 
     # ---- jobs ---------------------------------------------------------------------------------
 
@@ -353,7 +368,7 @@ class Store:
         active = session.scalar(
             select(func.count())
             .select_from(JobRow)
-            .where(JobRow.tenant_id == tenant_id, JobRow.status.in_(_ACTIVE_JOB_STATUSES))
+            .where(JobRow.tenant_id == tenant_id, JobRow.status.in_(ACTIVE_JOB_STATUSES))
         )
         if active is not None and active >= limit:
             raise ConcurrencyLimitError(
@@ -558,14 +573,10 @@ class Store:
         return self._finish_job(job_id, "succeeded", error=None, allowed_from=("running",))
 
     def mark_job_failed(self, *, job_id: int, error: str) -> Job:
-        return self._finish_job(
-            job_id, "failed", error=error, allowed_from=("queued", "running", "cancelling")
-        )
+        return self._finish_job(job_id, "failed", error=error, allowed_from=ACTIVE_JOB_STATUSES)
 
     def mark_job_cancelled(self, *, job_id: int) -> Job:
-        return self._finish_job(
-            job_id, "cancelled", error=None, allowed_from=("queued", "running", "cancelling")
-        )
+        return self._finish_job(job_id, "cancelled", error=None, allowed_from=ACTIVE_JOB_STATUSES)
 
     def _finish_job(
         self, job_id: int, status: str, *, error: str | None, allowed_from: tuple[str, ...]
@@ -614,7 +625,7 @@ class Store:
             if last is not None and last.ended_at is None:
                 last.ended_at = now
             elif last is not None:
-                start = _utc(last.ended_at) or now
+                start = utc(last.ended_at) or now
             session.add(
                 JobPhaseRow(job_id=job_id, phase=phase, started_at=start, worker_id=worker_id)
             )
@@ -653,7 +664,7 @@ class Store:
             job = _job_row(session, job_id, tenant_id=tenant_id)
             now = utcnow()
             phases = [
-                _job_phase(row, now)
+                job_phase_from_row(row, now)
                 for row in session.scalars(
                     select(JobPhaseRow).where(JobPhaseRow.job_id == job_id).order_by(JobPhaseRow.id)
                 )
@@ -673,20 +684,20 @@ class Store:
                 )
             }
             trials = [
-                _trial_timing(row, *clocks.get(row.id, (0.0, 0.0)))
+                trial_timing_from_row(row, *clocks.get(row.id, (0.0, 0.0)))
                 for row in session.scalars(
                     select(TrialRow).where(TrialRow.job_id == job_id).order_by(TrialRow.id)
                 )
             ]
-            created = _utc(job.created_at)
-            finished = _utc(job.finished_at)
+            created = utc(job.created_at)
+            finished = utc(job.finished_at)
             assert created is not None
             return JobTimeline(
                 job_id=job.id,
                 status=job.status,
                 created_at=created,
                 finished_at=finished,
-                wall_clock_s=_seconds_between(created, finished) if finished else None,
+                wall_clock_s=seconds_between(created, finished) if finished else None,
                 phases=phases,
                 phases_s=sum(p.seconds for p in phases),
                 trials=trials,
@@ -798,7 +809,7 @@ class Store:
 
     def get_trial(self, trial_id: int, *, tenant_id: int | None = None) -> Trial:
         def work(session: Session) -> Trial:
-            return _trial(_trial_row(session, trial_id, tenant_id=tenant_id))
+            return trial_from_row(_trial_row(session, trial_id, tenant_id=tenant_id))
 
         return self._run(work, write=False)
 
@@ -818,8 +829,12 @@ class Store:
         def work(session: Session) -> TrialPage:
             if tenant_id is not None:
                 _job_row(session, job_id, tenant_id=tenant_id)  # 404 for another tenant's job
+            # Plain rows rather than ORM objects: a page is only read, and skipping the identity
+            # map keeps a request's allocations under the garbage collector's threshold (a busy
+            # page of trials otherwise set off a collection per request, and the full ones were
+            # its p99).
             query = (
-                select(TrialRow)
+                select(TrialRow.__table__)
                 .where(TrialRow.job_id == job_id)
                 .order_by(TrialRow.id.desc())
                 .limit(limit + 1)
@@ -830,14 +845,14 @@ class Store:
                 query = query.where(TrialRow.status == status)
             if before is not None:
                 query = query.where(TrialRow.id < before)
-            rows = list(session.scalars(query))
+            rows = session.execute(query).all()
             # An empty page needs a second look: no such job, or no trials (yet)?
             if not rows and session.get(JobRow, job_id) is None:
                 raise NotFoundError(f"no job with id {job_id}")
             more = len(rows) > limit
             rows = rows[:limit]
             return TrialPage(
-                items=[_trial(r) for r in rows],
+                items=[trial_from_row(r) for r in rows],
                 next_cursor=encode_cursor(rows[-1].id) if more else None,
             )
 
@@ -866,7 +881,7 @@ class Store:
                 chunk = results[start : start + _METRIC_ROWS_PER_INSERT]
                 statement = (
                     self._insert(TrialMetricRow)
-                    .values([_metric_values(trial_id, r) for r in chunk])
+                    .values([metric_row_values(trial_id, r) for r in chunk])
                     .on_conflict_do_nothing(index_elements=["trial_id", "epoch"])
                     .returning(TrialMetricRow.epoch)
                 )
@@ -900,7 +915,7 @@ class Store:
                 .where(TrialMetricRow.trial_id == trial_id)
                 .order_by(TrialMetricRow.epoch)
             )
-            return [_trial_metric(r) for r in rows]
+            return [trial_metric_from_row(r) for r in rows]
 
         return self._run(work, write=False)
 
@@ -916,7 +931,7 @@ class Store:
             for start in range(0, len(merged), _METRIC_ROWS_PER_INSERT):
                 chunk = merged[start : start + _METRIC_ROWS_PER_INSERT]
                 statement = self._insert(TrialProbeRow).values(
-                    [_probe_values(trial_id, p) for p in chunk]
+                    [probe_row_values(trial_id, p) for p in chunk]
                 )
                 session.execute(
                     statement.on_conflict_do_update(
@@ -941,7 +956,7 @@ class Store:
                 .where(TrialProbeRow.trial_id == trial_id)
                 .order_by(TrialProbeRow.epoch)
             )
-            return [_trial_probe(r) for r in rows]
+            return [trial_probe_from_row(r) for r in rows]
 
         return self._run(work, write=False)
 
@@ -983,9 +998,9 @@ class Store:
             )
             rungs: dict[int, list[RungTrial]] = {}
             for probe_row, policy, metric_row in rows:
-                probe = _trial_probe(probe_row)
+                probe = trial_probe_from_row(probe_row)
                 raw = (
-                    _trial_metric(metric_row).value(job.metric_name)
+                    trial_metric_from_row(metric_row).value(job.metric_name)
                     if metric_row is not None
                     else None
                 )
@@ -1158,9 +1173,9 @@ class Store:
         """
         values = {
             "status": "completed",
-            "lr": [_encode_float(v) for v in result.lr],
-            "loss": [_encode_float(v) for v in result.loss],
-            "smoothed_loss": [_encode_float(v) for v in result.smoothed_loss],
+            "lr": [encode_float(v) for v in result.lr],
+            "loss": [encode_float(v) for v in result.loss],
+            "smoothed_loss": [encode_float(v) for v in result.smoothed_loss],
             # The row has no columns for how the ramp ran; they travel with the suggestion.
             "suggestion": {
                 "bounds": result.suggestion.model_dump(mode="json"),
@@ -1200,11 +1215,11 @@ class Store:
 
         row = self._run(work, write=False)
         assert row.suggestion is not None  # saved with every completed test
-        lrs = [_decode_float(v) for v in row.lr]
+        lrs = [decode_float(v) for v in row.lr]
         return RangeTestResult(
             lr=lrs,
-            loss=[_decode_float(v) for v in row.loss],
-            smoothed_loss=[_decode_float(v) for v in row.smoothed_loss],
+            loss=[decode_float(v) for v in row.loss],
+            smoothed_loss=[decode_float(v) for v in row.smoothed_loss],
             suggestion=BoundSuggestion.model_validate(row.suggestion["bounds"]),
             ramp=row.suggestion["ramp"],
             iterations=len(lrs),
@@ -1236,11 +1251,11 @@ class Store:
             )
             for trial_row, metric_row in rows:
                 if trial_row.id not in trials:
-                    trials[trial_row.id] = _trial(trial_row)
+                    trials[trial_row.id] = trial_from_row(trial_row)
                     values[trial_row.id] = []
                 if metric_row is None:
                     continue
-                epoch = _trial_metric(metric_row)
+                epoch = trial_metric_from_row(metric_row)
                 value = epoch.value(job.spec.metric_name)
                 values[trial_row.id].append(math.nan if value is None else value)
                 # Epochs come in order: the last one's values stay.
@@ -1265,7 +1280,7 @@ class Store:
         """Store the job's recommendation (one per job, replaced by a later save)."""
         body = recommendation.model_dump(mode="json")
         # mode="json" keeps NaN as float; the row's JSON holds the strings the API writes.
-        body = _json_safe(body)
+        body = json_safe(body)
 
         def work(session: Session) -> None:
             _job_row(session, job_id, tenant_id=None)
@@ -1291,6 +1306,112 @@ class Store:
 
         body = self._run(work, write=False)
         return Recommendation.model_validate(body) if body is not None else None
+
+    # ---- the dashboard ------------------------------------------------------------------------
+
+    def job_curves(
+        self, job_id: int, *, per_policy: int, max_points: int, tenant_id: int | None = None
+    ) -> JobCurves:
+        """The dashboard's view of a job in one read transaction, whatever its number of trials.
+
+        Each policy's standing (trials by status, best and mean best metric, best trial id) comes
+        from the trials table alone; the curves are those of every policy's `per_policy` best
+        trials (by their denormalised best metric; trials with no epoch yet left out), each
+        thinned to `max_points` epochs.
+        """
+
+        def work(session: Session) -> JobCurves:
+            job = _job_row(session, job_id, tenant_id=tenant_id)
+            mode = job.metric_mode
+            by_status: dict[str, dict[str, int]] = {}
+            best: dict[str, float] = {}
+            sums: dict[str, float] = {}
+            for policy, status, count, low, high, total in session.execute(
+                select(
+                    TrialRow.policy,
+                    TrialRow.status,
+                    func.count(),
+                    func.min(TrialRow.best_metric),
+                    func.max(TrialRow.best_metric),
+                    func.sum(TrialRow.best_metric),
+                )
+                .where(TrialRow.job_id == job_id)
+                .group_by(TrialRow.policy, TrialRow.status)
+            ):
+                by_status.setdefault(policy, {})[status] = count
+                value = high if mode == "max" else low
+                if value is not None and is_better(value, best.get(policy), mode):
+                    best[policy] = value
+                if total is not None:
+                    sums[policy] = sums.get(policy, 0.0) + total
+            with_metric: dict[str, int] = {
+                policy: count
+                for policy, count in session.execute(
+                    select(TrialRow.policy, func.count())
+                    .where(TrialRow.job_id == job_id, TrialRow.best_metric.is_not(None))
+                    .group_by(TrialRow.policy)
+                )
+            }
+            order = TrialRow.best_metric.desc() if mode == "max" else TrialRow.best_metric.asc()
+            rank = (
+                func.row_number()
+                .over(partition_by=TrialRow.policy, order_by=(order.nulls_last(), TrialRow.id))
+                .label("rank")
+            )
+            ranked = (
+                select(TrialRow.id, rank)
+                .where(TrialRow.job_id == job_id, TrialRow.epochs_done > 0)
+                .subquery()
+            )
+            rows = list(
+                session.scalars(
+                    select(TrialRow)
+                    .join(ranked, ranked.c.id == TrialRow.id)
+                    .where(ranked.c.rank <= per_policy)
+                    .order_by(TrialRow.policy, ranked.c.rank)
+                )
+            )
+            epochs: dict[int, list[TrialMetricRow]] = {row.id: [] for row in rows}
+            if rows:
+                for metric_row in session.scalars(
+                    select(TrialMetricRow)
+                    .where(TrialMetricRow.trial_id.in_(list(epochs)))
+                    .order_by(TrialMetricRow.trial_id, TrialMetricRow.epoch)
+                ):
+                    epochs[metric_row.trial_id].append(metric_row)
+            best_trial: dict[str, int] = {}
+            for row in rows:  # best first within a policy
+                if row.best_metric is not None:
+                    best_trial.setdefault(row.policy, row.id)
+            standings = [
+                PolicyStanding(
+                    policy=policy,
+                    trials=sum(counts.values()),
+                    by_status=counts,
+                    best_metric=best.get(policy),
+                    best_trial_id=best_trial.get(policy),
+                    mean_best_metric=(
+                        sums.get(policy, 0.0) / with_metric[policy]
+                        if with_metric.get(policy)
+                        else None
+                    ),
+                )
+                for policy, counts in by_status.items()
+            ]
+            return JobCurves(
+                job_id=job.id,
+                metric=job.metric_name,
+                mode=mode,
+                total_trials=sum(s.trials for s in standings),
+                per_policy=per_policy,
+                policies=sorted(standings, key=lambda s: _rank_key(s.best_metric, mode)),
+                trials=[
+                    trial_curve(row, epochs[row.id], metric=job.metric_name, max_points=max_points)
+                    for row in rows
+                ],
+            )
+
+        return self._run(work, write=False)
 
     # ---- helpers ------------------------------------------------------------------------------
 
@@ -1332,7 +1453,7 @@ class Store:
             for job_id, found in errors.items()
         }
         bests = {r.id: self._best_of_job(session, r) for r in rows}
-        return [_job(r, counts[r.id], bests[r.id], summaries[r.id]) for r in rows]
+        return [job_from_row(r, counts[r.id], bests[r.id], summaries[r.id]) for r in rows]
 
     def _best_of_job(self, session: Session, row: JobRow) -> BestSoFar | None:
         order = TrialRow.best_metric.desc() if row.metric_mode == "max" else TrialRow.best_metric
@@ -1386,55 +1507,7 @@ class Store:
         raise AssertionError("unreachable: the last attempt returns or raises")
 
 
-# ---- conversions between rows and schema objects ----------------------------------------------
-
-
-def split_float(value: float | None) -> tuple[float | None, int]:
-    """A float as (SQL value, kind): NaN and +-inf become NULL plus their kind."""
-    if value is None:
-        return None, FloatKind.FINITE
-    if math.isnan(value):
-        return None, FloatKind.NAN
-    if math.isinf(value):
-        return None, FloatKind.POS_INF if value > 0 else FloatKind.NEG_INF
-    return value, FloatKind.FINITE
-
-
-def join_float(value: float | None, kind: int) -> float | None:
-    if kind == FloatKind.NAN:
-        return math.nan
-    if kind == FloatKind.POS_INF:
-        return math.inf
-    if kind == FloatKind.NEG_INF:
-        return -math.inf
-    return value
-
-
-_NON_FINITE_TEXT = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
-
-
-def encode_floats(values: dict[str, Any]) -> dict[str, Any]:
-    """JSON-safe copy: non-finite floats become "NaN", "Infinity", "-Infinity"."""
-    return {k: _encode_float(v) for k, v in values.items()}
-
-
-def _encode_float(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    return value
-
-
-def _decode_float(value: Any) -> float:
-    return _NON_FINITE_TEXT[value] if isinstance(value, str) else float(value)
-
-
-def _json_safe(value: Any) -> Any:
-    """A JSON document with every non-finite float spelled as the API spells it."""
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return _encode_float(value)
+# ---- helpers of the queries above -----------------------------------------------------------
 
 
 def _no_range_test(job: JobRow) -> str:
@@ -1451,184 +1524,8 @@ def _no_range_test(job: JobRow) -> str:
     )
 
 
-def decode_floats(values: dict[str, Any]) -> dict[str, Any]:
-    # Only the three spellings encode_floats writes are numbers; other strings (a sampled
-    # "triangular") stay strings.
-    return {k: _NON_FINITE_TEXT.get(v, v) if isinstance(v, str) else v for k, v in values.items()}
-
-
-def encode_cursor(last_id: int) -> str:
-    return base64.urlsafe_b64encode(f"{_CURSOR_PREFIX}{last_id}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str | None) -> int | None:
-    if cursor is None:
-        return None
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if not raw.startswith(_CURSOR_PREFIX):
-            raise ValueError(raw)
-        value = int(raw.removeprefix(_CURSOR_PREFIX))
-        if not 0 < value <= MAX_ID:
-            raise ValueError(raw)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidInputError(
-            "cursor is not one this API gave out; pass the next_cursor of the previous page",
-            field="cursor",
-        ) from None
-    return value
-
-
-def _utc(moment: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes; every timestamp lrtune stores is UTC.
-    if moment is None:
-        return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
 def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-def _tenant(row: TenantRow) -> Tenant:
-    return Tenant(
-        id=row.id,
-        name=row.name,
-        limits=TenantLimits(
-            max_concurrent_jobs=row.max_concurrent_jobs,
-            max_trials_per_job=row.max_trials_per_job,
-            max_epochs=row.max_epochs,
-        ),
-    )
-
-
-def _api_token(row: ApiTokenRow, tenant: str) -> ApiToken:
-    created = _utc(row.created_at)
-    assert created is not None
-    return ApiToken(
-        id=row.id,
-        tenant=tenant,
-        label=row.label,
-        created_at=created,
-        revoked_at=_utc(row.revoked_at),
-        last_used_at=_utc(row.last_used_at),
-    )
-
-
-def _job(
-    row: JobRow,
-    counts: dict[str, int],
-    best: BestSoFar | None,
-    trial_errors: list[TrialErrorCount],
-) -> Job:
-    created = _utc(row.created_at)
-    assert created is not None
-    return Job(
-        id=row.id,
-        name=row.name,
-        kind=row.kind,
-        status=row.status,
-        created_at=created,
-        started_at=_utc(row.started_at),
-        finished_at=_utc(row.finished_at),
-        spec=JobSpec.model_validate(row.spec),
-        progress=JobProgress(planned=row.planned_trials, **counts),
-        best=best,
-        error=row.error,
-        trial_errors=trial_errors,
-        notes=list(row.notes or []),
-        search_spaces=row.search_spaces,
-    )
-
-
-def _trial(row: TrialRow) -> Trial:
-    created = _utc(row.created_at)
-    assert created is not None
-    return Trial(
-        id=row.id,
-        job_id=row.job_id,
-        policy=row.policy,
-        schedule=row.schedule,
-        search_config=decode_floats(row.search_config),
-        seed=row.seed,
-        phase=row.phase,
-        status=row.status,
-        epochs_done=row.epochs_done,
-        last_metric=join_float(row.last_metric, row.last_metric_kind),
-        best_metric=row.best_metric,
-        error=row.error,
-        ray_trial_id=row.ray_trial_id,
-        node_id=row.node_id,
-        restored_from_epoch=row.restored_from_epoch,
-        created_at=created,
-        started_at=_utc(row.started_at),
-        finished_at=_utc(row.finished_at),
-    )
-
-
-def _metric_values(trial_id: int, result: TrialMetric) -> dict[str, Any]:
-    lr, lr_kind = split_float(result.lr)
-    train_loss, train_loss_kind = split_float(result.train_loss)
-    val_loss, val_loss_kind = split_float(result.val_loss)
-    return {
-        "trial_id": trial_id,
-        "epoch": result.epoch,
-        "step": result.step,
-        "lr": lr,
-        "lr_kind": lr_kind,
-        "train_loss": train_loss,
-        "train_loss_kind": train_loss_kind,
-        "val_loss": val_loss,
-        "val_loss_kind": val_loss_kind,
-        "metrics": encode_floats(result.metrics),
-        "elapsed_s": result.elapsed_s,
-    }
-
-
-def _trial_metric(row: TrialMetricRow) -> TrialMetric:
-    lr = join_float(row.lr, row.lr_kind)
-    return TrialMetric(
-        epoch=row.epoch,
-        step=row.step,
-        lr=lr if lr is not None else math.nan,
-        train_loss=join_float(row.train_loss, row.train_loss_kind),
-        val_loss=join_float(row.val_loss, row.val_loss_kind),
-        metrics=decode_floats(row.metrics),
-        elapsed_s=row.elapsed_s,
-    )
-
-
-def _probe_values(trial_id: int, probe: TrialProbe) -> dict[str, Any]:
-    train_loss, train_loss_kind = split_float(probe.train_loss)
-    val_loss, val_loss_kind = split_float(probe.val_loss)
-    return {
-        "trial_id": trial_id,
-        "epoch": probe.epoch,
-        "step": probe.step,
-        "cooldown_steps": probe.cooldown_steps,
-        "train_loss": train_loss,
-        "train_loss_kind": train_loss_kind,
-        "val_loss": val_loss,
-        "val_loss_kind": val_loss_kind,
-        "metrics": encode_floats(probe.metrics),
-        "elapsed_s": probe.elapsed_s,
-        "decision": probe.decision,
-    }
-
-
-def _trial_probe(row: TrialProbeRow) -> TrialProbe:
-    return TrialProbe.model_validate(
-        {
-            "epoch": row.epoch,
-            "step": row.step,
-            "cooldown_steps": row.cooldown_steps,
-            "train_loss": join_float(row.train_loss, row.train_loss_kind),
-            "val_loss": join_float(row.val_loss, row.val_loss_kind),
-            "metrics": decode_floats(row.metrics),
-            "elapsed_s": row.elapsed_s,
-            "decision": row.decision,
-        }
-    )
 
 
 def _merge_probes(probes: Sequence[TrialProbe]) -> list[TrialProbe]:
@@ -1646,14 +1543,7 @@ def _merge_probes(probes: Sequence[TrialProbe]) -> list[TrialProbe]:
 
 def _best_judged_first(trials: list[RungTrial], mode: str) -> list[RungTrial]:
     """Best `judged` first under `mode`; a missing or non-finite value last; ties by trial id."""
-
-    def key(trial: RungTrial) -> tuple[bool, float, int]:
-        value = trial.judged
-        if value is None or not math.isfinite(value):
-            return True, 0.0, trial.trial_id
-        return False, -value if mode == "max" else value, trial.trial_id
-
-    return sorted(trials, key=key)
+    return sorted(trials, key=lambda trial: (_rank_key(trial.judged, mode), trial.trial_id))
 
 
 def _end_open_phases(session: Session, job_ids: Sequence[int], at: datetime) -> None:
@@ -1685,43 +1575,6 @@ def _may_begin_phase(job: JobRow, last: JobPhaseRow | None, *, phase: str, worke
         and last is not None
         and last.phase != "recommendation"
         and last.worker_id == worker_id
-    )
-
-
-def _seconds_between(start: datetime, end: datetime) -> float:
-    """Seconds from `start` to `end`; never negative (two processes' clocks may disagree by
-    a hair)."""
-    return max(0.0, (end - start).total_seconds())
-
-
-def _job_phase(row: JobPhaseRow, now: datetime) -> JobPhase:
-    started = _utc(row.started_at)
-    ended = _utc(row.ended_at)
-    assert started is not None
-    return JobPhase(
-        phase=row.phase,
-        started_at=started,
-        ended_at=ended,
-        seconds=_seconds_between(started, ended or now),
-        worker_id=row.worker_id,
-    )
-
-
-def _trial_timing(row: TrialRow, first_epoch_s: float, busy_s: float) -> TrialTiming:
-    started = _utc(row.started_at) or _utc(row.created_at)
-    finished = _utc(row.finished_at)
-    wall = _seconds_between(started, finished) if started and finished else None
-    return TrialTiming(
-        trial_id=row.id,
-        policy=row.policy,
-        phase=row.phase,
-        status=row.status,
-        epochs_done=row.epochs_done,
-        started_at=started,
-        wall_s=wall,
-        busy_s=busy_s,
-        first_epoch_s=first_epoch_s,
-        start_up_s=max(0.0, wall - busy_s) if wall is not None else None,
     )
 
 
@@ -1784,96 +1637,8 @@ def _first_line(error: BaseException) -> str:
     return lines[0] if lines else type(error).__name__
 
 
-def job_curves(
-    store: Store, *, job_id: int, per_policy: int, tenant_id: int | None = None
-) -> tuple[list[dict[str, Any]], list[tuple[Trial, list[TrialMetric]]]]:
-    """The dashboard's view of a job in one read transaction, whatever its number of trials.
-
-    Returns each policy's standing (trials by status, best and mean best metric, best trial id)
-    from the trials table alone, and the `per_policy` best trials of every policy (by their
-    denormalised best metric; trials with no epoch yet left out) with their epochs in order.
-    """
-
-    def work(
-        session: Session,
-    ) -> tuple[list[dict[str, Any]], list[tuple[Trial, list[TrialMetric]]]]:
-        job = _job_row(session, job_id, tenant_id=tenant_id)
-        descending = job.metric_mode == "max"
-        standings: dict[str, dict[str, Any]] = {}
-        for policy, status, count, low, high, total in session.execute(
-            select(
-                TrialRow.policy,
-                TrialRow.status,
-                func.count(),
-                func.min(TrialRow.best_metric),
-                func.max(TrialRow.best_metric),
-                func.sum(TrialRow.best_metric),
-            )
-            .where(TrialRow.job_id == job_id)
-            .group_by(TrialRow.policy, TrialRow.status)
-        ):
-            standing = standings.setdefault(
-                policy,
-                {
-                    "policy": policy,
-                    "trials": 0,
-                    "by_status": {},
-                    "best_metric": None,
-                    "best_trial_id": None,
-                    "_sum": 0.0,
-                    "_with_metric": 0,
-                },
-            )
-            standing["trials"] += count
-            standing["by_status"][status] = count
-            value = high if descending else low
-            if value is not None and is_better(value, standing["best_metric"], job.metric_mode):
-                standing["best_metric"] = value
-            if total is not None:
-                standing["_sum"] += total
-        for policy, with_metric in session.execute(
-            select(TrialRow.policy, func.count())
-            .where(TrialRow.job_id == job_id, TrialRow.best_metric.is_not(None))
-            .group_by(TrialRow.policy)
-        ):
-            standings[policy]["_with_metric"] = with_metric
-        order = TrialRow.best_metric.desc() if descending else TrialRow.best_metric.asc()
-        rank = (
-            func.row_number()
-            .over(partition_by=TrialRow.policy, order_by=(order.nulls_last(), TrialRow.id))
-            .label("rank")
-        )
-        ranked = (
-            select(TrialRow.id, rank)
-            .where(TrialRow.job_id == job_id, TrialRow.epochs_done > 0)
-            .subquery()
-        )
-        rows = list(
-            session.scalars(
-                select(TrialRow)
-                .join(ranked, ranked.c.id == TrialRow.id)
-                .where(ranked.c.rank <= per_policy)
-                .order_by(TrialRow.policy, ranked.c.rank)
-            )
-        )
-        epochs: dict[int, list[TrialMetric]] = {row.id: [] for row in rows}
-        if rows:
-            for metric_row in session.scalars(
-                select(TrialMetricRow)
-                .where(TrialMetricRow.trial_id.in_(list(epochs)))
-                .order_by(TrialMetricRow.trial_id, TrialMetricRow.epoch)
-            ):
-                epochs[metric_row.trial_id].append(_trial_metric(metric_row))
-        for row in rows:
-            standing = standings[row.policy]
-            if standing["best_trial_id"] is None and row.best_metric is not None:
-                standing["best_trial_id"] = row.id  # rows come best first within a policy
-        result = []
-        for standing in standings.values():
-            counted = standing.pop("_with_metric")
-            total = standing.pop("_sum")
-            standing["mean_best_metric"] = total / counted if counted else None
-            result.append(standing)
-        return result, [(_trial(row), epochs[row.id]) for row in rows]
-
-    return store._run(work, write=False)
+def _rank_key(value: float | None, mode: str) -> float:
+    """Best first under `mode`; no value (or a non-finite one) last."""
+    if value is None or not math.isfinite(value):
+        return math.inf
+    return -value if mode == "max" else value

@@ -26,8 +26,8 @@ from typing import Any
 
 import httpx
 import pytest
-from lrtune.schemas.jobs import Job, JobSpec, Trial
-from lrtune.service.store import CANCELLED_TRIAL_ERROR, Store
+from lrtune.schemas.jobs import CANCELLED_TRIAL_ERROR, Job, JobSpec, Trial
+from lrtune.service.store import Store
 
 from tests.conftest import wait_until
 

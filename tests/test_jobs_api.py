@@ -369,3 +369,66 @@ def test_strings_the_database_cannot_hold_are_client_errors(
     answer = api_client.post("/v1/jobs", json={**job_body, "name": "nul \u0000 inside"})
     assert answer.status_code in (201, 422), answer.text
     assert api_client.get("/v1/jobs/1/trials", params={"policy": "a\u0000"}).status_code == 422
+
+
+def test_curves_give_each_policys_standing_and_its_best_trials_thinned(
+    app: FastAPI, api_client: TestClient, job_body: dict[str, Any]
+) -> None:
+    job = api_client.post("/v1/jobs", json=job_body).json()["id"]
+    store = _store(app)
+    store.claim_next_job(worker_id="w", lease_seconds=60)
+
+    def trial(policy: str, accuracies: list[float], status: str) -> int:
+        made = store.create_trial(
+            job_id=job,
+            policy=policy,
+            schedule={"policy": policy, "lr": 0.1},
+            search_config={"lr": 0.1},
+            seed=0,
+        )
+        store.record_trial_results(
+            trial_id=made.id,
+            results=[
+                TrialMetric(
+                    epoch=epoch,
+                    step=10 * epoch,
+                    lr=0.1,
+                    train_loss=1.0 / epoch,
+                    val_loss=1.0 / epoch,
+                    metrics={"val_accuracy": accuracy},
+                    elapsed_s=float(epoch),
+                )
+                for epoch, accuracy in enumerate(accuracies, start=1)
+            ],
+        )
+        store.update_trial_status(trial_id=made.id, status=status)
+        return made.id
+
+    fixed_low = trial("fixed", [0.2, 0.4, 0.5], "completed")
+    fixed_high = trial("fixed", [0.3, 0.7, 0.6], "completed")
+    clr_high = trial("clr", [0.5, 0.8, 0.9], "completed")
+    trial("clr", [0.1, math.nan, math.nan], "diverged")
+
+    answer = api_client.get(f"/v1/jobs/{job}/curves", params={"per_policy": 1, "max_points": 2})
+    assert answer.status_code == 200, answer.text
+    curves = answer.json()
+    assert (curves["metric"], curves["mode"], curves["total_trials"]) == ("val_accuracy", "max", 4)
+    clr, fixed = curves["policies"]  # best policy first
+    assert clr == {
+        "policy": "clr",
+        "trials": 2,
+        "by_status": {"completed": 1, "diverged": 1},
+        "best_metric": 0.9,
+        "best_trial_id": clr_high,
+        "mean_best_metric": pytest.approx((0.9 + 0.1) / 2),
+    }
+    assert fixed["best_trial_id"] == fixed_high and fixed["best_metric"] == 0.7
+    assert fixed["mean_best_metric"] == pytest.approx((0.7 + 0.5) / 2)
+    # One trial a policy, its three epochs thinned to the first and the last.
+    assert [(t["trial_id"], t["epoch"], t["steps"]) for t in curves["trials"]] == [
+        (clr_high, [1, 3], 30),
+        (fixed_high, [1, 3], 30),
+    ]
+    assert curves["trials"][1]["metric"] == [0.3, 0.6]
+    assert fixed_low not in {t["trial_id"] for t in curves["trials"]}
+    assert _error(api_client.get("/v1/jobs/999/curves"), 404)["code"] == "not_found"

@@ -255,6 +255,42 @@ def test_new_policies_resolve_durations_from_epochs_and_fractions() -> None:
         validate_search_space("wsd", {"decay_steps_frac": 0.2, "decay_frac": 0.2})
 
 
+def test_a_policys_preview_draws_the_middle_of_its_search_space(preview_client: TestClient) -> None:
+    space = {
+        "lr": {"loguniform": [1e-3, 1e-1]},
+        "alpha": {"choice": [0.1, 0.0]},
+        "decay_steps_frac": 0.5,
+        "warmup_steps_epochs": {"int": [1, 3]},
+    }
+    body = {
+        "policy": "cosine",
+        "search_space": space,
+        "steps": 1000,
+        "steps_per_epoch": 100,
+        "every": 50,
+    }
+    answer = preview_client.post("/v1/search-spaces/preview", json=body)
+    assert answer.status_code == 200, answer.text
+    middle = {"policy": "cosine", "lr": 0.01, "alpha": 0.1, "decay_steps": 500}
+    expected = preview_client.post(
+        "/v1/schedules/preview",
+        json={"schedule": {**middle, "warmup_steps": 200}, "steps": 1000, "every": 50},
+    )
+    assert answer.json()["step"] == expected.json()["step"]
+    assert answer.json()["lr"] == pytest.approx(expected.json()["lr"], rel=1e-12)
+
+    for policy, space, field in [
+        ("warp", {}, "policy"),
+        ("cosine", {"lr": {"loguniform": [1.0, 0.1]}}, "search_space"),
+        ("cosine", {"learning_rate": 0.1}, "search_space"),
+        ("clr", {"base_lr": 0.5, "max_lr": 0.1}, "search_space"),
+    ]:
+        body = {"policy": policy, "search_space": space, "steps": 100, "steps_per_epoch": 10}
+        refused = preview_client.post("/v1/search-spaces/preview", json=body)
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["error"]["fields"][0]["path"] == field, refused.text
+
+
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
 def test_non_finite_rates_are_refused(preview_client: TestClient, literal: str) -> None:
     body = '{"schedule": {"policy": "fixed", "lr": LR}, "steps": 10}'.replace("LR", literal)

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 from lrtune.schemas.jobs import JobSpec, TrialMetric, TrialProbe
+from lrtune.service.codecs import decode_cursor, encode_cursor
 from lrtune.service.errors import ConflictError, InvalidInputError, NotFoundError
-from lrtune.service.store import Store, decode_cursor, encode_cursor
+from lrtune.service.store import Store
 
 
 def _spec(body: dict[str, Any], **changes: Any) -> JobSpec:

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from lrtune.schemas.jobs import COUNTED_TRIAL_STATUSES
 from lrtune.schemas.recommendations import (
     Comparison,
     PolicyEvidence,
@@ -30,10 +31,6 @@ __all__ = [
 ]
 
 Mode = Literal["min", "max"]
-# Trials whose metric is evidence about their schedule: a diverged trial is a (bad) result; a
-# failed one broke for reasons of its own, and a pruned or running one has not trained its full
-# budget, so its metric is not comparable with the others'.
-_COUNTED_STATUSES = frozenset({"completed", "diverged"})
 CONFIDENCE = 0.95
 
 
@@ -205,7 +202,7 @@ def _configs(
     grouped: dict[tuple[str, str], list[TrialSummary]] = {}
     trained_with: dict[tuple[str, str], OptimizerSpec | None] = {}
     for trial in trials:
-        if trial.status not in _COUNTED_STATUSES:
+        if trial.status not in COUNTED_TRIAL_STATUSES:
             continue
         # The spec's JSON (policy included) and the optimizer's are the configuration's
         # identity; seeds vary.

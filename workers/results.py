@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal, NotRequired, Protocol, TypedDict, cast
 
+from lrtune.schemas.jobs import CANCELLED_TRIAL_ERROR
 from lrtune.schemas.trials import EpochResult, ProbeResult
 from ray.tune import Callback, Stopper
 
@@ -63,7 +64,6 @@ def trial_config(trial: Any) -> TuneTrialConfig:
 
 
 FinishedStatus = Literal["completed", "pruned", "diverged", "failed"]
-CANCELLED_ERROR = "stopped: the job was cancelled"
 
 
 class TrialError(RuntimeError):
@@ -328,7 +328,7 @@ class RecordResults(Callback):
         elif self._last_epoch.get(key, 0) >= self.epochs:
             self.sink.on_trial_end(key, status="completed", error=None)
         elif self.sink.should_stop():
-            self.sink.on_trial_end(key, status="failed", error=CANCELLED_ERROR)
+            self.sink.on_trial_end(key, status="failed", error=CANCELLED_TRIAL_ERROR)
         else:
             self.sink.on_trial_end(key, status="pruned", error=None)
 
@@ -346,7 +346,7 @@ class RecordResults(Callback):
         if not self._started or not sink.should_stop() or getattr(sink, "lease_lost", False):
             return
         for key in sorted(self._started):
-            sink.on_trial_end(key, status="failed", error=CANCELLED_ERROR)
+            sink.on_trial_end(key, status="failed", error=CANCELLED_TRIAL_ERROR)
         self._started.clear()
 
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Response
 from lrtune.schemas.errors import ErrorBody
 from lrtune.schemas.jobs import BestSetting
 from lrtune.service.deps import StoreDep, TenantDep
-from lrtune.service.routes.jobs import json_response
+from lrtune.service.responses import json_response
 from pydantic import TypeAdapter
 
 router = APIRouter(prefix="/v1", tags=["best"])

@@ -3,7 +3,7 @@ and its timeline."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from lrtune.schemas.errors import ErrorBody
@@ -19,11 +19,12 @@ from lrtune.schemas.jobs import (
 )
 from lrtune.schemas.schedules import POLICY_NAMES
 from lrtune.schemas.tenants import Tenant
+from lrtune.service.codecs import MAX_ID
 from lrtune.service.deps import SettingsDep, StoreDep, TenantDep
 from lrtune.service.errors import ForbiddenError, InvalidInputError, LimitExceededError
+from lrtune.service.responses import json_response
 from lrtune.service.settings import Settings
-from lrtune.service.store import MAX_ID
-from pydantic import BaseModel, TypeAdapter
+from pydantic import TypeAdapter
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
@@ -140,22 +141,6 @@ def get_job_timeline(job_id: JobId, store: StoreDep, tenant: TenantDep) -> Respo
     confirmation, recommendation) with their wall-clock, and each trial's start-up and busy
     time."""
     return json_response(store.job_timeline(job_id, tenant_id=tenant.id))
-
-
-def json_response(
-    content: BaseModel | list[Any], *, adapter: TypeAdapter[Any] | None = None, status: int = 200
-) -> Response:
-    """Serialise a read model once, with its own config (NaN as "NaN").
-
-    FastAPI would otherwise dump the model, validate it again against `response_model` and
-    dump it a second time: most of the time of a page of trials.
-    """
-    if isinstance(content, BaseModel):
-        body = content.model_dump_json()
-    else:
-        assert adapter is not None
-        body = adapter.dump_json(content).decode()
-    return Response(content=body, status_code=status, media_type="application/json")
 
 
 def check_job_limits(spec: JobSpec, settings: Settings, *, tenant: Tenant) -> None:

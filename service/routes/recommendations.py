@@ -7,7 +7,8 @@ from lrtune.schemas.errors import ErrorBody
 from lrtune.schemas.recommendations import RangeTestResult, Recommendation
 from lrtune.service.deps import StoreDep, TenantDep
 from lrtune.service.recommendations import job_recommendation
-from lrtune.service.routes.jobs import JobId, json_response
+from lrtune.service.responses import json_response
+from lrtune.service.routes.jobs import JobId
 
 router = APIRouter(prefix="/v1", tags=["recommendations"])
 _ERRORS: dict[int | str, dict[str, object]] = {404: {"model": ErrorBody}, 422: {"model": ErrorBody}}

@@ -7,9 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Response
 from lrtune.schemas.errors import ErrorBody
 from lrtune.schemas.jobs import Trial, TrialMetric, TrialProbe
+from lrtune.service.codecs import MAX_ID
 from lrtune.service.deps import StoreDep, TenantDep
-from lrtune.service.routes.jobs import json_response
-from lrtune.service.store import MAX_ID
+from lrtune.service.responses import json_response
 from pydantic import TypeAdapter
 
 router = APIRouter(prefix="/v1", tags=["trials"])
