@@ -44,7 +44,7 @@ from lrtune.schemas.trials import (
 )
 from lrtune.workers.rng import rng_state, set_rng_state
 from lrtune.workers.torch_schedule import ScheduleDriver, build_param_groups
-from lrtune.workers.trial import _outcome
+from lrtune.workers.trial import trial_outcome
 from lrtune.workers.workloads import (
     TensorBatches,
     Workload,
@@ -470,7 +470,7 @@ def run_population(
 
     elapsed = time.perf_counter() - started
     return [
-        _outcome(
+        trial_outcome(
             member.status or "completed",
             member.history,
             member.step,

@@ -358,7 +358,7 @@ def run_trial(
         if stop:  # True, or a truthy numpy bool (Optuna's should_prune() returns one)
             status = "stopped" if epoch + 1 < config.epochs else "completed"
             break
-    return _outcome(
+    return trial_outcome(
         status, history, step, metric, config.metric_mode, time.perf_counter() - started
     )
 
@@ -395,7 +395,7 @@ def _run_function(
     )
     run_train_function(function, context)
     steps = context.history[-1].step if context.history else 0
-    return _outcome(
+    return trial_outcome(
         context.status,
         context.history,
         steps,
@@ -748,7 +748,7 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _outcome(
+def trial_outcome(
     status: TrialOutcomeStatus,
     history: list[EpochResult],
     steps: int,
@@ -756,6 +756,9 @@ def _outcome(
     mode: str,
     elapsed_s: float,
 ) -> TrialOutcome:
+    """How a trial ended, from its epochs: its status, its last epoch and its best value of
+    `metric` under `mode` (epochs without a finite value skipped). Shared by lone trials and
+    population members."""
     best_metric: float | None = None
     best_epoch: int | None = None
     for result in history:
