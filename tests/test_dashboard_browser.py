@@ -441,7 +441,9 @@ def test_the_dashboards_own_paths_open_their_pages(
     page.goto(f"{url}/jobs/{job_id}")  # a link pasted without its `#`
     page.wait_for_function("document.body.dataset.jobPage === 'drawn'")
     assert page.url == f"{url}/#/jobs/{job_id}"
-    assert page.get_by_test_id("trials").locator("tbody tr").count() == 12
+    rows = page.get_by_test_id("trials").locator("tbody tr")
+    rows.nth(11).wait_for()  # the trials table loads its page after the rest is drawn
+    assert rows.count() == 12
     screenshot(page, tmp_path, "job-page-deep-link")
     best = httpx.get(f"{url}/v1/jobs/{job_id}").json()["best"]
     page.goto(f"{url}/trials/{best['trial_id']}")
