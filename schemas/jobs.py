@@ -274,6 +274,8 @@ class Resources(BaseModel):
 
 # Horizons of a training-length sweep at most: each is a trial per wsd configuration.
 MAX_HORIZONS = 32
+# Members of one population at most (its stacked weights and optimizer state are K models').
+MAX_POPULATION_SIZE = 256
 
 
 class JobSpec(BaseModel):
@@ -316,6 +318,20 @@ class JobSpec(BaseModel):
         description="Training lengths in epochs, increasing, the last the budget's epochs (which "
         "it sets when the budget leaves epochs out): each wsd trial is one trunk cooled down to "
         "every length, each length a trial of its own (a training-length sweep).",
+    )
+    execution: Literal["trials", "population"] = Field(
+        "trials",
+        description='"trials": every trial trains on its own (one Ray Tune trial each). '
+        '"population": the trials train together as one batched model per population (one Ray '
+        "Tune trial each), every member still a trial of its own in the results; sgd, adam and "
+        "adamw, on models without BatchNorm's running statistics or dropout.",
+    )
+    population_size: int | None = Field(
+        None,
+        ge=2,
+        le=MAX_POPULATION_SIZE,
+        description='Members per population (execution "population"). Default: the search\'s '
+        "trials spread evenly over the trial slots (budget.max_concurrent_trials).",
     )
 
     @model_validator(mode="before")
@@ -469,6 +485,22 @@ class JobSpec(BaseModel):
             _raise_at(self, ("horizons",), horizons, problem)
         return self
 
+    @model_validator(mode="after")
+    def _population_fuses(self) -> JobSpec:
+        if self.execution != "population":
+            if self.population_size is not None:
+                _raise_at(
+                    self,
+                    ("population_size",),
+                    self.population_size,
+                    'population_size applies to execution "population"',
+                )
+            return self
+        problem = _population_problem(self)
+        if problem is not None:
+            _raise_at(self, ("execution",), self.execution, problem)
+        return self
+
     def optimizer_for(self, policy: str) -> OptimizerSpec:
         """The optimizer `policy`'s trials train with: its arm's own, else the job's."""
         for entry in self.policies:
@@ -515,6 +547,25 @@ def _sweep_problem(spec: JobSpec) -> str | None:
         return "a sweep trains every horizon of every configuration; it takes no early stopping"
     if spec.confirm is not None:
         return "a sweep's horizons are not confirmed with fresh seeds; leave confirm out"
+    return None
+
+
+def _population_problem(spec: JobSpec) -> str | None:
+    """Why the job's trials cannot train as populations, or None (the model itself is checked
+    when the worker builds it: BatchNorm, dropout and train functions are not fusible)."""
+    if spec.kind != "search":
+        return "populations train a search's trials; a range test is one run"
+    arms = [spec.optimizer_for(entry.policy) for entry in spec.policies]
+    free = sorted({optimizer.name for optimizer in arms if optimizer.schedule_free})
+    if free:
+        return (
+            f"{free[0]} keeps two weight sets and swaps them for evaluation; populations fuse "
+            'sgd, adam and adamw: use execution "trials"'
+        )
+    if spec.horizons is not None:
+        return 'a sweep forks each trunk on its own; use execution "trials" with horizons'
+    if spec.snapshots is not None:
+        return 'snapshot ensembles are taken by lone trials; use execution "trials"'
     return None
 
 

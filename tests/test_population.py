@@ -12,16 +12,18 @@ from typing import Any
 
 import pytest
 import torch
-from lrtune.schemas.trials import EpochResult, TrialConfig
+from lrtune.schemas.jobs import Cooldown
+from lrtune.schemas.trials import EpochResult, ProbeResult, TrialConfig
 from lrtune.workers.population import (
     NotFusible,
     PopulationCheckpointing,
+    PopulationProbing,
     PopulationState,
     check_fusible,
     population_size,
     run_population,
 )
-from lrtune.workers.trial import run_trial
+from lrtune.workers.trial import Probing, run_trial
 
 # 48 examples in 3 steps of 16: 4 epochs are 12 steps, short enough for every schedule below to
 # change its rate within them.
@@ -235,6 +237,72 @@ def test_a_stopped_member_leaves_after_that_epoch(tiny: Any) -> None:
     assert [o.status for o in outcomes] == ["completed", "stopped", "completed"]
     assert [o.epochs_done for o in outcomes] == [4, 2, 4]
     assert (1, 3) not in seen and (0, 4) in seen and (2, 4) in seen
+
+
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+def test_a_populations_cooldown_probes_are_its_members_lone_probes(
+    tiny: Any, optimizer: str
+) -> None:
+    cooldown = Cooldown(fraction=0.5, shape="1-sqrt")
+    configs = [member(i, s, OPTIMIZERS[optimizer]) for i, s in enumerate(SCHEDULES[:8])]
+    fused: dict[int, list[ProbeResult]] = {i: [] for i in range(len(configs))}
+    fused_epochs: dict[int, list[EpochResult]] = {i: [] for i in range(len(configs))}
+
+    run_population(
+        configs,
+        lambda index, result: fused_epochs[index].append(result),
+        probing=PopulationProbing(
+            epochs=frozenset({1, 3}),
+            cooldown=cooldown,
+            on_probe=lambda index, probe: fused[index].append(probe),
+        ),
+    )
+
+    for index, config in enumerate(configs):
+        lone: list[ProbeResult] = []
+        alone: list[EpochResult] = []
+        run_trial(
+            config,
+            alone.append,
+            probing=Probing(epochs=frozenset({1, 3}), cooldown=cooldown, on_probe=lone.append),
+        )
+        policy = config.schedule.policy
+        assert [p.epoch for p in fused[index]] == [p.epoch for p in lone] == [1, 3], policy
+        for mine, theirs in zip(fused[index], lone, strict=True):
+            assert (mine.step, mine.cooldown_steps) == (theirs.step, theirs.cooldown_steps)
+            assert mine.train_loss == pytest.approx(theirs.train_loss, rel=1e-5), policy
+            assert mine.val_loss == pytest.approx(theirs.val_loss, rel=1e-5), policy
+            assert mine.metrics == pytest.approx(theirs.metrics, rel=1e-5), policy
+        # The probes are branches: the members train on as without them.
+        for mine, theirs in zip(fused_epochs[index], alone, strict=True):
+            assert numbers(mine) == pytest.approx(numbers(theirs), rel=1e-5), policy
+
+
+def test_select_stops_the_members_it_names_after_probing_them(tiny: Any) -> None:
+    configs = [
+        member(i, {"policy": "fixed", "lr": 0.01 * (i + 1)}, {"name": "sgd"}) for i in range(4)
+    ]
+    asked: list[tuple[int, list[int], list[int]]] = []
+
+    def select(
+        epoch: int, results: dict[int, EpochResult], probes: dict[int, ProbeResult]
+    ) -> set[int]:
+        asked.append((epoch, sorted(results), sorted(probes)))
+        return {0, 2} if epoch == 1 else set()
+
+    outcomes = run_population(
+        configs,
+        lambda index, result: None,
+        probing=PopulationProbing(
+            epochs=frozenset({1}), cooldown=Cooldown(), on_probe=lambda i, p: None
+        ),
+        select=select,
+    )
+
+    assert [o.status for o in outcomes] == ["stopped", "completed", "stopped", "completed"]
+    assert [o.epochs_done for o in outcomes] == [1, 4, 1, 4]
+    # Asked after every epoch but the last, about the members that could go on; probed at 1.
+    assert asked == [(1, [0, 1, 2, 3], [0, 1, 2, 3]), (2, [1, 3], []), (3, [1, 3], [])]
 
 
 class Crash(Exception):

@@ -61,10 +61,19 @@ class CooldownASHA(SearchASHA):
 
 def make_scheduler(spec: JobSpec) -> TrialScheduler:
     """ASHA on epochs for the search's trials when the job asks for early stopping (judged by
-    cooldown probes unless `judge` is "raw"), else first-in first-out."""
+    cooldown probes unless `judge` is "raw"), else first-in first-out. A population job's
+    Tune trials are populations, which stop their own members at ASHA's rungs
+    (`lrtune.workers.trainable`): first-in first-out for them."""
+    if spec.execution == "population":
+        return FIFOScheduler()
+    return _asha(spec) or FIFOScheduler()
+
+
+def _asha(spec: JobSpec) -> AsyncHyperBandScheduler | None:
+    """The job's ASHA, when it asks for early stopping that can stop anything."""
     stopping = spec.early_stopping
     if stopping.kind != "asha" or spec.budget.epochs <= stopping.grace_epochs:
-        return FIFOScheduler()
+        return None
     asha = CooldownASHA if stopping.judge == "cooldown" else SearchASHA
     # Metric and mode come from TuneConfig (Tune refuses them twice).
     return asha(
@@ -79,8 +88,8 @@ def rung_epochs(spec: JobSpec) -> frozenset[int]:
     """The rung epochs of the job's ASHA below its last epoch (none without ASHA): where a
     trial may be stopped, so where it is probed (judge "cooldown") and checkpointed. Read off
     Tune's own brackets, so they are exactly where ASHA compares."""
-    scheduler = make_scheduler(spec)
-    if not isinstance(scheduler, AsyncHyperBandScheduler):
+    scheduler = _asha(spec)
+    if scheduler is None:
         return frozenset()
     return frozenset(
         int(milestone)

@@ -43,11 +43,12 @@ from lrtune.schemas.search import (
     resolve_schedule,
     validate_search_space,
 )
-from lrtune.schemas.trials import OptimizerSpec
+from lrtune.schemas.trials import EpochResult, OptimizerSpec
 from lrtune.workers.early_stopping import make_scheduler
 from lrtune.workers.lr_range_test import derive_search_spaces
 from lrtune.workers.recommendation import select_for_confirmation
 from lrtune.workers.results import (
+    MEMBERS_KEY,
     CancelStopper,
     ConfirmationSink,
     RecordResults,
@@ -429,6 +430,15 @@ class ExperimentPlan:
         return len(self.spaces) * self.spec.budget.trials_per_policy
 
     @property
+    def population_size(self) -> int:
+        """Members per population: the job's, else the search's trials spread evenly over the
+        trial slots (so each slot trains one population of the search)."""
+        if self.spec.population_size is not None:
+            return self.spec.population_size
+        slots = self.spec.budget.max_concurrent_trials or 1
+        return max(1, math.ceil(self.total_trials / slots))
+
+    @property
     def location(self) -> str:
         """Where the job's one Tune experiment (search and confirmation) lives."""
         return f"{self.storage.rstrip('/')}/{experiment_name(self.job_key)}"
@@ -493,8 +503,22 @@ def inspect_training(spec: JobSpec, code: CodeSnapshot | None = None) -> tuple[i
     if isinstance(built, TrainFunction):
         if spec.snapshots is not None:
             raise WorkloadError(f"{target!r} is a train function: {TRAIN_FUNCTION_SNAPSHOTS}")
+        if spec.execution == "population":
+            raise WorkloadError(
+                f'{target!r} is a train function, which runs its own loop: execution "population" '
+                'trains lrtune\'s Workloads as one batched model; use execution "trials"'
+            )
         return built.steps_per_epoch, True
     check_reports_metric(built, spec.metric_name, label=target)
+    if spec.execution == "population":
+        from lrtune.workers.population import NotFusible, check_workload_fusible
+
+        try:
+            check_workload_fusible(built)
+        except NotFusible as error:
+            raise WorkloadError(
+                f'{target!r} cannot train as a population: {error}; use execution "trials"'
+            ) from None
     return built.steps_per_epoch, False
 
 
@@ -561,9 +585,14 @@ def build_tuner(plan: ExperimentPlan, *, skip_keys: set[str] | None = None) -> t
 
 def job_searcher(plan: ExperimentPlan) -> Searcher:
     """The job's search algorithm: its search (`plan_searcher`), then its confirmation when
-    the job asks for one."""
+    the job asks for one; their trials grouped into populations for execution "population"."""
     search = plan_searcher(plan)
-    return search if plan.spec.confirm is None else SearchThenConfirm(plan, search)
+    trials: _StatefulSearcher = (
+        search if plan.spec.confirm is None else SearchThenConfirm(plan, search)
+    )
+    if plan.spec.execution == "population":
+        return PopulationSearcher(trials, size=plan.population_size, metric=plan.spec.metric_name)
+    return trials
 
 
 def plan_searcher(plan: ExperimentPlan) -> EqualBudgetSearcher:
@@ -746,3 +775,133 @@ class SearchThenConfirm(_StatefulSearcher):
         self.search_suggested_all = state["search_suggested_all"]
         self.confirm = state["confirm"]
         self.confirm_suggested = state["confirm_suggested"]
+
+
+# --- populations: the trials above, trained as batched models ------------------------------
+
+
+class PopulationSearcher(_StatefulSearcher):
+    """The trials of `trials` (the job's search, then its confirmation) grouped into
+    populations, each one Tune trial: up to `size` consecutive suggestions of one optimizer, one
+    phase, taken as they come (a confirmation waits for the whole search, as without
+    populations). The members keep their own keys, seeds and points; a population trains them
+    on one data order, its first member's seed (`shuffle_seed`), and is keyed
+    `population-<n>` (stable across restores).
+
+    The wrapped searcher sees each member as a trial of its own (ids `<tune id>:<member>`): its
+    results as they come, its completion when it leaves the population, so TPE learns from
+    members and the confirmation starts when the last search member has ended.
+    """
+
+    def __init__(self, trials: _StatefulSearcher, *, size: int, metric: str) -> None:
+        super().__init__(metric=trials.metric, mode=trials.mode)
+        self.trials = trials
+        self.size = size
+        self.job_metric = metric
+        self.populations = 0
+        self.held: tuple[str, TuneTrialConfig] | None = None  # taken, not fitting the last one
+        # A population's Tune id -> its members' trial keys -> their ids in `trials`.
+        self.member_ids: dict[str, dict[str, str]] = {}
+        self.running: set[str] = set()  # member ids not ended yet
+        self.finished = False
+
+    def set_search_properties(
+        self, metric: str | None, mode: str | None, config: dict[str, Any], **spec: Any
+    ) -> bool:
+        return True
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        members: list[tuple[str, TuneTrialConfig]] = []
+        if self.held is not None:
+            members.append(self.held)
+            self.held = None
+        while len(members) < self.size and not self.finished:
+            member_id = f"{trial_id}:{len(members)}"
+            config = self.trials.suggest(member_id)
+            if config == Searcher.FINISHED:
+                self.finished = True
+                break
+            if config is None:
+                break
+            member = cast(TuneTrialConfig, config)
+            if members and not _same_population(members[0][1], member):
+                self.held = (member_id, member)
+                break
+            members.append((member_id, member))
+        if not members:
+            return Searcher.FINISHED if self.finished else None  # type: ignore[return-value]
+        first = members[0][1]
+        key = f"population-{self.populations}"
+        self.populations += 1
+        self.member_ids[trial_id] = {
+            member["trial_key"]: member_id for member_id, member in members
+        }
+        self.running.update(self.member_ids[trial_id].values())
+        return {
+            "trial_key": key,
+            "phase": first.get("phase", "search"),
+            "policy": "population",
+            "index": self.populations - 1,
+            "seed": first["seed"],
+            "shuffle_seed": first["seed"],
+            "steps_per_epoch": first["steps_per_epoch"],
+            "optimizer": first.get("optimizer"),
+            "point": {},
+            "schedule": None,
+            "schedule_error": None,
+            "members": [member for _, member in members],
+        }
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        member_ids = self.member_ids.get(trial_id, {})
+        for news in result.get(MEMBERS_KEY) or ():
+            member_id = member_ids.get(news["trial_key"])
+            if member_id is None or member_id not in self.running:
+                continue
+            value = None
+            if news["epoch"] is not None:
+                value = EpochResult.model_validate(news["epoch"]).value(self.job_metric)
+            member_result = {self.job_metric: value, "training_iteration": result.get("epoch")}
+            if news["status"] is None:
+                if value is not None:
+                    self.trials.on_trial_result(member_id, member_result)
+                continue
+            self.running.discard(member_id)
+            failed = news["status"] == "failed" or value is None
+            self.trials.on_trial_complete(
+                member_id, result=None if failed else member_result, error=failed
+            )
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+    ) -> None:
+        # Members the population did not report as ended ended with it (an error, a cancel).
+        for member_id in self.member_ids.get(trial_id, {}).values():
+            if member_id in self.running:
+                self.running.discard(member_id)
+                self.trials.on_trial_complete(member_id, result=None, error=True)
+
+    def get_state(self) -> dict[str, Any]:
+        return {
+            "trials": self.trials.get_state(),
+            "populations": self.populations,
+            "held": self.held,
+            "member_ids": self.member_ids,
+            "running": self.running,
+            "finished": self.finished,
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.trials.set_state(state["trials"])
+        self.populations = state["populations"]
+        self.held = state["held"]
+        self.member_ids = state["member_ids"]
+        self.running = state["running"]
+        self.finished = state["finished"]
+
+
+def _same_population(first: TuneTrialConfig, other: TuneTrialConfig) -> bool:
+    """Whether two trials can train in one population: one optimizer, one phase."""
+    return first.get("optimizer") == other.get("optimizer") and first.get(
+        "phase", "search"
+    ) == other.get("phase", "search")

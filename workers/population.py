@@ -35,16 +35,18 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from lrtune.schemas.jobs import Cooldown
 from lrtune.schemas.trials import (
     EpochResult,
     OptimizerSpec,
+    ProbeResult,
     TrialConfig,
     TrialOutcome,
     TrialOutcomeStatus,
 )
 from lrtune.workers.rng import rng_state, set_rng_state
 from lrtune.workers.torch_schedule import ScheduleDriver, build_param_groups
-from lrtune.workers.trial import trial_outcome
+from lrtune.workers.trial import cooldown_factor, trial_outcome
 from lrtune.workers.workloads import (
     TensorBatches,
     Workload,
@@ -58,6 +60,9 @@ from torch.nn import functional as F
 
 # report(member index, epoch result): True stops that member after this epoch.
 PopulationReport = Callable[[int, EpochResult], bool | None]
+# select(epoch, results, probes): which of the members that could go on past `epoch` (their
+# results, and their probes at a probe epoch) stop there; early stopping inside a population.
+PopulationSelect = Callable[[int, dict[int, EpochResult], dict[int, ProbeResult]], set[int]]
 
 # As in run_trial: the weight of the past in the smoothed loss divergence is judged on.
 _LOSS_SMOOTHING = 0.9
@@ -99,6 +104,21 @@ def check_fusible(configs: Sequence[TrialConfig]) -> None:
             f"{first.optimizer.name} keeps two weight sets and swaps them for evaluation; "
             "populations fuse sgd, adam and adamw"
         )
+
+
+def check_workload_fusible(workload: Workload) -> None:
+    """NotFusible for a built workload whose model or loaders cannot be batched (see the
+    module): its data must come as `TensorBatches`, its model `check_model_fusible`."""
+    for name, loader in (
+        ("train_loader", workload.train_loader),
+        ("val_loader", workload.val_loader),
+    ):
+        if not isinstance(loader, TensorBatches):
+            raise NotFusible(
+                f"its {name} is a {type(loader).__name__}, not TensorBatches: a population "
+                "needs batches that are a function of a seed and an epoch, shared by every member"
+            )
+    check_model_fusible(workload.model)
 
 
 def check_model_fusible(model: nn.Module) -> None:
@@ -288,6 +308,17 @@ class _Member:
 
 
 @dataclass(frozen=True)
+class PopulationProbing:
+    """Cooldown probes of every member still training after the given epochs (1-based), as
+    `run_trial`'s `Probing`: the probe of a population is a population (one batched branch), each
+    member's probe handed to `on_probe(index, probe)` before that epoch is reported."""
+
+    epochs: frozenset[int]
+    cooldown: Cooldown
+    on_probe: Callable[[int, ProbeResult], None]
+
+
+@dataclass(frozen=True)
 class PopulationCheckpointing:
     """After each epoch for which `due(epoch)` holds, the population's state goes to `save`."""
 
@@ -323,7 +354,10 @@ def run_population(
     *,
     on_loss: Callable[[int, float], None] | None = None,
     on_done: Callable[[int, dict[str, Tensor]], None] | None = None,
+    probing: PopulationProbing | None = None,
+    select: PopulationSelect | None = None,
     checkpointing: PopulationCheckpointing | None = None,
+    after_epoch: Callable[[int], None] | None = None,
     resume: PopulationState | None = None,
 ) -> list[TrialOutcome]:
     """Train every config at once; `report(index, result)` after each member's epochs, as
@@ -332,9 +366,12 @@ def run_population(
 
     `on_loss(index, loss)` sees every training batch's loss of every member, `on_done(index,
     state_dict)` each member's final weights (its model's state dict) as it leaves.
-    `checkpointing` saves the whole population after the epochs it is due at (every member's
-    epochs reported), and `resume` goes on from such a state: every member's epochs after it
-    are the same, number for number, as those of an uninterrupted run (on a CPU).
+    `probing` runs the members' cooldown probes after its epochs, and `select` stops the
+    members it names after an epoch (those that could go on: not diverged, not at their last
+    epoch), before they are reported. `checkpointing` saves the whole population after the
+    epochs it is due at (every member's epochs reported), `after_epoch(epoch)` comes last in
+    every epoch, and `resume` goes on from such a state: every member's epochs after it are
+    the same, number for number, as those of an uninterrupted run (on a CPU).
 
     Raises NotFusible when the configs cannot share one batched model, WorkloadError for a
     workload that cannot be built, ValueError for a config that cannot run.
@@ -352,7 +389,7 @@ def run_population(
         built = build_training(_target(config), config.workload.params, seed=config.seed)
         if not isinstance(built, Workload):
             raise NotFusible("a train function runs its own loop; populations need a Workload")
-        check_model_fusible(built.model)
+        check_workload_fusible(built)
         check_reports_metric(built, config.metric_name, label=config.workload.label)
         if config.schedule.policy == "plateau" and config.schedule.mode != config.metric_mode:
             raise ValueError(
@@ -422,6 +459,7 @@ def run_population(
         for index, member in enumerate(members):
             if member.left_with is not None and member.status is None:
                 evaluated[index] = population.evaluate(val_loader, member.left_with)[0]
+        results: dict[int, EpochResult] = {}
         for index in sorted(evaluated):
             member = members[index]
             if epoch >= member.config.epochs or member.status is not None:
@@ -441,7 +479,32 @@ def run_population(
             # The metric is among the workload's (checked when the population was built).
             metric_value = result.value(member.config.metric_name)
             member.driver.on_epoch_end(math.nan if metric_value is None else metric_value)
-            stop = report(index, result)
+            results[index] = result
+        going_on = {
+            index: result
+            for index, result in results.items()
+            if not members[index].diverged and epoch + 1 < members[index].config.epochs
+        }
+        probes: dict[int, ProbeResult] = {}
+        if probing is not None and epoch + 1 in probing.epochs and going_on:
+            probed = [index for index in active if index in going_on]
+            stack_slots = [active.index(index) for index in probed]
+            outcome = _probe(
+                population,
+                [members[index] for index in probed],
+                stack_slots,
+                train_loader,
+                val_loader,
+                epoch=epoch + 1,
+                cooldown=probing.cooldown,
+            )
+            for index, probe in zip(probed, outcome, strict=True):
+                probes[index] = probe
+                probing.on_probe(index, probe)
+        stopping = select(epoch + 1, going_on, probes) if select and going_on else set()
+        for index, result in results.items():
+            member = members[index]
+            stop = report(index, result) or index in stopping
             if member.diverged:
                 member.status = "diverged"
             elif stop:
@@ -465,6 +528,8 @@ def run_population(
                     elapsed_s=time.perf_counter() - started,
                 )
             )
+        if after_epoch is not None:
+            after_epoch(epoch + 1)
         if not active:
             break
 
@@ -526,13 +591,31 @@ class _Stack:
         return self._loss(outputs, targets)
 
     def step(self, members: list[_Member]) -> None:
-        rates = {
+        self.optimizer.step(self.params, self.rates(members))
+
+    def rates(self, members: list[_Member]) -> dict[str, Tensor]:
+        """Each parameter's rate for each member, in stack order (float64, as torch's float)."""
+        return {
             name: torch.tensor(
                 [member.rate(name) for member in members], dtype=torch.float64, device=param.device
             )
             for name, param in self.params.items()
         }
-        self.optimizer.step(self.params, rates)
+
+    def branch(self, slots: list[int]) -> _Stack:
+        """A copy of the members at `slots` (weights, buffers, optimizer state) that trains on
+        its own: a cooldown probe's branch, thrown away after it."""
+        other = copy.copy(self)
+        index = torch.tensor(slots, dtype=torch.long, device=self._device())
+        other.params = {
+            name: p.detach().index_select(0, index).requires_grad_()
+            for name, p in self.params.items()
+        }
+        other.buffers = {name: b.index_select(0, index) for name, b in self.buffers.items()}
+        other.optimizer = StackedOptimizer(self.optimizer.spec)
+        other.optimizer.load_state_dict(self.optimizer.state_dict(), device=self._device())
+        other.optimizer.keep(index)
+        return other
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -731,6 +814,74 @@ def _check_same_data(first: Workload, other: Workload) -> None:
                 f"the members' {what}s hold other examples (is the data drawn from the seeded "
                 "global RNG?): a population trains every member on the same batches"
             )
+
+
+def _probe(
+    stack: _Stack,
+    members: list[_Member],
+    slots: list[int],
+    train_loader: TensorBatches,
+    val_loader: TensorBatches,
+    *,
+    epoch: int,
+    cooldown: Cooldown,
+) -> list[ProbeResult]:
+    """The cooldown probes of `members` (at `slots` of the stack) after `epoch`, as
+    `lrtune.workers.trial.cooldown_probe` runs one for a lone trial: a branch trains
+    `ceil(fraction x step)` more steps on the batches that come next, each member's rate going
+    from its schedule's current one to 0 in `cooldown.shape`, then is evaluated and thrown away;
+    the global RNGs are put back. A member whose loss turns NaN/inf stops there (its weights
+    then are evaluated), as a lone probe does. Every member is at the same step."""
+    started = time.perf_counter()
+    saved_rng = rng_state()
+    branch = stack.branch(slots)
+    branch.train()
+    step = members[0].step
+    steps = max(1, math.ceil(cooldown.fraction * step))
+    start = branch.rates(members)
+    losses: list[list[float]] = [[] for _ in members]
+    stopped: dict[int, tuple[dict[str, Tensor], dict[str, Tensor]]] = {}
+    device = branch._device()
+    done = 0
+    data_epoch = epoch
+    while done < steps:
+        train_loader.set_epoch(data_epoch)
+        data_epoch += 1
+        for inputs, targets in train_loader:
+            values = branch.losses(inputs.to(device), targets.to(device))
+            for slot, value in enumerate(values.tolist()):
+                if slot in stopped:
+                    continue
+                losses[slot].append(value)
+                if not math.isfinite(value):
+                    stopped[slot] = branch.member_weights(slot)
+            if len(stopped) == len(members):
+                done = steps
+                break
+            values.sum().backward()
+            factor = cooldown_factor(cooldown.shape, done, steps)
+            branch.optimizer.step(branch.params, {n: r * factor for n, r in start.items()})
+            done += 1
+            if done == steps:
+                break
+    branch.eval()
+    evaluated = branch.evaluate(val_loader)
+    for slot, weights in stopped.items():
+        evaluated[slot] = branch.evaluate(val_loader, weights)[0]
+    set_rng_state(saved_rng)
+    elapsed = time.perf_counter() - started
+    return [
+        ProbeResult(
+            epoch=epoch,
+            step=step,
+            cooldown_steps=steps,
+            train_loss=float(np.mean(losses[slot])) if losses[slot] else math.nan,
+            val_loss=evaluated[slot][0],
+            metrics=evaluated[slot][1],
+            elapsed_s=elapsed,
+        )
+        for slot in range(len(members))
+    ]
 
 
 def _model_state(weights: tuple[dict[str, Tensor], dict[str, Tensor]]) -> dict[str, Tensor]:

@@ -34,9 +34,14 @@ RESTORED_KEY = "lrtune_restored_from_epoch"
 # The horizons of a training-length sweep that the trunk forked and ran since its previous
 # result, each a trial of its own (`lrtune.workers.sweep.Branch.to_json`).
 BRANCHES_KEY = "lrtune_branches"
+# A population's members' news of one epoch, one `MemberNews` each (`lrtune.workers.trainable`).
+MEMBERS_KEY = "lrtune_members"
 NODE_KEY = "node_id"
 # A comma-separated list of the workload metrics flattened into the result.
 METRIC_NAMES_KEY = "metric_names"
+
+
+FinishedStatus = Literal["completed", "pruned", "diverged", "failed"]
 
 
 class TuneTrialConfig(TypedDict):
@@ -56,14 +61,29 @@ class TuneTrialConfig(TypedDict):
     phase: NotRequired[Literal["search", "confirm"]]  # missing: "search"
     # A sweep's trunk: the shorter horizons it forks (lrtune.workers.sweep.Horizon as JSON).
     horizons: NotRequired[list[dict[str, Any]]]
+    # A population (execution "population"): its members' own configs, trained as one batched
+    # model on one data order (`shuffle_seed`). Its own key, policy and seed are the first
+    # member's; `point` and `schedule` are unused.
+    members: NotRequired[list[TuneTrialConfig]]
+    shuffle_seed: NotRequired[int]
+
+
+class MemberNews(TypedDict):
+    """What one member of a population did in an epoch, in that epoch's result (`MEMBERS_KEY`):
+    its epoch (an EpochResult as a dict) unless it failed before training, its cooldown probe
+    and the rung's decision at a rung, and how it ended when it did."""
+
+    trial_key: str
+    epoch: dict[str, Any] | None
+    probe: dict[str, Any] | None
+    decision: Literal["continue", "stop"] | None
+    status: FinishedStatus | None
+    error: str | None
 
 
 def trial_config(trial: Any) -> TuneTrialConfig:
     """A Tune trial's config, typed."""
     return cast(TuneTrialConfig, trial.config)
-
-
-FinishedStatus = Literal["completed", "pruned", "diverged", "failed"]
 
 
 class TrialError(RuntimeError):
@@ -212,6 +232,8 @@ class RecordResults(Callback):
         self.job_key = job_key
         self.epochs = epochs
         self._started: set[str] = set()
+        # Populations started (Tune trials of execution "population"); their members are trials.
+        self._populations: set[str] = set()
         self._ignored: set[str] = set()
         self._diverged: set[str] = set()
         self._last_epoch: dict[str, int] = {}
@@ -241,6 +263,9 @@ class RecordResults(Callback):
         if key in self._ignored:
             return
         config = trial_config(trial)
+        if "members" in config:
+            self._start_members(key, config)
+            return
         trial_id = self.sink.on_trial_start(
             key,
             policy=config["policy"],
@@ -257,10 +282,65 @@ class RecordResults(Callback):
             return
         self._started.add(key)
 
+    def _start_members(self, key: str, config: TuneTrialConfig) -> None:
+        """A population's start: each member not finished yet is a trial of its own, with the
+        population and its data order in its search config."""
+        members = [m for m in config.get("members") or [] if m["trial_key"] not in self._ignored]
+        for member in members:
+            member_key = member["trial_key"]
+            trial_id = self.sink.on_trial_start(
+                member_key,
+                policy=member["policy"],
+                schedule=member.get("schedule") or {"policy": member["policy"]},
+                search_config={
+                    **member["point"],
+                    "population": key,
+                    "shuffle_seed": config.get("shuffle_seed"),
+                },
+                seed=int(member["seed"]),
+                node_id=None,
+                phase=member.get("phase", "search"),
+            )
+            if trial_id is None:
+                # Cancelled before it started, as for a lone trial: nothing more is recorded.
+                self._ignored.add(key)
+                return
+            self._started.add(member_key)
+        self._populations.add(key)
+
+    def _member_keys(self, trial: Any) -> list[str]:
+        """The population's members still running here (recorded as started, not ended)."""
+        members = trial_config(trial).get("members") or []
+        return [m["trial_key"] for m in members if m["trial_key"] in self._started]
+
+    def _record_members(self, result: dict[str, Any]) -> None:
+        """A population's epoch: each member's epoch, probe and rung decision, and its end."""
+        node_id = result.get(NODE_KEY)
+        for news in result.get(MEMBERS_KEY) or ():
+            key = news["trial_key"]
+            if key not in self._started:
+                continue
+            if RESTORED_KEY in result:
+                self.sink.on_trial_restored(key, epoch=int(result[RESTORED_KEY]))
+            if news["epoch"] is not None:
+                epoch = EpochResult.model_validate(news["epoch"])
+                if epoch.epoch > self._last_epoch.get(key, 0):
+                    self._last_epoch[key] = epoch.epoch
+                    self.sink.on_epoch(key, epoch, node_id=node_id)
+                    if news["probe"] is not None:
+                        probe = ProbeResult.model_validate(news["probe"])
+                        self.sink.on_probe(key, probe, decision=news["decision"])
+            if news["status"] is not None:
+                self._started.discard(key)
+                self.sink.on_trial_end(key, status=news["status"], error=news["error"])
+
     def on_trial_result(
         self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
     ) -> None:
         key = trial_key_of(trial)
+        if key in self._populations:
+            self._record_members(result)
+            return
         if key in self._ignored or key not in self._started:
             return
         for branch in result.get(BRANCHES_KEY) or ():
@@ -314,15 +394,30 @@ class RecordResults(Callback):
         self, iteration: int, trials: list[Any], trial: Any, checkpoint: Any, **info: Any
     ) -> None:
         key = trial_key_of(trial)
+        if key in self._populations:
+            for member in self._member_keys(trial):
+                self.sink.on_checkpoint(member, epoch=self._last_epoch.get(member, 0))
+            return
         if key in self._ignored or key not in self._started:
             return
         self.sink.on_checkpoint(key, epoch=self._last_epoch.get(key, 0))
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         key = trial_key_of(trial)
+        if key in self._populations:
+            self._populations.discard(key)
+            # Each member said how it ended with its last epoch; any left ended with the run.
+            for member in self._member_keys(trial):
+                self._started.discard(member)
+                self._end_unreported(member)
+            return
         if key in self._ignored or key not in self._started:
             return
         self._started.discard(key)
+        self._end_unreported(key)
+
+    def _end_unreported(self, key: str) -> None:
+        """How a trial that ended without saying so ended: its epochs and the job tell."""
         if key in self._diverged:
             self.sink.on_trial_end(key, status="diverged", error=None)
         elif self._last_epoch.get(key, 0) >= self.epochs:
@@ -334,6 +429,13 @@ class RecordResults(Callback):
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         key = trial_key_of(trial)
+        if key in self._populations:
+            self._populations.discard(key)
+            error = error_message(trial)
+            for member in self._member_keys(trial):
+                self._started.discard(member)
+                self.sink.on_trial_end(member, status="failed", error=error)
+            return
         if key in self._ignored:
             return
         self._started.discard(key)

@@ -20,11 +20,21 @@ from lrtune.schemas.jobs import JobSpec
 from lrtune.schemas.schedules import parse_schedule
 from lrtune.schemas.trials import EpochResult, OptimizerSpec, ProbeResult, TrialConfig
 from lrtune.workers.early_stopping import JUDGED_KEY, judged_value, probe_epochs, rung_epochs
+from lrtune.workers.population import (
+    PopulationCheckpointing,
+    PopulationProbing,
+    PopulationState,
+    run_population,
+)
 from lrtune.workers.results import (
     BRANCHES_KEY,
+    MEMBERS_KEY,
+    NODE_KEY,
     OUTCOME_KEY,
     PROBE_KEY,
     RESTORED_KEY,
+    FinishedStatus,
+    MemberNews,
     TrialError,
     TuneTrialConfig,
     epoch_metrics,
@@ -42,6 +52,8 @@ TRAINABLE_NAME = "lrtune_trial"
 
 # The file a trial checkpoint holds (a `TrialState`), in the folder Tune persists.
 CHECKPOINT_FILE = "trial.pt"
+# The file a population's checkpoint holds (a `PopulationState`).
+POPULATION_CHECKPOINT_FILE = "population.pt"
 
 
 def make_trainable(
@@ -187,10 +199,189 @@ def make_trainable(
         if closing and last:
             tune.report({**last, **closing})
 
-    lrtune_trial.__name__ = TRAINABLE_NAME
-    lrtune_trial.__qualname__ = TRAINABLE_NAME
+    trainable: Callable[[TuneTrialConfig], None] = lrtune_trial
+    if spec.execution == "population":
+        trainable = _population_trainable(spec, skip=skip, checkpoint_due=checkpoint_due, code=code)
+    trainable.__name__ = TRAINABLE_NAME
+    trainable.__qualname__ = TRAINABLE_NAME
     resources = {"cpu": spec.resources_per_trial.cpu, "gpu": spec.resources_per_trial.gpu}
-    return tune.with_resources(lrtune_trial, resources)
+    return tune.with_resources(trainable, resources)
+
+
+def _population_trainable(
+    spec: JobSpec,
+    *,
+    skip: frozenset[str],
+    checkpoint_due: Callable[[int], bool],
+    code: CodeSnapshot | None,
+) -> Callable[[TuneTrialConfig], None]:
+    """The trainable of a job with execution "population": each Tune trial is a population
+    (its config's `members`), trained by `run_population`, reporting after every epoch one
+    result that carries each member's news (`MEMBERS_KEY`); the driver writes each member as a
+    trial of its own.
+
+    Early stopping inside a population: Tune's ASHA can only stop a whole Tune trial, but the
+    members of a population reach each rung together, so the successive halving that ASHA
+    makes asynchronous is exact here: at each of ASHA's rung epochs (`rung_epochs`) the top
+    1/reduction_factor of the members that could go on (at least one) do, judged by their
+    cooldown probes (one batched probe of them all) or by the raw metric, as the job says.
+    Confirmation populations run to their end, unprobed.
+    """
+    workload = spec.workload
+    param_groups = list(spec.param_groups)
+    epochs = spec.budget.epochs
+    metric, mode = spec.metric_name, spec.metric_mode
+    rungs = rung_epochs(spec)
+    probed = probe_epochs(spec)
+    cooldown = spec.early_stopping.cooldown
+    reduction_factor = spec.early_stopping.reduction_factor
+
+    def lrtune_population(config: TuneTrialConfig) -> None:
+        members = config.get("members") or []
+        if all(member["trial_key"] in skip for member in members):
+            tune.report({metric: math.nan, OUTCOME_KEY: "already_finished"})
+            return
+        if code is not None:
+            code.activate()
+        node_id = ray.get_runtime_context().get_node_id()
+        device = _device()
+        news: dict[int, MemberNews] = {}
+        runnable: list[TuneTrialConfig] = []
+        for member in members:
+            if member.get("schedule_error"):
+                # As a lone trial with such a point: failed, with the reason.
+                error = f"invalid schedule for this point: {member['schedule_error']}"
+                news[-1 - len(news)] = _news(member["trial_key"], status="failed", error=error)
+            else:
+                runnable.append(member)
+        trial_configs = [
+            TrialConfig(
+                workload=workload,
+                optimizer=OptimizerSpec.model_validate(member["optimizer"]),
+                schedule=parse_schedule(member["schedule"]),
+                param_groups=param_groups,
+                epochs=epochs,
+                seed=int(member["seed"]),
+                shuffle_seed=int(config["shuffle_seed"]),
+                device=device,
+                metric=metric,
+                mode=mode,
+            )
+            for member in runnable
+        ]
+        search_phase = config.get("phase", "search") == "search"
+        resume = _latest_population()
+        pending: dict[str, Any] = {}
+        best: dict[str, float] = {}
+
+        def report(index: int, result: EpochResult) -> None:
+            status: FinishedStatus | None = None
+            if result.step < result.epoch * int(config["steps_per_epoch"]) or not math.isfinite(
+                result.train_loss
+            ):
+                status = "diverged"  # run_population cuts an epoch short only then
+            elif result.epoch >= epochs:
+                status = "completed"
+            entry = news.setdefault(index, _news(runnable[index]["trial_key"]))
+            entry["epoch"] = result.model_dump()
+            if entry["decision"] == "stop" and status is None:
+                status = "pruned"
+            entry["status"] = status
+            value = result.value(metric)
+            if value is not None and math.isfinite(value):
+                kept = best.get(metric)
+                better = kept is None or (value > kept if mode == "max" else value < kept)
+                best[metric] = value if better else kept  # type: ignore[assignment]
+
+        def on_probe(index: int, probe: ProbeResult) -> None:
+            news.setdefault(index, _news(runnable[index]["trial_key"]))["probe"] = (
+                probe.model_dump()
+            )
+
+        def select(
+            epoch: int, results: dict[int, EpochResult], probes: dict[int, ProbeResult]
+        ) -> set[int]:
+            if not search_phase or epoch not in rungs:
+                return set()
+            judged = {
+                index: judged_value(probes.get(index, result).value(metric), mode=mode)
+                for index, result in results.items()
+            }
+            # Best first; a tie keeps the earlier member.
+            order = sorted(judged, key=lambda i: (-judged[i] if mode == "max" else judged[i], i))
+            keep = set(order[: max(1, len(order) // reduction_factor)])
+            for index in judged:
+                entry = news.setdefault(index, _news(runnable[index]["trial_key"]))
+                entry["decision"] = "continue" if index in keep else "stop"
+            return set(judged) - keep
+
+        def after_epoch(epoch: int) -> None:
+            result: dict[str, Any] = {
+                metric: best.pop(metric, math.nan),
+                "epoch": epoch,
+                MEMBERS_KEY: [news[index] for index in sorted(news, key=_news_order)],
+                NODE_KEY: node_id,
+            }
+            news.clear()
+            if resume is not None and epoch == resume.epoch + 1:
+                result[RESTORED_KEY] = resume.epoch
+            state: PopulationState | None = pending.pop("state", None)
+            if state is None:
+                tune.report(result)
+                return
+            with tempfile.TemporaryDirectory(prefix="lrtune-checkpoint-") as folder:
+                state.save(Path(folder) / POPULATION_CHECKPOINT_FILE)
+                tune.report(result, checkpoint=Checkpoint.from_directory(folder))
+
+        probing = None
+        if search_phase and probed and cooldown is not None:
+            probing = PopulationProbing(epochs=probed, cooldown=cooldown, on_probe=on_probe)
+        if not runnable:
+            after_epoch(0)
+            return
+        try:
+            run_population(
+                trial_configs,
+                report,
+                probing=probing,
+                select=select,
+                checkpointing=PopulationCheckpointing(
+                    due=checkpoint_due, save=lambda state: pending.update(state=state)
+                ),
+                after_epoch=after_epoch,
+                resume=resume,
+            )
+        except Exception as error:
+            raise TrialError(describe_user_error(error)) from error
+
+    return lrtune_population
+
+
+def _news(
+    trial_key: str, *, status: FinishedStatus | None = None, error: str | None = None
+) -> MemberNews:
+    return {
+        "trial_key": trial_key,
+        "epoch": None,
+        "probe": None,
+        "decision": None,
+        "status": status,
+        "error": error,
+    }
+
+
+def _news_order(index: int) -> tuple[int, int]:
+    # Members that failed before training (negative keys) first, then in member order.
+    return (0, -index) if index < 0 else (1, index)
+
+
+def _latest_population() -> PopulationState | None:
+    """The state of the population's latest checkpoint, when Tune restarted it from one."""
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        return PopulationState.load(Path(folder) / POPULATION_CHECKPOINT_FILE)
 
 
 def _latest_state() -> TrialState | FunctionState | None:
