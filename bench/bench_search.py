@@ -171,10 +171,10 @@ def _resolved_params(workload: BenchWorkload) -> dict[str, Any]:
     return dict(WorkloadSpec.model_validate(workload.spec).params)
 
 
-def _schedule(policy: str, point: dict[str, Any], spe: int) -> Any:
+def _schedule(policy: str, point: dict[str, Any], spe: int, *, epochs: int = EPOCHS) -> Any:
     from lrtune.schemas.search import resolve_schedule
 
-    return resolve_schedule(policy, point, steps_per_epoch=spe, total_steps=spe * EPOCHS)
+    return resolve_schedule(policy, point, steps_per_epoch=spe, total_steps=spe * epochs)
 
 
 # --- one trial, in a worker process -------------------------------------------------------
@@ -655,10 +655,20 @@ def run_random(
     )
 
 
-def run_tpe(workload: BenchWorkload, *, trials: int, seed: int, spe: int) -> ArmRun:
+def run_tpe(
+    workload: BenchWorkload,
+    *,
+    trials: int,
+    seed: int,
+    spe: int,
+    epochs: int = EPOCHS,
+    max_epochs: int | None = None,
+) -> ArmRun:
     """Optuna TPE with its MedianPruner over all policies: the policy of trial i fixed round
     robin (every policy gets `trials`), its parameters sampled by TPE from that policy's space
-    (the service's domains as Optuna distributions); pruned when `should_prune()` says so."""
+    (the service's domains as Optuna distributions); pruned when `should_prune()` says so.
+    Each trial trains `epochs`; with `max_epochs` the study stops once it has trained that many
+    epochs in all (a comparison at equal epochs)."""
     import optuna
     from lrtune.schemas.search import Choice, IntRange, LogUniform, Uniform
     from lrtune.schemas.trials import TrialConfig
@@ -691,12 +701,12 @@ def run_tpe(workload: BenchWorkload, *, trials: int, seed: int, spe: int) -> Arm
         index = counts[policy]
         counts[policy] += 1
         try:
-            schedule = _schedule(policy, point, spe)
+            schedule = _schedule(policy, point, spe, epochs=epochs)
         except ValueError as error:
             raise optuna.TrialPruned(str(error)) from error
         schedules[trial.number] = (policy, schedule)
         config = TrialConfig.model_validate(
-            trial_config(workload, schedule, seed=trial_seed(seed, index))
+            trial_config(workload, schedule, seed=trial_seed(seed, index), epochs=epochs)
         )
         history: list[float] = []
 
@@ -722,8 +732,13 @@ def run_tpe(workload: BenchWorkload, *, trials: int, seed: int, spe: int) -> Arm
     total = trials * len(POLICIES)
     for i in range(total):
         study.enqueue_trial({"policy": POLICIES[i % len(POLICIES)]}, skip_if_exists=False)
+
+    def enough(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if max_epochs is not None and epochs_run >= max_epochs:
+            study.stop()
+
     started = time.perf_counter()
-    study.optimize(objective, n_trials=total)
+    study.optimize(objective, n_trials=total, callbacks=[enough])
     seconds = time.perf_counter() - started
     policy, schedule = schedules[study.best_trial.number]
     pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
@@ -733,11 +748,19 @@ def run_tpe(workload: BenchWorkload, *, trials: int, seed: int, spe: int) -> Arm
         policy=policy,
         schedule=schedule,
         epochs=epochs_run,
-        trials=total,
+        trials=len(study.trials),
         seconds=seconds,
-        detail={"search": epochs_run},
+        detail={"search": epochs_run, "best": _best_value(study)},
         pruned=pruned,
     )
+
+
+def _best_value(study: Any) -> float:
+    """The study's best trial's value; NaN when no trial completed."""
+    try:
+        return float(study.best_value)
+    except ValueError:
+        return math.nan
 
 
 def retrain(workload: BenchWorkload, schedule: Any, *, pool: Executor) -> float:

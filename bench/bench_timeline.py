@@ -33,12 +33,15 @@ CONFIRM_SEEDS = 3
 GRID_POINTS = 16
 
 
-def job_spec(*, trials: int, epochs: int, seed: int, workload: str = "mnist1d-mlp") -> Any:
+def job_spec(
+    *, trials: int, epochs: int, seed: int, workload: str = "mnist1d-mlp", execution: str = "trials"
+) -> Any:
     from lrtune.schemas.jobs import JobSpec
 
     return JobSpec.model_validate(
         {
             "name": f"bench_timeline {workload} seed {seed}",
+            "execution": execution,
             "workload": WORKLOADS[workload].spec,
             "optimizer": OPTIMIZER,
             "metric": {"name": "val_accuracy", "mode": "max"},
@@ -123,7 +126,8 @@ def report(timeline: Any, *, spec: Any, load_before: float, load_after: float) -
         f"average (as `uptime` shows it) {load_before:.1f} before the job, {load_after:.1f} "
         "after (other work shares the cores: the seconds are indicative).",
         "",
-        f"The job: {spec.workload.label} {spec.workload.params}, {spec.budget.epochs} epochs, "
+        f"The job (execution {spec.execution}): {spec.workload.label} {spec.workload.params}, "
+        f"{spec.budget.epochs} epochs, "
         f"{len(spec.policies)} policies x "
         f"{spec.budget.trials_per_policy} trials ({', '.join(p.policy for p in spec.policies)}), "
         'SGD momentum 0.9, lr_bounds "auto" (the range test), ASHA (grace 1, rf 3), each '
@@ -199,36 +203,79 @@ def _slot_lines(timeline: Any) -> list[str]:
 
 
 def comparison(
-    runs: list[tuple[Any, Any, float]], grid: tuple[float, float, int], *, epochs: int
+    runs: list[tuple[Any, Any, float]],
+    grid: tuple[float, float, int] | None,
+    *,
+    epochs: int,
+    optuna: list[tuple[int, float, int, float]],
 ) -> str:
-    """The jobs against the exhaustive grid, timed in the same run."""
-    grid_s, grid_best, grid_epochs = grid
-    walls = [timeline.phases_s for _, timeline, _ in runs]
-    winners = [winner for _, _, winner in runs]
-    job_epochs = [sum(t.epochs_done for t in timeline.trials) for _, timeline, _ in runs]
-    mean_wall = sum(walls) / len(walls)
-    lines = [
-        f"Against the exhaustive grid ({GRID_POINTS} points per policy, each trained {epochs} "
-        f"epochs by a plain `run_trial` loop, seed 0, {CONCURRENT_TRIALS} processes), timed in "
-        "the same run:",
-        "",
+    """The jobs against the exhaustive grid (timed in the same run) and against the in-process
+    Optuna script at the jobs' epochs."""
+    lines = []
+    if grid is not None:
+        lines += [
+            f"Against the exhaustive grid ({GRID_POINTS} points per policy, each trained {epochs} "
+            f"epochs by a plain `run_trial` loop, seed 0, {CONCURRENT_TRIALS} processes), timed "
+            "in the same run:",
+            "",
+        ]
+    grid_s = grid[0] if grid is not None else math.nan
+    lines += [
         "| run | epochs | wall-clock s | vs grid | val_accuracy |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]
-    for (spec, _, winner), wall, trained in zip(runs, walls, job_epochs, strict=True):
+    for spec, timeline, winner in runs:
+        wall = timeline.phases_s
+        trained = sum(t.epochs_done for t in timeline.trials)
         lines.append(
-            f"| lrtune job, search seed {spec.search.seed} | {trained} | {wall:.2f} | "
-            f"{wall / grid_s:.2f}x | {winner:.4f} (winner, mean of {CONFIRM_SEEDS} seeds) |"
+            f"| lrtune job ({spec.execution}), search seed {spec.search.seed} | {trained} | "
+            f"{wall:.2f} | {wall / grid_s:.2f}x | {winner:.4f} (winner, mean of {CONFIRM_SEEDS} "
+            "seeds) |"
         )
-    lines += [
-        f"| exhaustive grid | {grid_epochs} | {grid_s:.2f} | 1.00x | {grid_best:.4f} (best point, "
-        "one seed) |",
-        "",
-        f"Mean job wall-clock {mean_wall:.2f} s = {mean_wall / grid_s:.2f}x the grid's "
-        f"(target 0.5x); winners' mean val_accuracy {sum(winners) / len(winners):.4f} against "
-        f"the grid's best single run {grid_best:.4f}.",
-    ]
+    for seed, seconds, trained, best in optuna:
+        lines.append(
+            f"| in-process Optuna (TPE, median pruning), seed {seed} | {trained} | {seconds:.2f} "
+            f"| {seconds / grid_s:.2f}x | {best:.4f} (its best trial, one seed) |"
+        )
+    if grid is not None:
+        lines.append(
+            f"| exhaustive grid | {grid[2]} | {grid_s:.2f} | 1.00x | {grid[1]:.4f} (best point, "
+            "one seed) |"
+        )
+    lines.append("")
+    for execution in sorted({spec.execution for spec, _, _ in runs}):
+        chosen = [(t.phases_s, w) for spec, t, w in runs if spec.execution == execution]
+        mean_wall = sum(wall for wall, _ in chosen) / len(chosen)
+        mean_winner = sum(winner for _, winner in chosen) / len(chosen)
+        lines.append(
+            f"- execution {execution}: mean job wall-clock {mean_wall:.2f} s = "
+            f"{mean_wall / grid_s:.2f}x the grid's (target 0.5x); winners' mean val_accuracy "
+            f"{mean_winner:.4f}."
+        )
+    if optuna:
+        mean_optuna = sum(seconds for _, seconds, _, _ in optuna) / len(optuna)
+        lines.append(f"- in-process Optuna: mean {mean_optuna:.2f} s at the jobs' epochs.")
     return "\n".join(lines)
+
+
+def run_optuna(key: str, *, epochs: int, seed: int, max_epochs: int) -> tuple[float, int, float]:
+    """The in-process Optuna script (bench_search's TPE arm: one process, one torch thread)
+    until it has trained `max_epochs`: (its wall-clock, the epochs it trained, its best value)."""
+    import torch
+
+    from bench.bench_search import run_tpe
+
+    torch.set_num_threads(1)
+    workload = WORKLOADS[key]
+    run = run_tpe(
+        workload,
+        trials=1000,
+        seed=seed,
+        spe=steps_per_epoch(workload),
+        epochs=epochs,
+        max_epochs=max_epochs,
+    )
+    return run.seconds, int(run.epochs), float(run.detail.get("best", math.nan))
 
 
 def _share(part: float, whole: float) -> str:
@@ -244,6 +291,18 @@ def main() -> None:
     parser.add_argument(
         "--grid", action="store_true", help="also time the exhaustive grid, in the same run"
     )
+    parser.add_argument(
+        "--execution",
+        nargs="+",
+        choices=["trials", "population"],
+        default=["trials"],
+        help="run the job with each, alternating, per seed",
+    )
+    parser.add_argument(
+        "--optuna",
+        action="store_true",
+        help="also time the in-process Optuna script at each seed's job epochs",
+    )
     parser.add_argument("--write", action="store_true", help="record in bench/RESULTS.md")
     parser.add_argument(
         "--heading", default=SECTION, help="the RESULTS.md section to write (before/after)"
@@ -255,16 +314,39 @@ def main() -> None:
     ensure_ray(address=None, num_cpus=CONCURRENT_TRIALS)
     load_before = os.getloadavg()[0]
     runs = []
+    optuna = []
     for seed in args.seeds:
-        spec = job_spec(trials=args.trials, epochs=args.epochs, seed=seed, workload=args.workload)
-        runs.append((spec, *run_job(spec)))
-        print(f"seed {seed}: {runs[-1][1].phases_s:.2f} s, winner {runs[-1][2]:.4f}", flush=True)
+        trained = []
+        for execution in args.execution:
+            spec = job_spec(
+                trials=args.trials,
+                epochs=args.epochs,
+                seed=seed,
+                workload=args.workload,
+                execution=execution,
+            )
+            runs.append((spec, *run_job(spec)))
+            trained.append(sum(t.epochs_done for t in runs[-1][1].trials))
+            print(
+                f"seed {seed} {execution}: {runs[-1][1].phases_s:.2f} s, {trained[-1]} epochs, "
+                f"winner {runs[-1][2]:.4f}",
+                flush=True,
+            )
+        if args.optuna:
+            at = max(trained)
+            optuna.append(
+                (seed, *run_optuna(args.workload, epochs=args.epochs, seed=seed, max_epochs=at))
+            )
+            print(f"seed {seed} optuna: {optuna[-1][1]:.2f} s, {optuna[-1][2]} epochs", flush=True)
     grid = run_grid(args.workload, epochs=args.epochs) if args.grid else None
     load_after = os.getloadavg()[0]
-    spec, timeline, _ = runs[0]
-    body = report(timeline, spec=spec, load_before=load_before, load_after=load_after)
-    if grid is not None:
-        body += "\n\n" + comparison(runs, grid, epochs=args.epochs)
+    body = "\n\n".join(
+        report(timeline, spec=spec, load_before=load_before, load_after=load_after)
+        for spec, timeline, _ in runs
+        if spec.search.seed == args.seeds[0]
+    )
+    if grid is not None or optuna:
+        body += "\n\n" + comparison(runs, grid, epochs=args.epochs, optuna=optuna)
     print(body)
     if args.write:
         write_section(args.heading, body)

@@ -180,6 +180,7 @@ def test_early_stopping_halves_each_population_at_the_rungs_by_cooldown_probes(
             assert trial.epochs_done == 1 and decisions[trial.id] == "stop"
 
 
+@pytest.mark.parametrize("database_kind", ["sqlite"])
 def test_a_population_of_a_model_with_batchnorm_fails_at_planning_with_the_reason(
     ray_local: str,
     settings: Settings,
@@ -248,6 +249,9 @@ def test_cancel_mid_population_ends_every_member(
 
 
 @pytest.mark.ray
+# SQLite only: resuming from a population's checkpoint does not depend on the database (the
+# first test here stores populations in both), and the test takes a minute.
+@pytest.mark.parametrize("database_kind", ["sqlite"])
 def test_kill_9_mid_population_resumes_every_member_exactly(
     ray_local: str, settings: Settings, store: Store, tmp_path: Path, curves_by_key: Any
 ) -> None:
