@@ -19,8 +19,10 @@ from lrtune.workers.population import (
     PopulationCheckpointing,
     PopulationProbing,
     PopulationState,
+    SavedPopulation,
     check_fusible,
     population_size,
+    run_in_chunks,
     run_population,
 )
 from lrtune.workers.trial import Probing, run_trial
@@ -346,6 +348,44 @@ def test_a_resumed_population_goes_on_exactly_as_an_uninterrupted_one(
         for name, value in uninterrupted[1][index].items():
             if index != 1:  # its weights went to on_done before the crash
                 assert torch.equal(weights[index][name], value)
+
+
+def test_a_population_in_chunks_trains_and_resumes_as_one(tiny: Any, tmp_path: Path) -> None:
+    # What a population larger than a GPU's free memory does: `size` members at a time.
+    configs = [member(i, s, OPTIMIZERS["sgd"]) for i, s in enumerate(SCHEDULES[:5])]
+    whole: dict[int, list[dict[str, float]]] = {i: [] for i in range(5)}
+    run_population(configs, lambda index, result: whole[index].append(numbers(result)))
+
+    def run(*, crash_at: tuple[int, int] | None, **options: Any) -> dict[int, list[Any]]:
+        epochs: dict[int, list[dict[str, float]]] = {i: [] for i in range(5)}
+
+        def report(index: int, result: EpochResult) -> None:
+            if (index, result.epoch) == crash_at:
+                raise Crash
+            epochs[index].append(numbers(result))
+
+        run_in_chunks(configs, report, size=2, **options)
+        return epochs
+
+    def same(mine: list[dict[str, float]], theirs: list[dict[str, float]]) -> bool:
+        return len(mine) == len(theirs) and all(
+            a == pytest.approx(b, rel=1e-5) for a, b in zip(mine, theirs, strict=True)
+        )
+
+    chunked = run(crash_at=None)
+    assert all(same(chunked[index], whole[index]) for index in range(5))
+    saved: list[SavedPopulation] = []
+    # Crash in the second chunk (members 2 and 3) at its epoch 3, after its epoch-2 checkpoint.
+    with pytest.raises(Crash):
+        run(crash_at=(2, 3), due=lambda epoch: epoch == 2, save=saved.append)
+    assert [(s.chunk, s.state.epoch) for s in saved] == [(0, 2), (1, 2)]
+    saved[-1].save(tmp_path)
+    resumed = run(crash_at=None, resume=SavedPopulation.load(tmp_path))
+    assert resumed[0] == resumed[1] == []  # the first chunk had ended
+    # The resumed chunk goes on exactly (the same process, the same numbers).
+    for index in (2, 3):
+        assert resumed[index] == chunked[index][2:]
+    assert resumed[4] == chunked[4]
 
 
 def test_on_a_cpu_a_population_takes_every_member() -> None:

@@ -29,7 +29,7 @@ import copy
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -346,6 +346,89 @@ class PopulationState:
     @classmethod
     def load(cls, path: Path) -> PopulationState:
         return cls(**torch.load(path, map_location="cpu", weights_only=False))
+
+
+# The files a population's checkpoint folder holds: its state, and which chunk it is of.
+POPULATION_STATE_FILE = "population.pt"
+POPULATION_CHUNK_FILE = "chunk.txt"
+
+
+@dataclass(frozen=True)
+class SavedPopulation:
+    """A checkpoint of `run_in_chunks`: the state of the chunk of members it was training (0
+    when the population trains as one)."""
+
+    chunk: int
+    state: PopulationState
+
+    def save(self, folder: Path) -> None:
+        self.state.save(folder / POPULATION_STATE_FILE)
+        (folder / POPULATION_CHUNK_FILE).write_text(str(self.chunk))
+
+    @classmethod
+    def load(cls, folder: Path) -> SavedPopulation:
+        chunk = int((folder / POPULATION_CHUNK_FILE).read_text())
+        return cls(chunk=chunk, state=PopulationState.load(folder / POPULATION_STATE_FILE))
+
+
+def run_in_chunks(
+    configs: Sequence[TrialConfig],
+    report: PopulationReport,
+    *,
+    size: int,
+    probing: PopulationProbing | None = None,
+    select: PopulationSelect | None = None,
+    due: Callable[[int], bool] = lambda epoch: False,
+    save: Callable[[SavedPopulation], None] = lambda saved: None,
+    after_epoch: Callable[[int], None] | None = None,
+    resume: SavedPopulation | None = None,
+) -> None:
+    """`run_population` over `configs` `size` members at a time, one chunk after another (a
+    population larger than a GPU's free memory holds); the callbacks number every member of
+    `configs`, whatever its chunk. `save` gets a checkpoint after each epoch `due` holds for,
+    and `resume` goes on from one: the chunks before it trained to their end already."""
+    for start in range(0, len(configs), size):
+        chunk = start // size
+        if resume is not None and chunk < resume.chunk:
+            continue
+        run_population(
+            configs[start : start + size],
+            _shift_report(report, start),
+            probing=None if probing is None else _shift_probing(probing, start),
+            select=None if select is None else _shift_select(select, start),
+            checkpointing=PopulationCheckpointing(due=due, save=_saving(save, chunk)),
+            after_epoch=after_epoch,
+            resume=resume.state if resume is not None and chunk == resume.chunk else None,
+        )
+
+
+def _shift_report(report: PopulationReport, offset: int) -> PopulationReport:
+    return lambda index, result: report(offset + index, result)
+
+
+def _saving(
+    save: Callable[[SavedPopulation], None], chunk: int
+) -> Callable[[PopulationState], None]:
+    return lambda state: save(SavedPopulation(chunk, state))
+
+
+def _shift_probing(probing: PopulationProbing, offset: int) -> PopulationProbing:
+    on_probe = probing.on_probe
+    return replace(probing, on_probe=lambda index, probe: on_probe(offset + index, probe))
+
+
+def _shift_select(select: PopulationSelect, offset: int) -> PopulationSelect:
+    def shifted(
+        epoch: int, results: dict[int, EpochResult], probes: dict[int, ProbeResult]
+    ) -> set[int]:
+        stop = select(
+            epoch,
+            {offset + index: result for index, result in results.items()},
+            {offset + index: probe for index, probe in probes.items()},
+        )
+        return {index - offset for index in stop}
+
+    return shifted
 
 
 def run_population(

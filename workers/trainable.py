@@ -21,10 +21,10 @@ from lrtune.schemas.schedules import parse_schedule
 from lrtune.schemas.trials import EpochResult, OptimizerSpec, ProbeResult, TrialConfig
 from lrtune.workers.early_stopping import JUDGED_KEY, judged_value, probe_epochs, rung_epochs
 from lrtune.workers.population import (
-    PopulationCheckpointing,
     PopulationProbing,
-    PopulationState,
-    run_population,
+    SavedPopulation,
+    population_size,
+    run_in_chunks,
 )
 from lrtune.workers.results import (
     BRANCHES_KEY,
@@ -52,8 +52,6 @@ TRAINABLE_NAME = "lrtune_trial"
 
 # The file a trial checkpoint holds (a `TrialState`), in the folder Tune persists.
 CHECKPOINT_FILE = "trial.pt"
-# The file a population's checkpoint holds (a `PopulationState`).
-POPULATION_CHECKPOINT_FILE = "population.pt"
 
 
 def make_trainable(
@@ -323,14 +321,16 @@ def _population_trainable(
                 NODE_KEY: node_id,
             }
             news.clear()
-            if resume is not None and epoch == resume.epoch + 1:
-                result[RESTORED_KEY] = resume.epoch
-            state: PopulationState | None = pending.pop("state", None)
-            if state is None:
+            if resume is not None and not pending.get("resumed"):
+                # The first epoch after the checkpoint says where the members resumed from.
+                pending["resumed"] = True
+                result[RESTORED_KEY] = resume.state.epoch
+            saved: SavedPopulation | None = pending.pop("saved", None)
+            if saved is None:
                 tune.report(result)
                 return
             with tempfile.TemporaryDirectory(prefix="lrtune-checkpoint-") as folder:
-                state.save(Path(folder) / POPULATION_CHECKPOINT_FILE)
+                saved.save(Path(folder))
                 tune.report(result, checkpoint=Checkpoint.from_directory(folder))
 
         probing = None
@@ -340,14 +340,15 @@ def _population_trainable(
             after_epoch(0)
             return
         try:
-            run_population(
+            run_in_chunks(
                 trial_configs,
                 report,
+                # On CUDA as many members at a time as the free memory holds; on a CPU all.
+                size=population_size(trial_configs),
                 probing=probing,
                 select=select,
-                checkpointing=PopulationCheckpointing(
-                    due=checkpoint_due, save=lambda state: pending.update(state=state)
-                ),
+                due=checkpoint_due,
+                save=lambda saved: pending.update(saved=saved),
                 after_epoch=after_epoch,
                 resume=resume,
             )
@@ -375,13 +376,13 @@ def _news_order(index: int) -> tuple[int, int]:
     return (0, -index) if index < 0 else (1, index)
 
 
-def _latest_population() -> PopulationState | None:
-    """The state of the population's latest checkpoint, when Tune restarted it from one."""
+def _latest_population() -> SavedPopulation | None:
+    """The population's latest checkpoint, when Tune restarted it from one."""
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as folder:
-        return PopulationState.load(Path(folder) / POPULATION_CHECKPOINT_FILE)
+        return SavedPopulation.load(Path(folder))
 
 
 def _latest_state() -> TrialState | FunctionState | None:
