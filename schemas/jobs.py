@@ -319,12 +319,13 @@ class JobSpec(BaseModel):
         "it sets when the budget leaves epochs out): each wsd trial is one trunk cooled down to "
         "every length, each length a trial of its own (a training-length sweep).",
     )
-    execution: Literal["trials", "population"] = Field(
+    execution: Literal["trials", "population", "auto"] = Field(
         "trials",
         description='"trials": every trial trains on its own (one Ray Tune trial each). '
         '"population": the trials train together as one batched model per population (one Ray '
         "Tune trial each), every member still a trial of its own in the results; sgd, adam and "
-        "adamw, on models without BatchNorm's running statistics or dropout.",
+        'adamw, on models without BatchNorm\'s running statistics or dropout. "auto": '
+        "populations when the job's trials can train so, else trials (the job's notes say which).",
     )
     population_size: int | None = Field(
         None,
@@ -487,16 +488,18 @@ class JobSpec(BaseModel):
 
     @model_validator(mode="after")
     def _population_fuses(self) -> JobSpec:
+        if self.execution == "auto":
+            return self  # the worker chooses, knowing the built model too
         if self.execution != "population":
             if self.population_size is not None:
                 _raise_at(
                     self,
                     ("population_size",),
                     self.population_size,
-                    'population_size applies to execution "population"',
+                    'population_size applies to execution "population" or "auto"',
                 )
             return self
-        problem = _population_problem(self)
+        problem = population_problem(self)
         if problem is not None:
             _raise_at(self, ("execution",), self.execution, problem)
         return self
@@ -550,9 +553,10 @@ def _sweep_problem(spec: JobSpec) -> str | None:
     return None
 
 
-def _population_problem(spec: JobSpec) -> str | None:
+def population_problem(spec: JobSpec) -> str | None:
     """Why the job's trials cannot train as populations, or None (the model itself is checked
-    when the worker builds it: BatchNorm, dropout and train functions are not fusible)."""
+    when the worker builds it: BatchNorm, dropout and train functions are not fusible). Said
+    with a 422 for execution "population"; execution "auto" then runs trials."""
     if spec.kind != "search":
         return "populations train a search's trials; a range test is one run"
     arms = [spec.optimizer_for(entry.policy) for entry in spec.policies]

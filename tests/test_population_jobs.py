@@ -39,6 +39,7 @@ POPULATION: dict[str, Any] = {
 # Each rejected spec and the field path the 422 must name.
 INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("size without populations", {"execution": "trials", "population_size": 4}, "population_size"),
+    ("size too large", {"population_size": 257}, "population_size"),
     ("size of one", {"population_size": 1}, "population_size"),
     ("unknown execution", {"execution": "batched"}, "execution"),
     (
@@ -178,6 +179,47 @@ def test_early_stopping_halves_each_population_at_the_rungs_by_cooldown_probes(
     for trial in trials:
         if trial.id not in kept:
             assert trial.epochs_done == 1 and decisions[trial.id] == "stop"
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("database_kind", ["sqlite"])
+def test_execution_auto_runs_populations_when_the_trials_fuse_and_says_why_not_otherwise(
+    ray_local: str, settings: Settings, store: Store
+) -> None:
+    small = {"budget": {"epochs": 2, "trials_per_policy": 2, "max_concurrent_trials": 2}}
+    fusing, _ = store.create_job(
+        spec=JobSpec.model_validate(
+            {**POPULATION, **small, "execution": "auto", "population_size": 3}
+        )
+    )
+    lone, _ = store.create_job(
+        spec=JobSpec.model_validate(
+            {
+                **POPULATION,
+                **small,
+                "execution": "auto",
+                "policies": [
+                    "cosine",
+                    {"policy": "fixed", "optimizer": {"name": "sgd_schedulefree"}},
+                ],
+            }
+        )
+    )
+    run_worker(settings, once=True, store=store)
+    run_worker(settings, once=True, store=store)
+
+    fused = store.get_job(fusing.id)
+    assert fused.status == "succeeded", fused.error
+    assert 'execution "auto" ran population: the trials train as batched models' in fused.notes
+    trials = _trials(store, fusing.id)
+    assert len(trials) == 6 and all(t.status == "completed" for t in trials)
+    assert {t.search_config["population"] for t in trials} == {"population-0", "population-1"}
+
+    alone = store.get_job(lone.id)
+    assert alone.status == "succeeded", alone.error
+    (note,) = [n for n in alone.notes if n.startswith('execution "auto"')]
+    assert note.startswith('execution "auto" ran trials: sgd_schedulefree keeps two weight sets')
+    assert all("population" not in t.search_config for t in _trials(store, lone.id))
 
 
 @pytest.mark.parametrize("database_kind", ["sqlite"])

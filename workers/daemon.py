@@ -21,13 +21,16 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from lrtune.schemas.jobs import Job, JobPhaseName, JobSpec, Resources
+from lrtune.schemas.jobs import Job, JobPhaseName, JobSpec, Resources, population_problem
 from lrtune.schemas.recommendations import RangeTestResult
 from lrtune.workers.early_stopping import probe_epochs
 from lrtune.workers.results import ConfirmationSink, sink_registered
 from lrtune.workers.user_code import CodeSnapshot
+
+if TYPE_CHECKING:
+    from lrtune.workers.experiment import TrainingPlan
 
 log = logging.getLogger(__name__)
 
@@ -268,14 +271,6 @@ def snapshot_code(options: WorkerOptions, spec: JobSpec) -> CodeSnapshot | None:
         raise PlanningError(str(error)) from None
 
 
-@dataclass(frozen=True)
-class TrainingPlan:
-    """What planning found out about the job's training."""
-
-    steps_per_epoch: int
-    train_function: bool  # the user's own loop (a TrainFunction), not a Workload
-
-
 # Said on a job that asks for cooldown-judged ASHA but trains a train function.
 RAW_JUDGED_NOTE = (
     "early stopping judges the raw metric at its rungs: the job trains a train function, "
@@ -323,10 +318,9 @@ def _planning_task(spec: JobSpec, code: CodeSnapshot | None) -> TrainingPlan:
     from lrtune.workers.user_code import describe_user_error
 
     try:
-        steps, train_function = inspect_training(spec, code)
+        return inspect_training(spec, code)
     except Exception as error:
         raise PlanningError(describe_user_error(error)) from error
-    return TrainingPlan(steps_per_epoch=steps, train_function=train_function)
 
 
 def range_test(job: Job, *, sink: JobSink, code: CodeSnapshot | None = None) -> RangeTestResult:
@@ -410,6 +404,8 @@ def _run_search(
         )
     if training.train_function and probe_epochs(spec):
         sink.add_note(RAW_JUDGED_NOTE)
+    if spec.execution == "auto":
+        spec = _resolve_execution(spec, training, sink)
     bounds = None
     if spec.lr_bounds == "auto":
         bounds = range_test(job, sink=sink, code=code).suggestion
@@ -441,6 +437,18 @@ def _run_search(
     if len(results) > 0 and len(errors) == len(results):
         return f"every trial failed; the first: {_last_line(str(errors[0]))}"
     return None
+
+
+def _resolve_execution(spec: JobSpec, training: TrainingPlan, sink: JobSink) -> JobSpec:
+    """Execution "auto": populations when the job's trials can train as one batched model,
+    else one trial at a time; the job's notes say which, and why not populations."""
+    problem = population_problem(spec) or training.not_fusible
+    execution = "trials" if problem else "population"
+    sink.add_note(
+        f'execution "auto" ran {execution}'
+        + (f": {problem}" if problem else ": the trials train as batched models")
+    )
+    return spec.model_copy(update={"execution": execution})
 
 
 def free_trial_slots(resources: Resources) -> int:

@@ -472,7 +472,7 @@ def plan_experiment(
     raw = {entry.policy: raw_space(entry, bounds=bounds) for entry in spec.policies}
     spaces = [parse_space(policy, space) for policy, space in raw.items()]
     if steps_per_epoch is None:
-        steps_per_epoch, _ = inspect_training(spec, code)
+        steps_per_epoch = inspect_training(spec, code).steps_per_epoch
     return ExperimentPlan(
         job_key=job_key,
         spec=spec,
@@ -485,12 +485,24 @@ def plan_experiment(
     )
 
 
-def inspect_training(spec: JobSpec, code: CodeSnapshot | None = None) -> tuple[int, bool]:
-    """(optimizer steps per epoch, whether it is a train function) of what the job trains: a
-    workload built once (data and model), or a train function's declared count. Raises
-    WorkloadError for user code that cannot train: it does not import, returns the wrong
-    type, has no steps per epoch, does not report the job's metric, or is a train function
-    in a job with snapshots (its loop is its own: lrtune cannot take them)."""
+@dataclass(frozen=True)
+class TrainingPlan:
+    """What planning found out about the job's training."""
+
+    steps_per_epoch: int
+    train_function: bool  # the user's own loop (a TrainFunction), not a Workload
+    # Why its trials cannot train as populations (execution "population" or "auto"); None when
+    # they can.
+    not_fusible: str | None = None
+
+
+def inspect_training(spec: JobSpec, code: CodeSnapshot | None = None) -> TrainingPlan:
+    """What the job trains: a workload built once (data and model), or a train function's
+    declared count. Raises WorkloadError for user code that cannot train: it does not import,
+    returns the wrong type, has no steps per epoch, does not report the job's metric, is a
+    train function in a job with snapshots (its loop is its own: lrtune cannot take them), or
+    cannot be batched in a job with execution "population"."""
+    from lrtune.workers.population import NotFusible, check_workload_fusible
     from lrtune.workers.train_function import TrainFunction
     from lrtune.workers.trial import TRAIN_FUNCTION_SNAPSHOTS
     from lrtune.workers.workloads import WorkloadError, build_training, check_reports_metric
@@ -500,26 +512,24 @@ def inspect_training(spec: JobSpec, code: CodeSnapshot | None = None) -> tuple[i
     target = spec.workload.name if spec.workload.name is not None else spec.workload.entrypoint
     assert target is not None  # WorkloadSpec guarantees one of the two
     built = build_training(target, spec.workload.params, seed=spec.search.seed)
+    not_fusible: str | None = None
     if isinstance(built, TrainFunction):
         if spec.snapshots is not None:
             raise WorkloadError(f"{target!r} is a train function: {TRAIN_FUNCTION_SNAPSHOTS}")
-        if spec.execution == "population":
-            raise WorkloadError(
-                f'{target!r} is a train function, which runs its own loop: execution "population" '
-                'trains lrtune\'s Workloads as one batched model; use execution "trials"'
-            )
-        return built.steps_per_epoch, True
-    check_reports_metric(built, spec.metric_name, label=target)
-    if spec.execution == "population":
-        from lrtune.workers.population import NotFusible, check_workload_fusible
-
+        not_fusible = f"{target!r} is a train function, which runs its own loop"
+    else:
+        check_reports_metric(built, spec.metric_name, label=target)
         try:
             check_workload_fusible(built)
         except NotFusible as error:
-            raise WorkloadError(
-                f'{target!r} cannot train as a population: {error}; use execution "trials"'
-            ) from None
-    return built.steps_per_epoch, False
+            not_fusible = f"{target!r} cannot train as a population: {error}"
+    if spec.execution == "population" and not_fusible is not None:
+        raise WorkloadError(f'{not_fusible}; use execution "trials"')
+    return TrainingPlan(
+        steps_per_epoch=built.steps_per_epoch,
+        train_function=isinstance(built, TrainFunction),
+        not_fusible=not_fusible,
+    )
 
 
 def build_tuner(plan: ExperimentPlan, *, skip_keys: set[str] | None = None) -> tune.Tuner:
