@@ -465,7 +465,9 @@ def test_new_job_form_previews_and_submits_a_valid_job(
     page.get_by_test_id("preview-sgdr").locator("canvas").wait_for()
     page.get_by_test_id("preview-cosine").locator("canvas").wait_for()
     spec = page.get_by_test_id("spec-preview").inner_text()
-    assert '"sgdr"' in spec
+    assert '"sgdr"' in spec and '"execution"' not in spec  # trials, the default, goes unsaid
+    page.locator("select[name=execution]").select_option("population")
+    assert '"execution": "population"' in page.get_by_test_id("spec-preview").inner_text()
     screenshot(page, tmp_path, "new-job-form")
     page.get_by_test_id("submit").click()
     page.wait_for_url("**/#/jobs/*")
@@ -473,6 +475,7 @@ def test_new_job_form_previews_and_submits_a_valid_job(
     job = httpx.get(f"{url}/v1/jobs/{job_id}").json()
     assert job["name"] == "from the form"
     assert job["status"] == "queued"
+    assert job["spec"]["execution"] == "population"
     assert [p["policy"] for p in job["spec"]["policies"]] == [
         "fixed",
         "cosine",

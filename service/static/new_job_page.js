@@ -35,6 +35,8 @@ export async function newJobPage() {
   const algorithm = h("select", { name: "algorithm" }, ["random", "grid", "tpe"].map((a) => h("option", { value: a }, a)));
   const seed = input("seed", { type: "number", value: "0" });
   const early = h("select", { name: "early_stopping" }, ["none", "asha"].map((a) => h("option", { value: a }, a)));
+  const execution = h("select", { name: "execution", title: "population: the trials train together as batched models; auto: populations when the model allows them" },
+    ["trials", "population", "auto"].map((e) => h("option", { value: e }, e)));
   const bounds = h("select", { name: "lr_bounds" }, h("option", { value: "" }, "from each search space"), h("option", { value: "auto" }, "auto (LR range test first)"));
   const specPreview = h("pre", { class: "json", "data-testid": "spec-preview" });
   const result = h("div", { "data-testid": "submit-result" });
@@ -88,6 +90,7 @@ export async function newJobPage() {
       early_stopping: { kind: early.value },
       search: { algorithm: algorithm.value, seed: Number(seed.value) },
     };
+    if (execution.value !== "trials") body.execution = execution.value;
     if (bounds.value) body.lr_bounds = bounds.value;
     return body;
   }
@@ -107,7 +110,7 @@ export async function newJobPage() {
       h("div", { class: "fields" },
         field("optimizer", optimizer), field("momentum (sgd*)", momentum), field("weight decay", weightDecay), field("learning-rate bounds", bounds),
         field("epochs", epochs), field("trials per policy", trialsPerPolicy), field("concurrent trials", concurrent), field("early stopping", early),
-        field("search algorithm", algorithm), field("search seed", seed))),
+        field("search algorithm", algorithm), field("search seed", seed), field("execution", execution))),
     h("div", { class: "card" }, h("h2", {}, "Policies and their search spaces"),
       h("p", { class: "muted small", style: "margin-top:0" }, `Each card's curve is the schedule at the middle of its search space, assuming ${NOMINAL_STEPS_PER_EPOCH} steps per epoch; edit the JSON to change the space.`),
       h("div", { class: "policies" }, cards.map((c) => c.element))),
