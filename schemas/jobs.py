@@ -331,8 +331,9 @@ class JobSpec(BaseModel):
         None,
         ge=2,
         le=MAX_POPULATION_SIZE,
-        description='Members per population (execution "population"). Default: the search\'s '
-        "trials spread evenly over the trial slots (budget.max_concurrent_trials).",
+        description='Members per population (execution "population" or "auto"). Default: '
+        "each phase's trials (search, confirmation) spread evenly over the trial slots "
+        "(budget.max_concurrent_trials).",
     )
 
     @model_validator(mode="before")

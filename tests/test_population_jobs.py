@@ -189,7 +189,7 @@ def test_execution_auto_runs_populations_when_the_trials_fuse_and_says_why_not_o
     small = {"budget": {"epochs": 2, "trials_per_policy": 2, "max_concurrent_trials": 2}}
     fusing, _ = store.create_job(
         spec=JobSpec.model_validate(
-            {**POPULATION, **small, "execution": "auto", "population_size": 3}
+            {**POPULATION, **small, "execution": "auto", "confirm": {"top_k": 1, "seeds": 2}}
         )
     )
     lone, _ = store.create_job(
@@ -212,8 +212,18 @@ def test_execution_auto_runs_populations_when_the_trials_fuse_and_says_why_not_o
     assert fused.status == "succeeded", fused.error
     assert 'execution "auto" ran population: the trials train as batched models' in fused.notes
     trials = _trials(store, fusing.id)
-    assert len(trials) == 6 and all(t.status == "completed" for t in trials)
-    assert {t.search_config["population"] for t in trials} == {"population-0", "population-1"}
+    assert len(trials) == 12 and all(t.status == "completed" for t in trials)
+    # Each phase's trials spread over the 2 slots: 6 search trials, then 6 confirmation trials,
+    # in populations of 3.
+    members: dict[str, list[str]] = {}
+    for trial in trials:
+        members.setdefault(trial.search_config["population"], []).append(trial.phase)
+    assert members == {
+        "population-0": ["search"] * 3,
+        "population-1": ["search"] * 3,
+        "population-2": ["confirm"] * 3,
+        "population-3": ["confirm"] * 3,
+    }
 
     alone = store.get_job(lone.id)
     assert alone.status == "succeeded", alone.error

@@ -430,15 +430,6 @@ class ExperimentPlan:
         return len(self.spaces) * self.spec.budget.trials_per_policy
 
     @property
-    def population_size(self) -> int:
-        """Members per population: the job's, else the search's trials spread evenly over the
-        trial slots (so each slot trains one population of the search)."""
-        if self.spec.population_size is not None:
-            return self.spec.population_size
-        slots = self.spec.budget.max_concurrent_trials or 1
-        return max(1, math.ceil(self.total_trials / slots))
-
-    @property
     def location(self) -> str:
         """Where the job's one Tune experiment (search and confirmation) lives."""
         return f"{self.storage.rstrip('/')}/{experiment_name(self.job_key)}"
@@ -601,7 +592,13 @@ def job_searcher(plan: ExperimentPlan) -> Searcher:
         search if plan.spec.confirm is None else SearchThenConfirm(plan, search)
     )
     if plan.spec.execution == "population":
-        return PopulationSearcher(trials, size=plan.population_size, metric=plan.spec.metric_name)
+        return PopulationSearcher(
+            trials,
+            size=plan.spec.population_size,
+            slots=plan.spec.budget.max_concurrent_trials or 1,
+            search_trials=plan.total_trials,
+            metric=plan.spec.metric_name,
+        )
     return trials
 
 
@@ -751,6 +748,10 @@ class SearchThenConfirm(_StatefulSearcher):
         sink.set_planned_trials(self.plan.total_trials + len(configs))
         return configs
 
+    def confirmation_trials(self) -> int:
+        """How many trials the confirmation runs (0 before the search has ended)."""
+        return len(self.confirm or [])
+
     def _begin_confirmation(self, sink: ConfirmationSink) -> None:
         if not self._phase_begun:
             self._phase_begun = True
@@ -794,19 +795,31 @@ class PopulationSearcher(_StatefulSearcher):
     """The trials of `trials` (the job's search, then its confirmation) grouped into
     populations, each one Tune trial: up to `size` consecutive suggestions of one optimizer, one
     phase, taken as they come (a confirmation waits for the whole search, as without
-    populations). The members keep their own keys, seeds and points; a population trains them
-    on one data order, its first member's seed (`shuffle_seed`), and is keyed
-    `population-<n>` (stable across restores).
+    populations). Without a `size`, each phase's trials are spread evenly over the `slots`
+    (the trials running at once), so every slot trains a population of each phase. The members
+    keep their own keys, seeds and points; a population trains them on one data order, its
+    first member's seed (`shuffle_seed`), and is keyed `population-<n>` (stable across
+    restores).
 
     The wrapped searcher sees each member as a trial of its own (ids `<tune id>:<member>`): its
     results as they come, its completion when it leaves the population, so TPE learns from
     members and the confirmation starts when the last search member has ended.
     """
 
-    def __init__(self, trials: _StatefulSearcher, *, size: int, metric: str) -> None:
+    def __init__(
+        self,
+        trials: _StatefulSearcher,
+        *,
+        size: int | None,
+        slots: int,
+        search_trials: int,
+        metric: str,
+    ) -> None:
         super().__init__(metric=trials.metric, mode=trials.mode)
         self.trials = trials
         self.size = size
+        self.slots = slots
+        self.search_trials = search_trials
         self.job_metric = metric
         self.populations = 0
         self.held: tuple[str, TuneTrialConfig] | None = None  # taken, not fitting the last one
@@ -825,7 +838,9 @@ class PopulationSearcher(_StatefulSearcher):
         if self.held is not None:
             members.append(self.held)
             self.held = None
-        while len(members) < self.size and not self.finished:
+        while not members or len(members) < self._size(members[0][1]):
+            if self.finished:
+                break
             member_id = f"{trial_id}:{len(members)}"
             config = self.trials.suggest(member_id)
             if config == Searcher.FINISHED:
@@ -861,6 +876,15 @@ class PopulationSearcher(_StatefulSearcher):
             "schedule_error": None,
             "members": [member for _, member in members],
         }
+
+    def _size(self, first: TuneTrialConfig) -> int:
+        """Members of the population that `first` begins."""
+        if self.size is not None:
+            return self.size
+        trials = self.search_trials
+        if first.get("phase") == "confirm":
+            trials = cast(SearchThenConfirm, self.trials).confirmation_trials()
+        return max(1, math.ceil(trials / self.slots))
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         member_ids = self.member_ids.get(trial_id, {})
