@@ -20,6 +20,7 @@ from lrtune.workers.population import (
     PopulationProbing,
     PopulationState,
     SavedPopulation,
+    _matmul_chain,
     check_fusible,
     population_size,
     run_in_chunks,
@@ -57,6 +58,10 @@ def make(record=False, layer=None, seeded_data=False):
         layers = [nn.Unflatten(1, (1, 6)), nn.Conv1d(1, 4, 3), activation]
         layers += [nn.Conv1d(4, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten()]
         layers.append(nn.Linear(8, 16))
+    if layer == "conv2d":  # a 2-D CNN with max pooling: grouped 2-D convolutions
+        layers = [nn.Unflatten(1, (1, 2, 3)), nn.Conv2d(1, 4, (1, 2)), nn.ReLU()]
+        layers += [nn.MaxPool2d((1, 2)), nn.Conv2d(4, 4, (2, 1)), nn.ReLU(), nn.Flatten()]
+        layers.append(nn.Linear(4, 16))
     if layer == "batchnorm":
         layers.append(nn.BatchNorm1d(16))
     if layer == "dropout":
@@ -176,7 +181,11 @@ def test_every_member_trains_as_its_lone_trial(tiny: Any, optimizer: str) -> Non
         assert outcomes[index].best_epoch == lone_outcome.best_epoch
 
 
-@pytest.mark.parametrize("layer", ["conv", "gelu"], ids=["grouped convolutions", "vmap"])
+@pytest.mark.parametrize(
+    "layer",
+    ["conv", "conv2d", "gelu"],
+    ids=["grouped convolutions", "grouped 2-D convolutions and pooling", "vmap"],
+)
 def test_a_cnn_trains_as_its_lone_trials(tiny: Any, layer: str) -> None:
     adamw = OPTIMIZERS["adamw"]
     configs = [member(i, s, adamw, layer=layer) for i, s in enumerate(SCHEDULES[:4])]
@@ -189,6 +198,8 @@ def test_a_cnn_trains_as_its_lone_trials(tiny: Any, layer: str) -> None:
         on_loss=lambda index, loss: losses[index].append(loss),
         on_done=weights.__setitem__,
     )
+    # The convolutions run as the chain of grouped convolutions; GELU's model through vmap.
+    assert (_matmul_chain(tiny.BUILT[-1]) is None) == (layer == "gelu")
 
     for index in range(len(configs)):
         tiny.LOSSES.clear()

@@ -780,10 +780,11 @@ _STACKED: _Layout = "stacked"
 
 def _matmul_chain(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
     """The layers of `model` in the order its forward runs them, with their names, when it is
-    nothing but (nested) `nn.Sequential`s of Linear, Conv1d (groups 1), ReLU, Flatten(1, -1)
-    and, on the input, Unflatten; else None (vmap runs it).
+    nothing but (nested) `nn.Sequential`s of Linear, Conv1d and Conv2d (groups 1), ReLU,
+    MaxPool1d and MaxPool2d, Flatten(1, -1) and, on the input, Unflatten; else None (vmap runs
+    it).
 
-    Such a model (an MLP, a 1-D CNN) runs as batched matmuls and grouped convolutions (as
+    Such a model (an MLP, a 1-D or 2-D CNN) runs as batched matmuls and grouped convolutions (as
     HFTA fuses models): the shared input of the first layer goes through every member's
     weights at once as one matmul or convolution, the convolutions after it as one convolution
     of K groups. On a CPU that is faster than vmap's generic rules, which expand the shared
@@ -812,6 +813,9 @@ def _next_layout(layer: nn.Module, layout: _Layout) -> _Layout | None:
     """The layout after `layer`, or None when the chain cannot run it from `layout`."""
     if type(layer) is nn.ReLU:
         return layout
+    if type(layer) in (nn.MaxPool1d, nn.MaxPool2d):
+        # Channel by channel: a member's channels stay its own in the grouped layout.
+        return None if layout == _STACKED or layer.return_indices else layout
     if type(layer) is nn.Unflatten:
         return layout if layout == _SHARED else None
     if type(layer) is nn.Flatten:
@@ -820,7 +824,7 @@ def _next_layout(layer: nn.Module, layout: _Layout) -> _Layout | None:
         return _SHARED if layout == _SHARED else _STACKED
     if type(layer) is nn.Linear:
         return None if layout == _GROUPED else _STACKED
-    if type(layer) is nn.Conv1d:
+    if type(layer) in (nn.Conv1d, nn.Conv2d):
         plain = layer.groups == 1 and layer.padding_mode == "zeros"
         return _GROUPED if plain and layout != _STACKED else None
     return None
@@ -837,17 +841,18 @@ def _run_chain(
     for name, layer in layers:
         if isinstance(layer, nn.ReLU):
             hidden = torch.relu(hidden)
-        elif isinstance(layer, nn.Unflatten):
+        elif isinstance(layer, (nn.Unflatten, nn.MaxPool1d, nn.MaxPool2d)):
             hidden = layer(hidden)
         elif isinstance(layer, nn.Flatten):
-            if layout == _GROUPED:  # [batch, K * C, L] -> [K, batch, C * L]
+            if layout == _GROUPED:  # [batch, K * C, ...] -> [K, batch, C * ...]
                 hidden = hidden.reshape(batch, members, -1).transpose(0, 1)
             else:
                 hidden = hidden.flatten(1 if layout == _SHARED else 2)
-        elif isinstance(layer, nn.Conv1d):
-            weight = params[f"{name}.weight"]  # [K, out, in, width]
+        elif isinstance(layer, (nn.Conv1d, nn.Conv2d)):
+            weight = params[f"{name}.weight"]  # [K, out, in, *kernel]
             bias = params.get(f"{name}.bias")  # [K, out]
-            hidden = F.conv1d(
+            convolve = F.conv1d if isinstance(layer, nn.Conv1d) else F.conv2d
+            hidden = convolve(
                 hidden,
                 weight.reshape(-1, *weight.shape[2:]),
                 None if bias is None else bias.reshape(-1),
@@ -873,8 +878,9 @@ def _run_chain(
         layout = _next_layout(layer, layout) or layout
     if layout == _SHARED:  # no layer with weights: every member computes the same
         return hidden.expand(members, *hidden.shape)
-    if layout == _GROUPED:  # ends in a convolution: [batch, K * C, L] -> [K, batch, C, L]
-        return hidden.reshape(batch, members, -1, hidden.shape[-1]).transpose(0, 1)
+    if layout == _GROUPED:  # ends in a convolution: [batch, K * C, ...] -> [K, batch, C, ...]
+        channels = hidden.shape[1] // members
+        return hidden.reshape(batch, members, channels, *hidden.shape[2:]).transpose(0, 1)
     return hidden
 
 
