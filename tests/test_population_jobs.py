@@ -183,6 +183,38 @@ def test_early_stopping_halves_each_population_at_the_rungs_by_cooldown_probes(
 
 @pytest.mark.ray
 @pytest.mark.parametrize("database_kind", ["sqlite"])
+def test_a_tpe_population_job_fails_only_the_members_with_no_valid_schedule(
+    ray_local: str, settings: Settings, store: Store
+) -> None:
+    # clr's base_lr and max_lr drawn from one range: about half the points are invalid.
+    rates = {"loguniform": [0.001, 1.0]}
+    spec = JobSpec.model_validate(
+        {
+            **POPULATION,
+            "policies": ["fixed", {"policy": "clr", "search": {"base_lr": rates, "max_lr": rates}}],
+            "budget": {"epochs": 2, "trials_per_policy": 4, "max_concurrent_trials": 2},
+            "search": {"algorithm": "tpe", "seed": 1},
+            "confirm": {"top_k": 1, "seeds": 2},
+            "population_size": 3,
+        }
+    )
+    job, _ = store.create_job(spec=spec)
+    run_worker(settings, once=True, store=store)
+    final = store.get_job(job.id)
+    assert final.status == "succeeded", final.error
+    trials = _trials(store, job.id)
+    failed = [t for t in trials if t.status == "failed"]
+    assert failed, "no invalid point was drawn; nothing was tested"
+    for trial in failed:
+        assert trial.policy == "clr" and trial.epochs_done == 0
+        assert trial.error is not None and trial.error.startswith("invalid schedule for this point")
+    # Its population trained the others: every search member but the failed ones has 2 epochs.
+    assert all(t.epochs_done == 2 for t in trials if t.status != "failed")
+    assert [t for t in trials if t.phase == "confirm"], "the confirmation waited on every member"
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("database_kind", ["sqlite"])
 def test_execution_auto_runs_populations_when_the_trials_fuse_and_says_why_not_otherwise(
     ray_local: str, settings: Settings, store: Store
 ) -> None:
