@@ -36,6 +36,9 @@ POPULATION: dict[str, Any] = {
     "execution": "population",
 }
 
+# The population the kill -9 test kills: long enough to be mid-way when the kill lands.
+EPOCHS_KILLED = 12
+
 # Each rejected spec and the field path the 422 must name.
 INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("size without populations", {"execution": "trials", "population_size": 4}, "population_size"),
@@ -342,8 +345,10 @@ def test_kill_9_mid_population_resumes_every_member_exactly(
     spec = JobSpec.model_validate(
         {
             **POPULATION,
-            "workload": {"name": "digits", "params": {"model": "cnn", "batch_size": 16}},
-            "budget": {"epochs": 5, "trials_per_policy": 2, "max_concurrent_trials": 1},
+            # About a second an epoch: the kill, after epoch 2 and Tune's next experiment
+            # snapshot, lands with most of the 12 epochs still to train.
+            "workload": {"name": "digits", "params": {"model": "cnn", "batch_size": 8}},
+            "budget": {"epochs": EPOCHS_KILLED, "trials_per_policy": 2, "max_concurrent_trials": 1},
         }
     )
     calm, _ = store.create_job(spec=spec)
@@ -390,7 +395,7 @@ def test_kill_9_mid_population_resumes_every_member_exactly(
             process.send_signal(signal.SIGKILL)
             process.wait(timeout=30)
     assert store.get_job(job.id).status == "running", "the job ended before the kill"
-    assert all(t.epochs_done < 5 for t in _trials(store, job.id))
+    assert all(t.epochs_done < EPOCHS_KILLED for t in _trials(store, job.id))
 
     resumed = every_epoch.model_copy(update={"job_lease_seconds": lease})
     deadline = time.monotonic() + 120
@@ -402,8 +407,9 @@ def test_kill_9_mid_population_resumes_every_member_exactly(
     trials = _trials(store, job.id)
     assert len(trials) == 6 and all(t.status == "completed" for t in trials)
     restored = [t.restored_from_epoch for t in trials]
-    assert all(epoch is not None and 1 <= epoch < 5 for epoch in restored), restored
+    assert all(epoch is not None and 1 <= epoch < EPOCHS_KILLED for epoch in restored), restored
     for trial in trials:
-        assert [m.epoch for m in store.list_trial_metrics(trial_id=trial.id)] == [1, 2, 3, 4, 5]
+        stored = [m.epoch for m in store.list_trial_metrics(trial_id=trial.id)]
+        assert stored == list(range(1, EPOCHS_KILLED + 1))
     # Every member's epochs after the resume are the uninterrupted job's, number for number.
     assert curves_by_key(store, job.id) == curves_by_key(store, calm.id)
