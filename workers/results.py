@@ -204,6 +204,12 @@ def epoch_metrics(result: EpochResult, *, node_id: str | None) -> dict[str, Any]
     }
 
 
+def diverged_at(result: EpochResult, steps_per_epoch: int) -> bool:
+    """Whether the loss blew up in this epoch: `run_trial` and `run_population` cut an epoch
+    short (or end it with a NaN/inf mean loss) only then."""
+    return result.step < result.epoch * steps_per_epoch or not math.isfinite(result.train_loss)
+
+
 def parse_epoch(result: dict[str, Any]) -> EpochResult:
     """Inverse of `epoch_metrics`: the EpochResult inside a result Tune delivered."""
     names = [name for name in str(result.get(METRIC_NAMES_KEY, "")).split(",") if name]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import tempfile
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from lrtune.workers.results import (
     MemberNews,
     TrialError,
     TuneTrialConfig,
+    diverged_at,
     epoch_metrics,
 )
 from lrtune.workers.sweep import Branch, Horizon, run_sweep
@@ -127,9 +128,9 @@ def make_trainable(
             # Tune wants the job's metric in every result: an ensemble's is NaN (not stored)
             # before the trial's first cycle ends.
             last.update({metric: math.nan, **epoch_metrics(result, node_id=node_id)})
-            if result.step < result.epoch * steps_per_epoch or not math.isfinite(result.train_loss):
-                # run_trial cuts an epoch short only when the loss diverged. Said now, because
-                # a scheduler may stop the trial at this very result, before it returns.
+            if diverged_at(result, steps_per_epoch):
+                # Said now, because a scheduler may stop the trial at this very result, before
+                # it returns.
                 last[OUTCOME_KEY] = "diverged"
             extra: dict[str, Any] = {}
             if resume is not None and result.epoch == resume.epoch + 1:
@@ -270,14 +271,11 @@ def _population_trainable(
         search_phase = config.get("phase", "search") == "search"
         resume = _latest_population()
         pending: dict[str, Any] = {}
-        best: dict[str, float] = {}
 
         def report(index: int, result: EpochResult) -> None:
             status: FinishedStatus | None = None
-            if result.step < result.epoch * int(config["steps_per_epoch"]) or not math.isfinite(
-                result.train_loss
-            ):
-                status = "diverged"  # run_population cuts an epoch short only then
+            if diverged_at(result, int(config["steps_per_epoch"])):
+                status = "diverged"
             elif result.epoch >= epochs:
                 status = "completed"
             entry = news.setdefault(index, _news(runnable[index]["trial_key"]))
@@ -285,11 +283,6 @@ def _population_trainable(
             if entry["decision"] == "stop" and status is None:
                 status = "pruned"
             entry["status"] = status
-            value = result.value(metric)
-            if value is not None and math.isfinite(value):
-                kept = best.get(metric)
-                better = kept is None or (value > kept if mode == "max" else value < kept)
-                best[metric] = value if better else kept  # type: ignore[assignment]
 
         def on_probe(index: int, probe: ProbeResult) -> None:
             news.setdefault(index, _news(runnable[index]["trial_key"]))["probe"] = (
@@ -315,7 +308,7 @@ def _population_trainable(
 
         def after_epoch(epoch: int) -> None:
             result: dict[str, Any] = {
-                metric: best.pop(metric, math.nan),
+                metric: _best_value(news.values(), metric, mode),
                 "epoch": epoch,
                 MEMBERS_KEY: [news[index] for index in sorted(news, key=_news_order)],
                 NODE_KEY: node_id,
@@ -369,6 +362,21 @@ def _news(
         "status": status,
         "error": error,
     }
+
+
+def _best_value(news: Iterable[MemberNews], metric: str, mode: str) -> float:
+    """The best finite value of `metric` among the members' epochs (Tune wants the job's
+    metric in every result; NaN when none has one)."""
+    values = [
+        value
+        for entry in news
+        if entry["epoch"] is not None
+        and (value := EpochResult.model_validate(entry["epoch"]).value(metric)) is not None
+        and math.isfinite(value)
+    ]
+    if not values:
+        return math.nan
+    return max(values) if mode == "max" else min(values)
 
 
 def _news_order(index: int) -> tuple[int, int]:
