@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -158,7 +157,12 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="update bench/RESULTS.md")
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = "1"
-    sys.path.insert(0, str(EXAMPLE))
+    # The example as a code path: importable, and where in-process entrypoints may come from.
+    from lrtune.workers.user_code import CodeSnapshot
+
+    snapshot = CodeSnapshot.take([EXAMPLE])
+    assert snapshot is not None
+    snapshot.activate()
     import ray
     import torch
 

@@ -77,7 +77,10 @@ def serve(
     import subprocess
     import sys
 
-    settings = _with_code_paths(Settings(), code_path)
+    # The API's code paths are its worker's: it refuses an entrypoint from elsewhere at once.
+    settings = _with_code_paths(Settings(), code_path).model_copy(
+        update={"entrypoints_known": True}
+    )
     _prepare_database(settings)
     # The worker is its own process, as in a deployment: Ray and the trials never share the
     # API's event loop, and stopping one does not take the other's state with it.

@@ -73,6 +73,18 @@ class Settings(BaseSettings):
         "jobs' entrypoints in the worker and every trial, snapshotted afresh for each job. "
         "`lrtune serve` and `lrtune worker` add their --code-path folders to these.",
     )
+    entrypoint_packages: str | None = Field(
+        None,
+        description="Installed packages (comma-separated top-level names) that job entrypoints "
+        "may also come from, for those who ship their models as packages. Entrypoints from "
+        "anywhere else than these and the code paths are refused.",
+    )
+    entrypoints_known: bool = Field(
+        False,
+        description="The API has the workers' code paths and entrypoint packages (its own are "
+        "theirs, as under `lrtune serve`, which turns this on): it refuses an entrypoint from "
+        "elsewhere with a 422 at submission instead of leaving that to the worker.",
+    )
     planning_timeout_s: float = Field(
         300.0,
         gt=0,
@@ -83,6 +95,11 @@ class Settings(BaseSettings):
     @property
     def code_paths(self) -> tuple[str, ...]:
         return tuple(part for part in (self.code_path or "").split(os.pathsep) if part)
+
+    @property
+    def allowed_entrypoint_packages(self) -> tuple[str, ...]:
+        names = (part.strip() for part in (self.entrypoint_packages or "").split(","))
+        return tuple(name for name in names if name)
 
     @cached_property
     def home_dir(self) -> Path:

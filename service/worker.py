@@ -265,6 +265,7 @@ def run_worker(
         worker_id=worker_id or "",
         lease_seconds=settings.job_lease_seconds,
         code_paths=settings.code_paths,
+        entrypoint_packages=settings.allowed_entrypoint_packages,
         planning_timeout_s=settings.planning_timeout_s,
     )
 

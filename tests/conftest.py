@@ -15,6 +15,8 @@ import itertools
 import os
 import shutil
 import socket
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -87,6 +89,20 @@ def job_curves_by_key(store: Store, job_id: int) -> Curves:
         ]
         for trial in store.list_trials(job_id=job_id, limit=1000).items
     }
+
+
+def use_code_path(monkeypatch: pytest.MonkeyPatch, *folders: Path) -> list[str]:
+    """Make `folders` this process's code path, as a trial process's snapshot does: their
+    modules importable, and the only place entrypoints may come from. Undone after the test;
+    modules of earlier tests' snapshots are forgotten first, so a name is always this test's."""
+    from lrtune.workers import user_code
+
+    snapshot = user_code.CodeSnapshot.take(list(folders))
+    assert snapshot is not None
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setattr(user_code, "_active_sources", user_code.active_sources())
+    user_code.forget_modules([str(Path(tempfile.gettempdir()) / "lrtune-code")])
+    return snapshot.activate()
 
 
 @pytest.fixture

@@ -125,11 +125,11 @@ class Processes:
         self.started: list[subprocess.Popen[bytes]] = []
         self.count = 0
 
-    def spawn(self, args: list[str], *, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    def spawn(self, args: list[str]) -> subprocess.Popen[bytes]:
         self.count += 1
         log = (self.logs / f"process-{self.count}.log").open("wb")
         process = subprocess.Popen(
-            [sys.executable, *args], env=self.env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, *args], env=self.env, stdout=log, stderr=subprocess.STDOUT
         )
         self.started.append(process)
         return process
@@ -439,9 +439,9 @@ def test_trials_whose_actor_dies_are_retried_then_failed_and_the_job_fails_with_
         "budget": {"epochs": 1, "trials_per_policy": 1, "max_concurrent_trials": 2},
     }
     job, _ = store.create_job(spec=JobSpec.model_validate(spec))
-    # The trials import the user's module from the worker's directory: Ray puts the directory of
-    # a `python -c` driver on its workers' path (a deployment installs the module instead).
-    processes.spawn(["-c", "from lrtune.service.cli import main; main()", "worker"], cwd=code)
+    # The trials import the user's module from the worker's code path, as every entrypoint must.
+    processes.env["LRTUNE_CODE_PATH"] = str(code)
+    processes.worker()
     wait_until(
         lambda: _finished(store, job.id), timeout=120, what="the job to end", logs=processes.tail
     )

@@ -23,6 +23,8 @@ from lrtune.workers.schedule_math import learning_rates
 from lrtune.workers.train_function import TrainFunctionError
 from lrtune.workers.trial import run_trial, run_trials_sequentially
 
+from tests.conftest import use_code_path
+
 _names = itertools.count()
 
 # 112 random samples of 8 features in 3 classes, batches of 16: 7 batches an epoch. The body
@@ -184,7 +186,7 @@ def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str) ->
     """Write `source` as a fresh module on the path; its name."""
     name = f"user_integration_{next(_names)}"
     (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
-    monkeypatch.syspath_prepend(str(tmp_path))
+    use_code_path(monkeypatch, tmp_path)
     return name
 
 

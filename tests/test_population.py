@@ -28,6 +28,8 @@ from lrtune.workers.population import (
 )
 from lrtune.workers.trial import Probing, run_trial
 
+from tests.conftest import use_code_path
+
 # 48 examples in 3 steps of 16: 4 epochs are 12 steps, short enough for every schedule below to
 # change its rate within them.
 TINY_MODULE = """
@@ -111,7 +113,7 @@ SHUFFLE_SEED = 5
 @pytest.fixture
 def tiny(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     (tmp_path / "tiny_population.py").write_text(textwrap.dedent(TINY_MODULE))
-    monkeypatch.syspath_prepend(str(tmp_path))
+    use_code_path(monkeypatch, tmp_path)
     yield importlib.import_module("tiny_population")
     del sys.modules["tiny_population"]
 

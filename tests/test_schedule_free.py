@@ -50,6 +50,8 @@ from lrtune.workers.workloads import Workload, build_workload
 from pydantic import ValidationError
 from schedulefree import AdamWScheduleFree, SGDScheduleFree
 
+from tests.conftest import use_code_path
+
 DIGITS_MLP = {"name": "digits", "params": {"model": "mlp", "batch_size": 128}}
 DIGITS_CNN = {"name": "digits", "params": {"model": "cnn", "batch_size": 128}}
 # Digits' cnn with BatchNorm after each convolution and dropout before the head (dropout draws
@@ -97,7 +99,7 @@ OPTIMIZER_CLASSES = {"sgd_schedulefree": SGDScheduleFree, "adamw_schedulefree": 
 @pytest.fixture
 def bn_digits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     (tmp_path / "bn_digits_workload.py").write_text(textwrap.dedent(BN_DIGITS_MODULE))
-    monkeypatch.syspath_prepend(str(tmp_path))
+    use_code_path(monkeypatch, tmp_path)
     yield
     sys.modules.pop("bn_digits_workload", None)
 
@@ -546,7 +548,7 @@ def test_the_exported_code_builds_the_optimizer_swaps_it_and_trains_as_the_trial
     assert completed.returncode == 0, completed.stderr[-4000:]
     results = json.loads((tmp_path / "out.json").read_text())
 
-    monkeypatch.syspath_prepend(str(tmp_path))
+    use_code_path(monkeypatch, tmp_path)
     export_model = importlib.import_module("export_model")
     try:
         for (name, rules), case, result in zip(EXPORT_CASES, cases, results, strict=True):

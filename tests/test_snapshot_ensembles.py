@@ -28,6 +28,8 @@ from lrtune.workers.trial import Checkpointing, TrialState, load_state, run_tria
 from lrtune.workers.workloads import Workload, WorkloadError, build_training
 from pydantic import ValidationError
 
+from tests.conftest import use_code_path
+
 DIGITS = {"name": "digits", "params": {"model": "mlp", "batch_size": 128}}
 # digits mlp at batch 128: 11 steps an epoch (epochs end after steps 11, 22, 33, 44); restarts
 # every 8 steps, so the cycles end mid-epoch, after steps 8, 16, 24, 32 and 40.
@@ -362,7 +364,7 @@ def test_a_train_function_cannot_take_snapshots(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (tmp_path / "snapshot_loop.py").write_text(TRAIN_FUNCTION)
-    monkeypatch.syspath_prepend(str(tmp_path))
+    use_code_path(monkeypatch, tmp_path)
     workload = {"entrypoint": "snapshot_loop:make"}
     spec = JobSpec.model_validate(
         {

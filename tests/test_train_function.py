@@ -21,6 +21,8 @@ from lrtune.workers.trial import Checkpointing, run_trial, run_trials_sequential
 from lrtune.workers.user_code import describe_user_error
 from lrtune.workers.workloads import WorkloadError, build_training
 
+from tests.conftest import use_code_path
+
 _names = itertools.count()
 
 # A tiny regression loop; {body} is inserted in the epoch loop after the optimizer steps, so a
@@ -80,7 +82,7 @@ def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str) ->
     """Write `source` as a fresh module on the path; its name."""
     name = f"user_loop_{next(_names)}"
     (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
-    monkeypatch.syspath_prepend(str(tmp_path))
+    use_code_path(monkeypatch, tmp_path)
     return name
 
 
@@ -212,12 +214,10 @@ def test_the_jobs_metric_never_reported_fails_the_trial_naming_it(
 def test_steps_other_than_declared_are_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    module = loop_module(tmp_path, monkeypatch)
+    # The loop steps 5 times an epoch, yet declares 6.
+    source = LOOP.format(body="").replace("steps_per_epoch=steps", "steps_per_epoch=steps + 1")
+    module = user_module(tmp_path, monkeypatch, source)
     trial = config(module, workload={"entrypoint": f"{module}:make", "params": {"steps": 5}})
-    source = (tmp_path / f"{module}.py").read_text()
-    (tmp_path / f"{module}.py").write_text(
-        source.replace("steps_per_epoch=steps", "steps_per_epoch=steps + 1")
-    )
     with pytest.raises(TrainFunctionError, match="ended after 5 scheduler steps"):
         run_trial(trial, lambda result: None)
 

@@ -21,6 +21,8 @@ from lrtune.workers.trial import run_trial, run_trials_sequentially
 from lrtune.workers.workloads import Workload, WorkloadError, build_workload
 from pydantic import ValidationError
 
+from tests.conftest import use_code_path
+
 DIGITS_MLP = {"name": "digits", "params": {"model": "mlp", "batch_size": 128}}
 
 
@@ -113,7 +115,7 @@ def make(n=10, batch_size=4):
 @pytest.fixture
 def drift(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     (tmp_path / "drift_workload.py").write_text(textwrap.dedent(DRIFT_MODULE))
-    monkeypatch.syspath_prepend(str(tmp_path))
+    use_code_path(monkeypatch, tmp_path)
     yield importlib.import_module("drift_workload")
     del sys.modules["drift_workload"]
 

@@ -25,6 +25,8 @@ from lrtune.workers.workloads import (
 )
 from pydantic import ValidationError
 
+from tests.conftest import use_code_path
+
 SMALL_MNIST1D = {"n_train": 1000, "n_test": 200, "batch_size": 32}
 IMAGES_PER_FILE = 64
 
@@ -307,7 +309,7 @@ def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str
     (package / "__init__.py").write_text("")
     (package / "good.py").write_text(textwrap.dedent(USER_MODULE))
     (package / "broken.py").write_text("import not_a_real_package_lrtune\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    use_code_path(monkeypatch, tmp_path)
     yield "user_workloads"
     for name in [m for m in sys.modules if m.split(".")[0] == "user_workloads"]:
         del sys.modules[name]

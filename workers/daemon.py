@@ -138,6 +138,8 @@ class WorkerOptions:
     checkpoint_every_epochs: int = 0
     # Folders of users' code (`--code-path`): snapshotted for each job when it starts.
     code_paths: tuple[str, ...] = ()
+    # Installed packages entrypoints may also come from (LRTUNE_ENTRYPOINT_PACKAGES).
+    entrypoint_packages: tuple[str, ...] = ()
     # Longest a job's planning (importing user code, building the workload once) may take.
     planning_timeout_s: float = 300.0
 
@@ -260,14 +262,23 @@ class PlanningError(RuntimeError):
 
 def snapshot_code(options: WorkerOptions, spec: JobSpec) -> CodeSnapshot | None:
     """The users' code folders as they are now: what every process of one job imports. None
-    for a built-in workload, which imports none of it (no zip to make and ship to trials)."""
-    from lrtune.workers.user_code import CodePathError, CodeSnapshot
+    for a built-in workload, which imports none of it (no zip to make and ship to trials).
+    An entrypoint from anywhere else fails the job here, before anything is imported."""
+    from lrtune.workers.user_code import (
+        CodePathError,
+        CodeSnapshot,
+        EntrypointRefused,
+        EntrypointSources,
+    )
 
-    if spec.workload.entrypoint is None:
+    entrypoint = spec.workload.entrypoint
+    if entrypoint is None:
         return None
+    folders = tuple(str(Path(folder).resolve()) for folder in options.code_paths)
     try:
-        return CodeSnapshot.take(options.code_paths)
-    except CodePathError as error:
+        EntrypointSources(folders, options.entrypoint_packages).check(entrypoint)
+        return CodeSnapshot.take(options.code_paths, packages=options.entrypoint_packages)
+    except (CodePathError, EntrypointRefused) as error:
         raise PlanningError(str(error)) from None
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.machinery
 import io
 import os
 import sys
@@ -24,6 +25,7 @@ import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 # Larger than any model's source folder; what is bigger is almost surely data or checkpoints,
 # which belong somewhere the code reads them from, not in every trial's copy.
@@ -36,18 +38,82 @@ class CodePathError(ValueError):
     """A code path cannot be used: missing, not a folder, or too big to ship."""
 
 
+class EntrypointRefused(ValueError):
+    """An entrypoint names a module outside the code paths and the allowed packages."""
+
+
+@dataclass(frozen=True)
+class EntrypointSources:
+    """Where a job's entrypoint may come from: the code-path folders (a snapshot's, in a trial
+    process) and the installed packages the operator names in LRTUNE_ENTRYPOINT_PACKAGES.
+    Anything else, `subprocess:getoutput` or `os:system` above all, is refused before it is
+    imported: an entrypoint runs as the worker, so a token holder must not pick any callable."""
+
+    folders: tuple[str, ...] = ()
+    packages: tuple[str, ...] = ()
+
+    def check(self, entrypoint: str) -> None:
+        """Raise EntrypointRefused unless the entrypoint's top-level package lies in one of the
+        folders or is an allowed package. Imports nothing: `importlib.util.find_spec` of a
+        dotted name would import its parents, so only the top level is looked up, on the
+        folders alone."""
+        module_name = entrypoint.partition(":")[0]
+        top = module_name.partition(".")[0]
+        if top in self.packages:
+            return
+        shadowed = top in sys.builtin_module_names or top in sys.stdlib_module_names
+        if shadowed or importlib.machinery.PathFinder.find_spec(top, list(self.folders)) is None:
+            raise EntrypointRefused(self._refusal(entrypoint, top))
+
+    def check_imported(self, entrypoint: str, module: ModuleType) -> None:
+        """After the import: the module really came from a folder or an allowed package (a
+        module of that name imported earlier from elsewhere would be the one Python returns)."""
+        top = entrypoint.partition(":")[0].partition(".")[0]
+        if top in self.packages:
+            return
+        file = getattr(module, "__file__", None)
+        prefixes = tuple(os.path.join(os.path.abspath(f), "") for f in self.folders)
+        if not file or not os.path.abspath(file).startswith(prefixes):
+            raise EntrypointRefused(self._refusal(entrypoint, top))
+
+    def _refusal(self, entrypoint: str, top: str) -> str:
+        folders = ", ".join(self.folders) if self.folders else "none"
+        packages = ", ".join(self.packages) if self.packages else "none"
+        return (
+            f"entrypoint {entrypoint!r} is refused: {top!r} is neither in the code paths "
+            f"(--code-path / LRTUNE_CODE_PATH: {folders}) nor an allowed package "
+            f"(LRTUNE_ENTRYPOINT_PACKAGES: {packages}); an entrypoint must be code given to "
+            "lrtune that way"
+        )
+
+
+# This process's sources: set by the snapshot it activated last; none until then, so an
+# entrypoint is refused in a process that was given no code.
+_active_sources = EntrypointSources()
+
+
+def active_sources() -> EntrypointSources:
+    """Where entrypoints may come from in this process (see `CodeSnapshot.activate`)."""
+    return _active_sources
+
+
 @dataclass(frozen=True)
 class CodeSnapshot:
-    """The code-path folders as one zip: entry "<index>/<relative path>" per file."""
+    """The code-path folders as one zip: entry "<index>/<relative path>" per file, with the
+    installed packages entrypoints may also come from."""
 
     archive: bytes
     digest: str
     folders: tuple[str, ...]
+    packages: tuple[str, ...] = ()
 
     @classmethod
-    def take(cls, folders: Sequence[str | Path]) -> CodeSnapshot | None:
-        """Zip `folders` now (None when there are none). Raises CodePathError."""
-        if not folders:
+    def take(
+        cls, folders: Sequence[str | Path], *, packages: Sequence[str] = ()
+    ) -> CodeSnapshot | None:
+        """Zip `folders` now (None when there are neither folders nor packages). Raises
+        CodePathError."""
+        if not folders and not packages:
             return None
         buffer = io.BytesIO()
         size = 0
@@ -73,13 +139,23 @@ class CodeSnapshot:
             archive=data,
             digest=hashlib.sha256(data).hexdigest()[:16],
             folders=tuple(str(Path(f).resolve()) for f in folders),
+            packages=tuple(packages),
         )
 
+    @property
+    def sources(self) -> EntrypointSources:
+        """Where entrypoints may come from, judged on the folders themselves (the snapshot
+        holds the same files), before any process unpacks it."""
+        return EntrypointSources(self.folders, self.packages)
+
     def activate(self) -> list[str]:
-        """Make this snapshot's modules the importable ones in this process; returns the
-        folders put on `sys.path`. Cheap when already active (a process runs many trials)."""
+        """Make this snapshot's modules the importable ones in this process, and the only
+        place (with its packages) entrypoints may come from; returns the folders put on
+        `sys.path`. Cheap when already active (a process runs many trials)."""
+        global _active_sources
         base = Path(tempfile.gettempdir()) / "lrtune-code" / self.digest
         roots = [str(base / str(index)) for index in range(len(self.folders))]
+        _active_sources = EntrypointSources(tuple(roots), self.packages)
         if not (base / ".complete").exists():
             _unpack(self.archive, base)
         stale = [p for p in sys.path if _is_code_folder(p) and p not in roots]

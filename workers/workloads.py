@@ -28,6 +28,7 @@ import torch
 from lrtune.schemas.trials import single_model_metric
 from lrtune.schemas.workloads import BUILTIN_WORKLOADS, ENTRYPOINT_PATTERN, resolve_params
 from lrtune.workers.train_function import TrainFunction
+from lrtune.workers.user_code import EntrypointRefused, active_sources
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -230,7 +231,9 @@ def build_training(
 
 
 def check_entrypoint(entrypoint: str) -> Callable[..., Any]:
-    """Import "package.module:callable" and return the callable; WorkloadError if that fails.
+    """Import "package.module:callable" and return the callable; WorkloadError if that fails,
+    or if the module lies outside this process's code paths and allowed packages (see
+    `lrtune.workers.user_code.EntrypointSources`).
 
     Cheap enough for a job to call before it starts any trial, so a typo fails the job at once.
     """
@@ -239,6 +242,11 @@ def check_entrypoint(entrypoint: str) -> Callable[..., Any]:
             f"entrypoint must look like 'package.module:callable', got {entrypoint!r}"
         )
     module_name, _, attribute_path = entrypoint.partition(":")
+    sources = active_sources()
+    try:
+        sources.check(entrypoint)
+    except EntrypointRefused as error:
+        raise WorkloadError(str(error)) from None
     try:
         target: Any = importlib.import_module(module_name)
     except Exception as error:  # a user module may raise anything while importing
@@ -246,6 +254,10 @@ def check_entrypoint(entrypoint: str) -> Callable[..., Any]:
             f"cannot import {module_name!r} for entrypoint {entrypoint!r}: "
             f"{type(error).__name__}: {error}"
         ) from error
+    try:
+        sources.check_imported(entrypoint, target)
+    except EntrypointRefused as error:
+        raise WorkloadError(str(error)) from None
     for attribute in attribute_path.split("."):
         try:
             target = getattr(target, attribute)

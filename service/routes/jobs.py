@@ -3,6 +3,7 @@ and its timeline."""
 
 from __future__ import annotations
 
+import pathlib
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
@@ -24,6 +25,7 @@ from lrtune.service.deps import SettingsDep, StoreDep, TenantDep
 from lrtune.service.errors import ForbiddenError, InvalidInputError, LimitExceededError
 from lrtune.service.responses import json_response
 from lrtune.service.settings import Settings
+from lrtune.workers.user_code import EntrypointRefused, EntrypointSources
 from pydantic import TypeAdapter
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
@@ -72,6 +74,7 @@ def submit_job(
     check_job_limits(spec, settings, tenant=tenant)
     if spec.workload.entrypoint is not None:
         check_entrypoint_allowed(request, settings)
+        check_entrypoint_source(spec.workload.entrypoint, settings)
     job, created = store.create_job(
         spec=spec,
         idempotency_key=idempotency_key,
@@ -194,3 +197,15 @@ def check_entrypoint_allowed(request: Request, settings: Settings) -> None:
             "a token, or submit from the server itself",
             field="workload.entrypoint",
         )
+
+
+def check_entrypoint_source(entrypoint: str, settings: Settings) -> None:
+    """Where the API has the workers' code paths (`lrtune serve`), an entrypoint from anywhere
+    else is refused now, as the worker would refuse it at planning."""
+    if not settings.entrypoints_known:
+        return
+    folders = tuple(str(pathlib.Path(folder).resolve()) for folder in settings.code_paths)
+    try:
+        EntrypointSources(folders, settings.allowed_entrypoint_packages).check(entrypoint)
+    except EntrypointRefused as error:
+        raise InvalidInputError(str(error), field="workload.entrypoint") from None
