@@ -1,11 +1,17 @@
-# Quick start: `make run` serves lrtune at http://127.0.0.1:8000; `make test` runs the whole suite.
+# Quick start: `make run` serves lrtune at http://127.0.0.1:8000; `make test` runs the whole suite
+# (lint first); `make test-fast` runs the unit tier alone, on SQLite.
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: run test lint bench clean
+# Two test processes, each with its own local Ray; worksteal evens out the Ray tests' lengths.
+PARALLEL    := -n 2 --dist worksteal
+# The unit tier (no Ray, no browser, no cluster, nothing slow: see tests/conftest.py), SQLite half.
+UNIT_TIER   := unit and not postgres
+
+.PHONY: run test test-fast lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -23,7 +29,10 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy service workers schemas client integrations
 
 test: lint
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest $(PARALLEL) $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	LRTUNE_TEST_POSTGRES_URL= $(VENV)/bin/pytest $(PARALLEL) -m "$(UNIT_TIER)" $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) bench/bench_schedules.py

@@ -1,8 +1,13 @@
 """Fixtures: a fresh, migrated database per test on SQLite and on PostgreSQL, apps over it, and
-one local Ray for the session.
+one local Ray per test process; the suite's tiers.
+
+Tiers are markers. A test is `unit` unless it is marked `ray` (it takes `ray_local`, or starts a
+Ray of its own), `browser`, `cluster` or `slow`; `make test-fast` runs the unit tier alone.
 
 Every fixture that needs a database is parametrised over both: a test that takes `database_url`,
-`store`, `app` or `api_client` runs once per database. The PostgreSQL half needs
+`store`, `app` or `api_client` runs once per database, except a Ray end-to-end test, which runs
+on one: PostgreSQL where LRTUNE_TEST_POSTGRES_URL is set, else SQLite (the SQL paths are the
+store's, tested on both; `both_databases` keeps a few Ray tests on both). The PostgreSQL half needs
 LRTUNE_TEST_POSTGRES_URL (an admin URL, e.g. postgresql://postgres@127.0.0.1:5432/postgres); it
 is skipped, and the summary says so, where that variable is unset, and fails where it is set but
 the server cannot be reached. Each session migrates one template database; each test gets a
@@ -37,7 +42,33 @@ from sqlalchemy.engine import make_url
 
 POSTGRES_ENV = "LRTUNE_TEST_POSTGRES_URL"
 DATABASES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+HEAVY_TIERS = ("ray", "browser", "cluster", "slow")
 _counter = itertools.count()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that takes the process's Ray as `ray` and every test of no heavier tier
+    as `unit`, and keep one database for Ray tests not marked `both_databases`."""
+    ray_database = "postgres" if os.environ.get(POSTGRES_ENV) else "sqlite"
+    kept, dropped = [], []
+    for item in items:
+        if "ray_local" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.ray)
+        if not any(item.get_closest_marker(tier) for tier in HEAVY_TIERS):
+            item.add_marker(pytest.mark.unit)
+        callspec = getattr(item, "callspec", None)
+        kind = callspec.params.get("database_kind") if callspec is not None else None
+        one_database = item.get_closest_marker("ray") and not item.get_closest_marker(
+            "both_databases"
+        )
+        if kind is not None and one_database and kind != ray_database:
+            dropped.append(item)
+        else:
+            kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
@@ -238,7 +269,8 @@ def seed_job(store: Store) -> JobSeeder:
 
 @pytest.fixture(scope="session")
 def ray_local() -> Iterator[str]:
-    """One local Ray for the whole run (2 CPUs, as CI has); yields its address."""
+    """One local Ray for the test process (2 CPUs, as CI has; each xdist worker starts its
+    own); yields its address."""
     import ray
 
     if not ray.is_initialized():

@@ -363,6 +363,7 @@ EPOCHS = 6
 
 
 @pytest.mark.ray
+@pytest.mark.cluster
 def test_jobs_spread_over_two_ray_nodes_and_finish_on_the_head_when_one_is_lost(
     two_node_cluster: Cluster, cluster_database_url: str, tmp_path: Path
 ) -> None:
@@ -485,6 +486,7 @@ def _readme_walkthrough() -> tuple[str, list[str]]:
 
 
 @pytest.mark.ray
+@pytest.mark.cluster
 @pytest.mark.postgres
 def test_readme_cluster_walkthrough_runs_as_written(
     request: pytest.FixtureRequest, tmp_path: Path

@@ -33,10 +33,14 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(),
-    reason="browser tests need Debian's chromium at /usr/bin/chromium (apt-get install chromium)",
-)
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="browser tests need Debian's chromium at /usr/bin/chromium (apt-get install "
+        "chromium)",
+    ),
+]
 playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
 
 POLICIES = ("fixed", "cosine", "clr")

@@ -5,12 +5,12 @@ The API and the workers run as their own processes (`lrtune api`, `lrtune worker
 session's local Ray (2 CPUs); a short lease (LRTUNE_JOB_LEASE_SECONDS) makes reclaiming fast.
 Jobs are tiny (digits, mlp, 3 epochs, 2 policies x 2 trials), but for the kill x3 test, whose
 job must train long enough (~45 s: 10 trials of 10 epochs of a CNN at batch size 1) for three
-restarts (~11-14 s each on two cores: process start, lease expiry, Tune restore, trial actors
-started again, the interrupted trials' epochs redone) to stay within 2.5x of it.
+kills to land mid-way. What the restarts cost is measured by `bench/bench_faults.py`, not here.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -41,27 +41,12 @@ SPEC: dict[str, Any] = {
     "budget": {"epochs": EPOCHS, "trials_per_policy": 2, "max_concurrent_trials": 2},
     "search": {"algorithm": "random", "seed": 0},
 }
-# For the kill x3 test: the CNN's epochs take seconds, so the job's time is mostly training and
-# the restarts' cost (process start, lease expiry, Tune restore) can be compared with it.
-SLOW_EPOCHS = 10
-SLOW_TRIALS = 10
-SLOW_SPEC: dict[str, Any] = {
-    **SPEC,
-    "workload": {"name": "digits", "params": {"model": "cnn", "batch_size": 1}},
-    "budget": {"epochs": SLOW_EPOCHS, "trials_per_policy": 5, "max_concurrent_trials": 2},
-    # Small rates: at batch size 1 the default search spaces can diverge, and every trial here
-    # must train all its epochs.
-    "policies": [
-        {"policy": "fixed", "search": {"lr": {"loguniform": [0.0005, 0.003]}}},
-        {
-            "policy": "clr",
-            "search": {
-                "base_lr": {"loguniform": [0.0002, 0.0005]},
-                "max_lr": {"loguniform": [0.001, 0.003]},
-            },
-        },
-    ],
-}
+# For the kill x3 test: the job bench/bench_faults.py times, whose CNN epochs take seconds.
+SLOW_SPEC: dict[str, Any] = json.loads(
+    (Path(__file__).resolve().parents[1] / "bench" / "kill_job.json").read_text()
+)
+SLOW_EPOCHS = SLOW_SPEC["budget"]["epochs"]
+SLOW_TRIALS = SLOW_SPEC["budget"]["trials_per_policy"] * len(SLOW_SPEC["policies"])
 # For the API kill test: slow enough (a few seconds per trial) that the job is still running when
 # the API is killed after its first stored epoch, however quiet the machine.
 API_KILL_SPEC: dict[str, Any] = {
@@ -256,20 +241,18 @@ def test_api_killed_mid_job_then_restarted_the_job_completes_exactly(
 
 
 @pytest.mark.ray
-def test_worker_killed_three_times_the_job_completes_in_2_5x_without_rerunning_trials(
+def test_worker_killed_three_times_the_job_completes_exactly_without_rerunning_trials(
     processes: Processes, store: Store, tmp_path: Path, curves_by_key: Any
 ) -> None:
     spec = JobSpec.model_validate(SLOW_SPEC)
     # A checkpoint after every epoch, so each kill lands after some running trial's checkpoint.
     processes.env["LRTUNE_CHECKPOINT_EVERY_EPOCHS"] = "1"
-    # The same job uninterrupted, timed from the worker's start, as the interrupted one is.
+    # The same job uninterrupted: what the interrupted one must equal, epoch for epoch.
     calm, _ = store.create_job(spec=spec)
-    started = time.monotonic()
     worker = processes.recording_worker(tmp_path / "calm.txt")
     wait_until(
         lambda: _finished(store, calm.id), timeout=180, what="the calm job", logs=processes.tail
     )
-    uninterrupted = time.monotonic() - started
     kill_9(worker)
     _assert_complete_and_exact(
         store, store.get_job(calm.id), epochs=SLOW_EPOCHS, trials=SLOW_TRIALS
@@ -278,7 +261,6 @@ def test_worker_killed_three_times_the_job_completes_in_2_5x_without_rerunning_t
     seed = int(os.environ.get("LRTUNE_FAULT_SEED", random.randrange(1 << 30)))
     rng = random.Random(seed)
     job, _ = store.create_job(spec=spec)
-    started = time.monotonic()
     worker = processes.recording_worker(tmp_path / "started-0.txt")
     finished_when_killed: list[set[int]] = []
     for kill in range(3):
@@ -298,7 +280,6 @@ def test_worker_killed_three_times_the_job_completes_in_2_5x_without_rerunning_t
         )
         worker = processes.recording_worker(tmp_path / f"started-{kill + 1}.txt")
     wait_until(lambda: _finished(store, job.id), timeout=240, what="the job", logs=processes.tail)
-    interrupted = time.monotonic() - started
 
     _assert_complete_and_exact(store, store.get_job(job.id), epochs=SLOW_EPOCHS, trials=SLOW_TRIALS)
     for kill, finished in enumerate(finished_when_killed):
@@ -314,10 +295,6 @@ def test_worker_killed_three_times_the_job_completes_in_2_5x_without_rerunning_t
     assert resumed, f"no trial resumed from a checkpoint (seed {seed})"
     assert all(1 <= t.restored_from_epoch < SLOW_EPOCHS for t in resumed)  # type: ignore[operator]
     assert curves_by_key(store, job.id) == curves_by_key(store, calm.id)
-    assert interrupted <= 2.5 * uninterrupted, (
-        f"{interrupted:.1f} s with three kills vs {uninterrupted:.1f} s without (seed {seed})"
-    )
-    print(f"uninterrupted {uninterrupted:.1f} s, three kills {interrupted:.1f} s, seed {seed}")
 
 
 # The README's own-model example: a train function that checkpoints through ctx.
@@ -339,9 +316,6 @@ OWN_LOOP_SPEC: dict[str, Any] = {
 
 
 @pytest.mark.ray
-# SQLite only: resuming from the function's own checkpoint does not depend on the database
-# (the kill x3 test above covers both), and the test takes a minute.
-@pytest.mark.parametrize("database_kind", ["sqlite"])
 def test_a_train_function_killed_mid_trial_resumes_from_its_own_checkpoint_exactly(
     processes: Processes, store: Store, curves_by_key: Any
 ) -> None:

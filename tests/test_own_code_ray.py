@@ -9,7 +9,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -105,11 +104,6 @@ def code_settings(settings: Settings, code: Path) -> Settings:
     return settings.model_copy(update={"code_path": str(code), "planning_timeout_s": 20.0})
 
 
-# What these show is the worker's and the trial's handling of user code, the same whichever
-# database records it: SQLite only, to keep the suite short (the first job here runs on both).
-sqlite_only = pytest.mark.parametrize("database_kind", ["sqlite"])
-
-
 def test_a_train_function_job_trains_on_the_preview_rates_and_is_recorded(
     ray_local: str, code_settings: Settings, store: Store, code: Path
 ) -> None:
@@ -131,7 +125,6 @@ def test_a_train_function_job_trains_on_the_preview_rates_and_is_recorded(
     assert recommendation.code["pytorch"]
 
 
-@sqlite_only
 def test_each_job_imports_the_code_as_it_was_when_the_job_started(
     ray_local: str, code_settings: Settings, store: Store, code: Path
 ) -> None:
@@ -151,7 +144,6 @@ def test_each_job_imports_the_code_as_it_was_when_the_job_started(
     assert marks == {first.id: {1.0}, second.id: {2.0}}
 
 
-@sqlite_only
 def test_an_exception_in_epoch_3_fails_the_trial_with_the_users_error_and_frame(
     ray_local: str, code_settings: Settings, store: Store, code: Path
 ) -> None:
@@ -166,7 +158,6 @@ def test_an_exception_in_epoch_3_fails_the_trial_with_the_users_error_and_frame(
     assert [(e.error, e.trials) for e in job.trial_errors] == [(trial.error, 1)]
 
 
-@sqlite_only
 def test_a_nan_loss_ends_the_trial_diverged_and_the_others_go_on(
     ray_local: str, code_settings: Settings, store: Store, code: Path
 ) -> None:
@@ -189,7 +180,6 @@ def test_a_nan_loss_ends_the_trial_diverged_and_the_others_go_on(
     assert status == {"fixed": ("diverged", 2), "cosine": ("completed", 3)}
 
 
-@sqlite_only
 def test_the_jobs_metric_never_reported_fails_its_trials_naming_the_metric(
     ray_local: str, code_settings: Settings, store: Store, code: Path
 ) -> None:
@@ -204,7 +194,6 @@ def test_the_jobs_metric_never_reported_fails_its_trials_naming_the_metric(
     assert job.status == "failed" and "val_accuracy" in (job.error or "")
 
 
-@sqlite_only
 def test_user_code_that_cannot_be_planned_fails_its_job_and_the_next_job_succeeds(
     ray_local: str, code_settings: Settings, store: Store, code: Path
 ) -> None:
@@ -264,7 +253,6 @@ def test_user_code_that_cannot_be_planned_fails_its_job_and_the_next_job_succeed
     assert ended[-1].status == "succeeded", ended[-1].error
 
 
-@sqlite_only
 def test_a_train_function_with_auto_bounds_fails_its_job_saying_why(
     ray_local: str, code_settings: Settings, store: Store, code: Path
 ) -> None:
@@ -275,7 +263,6 @@ def test_a_train_function_with_auto_bounds_fails_its_job_saying_why(
     assert trials(store, job.id) == []
 
 
-@sqlite_only
 def test_an_entrypoint_that_hangs_fails_its_job_at_the_planning_time_limit(
     ray_local: str, code_settings: Settings, store: Store, code: Path
 ) -> None:
@@ -289,7 +276,6 @@ def test_an_entrypoint_that_hangs_fails_its_job_at_the_planning_time_limit(
     assert after.status == "succeeded", after.error
 
 
-@sqlite_only
 def test_asha_stops_train_functions_early(
     ray_local: str, code_settings: Settings, store: Store, code: Path
 ) -> None:
@@ -312,7 +298,6 @@ def test_asha_stops_train_functions_early(
         assert len(store.list_trial_metrics(trial_id=trial.id)) == trial.epochs_done
 
 
-@sqlite_only
 def test_cancel_stops_running_train_functions(
     ray_local: str, code_settings: Settings, store: Store, code: Path
 ) -> None:
@@ -333,12 +318,11 @@ def test_cancel_stops_running_train_functions(
         what="a first epoch",
     )
     store.cancel_job(job.id)
-    started = time.monotonic()
     worker.join(timeout=60)
     assert not worker.is_alive()
-    assert time.monotonic() - started < 15, "running train functions stop within seconds"
     assert store.get_job(job.id).status == "cancelled"
     found = trials(store, job.id)
+    # Stopped mid-way: 20 epochs of half a second outlast the cancel by far.
     assert all(t.status != "running" and t.epochs_done < 20 for t in found)
 
 
@@ -374,7 +358,6 @@ def make(marker=""):
 """
 
 
-@sqlite_only
 def test_a_retried_trial_records_each_epoch_once_without_on_trial_recover(
     ray_local: str, code_settings: Settings, store: Store, code: Path
 ) -> None:

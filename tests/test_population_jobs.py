@@ -185,7 +185,6 @@ def test_early_stopping_halves_each_population_at_the_rungs_by_cooldown_probes(
 
 
 @pytest.mark.ray
-@pytest.mark.parametrize("database_kind", ["sqlite"])
 def test_a_tpe_population_job_fails_only_the_members_with_no_valid_schedule(
     ray_local: str, settings: Settings, store: Store
 ) -> None:
@@ -217,7 +216,6 @@ def test_a_tpe_population_job_fails_only_the_members_with_no_valid_schedule(
 
 
 @pytest.mark.ray
-@pytest.mark.parametrize("database_kind", ["sqlite"])
 def test_execution_auto_runs_populations_when_the_trials_fuse_and_says_why_not_otherwise(
     ray_local: str, settings: Settings, store: Store
 ) -> None:
@@ -267,7 +265,6 @@ def test_execution_auto_runs_populations_when_the_trials_fuse_and_says_why_not_o
     assert all("population" not in t.search_config for t in _trials(store, lone.id))
 
 
-@pytest.mark.parametrize("database_kind", ["sqlite"])
 def test_a_population_of_a_model_with_batchnorm_fails_at_planning_with_the_reason(
     ray_local: str,
     settings: Settings,
@@ -336,9 +333,6 @@ def test_cancel_mid_population_ends_every_member(
 
 
 @pytest.mark.ray
-# SQLite only: resuming from a population's checkpoint does not depend on the database (the
-# first test here stores populations in both), and the test takes a minute.
-@pytest.mark.parametrize("database_kind", ["sqlite"])
 def test_kill_9_mid_population_resumes_every_member_exactly(
     ray_local: str, settings: Settings, store: Store, tmp_path: Path, curves_by_key: Any
 ) -> None:
