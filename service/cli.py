@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Annotated, Any
@@ -74,6 +75,7 @@ def serve(
     code_path: CodePathOption = None,
 ) -> None:
     """Migrate an empty or embedded database, then run the API and one worker (quick start)."""
+    import signal
     import subprocess
     import sys
 
@@ -83,21 +85,46 @@ def serve(
     )
     _prepare_database(settings)
     # The worker is its own process, as in a deployment: Ray and the trials never share the
-    # API's event loop, and stopping one does not take the other's state with it.
+    # API's event loop, and stopping one does not take the other's state with it. It leads a
+    # process group of its own (its local Ray included), which this process stops as a whole.
     environment = dict(os.environ)
     if settings.code_path:
         environment["LRTUNE_CODE_PATH"] = settings.code_path
     worker = subprocess.Popen(
-        [sys.executable, "-m", "lrtune.service.cli", "worker"], env=environment
+        [sys.executable, "-m", "lrtune.service.cli", "worker"],
+        env=environment,
+        start_new_session=True,
     )
+    # uvicorn shuts down on SIGTERM or SIGINT, then raises the signal again with the handler it
+    # found: the default one would end this process before the worker is stopped below.
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop_signal, lambda number, frame: None)
     try:
         _serve_api(settings, host=host, port=port)
     finally:
-        worker.terminate()
+        _stop_worker(worker)
+
+
+# How long `lrtune serve` waits for its worker to hand its job back and exit.
+WORKER_GRACE_S = 60.0
+
+
+def _stop_worker(worker: Any) -> None:
+    """Stop `lrtune serve`'s worker as `lrtune worker` stops on SIGTERM (its running job handed
+    back, its Ray shut down); past the grace period, kill its whole process group."""
+    import signal
+    import subprocess
+
+    if worker.poll() is None:
+        worker.send_signal(signal.SIGTERM)
         try:
-            worker.wait(timeout=30)
+            worker.wait(timeout=WORKER_GRACE_S)
         except subprocess.TimeoutExpired:
-            worker.kill()
+            err.print(f"the worker did not stop within {WORKER_GRACE_S:g} s; killing it")
+    # Whatever of its group is left (a Ray process it started, or the worker itself).
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait()
 
 
 @app.command()
@@ -113,11 +140,34 @@ def worker(
     import logging
 
     from lrtune.service.worker import run_worker
+    from lrtune.workers.daemon import ensure_ray
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     settings = _with_code_paths(Settings(), code_path)
     _check_database(settings)
-    run_worker(settings, worker_id=worker_id, once=once, num_cpus=num_cpus)
+    # Ray first: a local Ray sets its own SIGTERM handler (it exits at once), which ours replace.
+    ensure_ray(address=settings.ray_address, num_cpus=num_cpus)
+    stop = _stop_on_signals()
+    run_worker(settings, worker_id=worker_id, once=once, num_cpus=num_cpus, stop=stop)
+
+
+def _stop_on_signals() -> Any:
+    """An event set by SIGTERM or SIGINT: the worker then hands its running job back (the next
+    worker resumes it from its checkpoints) and exits, its local Ray shut down with it."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+
+    def on_signal(number: int, frame: Any) -> None:
+        # Only set the event: this runs between two bytecodes of whatever the main thread does.
+        stop.set()
+
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop_signal, on_signal)
+    # Ray Tune would take SIGINT for itself while a job runs, and end the run as finished.
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    return stop
 
 
 @db_app.command("upgrade")

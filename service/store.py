@@ -531,22 +531,19 @@ class Store:
         expired = and_(JobRow.lease_expires_at.is_not(None), JobRow.lease_expires_at < now)
 
         def work(session: Session) -> int:
-            requeued = list(
-                session.scalars(
-                    update(JobRow)
-                    .where(JobRow.status == "running", expired)
-                    .values(status="queued", worker_id=None, lease_expires_at=None)
-                    .returning(JobRow.id)
-                )
-            )
-            if requeued:
-                # The dead worker's phase ends; the job waits for a worker again.
-                _end_open_phases(session, requeued, now)
-                session.add_all(
-                    JobPhaseRow(job_id=job_id, phase="queued", started_at=now)
-                    for job_id in requeued
-                )
+            requeued = _requeue(session, and_(JobRow.status == "running", expired), now)
             return len(requeued) + _finish_expired_cancellations(session, now)
+
+        return self._run(work, write=True)
+
+    def hand_back_job(self, *, job_id: int, worker_id: str) -> bool:
+        """A stopping worker gives its running job back to the queue, for the next worker to
+        resume at once instead of after the lease; False if it holds the job no more."""
+        now = utcnow()
+        held = and_(JobRow.id == job_id, JobRow.status == "running", JobRow.worker_id == worker_id)
+
+        def work(session: Session) -> bool:
+            return bool(_requeue(session, held, now))
 
         return self._run(work, write=True)
 
@@ -1544,6 +1541,25 @@ def _merge_probes(probes: Sequence[TrialProbe]) -> list[TrialProbe]:
 def _best_judged_first(trials: list[RungTrial], mode: str) -> list[RungTrial]:
     """Best `judged` first under `mode`; a missing or non-finite value last; ties by trial id."""
     return sorted(trials, key=lambda trial: (_rank_key(trial.judged, mode), trial.trial_id))
+
+
+def _requeue(session: Session, where: Any, now: datetime) -> list[int]:
+    """Put the running jobs `where` selects back in the queue; their ids. The phase of the
+    worker that ran them ends; each waits for a worker again."""
+    requeued = list(
+        session.scalars(
+            update(JobRow)
+            .where(where)
+            .values(status="queued", worker_id=None, lease_expires_at=None)
+            .returning(JobRow.id)
+        )
+    )
+    if requeued:
+        _end_open_phases(session, requeued, now)
+        session.add_all(
+            JobPhaseRow(job_id=job_id, phase="queued", started_at=now) for job_id in requeued
+        )
+    return requeued
 
 
 def _end_open_phases(session: Session, job_ids: Sequence[int], at: datetime) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -56,6 +57,11 @@ class StoreSink:
     @property
     def lease_lost(self) -> bool:
         return self.lease is not None and self.lease.lost.is_set()
+
+    @property
+    def handed_back(self) -> bool:
+        """The worker is stopping: the job's run ends, for the next worker to resume it."""
+        return self.lease is not None and self.lease.handed_back
 
     def on_trial_start(
         self,
@@ -251,11 +257,12 @@ def run_worker(
     once: bool = False,
     num_cpus: int | None = None,
     store: Store | None = None,
+    stop: threading.Event | None = None,
 ) -> None:
     """Claim and run jobs from the database `settings` names, on the Ray cluster at
     RAY_ADDRESS (or a local Ray sized to the machine, or `num_cpus`); with `once`, run at most
-    one claimable job and return. Ray Tune state and trial checkpoints go to LRTUNE_STORAGE
-    (default LRTUNE_HOME/ray)."""
+    one claimable job and return; once `stop` is set, hand the running job back and return.
+    Ray Tune state and trial checkpoints go to LRTUNE_STORAGE (default LRTUNE_HOME/ray)."""
     own_store = store is None
     store = store if store is not None else Store.from_settings(settings)
     ensure_ray(address=settings.ray_address, num_cpus=num_cpus)
@@ -273,7 +280,7 @@ def run_worker(
         return StoreSink(store, job_id=job_id, lease=lease)
 
     try:
-        run_worker_loop(store, make_sink=make_sink, options=options, once=once)
+        run_worker_loop(store, make_sink=make_sink, options=options, once=once, stop=stop)
     finally:
         if own_store:
             store.dispose()

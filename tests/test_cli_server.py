@@ -49,12 +49,15 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _start_server(command: str, *, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """`lrtune <command>` on `port`, once it answers /readyz with 200."""
+def _start_server(
+    command: str, *, port: int, env: dict[str, str], log: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """`lrtune <command>` on `port`, once it answers /readyz with 200; its output to `log`
+    (a long-running server's), else to a pipe read when it fails to start."""
     server = subprocess.Popen(
         [sys.executable, "-m", "lrtune.service.cli", command, "--port", str(port)],
         env=env,
-        stdout=subprocess.PIPE,
+        stdout=subprocess.PIPE if log is None else log.open("ab"),
         stderr=subprocess.STDOUT,
     )
 
@@ -62,7 +65,8 @@ def _start_server(command: str, *, port: int, env: dict[str, str]) -> subprocess
         try:
             ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2)
         except httpx.TransportError:
-            assert server.poll() is None, server.stdout.read() if server.stdout else ""
+            output = log.read_text() if log else server.stdout.read() if server.stdout else ""
+            assert server.poll() is None, output
             return False
         assert ready.status_code == 200, ready.text
         return True
@@ -140,3 +144,86 @@ def test_api_refuses_a_postgres_database_at_an_older_revision(
         assert current_revision(url) != head_revision()
     finally:
         postgres_server.drop(name)
+
+
+# Slow enough (about a second an epoch) that the job is mid-way when serve is stopped.
+STOPPED_JOB = {
+    "workload": {"name": "digits", "params": {"model": "cnn", "batch_size": 4}},
+    "policies": ["fixed", "cosine"],
+    "lr_bounds": {"min": 0.001, "max": 0.01},
+    "budget": {"epochs": 6, "trials_per_policy": 2, "max_concurrent_trials": 2},
+    "search": {"algorithm": "random", "seed": 0},
+}
+
+
+@pytest.mark.ray
+def test_sigterm_to_serve_stops_its_worker_and_ray_and_the_job_resumes_on_the_next_start(
+    tmp_path: Path,
+) -> None:
+    import signal
+
+    import psutil
+    from lrtune.service.store import Store
+
+    port = _free_port()
+    env = {**os.environ, "LRTUNE_HOME": str(tmp_path)}
+    for name in ("LRTUNE_DATABASE_URL", "RAY_ADDRESS"):  # its own SQLite and its own local Ray
+        env.pop(name, None)
+    log = tmp_path / "serve.log"
+    serve = _start_server("serve", port=port, env=env, log=log)
+    store = Store.from_url(f"sqlite:///{tmp_path / 'lrtune.db'}")
+    try:
+        with LrtuneClient(f"http://127.0.0.1:{port}") as client:
+            job_id = client.submit_job(STOPPED_JOB).id
+
+        def epochs() -> list[int]:
+            trials = store.list_trials(job_id=job_id, limit=100).items
+            return [m.epoch for t in trials for m in store.list_trial_metrics(trial_id=t.id)]
+
+        wait_until(
+            lambda: len(epochs()) >= 1, timeout=120, what="a first epoch", logs=log.read_text
+        )
+        # Everything serve started (its worker, the worker's Ray and trial processes), and the
+        # worker's process group, which Ray's processes join.
+        family = psutil.Process(serve.pid).children(recursive=True)
+        groups = {os.getpgid(p.pid) for p in family if p.is_running()} - {os.getpgid(serve.pid)}
+
+        serve.send_signal(signal.SIGTERM)  # serve alone, not its group, as a supervisor does
+        serve.wait(timeout=90)
+
+        def left() -> list[psutil.Process]:
+            alive = [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+            grouped = [p for p in psutil.process_iter() if _process_group(p.pid) in groups]
+            return alive + grouped
+
+        def described() -> str:
+            rows = [f"{p.pid} {' '.join(p.cmdline())[:160]}" for p in left() if p.is_running()]
+            return "\n".join([*rows, log.read_text()[-3000:]])
+
+        wait_until(
+            lambda: not left(), timeout=30, what="serve's worker and its Ray to go", logs=described
+        )
+        handed_back = store.get_job(job_id)
+        assert handed_back.status == "queued", "the running job was handed back"
+        assert len(epochs()) < 2 * 2 * 6, "stopped mid-way"
+
+        # The next start resumes it: every trial's epochs once each, none lost or stored twice.
+        serve = _start_server("serve", port=port, env=env, log=log)
+        with LrtuneClient(f"http://127.0.0.1:{port}") as client:
+            finished = client.wait(job_id, poll_s=1, timeout_s=240)
+        assert finished.status == "succeeded", finished.error
+        for trial in store.list_trials(job_id=job_id, limit=100).items:
+            stored = [m.epoch for m in store.list_trial_metrics(trial_id=trial.id)]
+            assert stored == list(range(1, 7)), (trial.id, stored)
+    finally:
+        if serve.poll() is None:
+            serve.send_signal(signal.SIGTERM)
+            serve.wait(timeout=90)
+        store.dispose()
+
+
+def _process_group(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None

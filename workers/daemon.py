@@ -52,21 +52,32 @@ class JobQueue(Protocol):
 
     def is_cancel_requested(self, job_id: int) -> bool: ...
 
+    def hand_back_job(self, *, job_id: int, worker_id: str) -> bool: ...
+
 
 class Lease:
     """A claimed job's lease, extended by a heartbeat thread until `release()`.
 
     `lost` is set when the store says another worker holds the job now: this worker must stop
-    and leave the job's state alone.
+    and leave the job's state alone. Once this worker is stopping (`stop` set) the job is
+    `handed_back`: its run ends as if the worker had died (its trials resume from their
+    checkpoints), and the lease is kept until then, for no other worker to start it meanwhile.
     """
 
     def __init__(
-        self, queue: JobQueue, *, job_id: int, worker_id: str, lease_seconds: float
+        self,
+        queue: JobQueue,
+        *,
+        job_id: int,
+        worker_id: str,
+        lease_seconds: float,
+        stop: threading.Event | None = None,
     ) -> None:
         self.queue = queue
         self.job_id = job_id
         self.worker_id = worker_id
         self.lease_seconds = lease_seconds
+        self.stop = stop or threading.Event()
         self.lost = threading.Event()
         self._released = threading.Event()
         # Three beats per lease: one late or failed beat does not lose the job.
@@ -81,6 +92,10 @@ class Lease:
     def release(self) -> None:
         self._released.set()
         self._thread.join(timeout=self.lease_seconds)
+
+    @property
+    def handed_back(self) -> bool:
+        return self.stop.is_set()
 
     def _beat(self) -> None:
         while not self._released.wait(self.lease_seconds / 3):
@@ -183,7 +198,7 @@ def run_worker_loop(
     while not stop.is_set():
         job = queue.claim_next_job(worker_id=options.worker_id, lease_seconds=options.lease_seconds)
         if job is not None:
-            run_job(queue, job, make_sink=make_sink, options=options)
+            run_job(queue, job, make_sink=make_sink, options=options, stop=stop)
             ran += 1
         if once:
             break
@@ -192,10 +207,23 @@ def run_worker_loop(
     return ran
 
 
-def run_job(queue: JobQueue, job: Job, *, make_sink: SinkFactory, options: WorkerOptions) -> None:
-    """Run one claimed job to its end and record how it ended (unless the lease was lost)."""
+def run_job(
+    queue: JobQueue,
+    job: Job,
+    *,
+    make_sink: SinkFactory,
+    options: WorkerOptions,
+    stop: threading.Event | None = None,
+) -> None:
+    """Run one claimed job to its end and record how it ended (unless the lease was lost).
+    Once `stop` is set its run ends as a dying worker's would, and the job is handed back to
+    the queue: the next worker claims it at once and resumes it from its checkpoints."""
     lease = Lease(
-        queue, job_id=job.id, worker_id=options.worker_id, lease_seconds=options.lease_seconds
+        queue,
+        job_id=job.id,
+        worker_id=options.worker_id,
+        lease_seconds=options.lease_seconds,
+        stop=stop,
     ).start()
     ran = False  # this worker ran the job (and so may clean up after it)
     try:
@@ -212,7 +240,9 @@ def run_job(queue: JobQueue, job: Job, *, make_sink: SinkFactory, options: Worke
             error = None
         else:
             error = _run_search(job, sink=sink, options=options, code=code)
-        if lease.lost.is_set():
+        if lease.handed_back:
+            pass  # handed back below, once the lease's heartbeat has stopped
+        elif lease.lost.is_set():
             log.warning("job %s: lease lost, leaving it to the worker that holds it", job.id)
         elif queue.is_cancel_requested(job.id):
             queue.mark_job_cancelled(job_id=job.id)
@@ -222,12 +252,18 @@ def run_job(queue: JobQueue, job: Job, *, make_sink: SinkFactory, options: Worke
             queue.mark_job_succeeded(job_id=job.id)
             _after_success(job, sink)
     except Exception as exc:  # the job fails with the reason; the worker goes on
+        if lease.handed_back:
+            log.info("job %s: its run stopped for the hand-back (%s)", job.id, type(exc).__name__)
+            return  # handed back in `finally`
         log.exception("job %s failed", job.id)
         if not lease.lost.is_set():
             queue.mark_job_failed(job_id=job.id, error=_last_line(f"{type(exc).__name__}: {exc}"))
     finally:
         lease.release()
-        if ran and job.spec.kind == "search" and not lease.lost.is_set():
+        if lease.handed_back:
+            queue.hand_back_job(job_id=job.id, worker_id=options.worker_id)
+            log.info("job %s: handed back for the next worker to resume", job.id)
+        elif ran and job.spec.kind == "search" and not lease.lost.is_set():
             _remove_checkpoints(job, options)
 
 

@@ -51,6 +51,7 @@ from lrtune.workers.results import (
     MEMBERS_KEY,
     CancelStopper,
     ConfirmationSink,
+    EndRunOnHandBack,
     RecordResults,
     TuneTrialConfig,
     sink_for,
@@ -573,6 +574,7 @@ def build_tuner(plan: ExperimentPlan, *, skip_keys: set[str] | None = None) -> t
             callbacks=[
                 RecordResults(job_key=plan.job_key, epochs=spec.budget.epochs),
                 PruneCheckpoints(),
+                EndRunOnHandBack(job_key=plan.job_key),
             ],
             stop=CancelStopper(job_key=plan.job_key),
             failure_config=tune.FailureConfig(max_failures=MAX_TRIAL_FAILURES),

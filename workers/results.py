@@ -458,6 +458,24 @@ class RecordResults(Callback):
         self._started.clear()
 
 
+class WorkerStopping(RuntimeError):
+    """Raised inside the job's Tune run when its worker stops and hands the job back."""
+
+
+class EndRunOnHandBack(Callback):
+    """Ends the Tune run at once when the job's worker is stopping, as a dying worker's run
+    ends: no trial is stopped or marked finished, so the experiment's last snapshot has them
+    running and the next worker resumes each from its latest checkpoint. (A Stopper would end
+    them as terminated, which a restored run takes for finished.)"""
+
+    def __init__(self, *, job_key: str) -> None:
+        self.job_key = job_key
+
+    def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        if getattr(sink_for(self.job_key), "handed_back", False):
+            raise WorkerStopping(f"job {self.job_key}: the worker is stopping")
+
+
 class CancelStopper(Stopper):
     """Stops every trial, and the experiment, once the sink says the job must stop.
 
