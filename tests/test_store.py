@@ -164,6 +164,22 @@ def test_reclaim_expired_jobs(store: Store, job_body: dict[str, Any]) -> None:
     assert store.get_job(cancelling.id).status == "cancelled"
 
 
+def test_a_stopping_worker_hands_its_job_back_to_the_queue(
+    store: Store, job_body: dict[str, Any]
+) -> None:
+    job, _ = store.create_job(spec=_spec(job_body))
+    store.claim_next_job(worker_id="a", lease_seconds=600)
+    assert not store.hand_back_job(job_id=job.id, worker_id="b")  # not b's to hand back
+    assert store.hand_back_job(job_id=job.id, worker_id="a")
+    queued = store.get_job(job.id)
+    assert queued.status == "queued"
+    assert [p.phase for p in store.job_timeline(job.id).phases][-1] == "queued"
+    # The next worker takes it at once, lease or no lease.
+    taken = store.claim_next_job(worker_id="c", lease_seconds=60)
+    assert taken is not None and taken.id == job.id
+    assert not store.hand_back_job(job_id=job.id, worker_id="a")
+
+
 def test_job_outcomes(store: Store, job_body: dict[str, Any]) -> None:
     job = _running_job(store, job_body)
     failed = store.mark_job_failed(job_id=job, error="workload crashed: out of memory")
