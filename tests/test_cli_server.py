@@ -65,8 +65,9 @@ def _start_server(
         try:
             ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2)
         except httpx.TransportError:
-            output = log.read_text() if log else server.stdout.read() if server.stdout else ""
-            assert server.poll() is None, output
+            if server.poll() is not None:  # it exited: its output says why
+                output = log.read_text() if log else server.stdout.read() if server.stdout else ""
+                raise AssertionError(f"`lrtune {command}` exited:\n{output}") from None
             return False
         assert ready.status_code == 200, ready.text
         return True
