@@ -11,8 +11,10 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import pytest
+from lrtune.client import commands
 from lrtune.schemas.jobs import TrialMetric, TrialProbe
 from lrtune.schemas.recommendations import BoundSuggestion, RangeTestResult
 from lrtune.service.cli import app as cli
@@ -57,7 +59,10 @@ def finished_job(store: Store, seed_job: JobSeeder, job_body: dict[str, Any]) ->
 
 
 def run(url: str, *args: str) -> tuple[int, str, str]:
-    result = runner.invoke(cli, [*args, "--url", url], env={"COLUMNS": "200"})
+    # Tables as wide as a wide terminal's. The console took its width when it was imported,
+    # from that process's COLUMNS (an xdist worker has none): set it for the command.
+    with patch.object(commands.out, "_width", 200):
+        result = runner.invoke(cli, [*args, "--url", url], env={"COLUMNS": "200"})
     return result.exit_code, result.stdout, result.stderr
 
 

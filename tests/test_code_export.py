@@ -302,6 +302,7 @@ _KERAS_SETTINGS = settings(
 )
 
 
+@pytest.mark.slow
 @_KERAS_SETTINGS
 @given(spec=_specs(), multipliers=st.sampled_from(MULTIPLIERS))
 def test_keras_snippet_gives_the_preview_in_float64(
@@ -321,6 +322,7 @@ def test_keras_snippet_gives_the_preview_in_float64(
     np.testing.assert_allclose(got, expected, rtol=KERAS_FLOAT64)
 
 
+@pytest.mark.slow
 @_KERAS_SETTINGS
 @given(spec=_specs())
 def test_keras_snippet_in_float32_stays_within_the_stated_tolerance(

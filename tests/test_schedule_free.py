@@ -368,6 +368,7 @@ def test_a_schedule_free_trial_resumed_from_its_checkpoint_reports_the_same_epoc
 # --- BatchNorm --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("bn_digits")
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
 def test_batchnorm_recalibration_changes_what_is_evaluated_not_what_is_trained(
