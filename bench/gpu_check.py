@@ -256,7 +256,10 @@ def section(report: dict[str, Any]) -> str:
         measured = {k: v for k, v in entry.items() if k not in ("ok", "seconds", "traceback")}
         outcome = "ok" if entry["ok"] else "**failed**"
         lines.append(f"| {name} | {outcome} | {entry['seconds']} | `{json.dumps(measured)}` |")
-    lines += ["", "Reproduce: `bash bench/gpu_check.sh` (see its header) on a GPU machine."]
+    lines += [
+        "",
+        "Reproduce: `bash bench/gpu_check.sh prepare` here, then `bash bench/gpu_check.sh run` on the GPU machine (see its header).",
+    ]
     return "\n".join(lines)
 
 
