@@ -258,7 +258,8 @@ def section(report: dict[str, Any]) -> str:
         lines.append(f"| {name} | {outcome} | {entry['seconds']} | `{json.dumps(measured)}` |")
     lines += [
         "",
-        "Reproduce: `bash bench/gpu_check.sh prepare` here, then `bash bench/gpu_check.sh run` on the GPU machine (see its header).",
+        "Reproduce: `bash bench/gpu_check.sh prepare` here, then `bash bench/gpu_check.sh run` "
+        "on the GPU machine (see its header).",
     ]
     return "\n".join(lines)
 
