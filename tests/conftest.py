@@ -274,7 +274,9 @@ def ray_local() -> Iterator[str]:
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        # LRTUNE_TEST_RAY_CPUS: what bench/RESULTS.md "Test suite" compared (1 or 2 per process).
+        cpus = int(os.environ.get("LRTUNE_TEST_RAY_CPUS", "2"))
+        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     yield ray.get_runtime_context().gcs_address
 
 
