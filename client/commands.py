@@ -331,14 +331,15 @@ def recommend(
         winner = found.winner
         out.print(
             f"winner: [bold]{winner.policy}[/bold]  {found.metric} "
-            f"{_mean_std(winner.metric_mean, winner.metric_std)} over {winner.n_seeds} seed(s)"
+            f"{mean_and_spread(winner.metric_mean, winner.metric_std)} "
+            f"over {winner.n_seeds} seed(s)"
         )
         out.print(f"schedule: {winner.schedule.model_dump_json()}")
     table = Table("policy", f"{found.metric} ({found.mode})", "seeds", box=None)
     for evidence in found.by_policy:
         table.add_row(
             evidence.policy,
-            _mean_std(evidence.metric_mean, evidence.metric_std),
+            mean_and_spread(evidence.metric_mean, evidence.metric_std),
             str(evidence.n_seeds),
         )
     if found.by_policy:
@@ -503,5 +504,12 @@ def _share(part: float, whole: float) -> str:
     return f"{100 * part / whole:.1f}%" if whole > 0 else "-"
 
 
-def _mean_std(mean: float, std: float | None) -> str:
-    return _number(mean) if std is None else f"{_number(mean)} ± {_number(std)}"
+def mean_and_spread(mean: float, std: float | None) -> str:
+    """`mean ± std`, both to the spread's precision (its two leading digits): the digits past
+    it are noise, and a mean printed with more of them claims more than the seeds showed."""
+    if std is None:
+        return _number(mean)
+    if not (math.isfinite(mean) and math.isfinite(std)) or std <= 0:
+        return f"{_number(mean)} ± {_number(std)}"
+    decimals = max(0, 1 - math.floor(math.log10(std)))
+    return f"{mean:.{decimals}f} ± {std:.{decimals}f}"

@@ -305,3 +305,19 @@ def test_status_timeline_prints_each_phase_and_each_trials_start_up(
     assert code == 0 and "recommendation" not in plain and "start-up" not in plain
     code, _, err = run(service_url, "status", "999", "--timeline")
     assert_one_error_line(code, err, "no job with id 999", "HTTP 404")
+
+
+@pytest.mark.parametrize(
+    ("mean", "std", "shown"),
+    [
+        (0.977, 0.001283, "0.9770 ± 0.0013"),
+        (0.91234, 0.0213, "0.912 ± 0.021"),
+        (123.4, 12.3, "123 ± 12"),
+        (0.5, None, "0.5"),
+        (0.5, 0.0, "0.5 ± 0"),
+    ],
+)
+def test_a_mean_is_shown_to_its_spreads_precision(
+    mean: float, std: float | None, shown: str
+) -> None:
+    assert commands.mean_and_spread(mean, std) == shown

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 
 import httpx
 import pytest
+from lrtune.client.commands import mean_and_spread
 from lrtune.schemas.jobs import JobSpec, RungDecision, TrialMetric, TrialProbe
 from lrtune.service.settings import Settings
 from lrtune.service.store import Store
@@ -379,7 +380,10 @@ def test_job_page_draws_curves_leaderboard_and_recommendation(
     answer = httpx.get(f"{url}/v1/jobs/{job_id}/recommendation")
     if answer.status_code == 200:
         body = answer.json()
-        assert body["winner"]["policy"] in recommendation.get_by_test_id("winner").inner_text()
+        winner = body["winner"]
+        winner_line = recommendation.get_by_test_id("winner").inner_text()
+        assert winner["policy"] in winner_line
+        assert mean_and_spread(winner["metric_mean"], winner["metric_std"]) in winner_line
         assert recommendation.get_by_test_id("rationale").inner_text() == body["rationale"]
         assert recommendation.get_by_test_id("code").inner_text().strip() == (
             body["code"]["pytorch"].strip()
@@ -771,3 +775,16 @@ def test_a_job_without_horizons_has_no_sweep_card(page: Any, service: tuple[str,
     page.goto(f"{url}/#/jobs/{job_id}")
     page.wait_for_function("document.body.dataset.jobPage === 'drawn'")
     assert not page.get_by_test_id("sweep").is_visible()
+
+
+@pytest.mark.parametrize(("mean", "std"), [(0.977, 0.001283), (0.91234, 0.0213), (123.4, 12.3)])
+def test_the_dashboard_shows_a_mean_to_its_spreads_precision_as_the_cli_does(
+    page: Any, service: tuple[str, int], mean: float, std: float
+) -> None:
+    url, _ = service
+    page.goto(url)
+    shown = page.evaluate(
+        "async ([mean, std]) => (await import('/static/ui.js')).fmtMeanStd(mean, std)",
+        [mean, std],
+    )
+    assert shown == mean_and_spread(mean, std)

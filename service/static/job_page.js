@@ -4,7 +4,7 @@
 import { api, apiOptional, finite } from "./api.js";
 import { lineChart, policyColour, withAlpha } from "./charts.js";
 import { FINISHED_TRIAL_STATUSES } from "/status-words.js";
-import { view, FINISHED_JOB, TRIAL_STATES, POLL_MS, generation, h, badge, decisionBadge, chip, fmt, when, duration, errorBox, progressCounts, stackedBar, every, stopPolling } from "./ui.js";
+import { view, FINISHED_JOB, TRIAL_STATES, POLL_MS, generation, h, badge, decisionBadge, chip, fmt, fmtMeanStd, when, duration, errorBox, progressCounts, stackedBar, every, stopPolling } from "./ui.js";
 
 export async function jobPage(jobId) {
   const mine = generation;
@@ -179,8 +179,7 @@ function renderRecommendation(card, reco, job) {
   const parts = [h("div", { class: "row" }, h("h2", { style: "margin:0" }, "Recommendation"),
     reco.final ? badge("final") : h("span", { class: "badge running" }, "provisional"))];
   if (winner) {
-    const spread = winner.metric_std === null || winner.metric_std === undefined ? "" : ` ± ${fmt(winner.metric_std)}`;
-    parts.push(h("div", { class: "winner-line", "data-testid": "winner" }, "Use ", chip(winner.policy), ` — ${reco.metric} ${fmt(winner.metric_mean)}${spread} over ${winner.n_seeds} seed${winner.n_seeds === 1 ? "" : "s"}`));
+    parts.push(h("div", { class: "winner-line", "data-testid": "winner" }, "Use ", chip(winner.policy), ` — ${reco.metric} ${fmtMeanStd(winner.metric_mean, winner.metric_std)} over ${winner.n_seeds} seed${winner.n_seeds === 1 ? "" : "s"}`));
     parts.push(h("pre", { class: "json" }, JSON.stringify(winner.schedule, null, 2)));
   }
   parts.push(h("p", { "data-testid": "rationale" }, reco.rationale));

@@ -42,6 +42,14 @@ export function chip(policy) {
   return h("span", { class: "chip", style: `--chip: ${policyColour(policy)}` }, policy);
 }
 
+// "mean ± std" to the spread's precision (its two leading digits), as the CLI shows it.
+export function fmtMeanStd(mean, std) {
+  if (std === null || std === undefined) return fmt(mean);
+  if (!Number.isFinite(mean) || !Number.isFinite(std) || std <= 0) return `${fmt(mean)} ± ${fmt(std)}`;
+  const decimals = Math.min(20, Math.max(0, 1 - Math.floor(Math.log10(std))));
+  return `${mean.toFixed(decimals)} ± ${std.toFixed(decimals)}`;
+}
+
 export function fmt(value, digits = 4) {
   if (value === null || value === undefined) return "–";
   const number = typeof value === "string" ? Number(value) : value;
