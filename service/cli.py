@@ -41,12 +41,22 @@ def main() -> None:
     app()
 
 
+AccessLogOption = Annotated[
+    bool,
+    typer.Option(
+        "--access-log", help="Log every request; by default successful GETs (polls) are not."
+    ),
+]
+
+
 @app.command()
-def api(host: HostOption = "127.0.0.1", port: PortOption = 8000) -> None:
+def api(
+    host: HostOption = "127.0.0.1", port: PortOption = 8000, access_log: AccessLogOption = False
+) -> None:
     """Serve the REST API and the dashboard (an empty or embedded database is migrated first)."""
     settings = Settings()
     _prepare_database(settings)
-    _serve_api(settings, host=host, port=port)
+    _serve_api(settings, host=host, port=port, access_log=access_log)
 
 
 CodePathOption = Annotated[
@@ -73,6 +83,7 @@ def serve(
     host: HostOption = "127.0.0.1",
     port: PortOption = 8000,
     code_path: CodePathOption = None,
+    access_log: AccessLogOption = False,
 ) -> None:
     """Migrate an empty or embedded database, then run the API and one worker (quick start)."""
     import signal
@@ -100,7 +111,7 @@ def serve(
     for stop_signal in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop_signal, lambda number, frame: None)
     try:
-        _serve_api(settings, host=host, port=port)
+        _serve_api(settings, host=host, port=port, access_log=access_log)
     finally:
         _stop_worker(worker)
 
@@ -143,12 +154,24 @@ def worker(
     from lrtune.workers.daemon import ensure_ray
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    _quiet_libraries()
     settings = _with_code_paths(Settings(), code_path)
     _check_database(settings)
     # Ray first: a local Ray sets its own SIGTERM handler (it exits at once), which ours replace.
     ensure_ray(address=settings.ray_address, num_cpus=num_cpus)
     stop = _stop_on_signals()
     run_worker(settings, worker_id=worker_id, once=once, num_cpus=num_cpus, stop=stop)
+
+
+def _quiet_libraries() -> None:
+    """The worker's log tells what lrtune does: no Ray Tune experiment table or "View detailed
+    results" (its new output engine prints them whatever the verbosity), no Alembic plugin and
+    context lines, no Ray Tune file-writing notes; their warnings and errors still show."""
+    import logging
+
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    for name in ("alembic", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _stop_on_signals() -> Any:
@@ -368,11 +391,25 @@ def _check_database(settings: Settings) -> None:
         fail(error.message, code=EXIT_CANNOT_RUN)
 
 
-def _serve_api(settings: Settings, *, host: str, port: int) -> None:
+class SkipSuccessfulGets:
+    """uvicorn's access log without the GETs that succeeded: a dashboard or `lrtune watch`
+    polls every second or two, and those lines would bury what happens."""
+
+    def filter(self, record: Any) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 5:  # client, method, path, version, status
+            _, method, _, _, status = args
+            return not (method == "GET" and int(status) < 400)
+        return True
+
+
+def _serve_api(settings: Settings, *, host: str, port: int, access_log: bool = False) -> None:
+    import copy
     import gc
 
     import uvicorn
     from lrtune.service.app import create_app
+    from uvicorn.config import LOGGING_CONFIG
 
     api = create_app(settings)
     # What start-up imported (FastAPI, pydantic, SQLAlchemy, numpy and scipy for recommendations:
@@ -381,7 +418,11 @@ def _serve_api(settings: Settings, *, host: str, port: int) -> None:
     # pausing every request for 150-200 ms on a busy machine (the p99 of a page of trials).
     gc.collect()
     gc.freeze()
-    uvicorn.run(api, host=host, port=port, log_level="info")
+    log_config = copy.deepcopy(LOGGING_CONFIG)
+    if not access_log:
+        log_config["filters"] = {"skip_successful_gets": {"()": SkipSuccessfulGets}}
+        log_config["handlers"]["access"]["filters"] = ["skip_successful_gets"]
+    uvicorn.run(api, host=host, port=port, log_level="info", log_config=log_config)
 
 
 def _store() -> Any:

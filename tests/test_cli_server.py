@@ -91,6 +91,76 @@ def test_api_migrates_the_embedded_database_and_serves(tmp_path: Path) -> None:
         server.wait(timeout=20)
 
 
+@pytest.mark.parametrize("access_log", [False, True], ids=["default", "access-log"])
+def test_the_api_logs_no_successful_get_unless_asked(tmp_path: Path, access_log: bool) -> None:
+    port = _free_port()
+    env = {**os.environ, "LRTUNE_HOME": str(tmp_path)}
+    env.pop("LRTUNE_DATABASE_URL", None)
+    log = tmp_path / "api.log"
+    command = ["api", "--access-log"] if access_log else ["api"]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "lrtune.service.cli", *command, "--port", str(port)],
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+
+        def answers() -> bool:
+            try:
+                return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(answers, timeout=60, what="`lrtune api` to answer", logs=log.read_text)
+        assert httpx.get(f"{base}/v1/jobs").status_code == 200
+        assert httpx.get(f"{base}/v1/jobs/99").status_code == 404
+        assert httpx.post(f"{base}/v1/jobs", json={}).status_code == 422
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+    text = log.read_text()
+    assert '"GET /v1/jobs/99 HTTP/1.1" 404' in text and '"POST /v1/jobs HTTP/1.1" 422' in text
+    assert ('"GET /v1/jobs HTTP/1.1" 200' in text) is access_log, text
+
+
+@pytest.mark.ray
+def test_the_workers_log_has_no_ray_tune_table_and_no_alembic_plugin_lines(
+    tmp_path: Path,
+) -> None:
+    from lrtune.schemas.jobs import JobSpec
+    from lrtune.service.store import Store
+
+    url = f"sqlite:///{tmp_path / 'lrtune.db'}"
+    upgrade_to_head(url)
+    store = Store.from_url(url)
+    job, _ = store.create_job(
+        spec=JobSpec.model_validate(
+            {
+                "workload": {"name": "digits", "params": {"model": "mlp"}},
+                "policies": ["fixed"],
+                "budget": {"epochs": 1, "trials_per_policy": 1},
+            }
+        )
+    )
+    env = {**os.environ, "LRTUNE_HOME": str(tmp_path), "LRTUNE_DATABASE_URL": url}
+    env.pop("RAY_ADDRESS", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "lrtune.service.cli", "worker", "--once", "--num-cpus", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert store.get_job(job.id).status == "succeeded"
+    text = done.stdout + done.stderr
+    for noise in ("Number of trials", "View detailed results", "alembic.runtime.plugins"):
+        assert noise not in text, text
+    store.dispose()
+
+
 @pytest.mark.postgres
 @pytest.mark.ray
 def test_serve_creates_the_schema_of_an_empty_postgres_database_and_runs_a_job(
