@@ -231,9 +231,9 @@ def correlations(oracle: Oracle) -> list[tuple[str, float, float, float]]:
             rung * (1 + fraction),
             [[oracle.probe_at(k, rung) for k in c.full] for c in configs],
         )
-    for horizon in horizons(budget):
+    for horizon in sorted(set(horizons(budget))):
         row(
-            f"the whole schedule compressed to {horizon} epochs ({horizon}/{budget})",
+            f"the whole schedule compressed to {horizon} of {budget} epochs",
             horizon,
             [[oracle.compressed_at(k) for k in c.compressed[horizon]] for c in configs],
         )
