@@ -285,18 +285,27 @@ def fresh_plan(
 
     schedules = [c.schedule for c in oracle.ranked()[:ORACLE_TOP]]
     schedules += [parse_schedule(r.schedule) for rs in runs.values() for r in rs]
-    tasks = {}
-    for schedule in schedules:
-        for seed in fresh_seeds(scale):
-            key, task = make_task(
-                workload,
-                schedule,
-                seed=seed,
-                epochs=budget_epochs(workload, scale),
-                steps_per_epoch=spe,
-            )
-            tasks[key] = task
-    return tasks
+    return {
+        key: task
+        for schedule in schedules
+        for key, task in fresh_tasks(workload, scale, schedule, spe).values()
+    }
+
+
+def fresh_tasks(
+    workload: BenchWorkload, scale: Scale, schedule: Any, spe: int
+) -> dict[int, tuple[str, dict[str, Any]]]:
+    """A schedule's training on each fresh seed: (cache key, task) by seed."""
+    return {
+        seed: make_task(
+            workload,
+            schedule,
+            seed=seed,
+            epochs=budget_epochs(workload, scale),
+            steps_per_epoch=spe,
+        )
+        for seed in fresh_seeds(scale)
+    }
 
 
 def stage_fresh(
@@ -336,14 +345,7 @@ def fresh_values(
     if isinstance(schedule, dict):
         schedule = parse_schedule(schedule)
     values = {}
-    for seed in fresh_seeds(scale):
-        key, _ = make_task(
-            workload,
-            schedule,
-            seed=seed,
-            epochs=budget_epochs(workload, scale),
-            steps_per_epoch=spe,
-        )
+    for seed, (key, _) in fresh_tasks(workload, scale, schedule, spe).items():
         result = cache.get(key)
         if result is None:
             return None
@@ -427,7 +429,7 @@ def workload_section(
                     [
                         f["policy"],
                         f"{f['peak']:.3g}",
-                        f"{f['ratio']:.2f}",
+                        f"{f['ratio']:.3g}",
                         f"{f['space_top']:.3g}",
                         f"{f['grid_top']:.3g}",
                         fmt_value(workload, f["value"]),

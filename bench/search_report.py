@@ -145,25 +145,32 @@ def summarize_targets(
     )
     if comparisons:
         ahead = [p for p, d in comparisons.items() if d.value > 0]
-        behind = [p for p, d in comparisons.items() if d.high < 0]
+        level = [p for p, d in comparisons.items() if d.value == 0]  # the same recommendation
+        behind = [p for p, d in comparisons.items() if d.value < 0]
+        beyond_noise = [p for p, d in comparisons.items() if d.high < 0]
         facts["ahead_of_all"] = len(ahead) == len(comparisons)
-        facts["behind_beyond_noise"] = behind
+        facts["behind_beyond_noise"] = beyond_noise
         parts = [
             f"{p} {d.value:+.2f} [{d.low:+.2f}, {d.high:+.2f}]" for p, d in comparisons.items()
         ]
+        verdict = []
+        if level:
+            verdict.append(f"level with {', '.join(level)}")
+        if behind:
+            verdict.append(
+                f"behind {', '.join(behind)}"
+                + (f", beyond the noise against {', '.join(beyond_noise)}" if beyond_noise else "")
+                + ("" if beyond_noise else ", within the noise")
+            )
         lines.append(
             "- lrtune's default against each peer at equal epochs (its fresh mean minus the "
             f"peer's, {unit(workload)}, positive: ahead; paired t over the fresh seeds): "
             + "; ".join(parts)
-            + (
-                ". Ahead of every peer."
-                if facts["ahead_of_all"]
-                else f". Behind {', '.join(p for p in comparisons if p not in ahead)}"
-                + (
-                    f", beyond the noise against {', '.join(behind)}."
-                    if behind
-                    else ", within the noise."
-                )
-            )
+            + (". Ahead of every peer." if facts["ahead_of_all"] else ". " + _sentence(verdict))
         )
     return lines, facts
+
+
+def _sentence(parts: list[str]) -> str:
+    text = "; ".join(parts)
+    return text[:1].upper() + text[1:] + "."
