@@ -15,18 +15,19 @@ task by task under bench/.cache/search/ (out of git), each resumable and runnabl
 3. `fresh`: every arm's recommendation and the oracle's 5 best configurations trained on 5 fresh
    seeds (no arm searched with them, the oracle did not use them).
 
-Estimated stage times alone on the 2-core machine (issue 11's oracle timings for the three SGD
-workloads, charlm's epoch measured at 0.6 s plus its build per training; each stage prints its
-own estimate first, from its cache's measured seconds per epoch once it has some):
+Estimated stage times alone on the 2-core machine, from one oracle configuration's trainings
+timed per workload (`seconds_per_epoch` in bench/search_workloads.py: build and probes
+included) and 30 s per lrtune job besides; each stage prints its own estimate first, from its
+cache's measured seconds per epoch once it has some:
 
 | workload | oracle | arms | fresh |
 | --- | ---: | ---: | ---: |
-| mnist1d mlp | 4 min | 11 min | 1 min |
-| digits cnn | 12 min | 27 min | 3 min |
-| mnist1d cnn1d | 10 min | 23 min | 2 min |
-| charlm | 45 min | 80 min | 9 min |
+| mnist1d mlp | 6 min | 15 min | 1 min |
+| digits cnn | 7 min | 17 min | 2 min |
+| mnist1d cnn1d | 6 min | 15 min | 1 min |
+| charlm | 39 min | 70 min | 10 min |
 
-About 3.8 hours in all, 20-25 minutes more once the horizon-halving arm runs.
+About 3.2 hours in all; about 20 minutes more once the horizon-halving arm runs.
 
 `--write` writes the section "Search that picks right" of bench/RESULTS.md from whatever is
 cached, saying what is missing (bench/search_report.py). `--tiny` is the smoke run: one grid

@@ -61,9 +61,10 @@ class BenchWorkload:
     epochs: int = 12
     # What a diverged trial counts as: chance accuracy 0, or a uniform guess's loss.
     worst: float = 0.0
-    # Seconds per epoch of one training in one process (one torch thread) on the 2-core
-    # machine, probes' epochs included: the estimates' prior until a stage measures its own
-    # (issue 11's oracles: 146, 660 and 525 s for about 8,250 epochs in 2 processes).
+    # Seconds per epoch in one process (one torch thread) on the 2-core machine, probes and the
+    # build of each (often short) training included: the estimates' prior until a stage has
+    # measured its own. Measured on one oracle configuration (its full training with probes and
+    # its 4 compressed ones) at load 4: 2.6, 3.1, 2.6 and 19.6 s for 28.5 epochs.
     seconds_per_epoch: float = 0.1
 
     @property
@@ -92,24 +93,24 @@ WORKLOADS = {
             "mnist1d (mlp)",
             {"name": "mnist1d", "params": {"model": "mlp"}},
             (0.025, 0.25),
-            seconds_per_epoch=0.035,
+            seconds_per_epoch=0.09,
         ),
         BenchWorkload(
             "digits-cnn",
             "digits (cnn)",
             {"name": "digits", "params": {"model": "cnn"}},
             (0.025, 0.25),
-            seconds_per_epoch=0.16,
+            seconds_per_epoch=0.11,
         ),
         BenchWorkload(
             "mnist1d-cnn1d",
             "mnist1d (cnn1d)",
             {"name": "mnist1d", "params": {"model": "cnn1d"}},
             (0.02, 0.2),
-            seconds_per_epoch=0.13,
+            seconds_per_epoch=0.09,
         ),
         # Smaller than charlm's defaults (d_model 64, 512 windows: 16 steps per epoch, about
-        # 0.6 s an epoch in one process here) so its oracle takes about 45 minutes and the whole
+        # 0.6 s an epoch in one process here) so its oracle takes about 40 minutes and the whole
         # benchmark fits in about 4 hours. Bounds set by hand: lrtune's range test (AdamW, its
         # defaults, seeds 0-2) suggested max_lr 0.17-0.20, but 4-epoch cosine runs stop learning
         # at 0.02 (val_loss 3.08, the unigram level) and do best near 2e-3 to 6e-3 (2.84), where
@@ -128,7 +129,7 @@ WORKLOADS = {
             metric="val_loss",
             mode="min",
             worst=math.log(97),  # a uniform guess over charlm's 97 tokens
-            seconds_per_epoch=0.7,  # 0.6 an epoch, and a build per (often short) training
+            seconds_per_epoch=0.69,
         ),
     )
 }
