@@ -1,0 +1,280 @@
+"""The oracle of the search benchmark: a grid over every policy's space, its peak rates reaching
+RATE_REACH x the bounds' max, each configuration trained on the oracle's seeds
+
+- to the budget's end, recording its raw metric and its cooldown probe at the rungs (one
+  training serves both: probes branch off and leave the trial as it was), and
+- as the whole schedule compressed to each horizon of `horizons(budget)` (1/12, 1/6, 1/4 and
+  1/3 of it), trained from scratch to its end and judged by its final value;
+
+and the LR range test of lrtune (`run_range_test`) on the workload, for the range finding.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+from bench.search_training import final_value, make_task, variant_label
+from bench.search_workloads import (
+    BenchWorkload,
+    Scale,
+    budget_epochs,
+    compress_schedule,
+    digest,
+    horizons,
+    oracle_seeds,
+    oracle_spaces,
+    peak_rate,
+    resolve,
+    rungs,
+    search_spaces,
+)
+
+# The probe the oracle records: lrtune's default cooldown (schemas.jobs.DEFAULT_COOLDOWN_FRACTION
+# and its shape), the one the "lrtune, ASHA judged by cooldown" arm runs.
+PROBE = (0.5, "linear")
+RANGE_TEST_SEEDS = 3
+
+
+@dataclass
+class OracleConfig:
+    """One grid point: its schedule at the budget, and the keys of its trainings per seed."""
+
+    policy: str
+    point: dict[str, Any]
+    schedule: Any
+    full: list[str]  # per oracle seed
+    compressed: dict[int, list[str | None]]  # horizon -> per seed (None: no valid schedule)
+
+
+@dataclass
+class OraclePlan:
+    workload: BenchWorkload
+    scale: Scale
+    steps_per_epoch: int
+    configs: list[OracleConfig]
+    tasks: dict[str, dict[str, Any]]
+    range_tasks: dict[str, dict[str, Any]]
+
+
+def steps_per_epoch(workload: BenchWorkload) -> int:
+    from lrtune.schemas.workloads import WorkloadSpec
+    from lrtune.workers.workloads import build_workload
+
+    params = dict(WorkloadSpec.model_validate(workload.spec).params)
+    return build_workload(workload.spec["name"], params, seed=0).steps_per_epoch
+
+
+def plan_oracle(workload: BenchWorkload, scale: Scale, *, spe: int) -> OraclePlan:
+    from lrtune.workers.experiment import grid_points, parse_space
+    from pydantic import ValidationError
+
+    budget = budget_epochs(workload, scale)
+    seeds = oracle_seeds(scale)
+    configs: list[OracleConfig] = []
+    tasks: dict[str, dict[str, Any]] = {}
+    for policy, raw in oracle_spaces(workload).items():
+        for point in grid_points(parse_space(policy, raw), budget=scale.grid):
+            try:
+                schedule = resolve(policy, point, steps_per_epoch=spe, epochs=budget)
+            except ValueError:
+                continue  # e.g. a CLR point whose base_lr lies above its max_lr
+            config = OracleConfig(policy, point, schedule, [], {})
+            for seed in seeds:
+                key, task = make_task(
+                    workload,
+                    schedule,
+                    seed=seed,
+                    epochs=budget,
+                    steps_per_epoch=spe,
+                    variants=[PROBE],
+                    rungs=rungs(budget),
+                )
+                tasks[key] = task
+                config.full.append(key)
+            for horizon in horizons(budget):
+                config.compressed[horizon] = []
+                try:
+                    short = compress_schedule(schedule, horizon=horizon, budget=budget)
+                except ValidationError:
+                    config.compressed[horizon] = [None] * len(seeds)
+                    continue
+                for seed in seeds:
+                    key, task = make_task(
+                        workload, short, seed=seed, epochs=horizon, steps_per_epoch=spe
+                    )
+                    tasks[key] = task
+                    config.compressed[horizon].append(key)
+            configs.append(config)
+    range_tasks = {}
+    for seed in range(RANGE_TEST_SEEDS):
+        task = {"workload": workload.spec, "optimizer": workload.optimizer, "seed": seed}
+        range_tasks["range-" + digest(task)] = task
+    return OraclePlan(workload, scale, spe, configs, tasks, range_tasks)
+
+
+def range_test_task(task: dict[str, Any]) -> dict[str, Any]:
+    """lrtune's LR range test (its defaults: fastai's lr_find) on one seed: its bounds."""
+    import torch
+    from lrtune.schemas.recommendations import RangeTestConfig
+    from lrtune.schemas.trials import OptimizerSpec
+    from lrtune.schemas.workloads import WorkloadSpec
+    from lrtune.workers.lr_range_test import run_range_test
+
+    torch.set_num_threads(1)
+    result = run_range_test(
+        workload=WorkloadSpec.model_validate(task["workload"]),
+        optimizer=OptimizerSpec.model_validate(task["optimizer"]),
+        test=RangeTestConfig(),
+        seed=task["seed"],
+    )
+    return {"max_lr": result.suggestion.max_lr, "min_lr": result.suggestion.min_lr}
+
+
+# --- reading the oracle ---------------------------------------------------------------------
+
+
+@dataclass
+class Oracle:
+    """A plan with whatever results are cached."""
+
+    plan: OraclePlan
+    results: dict[str, Any]  # task key -> train_task's result (missing: not trained yet)
+    range_tests: list[dict[str, Any]]
+
+    @property
+    def workload(self) -> BenchWorkload:
+        return self.plan.workload
+
+    @property
+    def missing(self) -> int:
+        return sum(key not in self.results for key in self.plan.tasks)
+
+    def complete_configs(self) -> list[OracleConfig]:
+        """The configurations whose every training is cached."""
+        return [
+            c
+            for c in self.plan.configs
+            if all(k in self.results for k in c.full)
+            and all(k is None or k in self.results for keys in c.compressed.values() for k in keys)
+        ]
+
+    def final_mean(self, config: OracleConfig) -> float:
+        worst = self.workload.worst
+        return statistics.fmean(final_value(self.results[k], worst) for k in config.full)
+
+    def ranked(self) -> list[OracleConfig]:
+        """Complete configurations, best 3-seed final mean first."""
+        sign = -1.0 if self.workload.higher_is_better else 1.0
+        return sorted(self.complete_configs(), key=lambda c: sign * self.final_mean(c))
+
+    def raw_at(self, key: str, rung: int) -> float:
+        """A trial's value at `rung`; one that diverged before carries its last value."""
+        history = self.results[key]["history"]
+        return history[min(rung, len(history)) - 1] if history else self.workload.worst
+
+    def probe_at(self, key: str, rung: int) -> float:
+        """The probe's value at `rung`; without one (diverged at the rung) the raw value."""
+        probe = self.results[key]["probes"].get(variant_label(*PROBE), {}).get(str(rung))
+        return probe["value"] if probe is not None else self.raw_at(key, rung)
+
+    def compressed_at(self, key: str | None) -> float:
+        return (
+            self.workload.worst
+            if key is None
+            else final_value(self.results[key], self.workload.worst)
+        )
+
+    def trials(self) -> int:
+        return len(self.plan.tasks)
+
+    def epochs(self) -> float:
+        return sum(r.get("epochs", 0.0) for k, r in self.results.items() if k in self.plan.tasks)
+
+
+def correlations(oracle: Oracle) -> list[tuple[str, float, float, float]]:
+    """Rows of (evidence, epochs per trial, Spearman per trial, Spearman of the seed means),
+    each against the configuration's full-length seed mean."""
+    from scipy.stats import spearmanr
+
+    configs = oracle.complete_configs()
+    if len(configs) < 3:
+        return []
+    budget = budget_epochs(oracle.workload, oracle.plan.scale)
+    finals = [oracle.final_mean(c) for c in configs]
+    rows: list[tuple[str, float, float, float]] = []
+
+    def row(name: str, epochs: float, values: list[list[float]]) -> None:
+        per_trial = [v for vs in values for v in vs]
+        repeated = [f for f, vs in zip(finals, values, strict=True) for _ in vs]
+        means = [statistics.fmean(vs) for vs in values]
+        rows.append(
+            (
+                name,
+                epochs,
+                float(spearmanr(per_trial, repeated).statistic),
+                float(spearmanr(means, finals).statistic),
+            )
+        )
+
+    fraction = PROBE[0]
+    for rung in rungs(budget):
+        row(
+            f"raw metric at epoch {rung}",
+            rung,
+            [[oracle.raw_at(k, rung) for k in c.full] for c in configs],
+        )
+    for rung in rungs(budget):
+        row(
+            f"cooldown probe at epoch {rung} ({variant_label(*PROBE)})",
+            rung * (1 + fraction),
+            [[oracle.probe_at(k, rung) for k in c.full] for c in configs],
+        )
+    for horizon in sorted(set(horizons(budget))):
+        row(
+            f"the whole schedule compressed to {horizon} of {budget} epochs",
+            horizon,
+            [[oracle.compressed_at(k) for k in c.compressed[horizon]] for c in configs],
+        )
+    return rows
+
+
+def range_finding(oracle: Oracle) -> list[dict[str, Any]]:
+    """Per decaying policy: its best configuration's peak rate against the range test's max
+    (median over the seeds), today's space's top and the oracle grid's top."""
+    if not oracle.range_tests:
+        return []
+    test_max = statistics.median(t["max_lr"] for t in oracle.range_tests)
+    today = search_spaces(oracle.workload)
+    wider = oracle_spaces(oracle.workload)
+    ranked = oracle.ranked()
+    found = []
+    for policy in oracle.workload.policies:
+        if policy == "fixed":
+            continue
+        best = next((c for c in ranked if c.policy == policy), None)
+        if best is None:
+            continue
+        peak = peak_rate(best.schedule)
+        grid_top = max(peak_rate(c.schedule) for c in oracle.plan.configs if c.policy == policy)
+        field = next(f for f in ("lr", "max_lr", "eta_max") if f in today[policy])
+        found.append(
+            {
+                "policy": policy,
+                "peak": peak,
+                "range_max": test_max,
+                "ratio": peak / test_max,
+                "space_top": _top(today[policy][field]),
+                "grid_top": grid_top,
+                "oracle_top": _top(wider[policy][field]),
+                "value": oracle.final_mean(best),
+            }
+        )
+    return found
+
+
+def _top(domain: Any) -> float:
+    if isinstance(domain, dict) and "loguniform" in domain:
+        return float(domain["loguniform"][1])
+    return float(domain)
