@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from lrtune.schemas.errors import ErrorBody, ErrorDetail, FieldProblem
 from lrtune.schemas.schedules import POLICY_NAMES
+from lrtune.service import metrics
 from lrtune.service.deps import require_caller
 from lrtune.service.errors import LrtuneError, UnauthorizedError, http_status
 from lrtune.service.middleware import BodySizeLimit
@@ -60,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=dashboard.STATIC_DIR), name="static")
     _install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=app.state.settings.max_request_bytes)
+    metrics.install(app)
     return app
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from lrtune.schemas.tenants import Tenant
@@ -23,13 +23,18 @@ def get_settings(request: Request) -> Settings:
 
 def get_store(request: Request) -> Store:
     """The app's store, made on first use: building the app opens no database connection."""
-    store: Store | None = request.app.state.store
+    return app_store(request.app)
+
+
+def app_store(app: Any) -> Store:
+    """`app`'s store (see get_store), for what reads it outside a request's dependencies."""
+    store: Store | None = app.state.store
     if store is None:
         with _STORE_LOCK:
-            store = request.app.state.store
+            store = app.state.store
             if store is None:
-                store = Store.from_settings(request.app.state.settings)
-                request.app.state.store = store
+                store = Store.from_settings(app.state.settings)
+                app.state.store = store
     return store
 
 

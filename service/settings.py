@@ -29,6 +29,11 @@ class Settings(BaseSettings):
         description="LRTUNE_AUTH=on: every /v1 request needs a bearer token (`lrtune token "
         "create`); off: one trusted local user, the tenant 'default'.",
     )
+    metrics_token: str | None = Field(
+        None,
+        description="With LRTUNE_AUTH=on, the bearer token /metrics answers (operators' only; "
+        "tenant tokens get 403). Auth off: /metrics is open, as every route is.",
+    )
     max_request_bytes: int = Field(
         1024 * 1024, gt=0, description="Largest request body accepted (413 above it)."
     )

@@ -46,6 +46,7 @@ from lrtune.schemas.jobs import (
     TrialProbe,
     is_better,
 )
+from lrtune.schemas.operations import OperationsSnapshot
 from lrtune.schemas.recommendations import BoundSuggestion, RangeTestResult, Recommendation
 from lrtune.schemas.tenants import ApiToken, Tenant, TenantLimits
 from lrtune.service.codecs import (
@@ -647,6 +648,38 @@ class Store:
             )
 
         self._run(work, write=True)
+
+    def operations_snapshot(self, *, lease_seconds: float) -> OperationsSnapshot:
+        """Totals across tenants for `/metrics`; `lease_seconds` (the workers' lease) turns a
+        lease's expiry into the time of its last heartbeat."""
+        now = utcnow()
+
+        def work(session: Session) -> OperationsSnapshot:
+            counted = session.execute(select(JobRow.status, func.count()).group_by(JobRow.status))
+            by_status: dict[str, int] = {str(status): int(n) for status, n in counted.all()}
+            oldest = session.scalar(
+                select(func.min(JobRow.created_at)).where(JobRow.status == "queued")
+            )
+            expiring = session.scalar(
+                select(func.min(JobRow.lease_expires_at)).where(JobRow.status == "running")
+            )
+            running = session.scalar(
+                select(func.count()).select_from(TrialRow).where(TrialRow.status == "running")
+            )
+            epochs = session.scalar(select(func.count()).select_from(TrialMetricRow))
+            since_beat = 0.0
+            if expiring is not None:
+                beat = utc(expiring) - timedelta(seconds=lease_seconds)
+                since_beat = max(0.0, (now - beat).total_seconds())
+            return OperationsSnapshot(
+                jobs_by_status=by_status,
+                oldest_queued_s=(now - utc(oldest)).total_seconds() if oldest else 0.0,
+                running_trials=int(running or 0),
+                epochs_stored=int(epochs or 0),
+                longest_since_heartbeat_s=since_beat,
+            )
+
+        return self._run(work, write=False)
 
     def job_timeline(self, job_id: int, *, tenant_id: int | None = None) -> JobTimeline:
         """Where the job's time went, in one read transaction: its phases in order and, per
