@@ -27,6 +27,7 @@ from lrtune.schemas.jobs import (
     JobProgress,
     JobTimeline,
 )
+from lrtune.schemas.recommendations import mean_and_spread
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -502,14 +503,3 @@ def _seconds(value: float | None) -> str:
 
 def _share(part: float, whole: float) -> str:
     return f"{100 * part / whole:.1f}%" if whole > 0 else "-"
-
-
-def mean_and_spread(mean: float, std: float | None) -> str:
-    """`mean ± std`, both to the spread's precision (its two leading digits): the digits past
-    it are noise, and a mean printed with more of them claims more than the seeds showed."""
-    if std is None:
-        return _number(mean)
-    if not (math.isfinite(mean) and math.isfinite(std)) or std <= 0:
-        return f"{_number(mean)} ± {_number(std)}"
-    decimals = max(0, 1 - math.floor(math.log10(std)))
-    return f"{mean:.{decimals}f} ± {std:.{decimals}f}"

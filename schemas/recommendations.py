@@ -6,6 +6,7 @@ trial) are written in JSON as the strings "NaN", "Infinity" and "-Infinity", as 
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from lrtune.schemas.schedules import ScheduleSpec
@@ -179,3 +180,19 @@ class Recommendation(BaseModel):
         description="By format: whether its code gives exactly lrtune's rates. A false one says "
         "why on the code's first line (Keras has no param groups, so no multipliers).",
     )
+
+
+def mean_and_spread(mean: float, std: float | None) -> str:
+    """`mean ± std`, both to the spread's precision (its two leading digits): the digits past
+    it are noise, and a mean printed with more of them claims more than the seeds showed. The
+    CLI, the worker's log and (in JavaScript, `fmtMeanStd`) the job page print it so."""
+    if std is None:
+        return _general(mean)
+    if not (math.isfinite(mean) and math.isfinite(std)) or std <= 0:
+        return f"{_general(mean)} ± {_general(std)}"
+    decimals = max(0, 1 - math.floor(math.log10(std)))
+    return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
+
+
+def _general(value: float) -> str:
+    return f"{value:.4g}" if math.isfinite(value) else str(value)

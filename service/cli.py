@@ -148,30 +148,18 @@ def worker(
     code_path: CodePathOption = None,
 ) -> None:
     """Claim queued jobs and run them as Ray Tune experiments (joins RAY_ADDRESS if set)."""
-    import logging
 
+    from lrtune.service.logs import configure_worker
     from lrtune.service.worker import run_worker
     from lrtune.workers.daemon import ensure_ray
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    _quiet_libraries()
     settings = _with_code_paths(Settings(), code_path)
+    configure_worker(settings.log_format)
     _check_database(settings)
     # Ray first: a local Ray sets its own SIGTERM handler (it exits at once), which ours replace.
     ensure_ray(address=settings.ray_address, num_cpus=num_cpus)
     stop = _stop_on_signals()
     run_worker(settings, worker_id=worker_id, once=once, num_cpus=num_cpus, stop=stop)
-
-
-def _quiet_libraries() -> None:
-    """The worker's log tells what lrtune does: no Ray Tune experiment table or "View detailed
-    results" (its new output engine prints them whatever the verbosity), no Alembic plugin and
-    context lines, no Ray Tune file-writing notes; their warnings and errors still show."""
-    import logging
-
-    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
-    for name in ("alembic", "ray.tune"):
-        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _stop_on_signals() -> Any:
@@ -391,25 +379,12 @@ def _check_database(settings: Settings) -> None:
         fail(error.message, code=EXIT_CANNOT_RUN)
 
 
-class SkipSuccessfulGets:
-    """uvicorn's access log without the GETs that succeeded: a dashboard or `lrtune watch`
-    polls every second or two, and those lines would bury what happens."""
-
-    def filter(self, record: Any) -> bool:
-        args = record.args
-        if isinstance(args, tuple) and len(args) == 5:  # client, method, path, version, status
-            _, method, _, _, status = args
-            return not (method == "GET" and int(status) < 400)
-        return True
-
-
 def _serve_api(settings: Settings, *, host: str, port: int, access_log: bool = False) -> None:
-    import copy
     import gc
 
     import uvicorn
     from lrtune.service.app import create_app
-    from uvicorn.config import LOGGING_CONFIG
+    from lrtune.service.logs import api_log_config
 
     api = create_app(settings)
     # What start-up imported (FastAPI, pydantic, SQLAlchemy, numpy and scipy for recommendations:
@@ -418,10 +393,7 @@ def _serve_api(settings: Settings, *, host: str, port: int, access_log: bool = F
     # pausing every request for 150-200 ms on a busy machine (the p99 of a page of trials).
     gc.collect()
     gc.freeze()
-    log_config = copy.deepcopy(LOGGING_CONFIG)
-    if not access_log:
-        log_config["filters"] = {"skip_successful_gets": {"()": SkipSuccessfulGets}}
-        log_config["handlers"]["access"]["filters"] = ["skip_successful_gets"]
+    log_config = api_log_config(settings.log_format, access_log=access_log)
     uvicorn.run(api, host=host, port=port, log_level="info", log_config=log_config)
 
 

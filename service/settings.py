@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -28,6 +29,9 @@ class Settings(BaseSettings):
         False,
         description="LRTUNE_AUTH=on: every /v1 request needs a bearer token (`lrtune token "
         "create`); off: one trusted local user, the tenant 'default'.",
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="json: the server's log as one JSON object per line."
     )
     metrics_token: str | None = Field(
         None,

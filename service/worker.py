@@ -23,13 +23,14 @@ from lrtune.schemas.jobs import (
     TrialMetric,
     TrialProbe,
 )
-from lrtune.schemas.recommendations import RangeTestResult
+from lrtune.schemas.recommendations import RangeTestResult, mean_and_spread
 from lrtune.schemas.trials import EpochResult, ProbeResult
 from lrtune.service.errors import ConflictError, LrtuneError, NotFoundError
 from lrtune.service.recommendations import publish_recommendation, trial_summaries
 from lrtune.service.settings import Settings
 from lrtune.service.store import Store
 from lrtune.workers.daemon import Lease, WorkerOptions, ensure_ray, run_worker_loop
+from lrtune.workers.job_events import job_event
 from lrtune.workers.recommendation import TrialSummary
 from lrtune.workers.results import FinishedStatus
 
@@ -197,7 +198,17 @@ class StoreSink:
         return trial_summaries(replace(inputs, trials=searched))
 
     def on_job_succeeded(self) -> None:
-        publish_recommendation(self.store, job_id=self.job_id)
+        found = publish_recommendation(self.store, job_id=self.job_id)
+        if found is not None and found.winner is not None:
+            winner = found.winner
+            job_event(
+                self.job_id,
+                "recommends %s: %s %s over %d seed(s)",
+                winner.policy,
+                found.metric,
+                mean_and_spread(winner.metric_mean, winner.metric_std),
+                winner.n_seeds,
+            )
 
     def begin_phase(self, phase: JobPhaseName) -> None:
         if self.lease is None or self.lease_lost:
@@ -215,6 +226,29 @@ class StoreSink:
                 self.job_id,
                 phase,
             )
+            return
+        self._log_phase_change(phase)
+
+    def _log_phase_change(self, phase: JobPhaseName) -> None:
+        """The phase that just ended, with its time (and the search's trials), then the one
+        that begins."""
+        try:
+            phases = self.store.job_timeline(self.job_id).phases
+            ended = phases[-2] if len(phases) >= 2 else None
+            if ended is not None and ended.phase != "queued":
+                counts = ""
+                if ended.phase == "search":
+                    progress = self.store.get_job(self.job_id).progress
+                    counts = (
+                        f": {progress.completed} completed, {progress.pruned} pruned, "
+                        f"{progress.diverged} diverged, {progress.failed} failed"
+                    )
+                job_event(
+                    self.job_id, "%s finished in %.1f s%s", ended.phase, ended.seconds, counts
+                )
+        except LrtuneError:  # the log line is not worth failing the job for
+            log.exception("job %s: reading its timeline failed", self.job_id)
+        job_event(self.job_id, "%s started", phase)
 
     def end_phase(self, phase: JobPhaseName) -> None:
         if self.lease is None or self.lease_lost:

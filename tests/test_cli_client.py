@@ -16,7 +16,7 @@ from unittest.mock import patch
 import pytest
 from lrtune.client import commands
 from lrtune.schemas.jobs import TrialMetric, TrialProbe
-from lrtune.schemas.recommendations import BoundSuggestion, RangeTestResult
+from lrtune.schemas.recommendations import BoundSuggestion, RangeTestResult, mean_and_spread
 from lrtune.service.cli import app as cli
 from lrtune.service.settings import Settings
 from lrtune.service.store import Store
@@ -320,4 +320,4 @@ def test_status_timeline_prints_each_phase_and_each_trials_start_up(
 def test_a_mean_is_shown_to_its_spreads_precision(
     mean: float, std: float | None, shown: str
 ) -> None:
-    assert commands.mean_and_spread(mean, std) == shown
+    assert mean_and_spread(mean, std) == shown

@@ -298,3 +298,71 @@ def _process_group(pid: int) -> int | None:
         return os.getpgid(pid)
     except ProcessLookupError:
         return None
+
+
+# A job that passes through every step the log tells: a range test, a search, a confirmation.
+LOGGED_JOB = {
+    "workload": {"name": "digits", "params": {"model": "mlp"}},
+    "policies": ["fixed", "cosine"],
+    "lr_bounds": "auto",
+    "budget": {"epochs": 2, "trials_per_policy": 1, "max_concurrent_trials": 2},
+    "confirm": {"top_k": 1, "seeds": 2},
+    "search": {"algorithm": "random", "seed": 0},
+}
+LIFECYCLE = [
+    "submitted by tenant default",
+    "claimed by worker ",
+    "planning started",
+    "planning finished in ",
+    "range_test started",
+    "range test: lr bounds ",
+    "planned: 2 trials, execution trials",
+    "range_test finished in ",
+    "search started",
+    "search finished in ",
+    "confirmation started",
+    "confirmation finished in ",
+    "recommendation started",
+    "recommends ",
+]
+
+
+@pytest.mark.ray
+def test_the_servers_log_tells_each_step_of_a_job_once_in_order_as_json_lines(
+    ray_local: str, tmp_path: Path
+) -> None:
+    import json
+    import signal
+
+    port = _free_port()
+    env = {
+        **os.environ,
+        "LRTUNE_HOME": str(tmp_path),
+        "LRTUNE_LOG_FORMAT": "json",
+        "RAY_ADDRESS": ray_local,
+    }
+    env.pop("LRTUNE_DATABASE_URL", None)
+    log = tmp_path / "serve.log"
+    serve = _start_server("serve", port=port, env=env, log=log)
+    try:
+        with LrtuneClient(f"http://127.0.0.1:{port}") as client:
+            job = client.wait(client.submit_job(LOGGED_JOB).id, poll_s=1, timeout_s=240)
+            assert job.status == "succeeded", job.error
+            winner = client.recommendation(job.id).winner
+            assert winner is not None
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(timeout=90)
+    text = log.read_text()
+    for noise in ("Number of trials", "View detailed results", "alembic.runtime.plugins"):
+        assert noise not in text, text
+    # lrtune's own lines (and uvicorn's) are JSON objects, one a line.
+    records = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    events = [r["message"] for r in records if r["logger"] == "lrtune.jobs"]
+    assert all(r["job_id"] == job.id for r in records if r["logger"] == "lrtune.jobs")
+    prefix = f"job {job.id} "
+    steps = [message.removeprefix(prefix) for message in events]
+    assert [next((s for s in LIFECYCLE if step.startswith(s)), step) for step in steps] == (
+        LIFECYCLE
+    ), steps
+    assert steps[-1].startswith(f"recommends {winner.policy}: val_accuracy "), steps[-1]

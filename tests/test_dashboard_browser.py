@@ -17,8 +17,8 @@ from typing import Any, NamedTuple
 
 import httpx
 import pytest
-from lrtune.client.commands import mean_and_spread
 from lrtune.schemas.jobs import JobSpec, RungDecision, TrialMetric, TrialProbe
+from lrtune.schemas.recommendations import mean_and_spread
 from lrtune.service.settings import Settings
 from lrtune.service.store import Store
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from lrtune.schemas.jobs import Job, JobPhaseName, JobSpec, Resources, population_problem
 from lrtune.schemas.recommendations import RangeTestResult
 from lrtune.workers.early_stopping import probe_epochs
+from lrtune.workers.job_events import job_event
 from lrtune.workers.results import ConfirmationSink, sink_registered
 from lrtune.workers.user_code import CodeSnapshot
 
@@ -230,8 +231,10 @@ def run_job(
         if not queue.mark_job_running(job_id=job.id, worker_id=options.worker_id):
             return  # another worker took it between the claim and now
         ran = True
+        job_event(job.id, "claimed by worker %s", options.worker_id)
         if queue.is_cancel_requested(job.id):
             queue.mark_job_cancelled(job_id=job.id)
+            job_event(job.id, "cancelled")
             return
         sink = make_sink(job.id, lease)
         code = snapshot_code(options, job.spec)
@@ -246,8 +249,10 @@ def run_job(
             log.warning("job %s: lease lost, leaving it to the worker that holds it", job.id)
         elif queue.is_cancel_requested(job.id):
             queue.mark_job_cancelled(job_id=job.id)
+            job_event(job.id, "cancelled")
         elif error is not None:
             queue.mark_job_failed(job_id=job.id, error=error)
+            job_event(job.id, "failed: %s", error)
         else:
             queue.mark_job_succeeded(job_id=job.id)
             _after_success(job, sink)
@@ -257,7 +262,9 @@ def run_job(
             return  # handed back in `finally`
         log.exception("job %s failed", job.id)
         if not lease.lost.is_set():
-            queue.mark_job_failed(job_id=job.id, error=_last_line(f"{type(exc).__name__}: {exc}"))
+            reason = _last_line(f"{type(exc).__name__}: {exc}")
+            queue.mark_job_failed(job_id=job.id, error=reason)
+            job_event(job.id, "failed: %s", reason)
     finally:
         lease.release()
         if lease.handed_back:
@@ -395,6 +402,8 @@ def range_test(job: Job, *, sink: JobSink, code: CodeSnapshot | None = None) -> 
         )
         result = ray.get(task.remote(spec, code))
     sink.save_range_test(result)
+    bounds = result.suggestion
+    job_event(job.id, "range test: lr bounds %.3g to %.3g", bounds.min_lr, bounds.max_lr)
     return result
 
 
@@ -477,6 +486,7 @@ def _run_search(
         code=code,
     )
     sink.save_search_spaces(plan.search_spaces)
+    job_event(job.id, "planned: %d trials, execution %s", plan.total_trials, spec.execution)
     with sink_registered(key, sink):
         sink.begin_phase("search")
         results = list(run_experiment(plan))

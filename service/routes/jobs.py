@@ -25,6 +25,7 @@ from lrtune.service.deps import SettingsDep, StoreDep, TenantDep
 from lrtune.service.errors import ForbiddenError, InvalidInputError, LimitExceededError
 from lrtune.service.responses import json_response
 from lrtune.service.settings import Settings
+from lrtune.workers.job_events import job_event
 from lrtune.workers.user_code import EntrypointRefused, EntrypointSources
 from pydantic import TypeAdapter
 
@@ -81,7 +82,9 @@ def submit_job(
         tenant_id=tenant.id,
         max_active_jobs=tenant.limits.max_concurrent_jobs or settings.max_concurrent_jobs,
     )
-    if not created:
+    if created:
+        job_event(job.id, "submitted by tenant %s", tenant.name)
+    else:
         response.status_code = 200
     return job
 
