@@ -432,11 +432,7 @@ def test_cancel_mid_ladder_ends_the_running_rung_and_starts_no_other(
         target=run_worker, args=(settings,), kwargs={"once": True, "store": store}
     )
     worker.start()
-    wait_until(
-        lambda: any(t.epochs_done >= 1 for t in _rung_trials(store, job.id, 1)),
-        timeout=180,
-        what="the second rung under way",
-    )
+    wait_until(lambda: _rung_trials(store, job.id, 1) != [], timeout=180, what="a second rung")
     store.cancel_job(job.id)
     worker.join(timeout=60)
     assert not worker.is_alive()
@@ -445,9 +441,13 @@ def test_cancel_mid_ladder_ends_the_running_rung_and_starts_no_other(
     assert len(_rung_trials(store, job.id, 0)) == 8
     for trial in _rung_trials(store, job.id, 0):
         assert trial.status in ("completed", "pruned")  # decided before the cancel
-    cut = [t for t in _rung_trials(store, job.id, 1) if t.status == "failed"]
-    assert cut and all(t.error == CANCELLED_TRIAL_ERROR for t in cut)
-    assert all(t.status in ("completed", "failed") for t in _rung_trials(store, job.id, 1))
+    second = _rung_trials(store, job.id, 1)
+    cut = [t for t in second if t.status == "failed"]
+    assert all(t.error == CANCELLED_TRIAL_ERROR for t in cut)
+    assert all(t.status in ("completed", "failed") for t in second)
+    # The rung did not run to its end: trials cut short, or some never started.
+    assert cut or len(second) < 4, [(t.ray_trial_id, t.status) for t in second]
+    assert all("decision" not in t.search_config for t in second)  # never decided
 
 
 @pytest.mark.ray
