@@ -11,6 +11,7 @@ import math
 from datetime import datetime
 from typing import Annotated, Any, Literal, NoReturn
 
+from lrtune.schemas.halving import HorizonLadder
 from lrtune.schemas.recommendations import RangeTestConfig
 from lrtune.schemas.schedules import POLICY_NAMES, ParamGroupRule
 from lrtune.schemas.search import (
@@ -208,15 +209,26 @@ class Cooldown(BaseModel):
 
 
 class EarlyStopping(BaseModel):
-    """ASHA on epochs. At each rung a trial is judged by `judge`: "cooldown" (the default with
-    ASHA) runs a cooldown probe and compares what each trial would reach if annealed now;
-    "raw" compares the metric of the epoch reached (Ray Tune's ASHA as it is)."""
+    """ASHA on epochs, or successive halving over training length.
+
+    With "asha", at each rung a trial is judged by `judge`: "cooldown" (the default with ASHA)
+    runs a cooldown probe and compares what each trial would reach if annealed now; "raw"
+    compares the metric of the epoch reached (Ray Tune's ASHA as it is).
+    With "horizon_halving", each point first trains its whole schedule compressed to the
+    shortest rung's horizon; the top 1/reduction_factor of each policy train it again at the
+    next horizon, up to the budget (`lrtune.schemas.halving`)."""
 
     model_config = _INPUT
 
-    kind: Literal["none", "asha"] = "none"
+    kind: Literal["none", "asha", "horizon_halving"] = "none"
     grace_epochs: int = Field(1, gt=0)
     reduction_factor: int = Field(3, ge=2)
+    min_epochs: int | None = Field(
+        None,
+        gt=0,
+        validate_default=True,
+        description="horizon_halving: the shortest rung's horizon, in epochs (default 1).",
+    )
     judge: Literal["cooldown", "raw"] | None = Field(
         None, validate_default=True, description='Default: "cooldown" with ASHA, none without.'
     )
@@ -224,10 +236,26 @@ class EarlyStopping(BaseModel):
         None, validate_default=True, description='The probe of judge "cooldown".'
     )
 
+    @field_validator("min_epochs")
+    @classmethod
+    def _min_epochs_of_halving(cls, min_epochs: int | None, info: ValidationInfo) -> int | None:
+        if info.data.get("kind") != "horizon_halving":
+            if min_epochs is not None:
+                raise ValueError('min_epochs applies to kind "horizon_halving"')
+            return None
+        return 1 if min_epochs is None else min_epochs
+
     @field_validator("judge")
     @classmethod
     def _judge_needs_early_stopping(cls, judge: str | None, info: ValidationInfo) -> str | None:
         kind = info.data.get("kind", "none")
+        if kind == "horizon_halving":
+            if judge is not None:
+                raise ValueError(
+                    "horizon_halving judges each rung by its final value; judge applies to "
+                    'kind "asha"'
+                )
+            return None
         if kind == "none":
             if judge == "cooldown":
                 raise ValueError('judge "cooldown" needs early stopping (kind "asha")')
@@ -453,6 +481,30 @@ class JobSpec(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _halving_fits_the_budget(self) -> JobSpec:
+        stopping = self.early_stopping
+        if stopping.kind != "horizon_halving":
+            return self
+        assert stopping.min_epochs is not None  # EarlyStopping defaults it
+        if stopping.min_epochs > self.budget.epochs:
+            _raise_at(
+                self,
+                ("early_stopping", "min_epochs"),
+                stopping.min_epochs,
+                f"min_epochs ({stopping.min_epochs}) is above the budget's "
+                f"{self.budget.epochs} epochs: the shortest rung cannot be longer than the last",
+            )
+        if self.snapshots is not None:
+            _raise_at(
+                self,
+                ("early_stopping", "kind"),
+                stopping.kind,
+                "horizon_halving judges compressed schedules by their final value; snapshot "
+                "ensembles are taken along a full-length run: drop one of them",
+            )
+        return self
+
+    @model_validator(mode="after")
     def _horizons_sweep_wsd_to_the_budget(self) -> JobSpec:
         horizons = self.horizons
         if horizons is None:
@@ -521,8 +573,21 @@ class JobSpec(BaseModel):
         return self.metric.mode if self.metric and self.metric.mode else "min"
 
     @property
+    def horizon_ladder(self) -> HorizonLadder | None:
+        """The rungs of early stopping "horizon_halving" (None for any other kind)."""
+        stopping = self.early_stopping
+        if stopping.kind != "horizon_halving":
+            return None
+        return HorizonLadder(
+            budget_epochs=self.budget.epochs,
+            min_epochs=stopping.min_epochs or 1,
+            reduction_factor=stopping.reduction_factor,
+        )
+
+    @property
     def planned_trials(self) -> int:
-        """Search trials plus confirmation runs (top_k x seeds per policy).
+        """Search trials plus confirmation runs (top_k x seeds per policy); with
+        horizon_halving, every rung's trials.
 
         A policy has at most `trials_per_policy` configurations to confirm, so top_k counts up
         to that. (Fewer can run: pruned and failed trials are not confirmed, and a grid may
@@ -530,11 +595,15 @@ class JobSpec(BaseModel):
         """
         if self.kind != "search":
             return 0
-        per_policy = self.budget.trials_per_policy
+        first_rung = self.budget.trials_per_policy
+        per_policy, full_length = first_rung, first_rung
+        ladder = self.horizon_ladder
+        if ladder is not None:
+            # Every rung's trials count (trials_per_policy is the first rung's).
+            per_policy = ladder.trials_per_policy(first_rung)
+            full_length = ladder.last_rung_trials(first_rung)
         if self.confirm is not None:
-            per_policy += (
-                min(self.confirm.top_k, self.budget.trials_per_policy) * self.confirm.seeds
-            )
+            per_policy += min(self.confirm.top_k, full_length) * self.confirm.seeds
         # A sweep's wsd trials are one per horizon (the trunk the longest).
         swept = per_policy * (len(self.horizons) - 1) if self.horizons else 0
         return per_policy * len(self.policies) + swept
@@ -734,12 +803,19 @@ class RungTrial(BaseModel):
 
 class JobRung(BaseModel):
     """An epoch at which trials of the job were probed, its trials best first by `judged`
-    under the job's metric mode (a missing or non-finite value last)."""
+    under the job's metric mode (a missing or non-finite value last).
+
+    With horizon_halving, one rung of the ladder: `epoch` is its horizon, each trial a
+    candidate that trained its whole schedule compressed to it (`raw` and `judged` both its
+    final value) and `decision` whether it went on to the next horizon."""
 
     model_config = _OUTPUT
 
     epoch: int = Field(ge=1)
     trials: list[RungTrial]
+    rung: int | None = Field(
+        None, description="horizon_halving: the rung's index, 0 the shortest horizon."
+    )
 
 
 # A job's phases, in the order a search job with lr_bounds "auto" and `confirm` runs them:

@@ -169,6 +169,11 @@ class Recommendation(BaseModel):
         None, description="With `snapshots`: the winner's ensemble against its single model."
     )
     rationale: str
+    horizon_epochs: int | None = Field(
+        None,
+        description="horizon_halving, before any trial has trained the whole budget: the "
+        "horizon (epochs) of the longest rung reached, which the leader was judged at.",
+    )
     code: dict[str, str] = Field(
         default_factory=dict,
         description="The winner's schedule as code to paste, by format: pytorch "

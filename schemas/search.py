@@ -216,6 +216,23 @@ def resolve_schedule(
     return parse_schedule(fields)
 
 
+def compress_schedule(schedule: ScheduleSpec, *, epochs: int, budget_epochs: int) -> ScheduleSpec:
+    """The whole schedule run in `epochs` instead of `budget_epochs`: every field counted in
+    steps (the warmup's, boundaries and milestones included) times epochs / budget_epochs,
+    rounded to whole steps and at least 1 (a zero stays zero), so its shape is the same at any
+    length. A WSD decay given as `decay_frac` stays that share. ValidationError when the
+    shorter schedule is not valid (e.g. two milestones rounded onto one step)."""
+    factor = epochs / budget_epochs
+    fields = schedule.model_dump()
+    for field in type(schedule).durations():
+        value = fields.get(field)
+        if value is not None:
+            fields[field] = _convert(value, lambda v: v * factor) if value else value
+    if fields.get("decay_frac") is not None:
+        fields["decay_steps"] = None  # round(decay_frac x total_steps) again
+    return parse_schedule(fields)
+
+
 def middle_point(policy: str, space: dict[str, Any]) -> dict[str, Any]:
     """The point in the middle of a search space: a range's midpoint (geometric for loguniform,
     rounded for int), a choice's first option, a fixed value as it is. ValueError for a space

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 from lrtune.schemas.dashboard import JobCurves, PolicyStanding
 from lrtune.schemas.jobs import (
@@ -38,6 +38,7 @@ from lrtune.schemas.jobs import (
     JobRung,
     JobSpec,
     JobTimeline,
+    RungDecision,
     RungTrial,
     Trial,
     TrialErrorCount,
@@ -1008,7 +1009,8 @@ class Store:
         metric at that epoch (`raw`), its probe's (`judged`) and the decision, best judged first.
 
         One query: the probes joined with their trials and outer-joined with the metric rows of
-        the same (trial, epoch), whatever the number of trials.
+        the same (trial, epoch), whatever the number of trials. A horizon_halving job's rungs
+        are its ladder instead (`_horizon_rungs`, one more query).
         """
 
         def work(session: Session) -> list[JobRung]:
@@ -1043,12 +1045,63 @@ class Store:
                         decision=probe.decision,
                     )
                 )
-            return [
+            probed = [
                 JobRung(epoch=epoch, trials=_best_judged_first(trials, job.metric_mode))
                 for epoch, trials in rungs.items()
             ]
+            halving = (job.spec.get("early_stopping") or {}).get("kind") == "horizon_halving"
+            return probed + (self._horizon_rungs(session, job) if halving else [])
 
         return self._run(work, write=False)
+
+    def _horizon_rungs(self, session: Session, job: JobRow) -> list[JobRung]:
+        """A horizon_halving job's ladder: its rung trials (their search config names the
+        rung) by rung, each judged by its final value, with the rung's decision on it."""
+        rows = session.execute(
+            select(TrialRow.__table__).where(TrialRow.job_id == job.id, TrialRow.phase == "search")
+        )
+        ladder: dict[tuple[int, int], list[RungTrial]] = {}
+        for row in rows:
+            trial = trial_from_row(row)
+            config = trial.search_config
+            if "rung" not in config:
+                continue
+            ladder.setdefault((int(config["rung"]), int(config["horizon_epochs"])), []).append(
+                RungTrial(
+                    trial_id=trial.id,
+                    policy=trial.policy,
+                    raw=trial.last_metric,
+                    judged=rung_value(trial),
+                    decision=config.get("decision"),
+                )
+            )
+        return [
+            JobRung(epoch=epochs, rung=rung, trials=_best_judged_first(trials, job.metric_mode))
+            for (rung, epochs), trials in sorted(ladder.items())
+        ]
+
+    def record_rung_decisions(self, *, job_id: int, decisions: Mapping[str, str]) -> None:
+        """A horizon_halving rung's decision on each of its trials, by trial key (ray_trial_id):
+        "continue" or "stop", recorded in the trial's search_config; a stopped trial that
+        completed its horizon ends `pruned`. Deciding again alike (a resumed job) changes
+        nothing."""
+        for decision in decisions.values():
+            if decision not in get_args(RungDecision):
+                raise InvalidInputError(f"unknown rung decision {decision!r}", field="decision")
+
+        def work(session: Session) -> None:
+            rows = session.scalars(
+                select(TrialRow).where(
+                    TrialRow.job_id == job_id, TrialRow.ray_trial_id.in_(list(decisions))
+                )
+            )
+            for row in rows:
+                decision = decisions[str(row.ray_trial_id)]
+                row.search_config = {**row.search_config, "decision": decision}
+                if decision == "stop" and row.status == "completed":
+                    row.status = "pruned"
+
+        self._run(work, write=True)
 
     def best_settings(
         self,
@@ -1569,6 +1622,16 @@ def _merge_probes(probes: Sequence[TrialProbe]) -> list[TrialProbe]:
         elif first.decision is None and probe.decision is not None:
             by_epoch[probe.epoch] = first.model_copy(update={"decision": probe.decision})
     return list(by_epoch.values())
+
+
+def rung_value(trial: Trial) -> float | None:
+    """What a horizon_halving rung judges its trial by: the final value of the job's metric,
+    once the trial has trained its whole horizon (None when it failed or diverged)."""
+    if trial.status not in ("completed", "pruned"):
+        return None
+    if trial.epochs_done < int(trial.search_config.get("horizon_epochs", 0)):
+        return None
+    return trial.last_metric
 
 
 def _best_judged_first(trials: list[RungTrial], mode: str) -> list[RungTrial]:

@@ -12,13 +12,14 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
 from lrtune.schemas.jobs import (
     FINISHED_TRIAL_STATUSES,
     JobPhaseName,
+    RungDecision,
     Trial,
     TrialMetric,
     TrialProbe,
@@ -28,7 +29,7 @@ from lrtune.schemas.trials import EpochResult, ProbeResult
 from lrtune.service.errors import ConflictError, LrtuneError, NotFoundError
 from lrtune.service.recommendations import publish_recommendation, trial_summaries
 from lrtune.service.settings import Settings
-from lrtune.service.store import Store
+from lrtune.service.store import Store, rung_value
 from lrtune.workers.daemon import Lease, WorkerOptions, ensure_ray, run_worker_loop
 from lrtune.workers.job_events import job_event
 from lrtune.workers.recommendation import TrialSummary
@@ -196,6 +197,17 @@ class StoreSink:
         inputs = self.store.recommendation_inputs(self.job_id)
         searched = [trial for trial in inputs.trials if trial.phase == "search"]
         return trial_summaries(replace(inputs, trials=searched))
+
+    def rung_values(self, trial_keys: Collection[str]) -> dict[str, float | None]:
+        wanted = set(trial_keys)
+        return {
+            str(trial.ray_trial_id): rung_value(trial)
+            for trial in self._job_trials()
+            if trial.ray_trial_id in wanted
+        }
+
+    def record_rung_decisions(self, decisions: Mapping[str, RungDecision]) -> None:
+        self.store.record_rung_decisions(job_id=self.job_id, decisions=decisions)
 
     def on_job_succeeded(self) -> None:
         found = publish_recommendation(self.store, job_id=self.job_id)

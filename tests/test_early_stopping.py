@@ -145,6 +145,11 @@ def _job_body(**early_stopping: Any) -> dict[str, Any]:
             "early_stopping.cooldown",
             "applies to judge",
         ),
+        ({"kind": "horizon_halving", "min_epochs": 0}, "early_stopping.min_epochs", ""),
+        ({"kind": "horizon_halving", "reduction_factor": 1}, "early_stopping.reduction_factor", ""),
+        ({"kind": "horizon_halving", "min_epochs": 7}, "early_stopping.min_epochs", "above the"),
+        ({"kind": "horizon_halving", "judge": "raw"}, "early_stopping.judge", "final value"),
+        ({"kind": "asha", "min_epochs": 2}, "early_stopping.min_epochs", "horizon_halving"),
     ],
 )
 def test_bad_early_stopping_is_a_422_naming_the_field(

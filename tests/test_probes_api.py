@@ -107,6 +107,7 @@ def test_a_jobs_rungs(app: FastAPI, api_client: TestClient, job_body: dict[str, 
                     "decision": "stop",
                 },
             ],
+            "rung": None,  # probed rungs are ASHA's, not a horizon_halving ladder's
         }
     ]
     # A job no trial was probed in has no rungs.

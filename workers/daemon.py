@@ -27,7 +27,7 @@ from lrtune.schemas.jobs import Job, JobPhaseName, JobSpec, Resources, populatio
 from lrtune.schemas.recommendations import RangeTestResult
 from lrtune.workers.early_stopping import probe_epochs
 from lrtune.workers.job_events import job_event
-from lrtune.workers.results import ConfirmationSink, sink_registered
+from lrtune.workers.results import HalvingSink, sink_registered
 from lrtune.workers.user_code import CodeSnapshot
 
 if TYPE_CHECKING:
@@ -113,9 +113,9 @@ class Lease:
                 return
 
 
-class JobSink(ConfirmationSink, Protocol):
-    """A job's `ResultSink` plus what the daemon and the searcher (picking what to confirm)
-    record about the job as a whole."""
+class JobSink(HalvingSink, Protocol):
+    """A job's `ResultSink` plus what the daemon and the searchers (closing a horizon-halving
+    rung, picking what to confirm) record about the job as a whole."""
 
     def stored_range_test(self) -> RangeTestResult | None:
         """The job's range test if one was stored already (a resumed job does not rerun it)."""

@@ -10,7 +10,9 @@ budget from one policy to another). The policy is part of each trial's config, s
 all of them together (by their cooldown probes at rungs: `lrtune.workers.early_stopping`) and
 Ray Tune's experiment state and the trials' checkpoints cover the whole job (Tuner.restore).
 A job that confirms runs its confirmation as further trials of the same Tune run
-(`SearchThenConfirm`), on the actors the search started.
+(`SearchThenConfirm`), on the actors the search started. Early stopping "horizon_halving" runs
+the search's points as a ladder of ever longer, compressed schedules (`HorizonHalvingSearcher`),
+also in that one run.
 
 Seeds: the i-th trial of every policy gets the same seed (common random numbers), so two
 policies are compared on the same initialisations and batch orders.
@@ -30,8 +32,10 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
+from lrtune.schemas.halving import HorizonLadder, RungCandidate
 from lrtune.schemas.jobs import JobSpec, LrBounds, PolicySearch
 from lrtune.schemas.recommendations import BoundSuggestion
+from lrtune.schemas.schedules import parse_schedule
 from lrtune.schemas.search import (
     DEFAULT_SEARCH_SPACES,
     Choice,
@@ -39,6 +43,7 @@ from lrtune.schemas.search import (
     IntRange,
     LogUniform,
     Uniform,
+    compress_schedule,
     field_of,
     resolve_schedule,
     validate_search_space,
@@ -52,6 +57,7 @@ from lrtune.workers.results import (
     CancelStopper,
     ConfirmationSink,
     EndRunOnHandBack,
+    HalvingSink,
     RecordResults,
     TuneTrialConfig,
     sink_for,
@@ -365,6 +371,10 @@ class EqualBudgetSearcher(_StatefulSearcher):
             config = sweep_trial_config(config, self.horizons, steps_per_epoch=self.steps_per_epoch)
         return config
 
+    @property
+    def suggested_trials(self) -> int:
+        return sum(self.state.suggested.values())
+
     def _point(self, space: PolicySpace, *, index: int, trial_id: str) -> dict[str, Any]:
         if not space.domains:
             return dict(space.fixed)
@@ -587,9 +597,16 @@ def build_tuner(plan: ExperimentPlan, *, skip_keys: set[str] | None = None) -> t
 
 
 def job_searcher(plan: ExperimentPlan) -> Searcher:
-    """The job's search algorithm: its search (`plan_searcher`), then its confirmation when
-    the job asks for one; their trials grouped into populations for execution "population"."""
-    search = plan_searcher(plan)
+    """The job's search algorithm: its search (`plan_searcher`, over a ladder of horizons with
+    early stopping "horizon_halving"), then its confirmation when the job asks for one; their
+    trials grouped into populations for execution "population"."""
+    points = plan_searcher(plan)
+    ladder = plan.spec.horizon_ladder
+    search: EqualBudgetSearcher | HorizonHalvingSearcher = (
+        points
+        if ladder is None
+        else HorizonHalvingSearcher(job_key=plan.job_key, search=points, ladder=ladder)
+    )
     trials: _StatefulSearcher = (
         search if plan.spec.confirm is None else SearchThenConfirm(plan, search)
     )
@@ -636,6 +653,159 @@ def run_experiment(plan: ExperimentPlan) -> tune.ResultGrid:
     return tuner.fit()
 
 
+# --- horizon halving: the search's points trained at ever longer horizons -------------------
+
+
+def rung_trial_key(point_id: str, horizon: int) -> str:
+    """The key of a point's trial at a horizon_halving rung of `horizon` epochs."""
+    return f"{point_id}-h{horizon}"
+
+
+class HorizonHalvingSearcher(_StatefulSearcher):
+    """Successive halving over training length (early stopping "horizon_halving"), as the
+    trials of one Tune run.
+
+    The first rung's points come from `search` (`trials_per_policy` per policy, random, grid or
+    TPE; TPE learns from the first rung's results). At each rung every candidate trains, from
+    scratch, the schedule its point resolves to at the budget compressed to the rung's horizon
+    (`compress_schedule`): a trial of its own keyed `<point>-h<epochs>`, whose search config
+    records `horizon_epochs`, `rung` and `point_id` (the first rung's trial key). Once every
+    trial of a rung has ended, `HorizonLadder.promote` decides the rung on the trials' final
+    values as SQL has them (a restored run's skipped trials report none to Tune); the sink
+    records the decisions (a stopped trial ends `pruned`) and the promoted points train the
+    next horizon. Meanwhile it suggests nothing (None). The last rung trains the budget.
+    Suggests nothing once the job must stop (cancellation).
+    """
+
+    def __init__(self, *, job_key: str, search: EqualBudgetSearcher, ladder: HorizonLadder) -> None:
+        super().__init__(metric=search.metric, mode=search.mode)
+        self.job_key = job_key
+        self.search = search
+        self.ladder = ladder
+        self.rung = 0
+        # The current rung's points, as the search drew them (trial configs at the budget).
+        self.candidates: list[TuneTrialConfig] = []
+        self.drawn_all = False  # every point of the first rung is drawn
+        self.suggested = 0  # of the current rung's candidates
+        self.running: set[str] = set()  # Tune ids of the current rung's trials, not ended yet
+        self.suggested_trials = 0  # of every rung
+
+    def set_search_properties(
+        self, metric: str | None, mode: str | None, config: dict[str, Any], **spec: Any
+    ) -> bool:
+        return True
+
+    def suggest(self, trial_id: str) -> TuneTrialConfig | None:
+        while True:
+            if not self.drawn_all:
+                drawn = self.search.suggest(trial_id)
+                if drawn is None:
+                    return None
+                if drawn == Searcher.FINISHED:
+                    self.drawn_all = True
+                else:
+                    self.candidates.append(drawn)
+            if self.suggested < len(self.candidates):
+                config = self._rung_config(self.candidates[self.suggested])
+                self.suggested += 1
+                self.suggested_trials += 1
+                self.running.add(trial_id)
+                return config
+            if self.running:
+                return None  # a rung is decided once all of its trials have ended
+            sink = cast(HalvingSink, sink_for(self.job_key))
+            if sink.should_stop():
+                return Searcher.FINISHED  # Tune's sentinel string
+            if self.rung + 1 >= len(self.ladder.horizons):
+                # Fewer than planned ran where a rung had fewer candidates with a value to
+                # promote (failed or diverged ones): plan what ran.
+                sink.set_planned_trials(self.suggested_trials)
+                return Searcher.FINISHED
+            self._close_rung(sink)
+
+    def _rung_config(self, candidate: TuneTrialConfig) -> TuneTrialConfig:
+        """The candidate's trial at the current rung: its schedule compressed to the horizon."""
+        horizon = self.ladder.horizons[self.rung]
+        budget = self.ladder.budget_epochs
+        point_id = candidate["trial_key"]
+        config = cast(
+            TuneTrialConfig,
+            {
+                **candidate,
+                "trial_key": rung_trial_key(point_id, horizon),
+                "epochs": horizon,
+                "point": {
+                    **candidate["point"],
+                    "horizon_epochs": horizon,
+                    "rung": self.rung,
+                    "point_id": point_id,
+                },
+            },
+        )
+        if candidate["schedule"] is not None and horizon < budget:
+            try:
+                schedule = parse_schedule(candidate["schedule"])
+                compressed = compress_schedule(schedule, epochs=horizon, budget_epochs=budget)
+                config["schedule"] = compressed.model_dump(mode="json")
+            except ValidationError as error:
+                config["schedule"] = None
+                problem = _first_problem(error)
+                config["schedule_error"] = f"compressed to {horizon} epochs, {problem}"
+        return config
+
+    def _close_rung(self, sink: HalvingSink) -> None:
+        """Decide the current rung on its trials' final values, record it, go to the next."""
+        horizon = self.ladder.horizons[self.rung]
+        keys = {c["trial_key"]: rung_trial_key(c["trial_key"], horizon) for c in self.candidates}
+        values = sink.rung_values(list(keys.values()))
+        candidates = [
+            RungCandidate(
+                point_id=c["trial_key"], policy=c["policy"], value=values.get(keys[c["trial_key"]])
+            )
+            for c in self.candidates
+        ]
+        promoted = self.ladder.promote(candidates, mode="max" if self._mode == "max" else "min")
+        if keys:
+            sink.record_rung_decisions(
+                {key: "continue" if point in promoted else "stop" for point, key in keys.items()}
+            )
+        self.candidates = [c for c in self.candidates if c["trial_key"] in promoted]
+        self.rung += 1
+        self.suggested = 0
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        if self.rung == 0:  # TPE learns from the first rung
+            self.search.on_trial_result(trial_id, result)
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+    ) -> None:
+        if trial_id in self.running:
+            self.running.discard(trial_id)
+            if self.rung == 0:
+                self.search.on_trial_complete(trial_id, result=result, error=error)
+
+    def get_state(self) -> dict[str, Any]:
+        return {
+            "search": self.search.get_state(),
+            "rung": self.rung,
+            "candidates": self.candidates,
+            "drawn_all": self.drawn_all,
+            "suggested": self.suggested,
+            "running": self.running,
+            "suggested_trials": self.suggested_trials,
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.search.set_state(state["search"])
+        self.rung = state["rung"]
+        self.candidates = state["candidates"]
+        self.drawn_all = state["drawn_all"]
+        self.suggested = state["suggested"]
+        self.running = state["running"]
+        self.suggested_trials = state["suggested_trials"]
+
+
 # --- confirmation: the top configurations again, with fresh seeds ---------------------------
 
 
@@ -679,15 +849,18 @@ def confirmation_configs(
 class SearchThenConfirm(_StatefulSearcher):
     """A job's search, then its confirmation, as the trials of one Tune run.
 
-    First the search's trials (`search`, an EqualBudgetSearcher); once every one of them has
-    ended (completed, pruned, diverged or failed), the confirmation's: each policy's `top_k`
-    configurations by the finished search trials in SQL, each on `seeds` fresh seeds
-    (`confirmation_configs`). They reuse the search's trial actors: no second experiment to
-    start. The scheduler lets them run to their end (`lrtune.workers.early_stopping`).
+    First the search's trials (`search`, an EqualBudgetSearcher, or a HorizonHalvingSearcher
+    over one); once every one of them has ended (completed, pruned, diverged or failed), the
+    confirmation's: each policy's `top_k` configurations by the finished full-length search
+    trials in SQL, each on `seeds` fresh seeds (`confirmation_configs`). They reuse the
+    search's trial actors: no second experiment to start. The scheduler lets them run to their
+    end (`lrtune.workers.early_stopping`).
     Suggests nothing once the job must stop (cancellation).
     """
 
-    def __init__(self, plan: ExperimentPlan, search: EqualBudgetSearcher) -> None:
+    def __init__(
+        self, plan: ExperimentPlan, search: EqualBudgetSearcher | HorizonHalvingSearcher
+    ) -> None:
         super().__init__(metric=search.metric, mode=search.mode)
         assert plan.spec.confirm is not None
         # Pickled with the experiment: the confirmation configs need the plan, not the code.
@@ -747,7 +920,7 @@ class SearchThenConfirm(_StatefulSearcher):
         ]
         configs = confirmation_configs(self.plan, picks, seeds=spec.confirm.seeds)
         # Pruned, failed and repeated configurations are not confirmed: plan what runs.
-        sink.set_planned_trials(self.plan.total_trials + len(configs))
+        sink.set_planned_trials(self.search.suggested_trials + len(configs))
         return configs
 
     def confirmation_trials(self) -> int:

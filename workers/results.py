@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal, NotRequired, Protocol, TypedDict, cast
 
@@ -21,7 +21,7 @@ from lrtune.schemas.trials import EpochResult, ProbeResult
 from ray.tune import Callback, Stopper
 
 if TYPE_CHECKING:
-    from lrtune.schemas.jobs import JobPhaseName
+    from lrtune.schemas.jobs import JobPhaseName, RungDecision
     from lrtune.workers.recommendation import TrialSummary
 
 # "diverged" on the epoch where the loss blew up (and on one closing result when the blow-up
@@ -59,6 +59,8 @@ class TuneTrialConfig(TypedDict):
     schedule: dict[str, Any] | None  # the resolved schedule spec; None when it did not resolve
     schedule_error: str | None
     phase: NotRequired[Literal["search", "confirm"]]  # missing: "search"
+    # Epochs to train when not the job's budget: a horizon_halving rung's horizon.
+    epochs: NotRequired[int]
     # A sweep's trunk: the shorter horizons it forks (lrtune.workers.sweep.Horizon as JSON).
     horizons: NotRequired[list[dict[str, Any]]]
     # A population (execution "population"): its members' own configs, trained as one batched
@@ -162,6 +164,19 @@ class ConfirmationSink(ResultSink, Protocol):
         ...
 
 
+class HalvingSink(ConfirmationSink, Protocol):
+    """What the horizon-halving searcher asks of the job's sink when a rung ends."""
+
+    def rung_values(self, trial_keys: Collection[str]) -> dict[str, float | None]:
+        """The final value of the job's metric of each trial of `trial_keys` that trained
+        its whole horizon; None for one that failed, diverged or has not ended."""
+        ...
+
+    def record_rung_decisions(self, decisions: Mapping[str, RungDecision]) -> None:
+        """A rung's decision on each of its trials (by key): a stopped one ends `pruned`."""
+        ...
+
+
 # A Tuner pickles its callbacks, stopper and search algorithm into the experiment folder (and
 # Tuner.restore unpickles them), so they must not hold a database-backed sink. They hold the
 # job's key instead and look the sink up here, where the daemon registers it for the run.
@@ -228,7 +243,8 @@ class RecordResults(Callback):
     """Tune callback: trial start, every epoch and probe, checkpoints, restores, completion,
     pruning and errors go to the sink.
 
-    A trial that ends before `epochs` without having diverged was stopped by the scheduler
+    A trial that ends before its epochs (the budget's `epochs`, or its config's: a
+    horizon_halving rung's horizon) without having diverged was stopped by the scheduler
     (ASHA), hence "pruned"; unless the job was being cancelled, then it is "failed" with the
     reason. Trials the database already lists as finished (completed before a worker died, but
     after Tune's last experiment snapshot) are ignored: the trainable skips them too.
@@ -243,6 +259,8 @@ class RecordResults(Callback):
         self._ignored: set[str] = set()
         self._diverged: set[str] = set()
         self._last_epoch: dict[str, int] = {}
+        # Epochs of the trials that train fewer than the budget's (horizon_halving's rungs).
+        self._epochs: dict[str, int] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         # Pickled into the experiment folder before anything ran: keep only the configuration.
@@ -287,6 +305,7 @@ class RecordResults(Callback):
             self._ignored.add(key)
             return
         self._started.add(key)
+        self._epochs[key] = config.get("epochs", self.epochs)
 
     def _start_members(self, key: str, config: TuneTrialConfig) -> None:
         """A population's start: each member not finished yet is a trial of its own, with the
@@ -312,6 +331,7 @@ class RecordResults(Callback):
                 self._ignored.add(key)
                 return
             self._started.add(member_key)
+            self._epochs[member_key] = member.get("epochs", self.epochs)
         self._populations.add(key)
 
     def _member_keys(self, trial: Any) -> list[str]:
@@ -426,7 +446,7 @@ class RecordResults(Callback):
         """How a trial that ended without saying so ended: its epochs and the job tell."""
         if key in self._diverged:
             self.sink.on_trial_end(key, status="diverged", error=None)
-        elif self._last_epoch.get(key, 0) >= self.epochs:
+        elif self._last_epoch.get(key, 0) >= self._epochs.get(key, self.epochs):
             self.sink.on_trial_end(key, status="completed", error=None)
         elif self.sink.should_stop():
             self.sink.on_trial_end(key, status="failed", error=CANCELLED_TRIAL_ERROR)

@@ -80,8 +80,8 @@ def make_trainable(
     probed = probe_epochs(spec)
     cooldown = spec.early_stopping.cooldown
 
-    def checkpoint_due(epoch: int) -> bool:
-        if epoch >= epochs:
+    def checkpoint_due(epoch: int, last_epoch: int) -> bool:
+        if epoch >= last_epoch:
             return False  # a finished trial is never resumed
         every = checkpoint_every_epochs
         return epoch in rungs or (every > 0 and epoch % every == 0)
@@ -95,6 +95,8 @@ def make_trainable(
             # The sampled point makes no valid schedule (e.g. base_lr above max_lr): a failed
             # trial, recorded with the reason, not a crash of the experiment.
             raise ValueError(f"invalid schedule for this point: {config['schedule_error']}")
+        # A horizon_halving rung trains its horizon, the whole schedule compressed to it.
+        trial_epochs = int(config.get("epochs", epochs))
         # A config from before trial configs carried the optimizer (a job resumed across an
         # upgrade) trains with its arm's, as it did.
         optimizer = (
@@ -107,7 +109,7 @@ def make_trainable(
             optimizer=optimizer,
             schedule=parse_schedule(config["schedule"]),
             param_groups=param_groups,
-            epochs=epochs,
+            epochs=trial_epochs,
             seed=int(config["seed"]),
             device=_device(),
             metric=metric,
@@ -159,7 +161,10 @@ def make_trainable(
             probing = Probing(
                 epochs=probed, cooldown=cooldown, on_probe=lambda p: pending.update(probe=p)
             )
-        checkpointing = Checkpointing(due=checkpoint_due, save=lambda s: pending.update(state=s))
+        checkpointing = Checkpointing(
+            due=lambda epoch: checkpoint_due(epoch, trial_epochs),
+            save=lambda s: pending.update(state=s),
+        )
 
         def on_branch(branch: Branch) -> None:
             # A horizon of a sweep, run: it goes with the trunk's next result.
@@ -211,7 +216,7 @@ def _population_trainable(
     spec: JobSpec,
     *,
     skip: frozenset[str],
-    checkpoint_due: Callable[[int], bool],
+    checkpoint_due: Callable[[int, int], bool],
     code: CodeSnapshot | None,
 ) -> Callable[[TuneTrialConfig], None]:
     """The trainable of a job with execution "population": each Tune trial is a population
@@ -259,7 +264,7 @@ def _population_trainable(
                 optimizer=OptimizerSpec.model_validate(member["optimizer"]),
                 schedule=parse_schedule(member["schedule"]),
                 param_groups=param_groups,
-                epochs=epochs,
+                epochs=int(member.get("epochs", epochs)),
                 seed=int(member["seed"]),
                 shuffle_seed=int(config["shuffle_seed"]),
                 device=device,
@@ -268,6 +273,7 @@ def _population_trainable(
             )
             for member in runnable
         ]
+        last_epoch = max((c.epochs for c in trial_configs), default=epochs)
         search_phase = config.get("phase", "search") == "search"
         resume = _latest_population()
         pending: dict[str, Any] = {}
@@ -276,7 +282,7 @@ def _population_trainable(
             status: FinishedStatus | None = None
             if diverged_at(result, int(config["steps_per_epoch"])):
                 status = "diverged"
-            elif result.epoch >= epochs:
+            elif result.epoch >= trial_configs[index].epochs:
                 status = "completed"
             entry = news.setdefault(index, _news(runnable[index]["trial_key"]))
             entry["epoch"] = result.model_dump()
@@ -340,7 +346,7 @@ def _population_trainable(
                 size=population_size(trial_configs),
                 probing=probing,
                 select=select,
-                due=checkpoint_due,
+                due=lambda epoch: checkpoint_due(epoch, last_epoch),
                 save=lambda saved: pending.update(saved=saved),
                 after_epoch=after_epoch,
                 resume=resume,

@@ -365,8 +365,14 @@ function renderRungs(card, rungs, job) {
     return;
   }
   const showAll = card.dataset.showAll === "true";
-  const judge = job.spec.early_stopping && job.spec.early_stopping.judge;
+  const stopping = job.spec.early_stopping || {};
+  const judge = stopping.judge;
   const metric = job.spec.metric ? job.spec.metric.name : "val_loss";
+  const explained = stopping.kind === "horizon_halving"
+    ? `each rung trains every candidate's whole schedule compressed to its horizon, from scratch; judged: its final ${metric}`
+    : judge === "raw"
+      ? `early stopping judged each trial by its ${metric} at the rung epoch`
+      : `raw: ${metric} at the rung epoch · judged: ${metric} after a cooldown probe (the rate annealed to 0 from there), which early stopping compared`;
   const tables = rungs.map((rung) => rungTable(rung, showAll));
   const folded = rungs.some((rung) => rung.trials.some((_, i) => !rungRowShown(rung.trials, i)));
   const toggle = h("button", { "data-testid": "rungs-toggle" }, showAll ? "show fewer" : "show all");
@@ -376,9 +382,7 @@ function renderRungs(card, rungs, job) {
   };
   card.replaceChildren(
     h("div", { class: "row" }, h("h2", { style: "margin:0" }, "Rungs"),
-      h("span", { class: "muted small" }, judge === "raw"
-        ? `early stopping judged each trial by its ${metric} at the rung epoch`
-        : `raw: ${metric} at the rung epoch · judged: ${metric} after a cooldown probe (the rate annealed to 0 from there), which early stopping compared`),
+      h("span", { class: "muted small" }, explained),
       h("div", { class: "spacer" }), folded ? toggle : null),
     h("div", { class: "rungs" }, tables),
   );
@@ -420,7 +424,7 @@ function rungTable(rung, showAll) {
   });
   flush();
   return h("div", { class: "rung", "data-testid": `rung-${rung.epoch}` },
-    h("div", { class: "chart-title" }, `epoch ${rung.epoch}`,
+    h("div", { class: "chart-title" }, rung.rung == null ? `epoch ${rung.epoch}` : `rung ${rung.rung}: ${rung.epoch} epochs`,
       h("span", { class: "muted small" }, ` · ${kept} of ${trials.length} continue`)),
     h("table", { class: "compact" },
       h("thead", {}, h("tr", {}, ["#", "Trial", "Policy", "Raw", "Judged", "Decision"].map((c, i) => h("th", { class: [0, 3, 4].includes(i) ? "num" : "" }, c)))),

@@ -34,7 +34,7 @@ export async function newJobPage() {
   const concurrent = input("max_concurrent_trials", { type: "number", value: "2" });
   const algorithm = h("select", { name: "algorithm" }, ["random", "grid", "tpe"].map((a) => h("option", { value: a }, a)));
   const seed = input("seed", { type: "number", value: "0" });
-  const early = h("select", { name: "early_stopping" }, ["none", "asha"].map((a) => h("option", { value: a }, a)));
+  const early = h("select", { name: "early_stopping" }, ["none", "asha", "horizon_halving"].map((a) => h("option", { value: a }, a)));
   const execution = h("select", { name: "execution", title: "population: the trials train together as batched models; auto: populations when the model allows them" },
     ["trials", "population", "auto"].map((e) => h("option", { value: e }, e)));
   const bounds = h("select", { name: "lr_bounds" }, h("option", { value: "" }, "from each search space"), h("option", { value: "auto" }, "auto (LR range test first)"));
