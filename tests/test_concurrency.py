@@ -64,6 +64,7 @@ _CLIENT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # eight processes, 10-15 s
 def test_eight_processes_submit_and_poll_at_once(
     database_url: str, store: Store, job_body: dict[str, Any], tmp_path: Path
 ) -> None:

@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # processes training side by side: 8 s alone, 25 s beside other tests
 def test_the_gpu_check_runs_every_check_on_the_cpu(tmp_path: Path) -> None:
     out = tmp_path / "gpu_check.json"
     done = subprocess.run(

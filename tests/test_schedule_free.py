@@ -335,7 +335,7 @@ def test_a_schedule_free_trial_with_probes_reports_what_it_reports_without(
     assert probes[1].val_loss != plain[2].val_loss
 
 
-@pytest.mark.parametrize("workload", ["mlp", "bn"])
+@pytest.mark.parametrize("workload", ["mlp", pytest.param("bn", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
 def test_a_schedule_free_trial_resumed_from_its_checkpoint_reports_the_same_epochs(
     workload: str, optimizer: str, request: pytest.FixtureRequest, tmp_path: Path
