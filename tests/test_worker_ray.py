@@ -207,9 +207,14 @@ def test_every_phase_of_a_job_is_timed_and_they_add_up_to_its_wall_clock(
 def test_search_and_confirmation_are_one_tune_experiment_on_the_free_cpus(
     ray_local: str, settings: Settings, store: Store
 ) -> None:
+    import ray
+
+    # No max_concurrent_trials: as many as the free CPUs hold. Each trial asks half this
+    # process's Ray (1 or 2 CPUs), so 2 fit.
+    half = ray.cluster_resources()["CPU"] / 2
     spec = _spec(
         policies=["fixed", "clr"],
-        # No max_concurrent_trials: as many as the free CPUs hold, 2 on this Ray.
+        resources_per_trial={"cpu": half},
         budget={"epochs": 3, "trials_per_policy": 3},
         early_stopping={"kind": "asha", "grace_epochs": 1, "reduction_factor": 2},
         confirm={"top_k": 1, "seeds": 2},
