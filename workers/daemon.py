@@ -317,9 +317,8 @@ def snapshot_code(options: WorkerOptions, spec: JobSpec) -> CodeSnapshot | None:
     entrypoint = spec.workload.entrypoint
     if entrypoint is None:
         return None
-    folders = tuple(str(Path(folder).resolve()) for folder in options.code_paths)
     try:
-        EntrypointSources(folders, options.entrypoint_packages).check(entrypoint)
+        EntrypointSources.of(options.code_paths, options.entrypoint_packages).check(entrypoint)
         return CodeSnapshot.take(options.code_paths, packages=options.entrypoint_packages)
     except (CodePathError, EntrypointRefused) as error:
         raise PlanningError(str(error)) from None

@@ -52,6 +52,11 @@ class EntrypointSources:
     folders: tuple[str, ...] = ()
     packages: tuple[str, ...] = ()
 
+    @classmethod
+    def of(cls, folders: Sequence[str | Path], packages: Sequence[str]) -> EntrypointSources:
+        """The sources of code-path folders as configured (resolved, as a snapshot names them)."""
+        return cls(tuple(str(Path(f).resolve()) for f in folders), tuple(packages))
+
     def check(self, entrypoint: str) -> None:
         """Raise EntrypointRefused unless the entrypoint's top-level package lies in one of the
         folders or is an allowed package. Imports nothing: `importlib.util.find_spec` of a

@@ -3,7 +3,6 @@ and its timeline."""
 
 from __future__ import annotations
 
-import pathlib
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
@@ -207,8 +206,8 @@ def check_entrypoint_source(entrypoint: str, settings: Settings) -> None:
     else is refused now, as the worker would refuse it at planning."""
     if not settings.entrypoints_known:
         return
-    folders = tuple(str(pathlib.Path(folder).resolve()) for folder in settings.code_paths)
+    sources = EntrypointSources.of(settings.code_paths, settings.allowed_entrypoint_packages)
     try:
-        EntrypointSources(folders, settings.allowed_entrypoint_packages).check(entrypoint)
+        sources.check(entrypoint)
     except EntrypointRefused as error:
         raise InvalidInputError(str(error), field="workload.entrypoint") from None
