@@ -223,19 +223,33 @@ def run_lrtune(
 # --- the peers, in this process or the pool -------------------------------------------------
 
 
+def iid_point(space: Any, *, base_seed: int, index: int) -> dict[str, Any]:
+    """The index-th i.i.d. point of a policy, drawn with Tune's own domains."""
+    import zlib
+
+    import numpy as np
+    from lrtune.workers.experiment import decode_point, tune_space
+
+    rng = np.random.default_rng([base_seed, zlib.crc32(space.policy.encode()), index])
+    return decode_point(
+        space, {key: domain.sample(random_state=rng) for key, domain in tune_space(space).items()}
+    )
+
+
 def run_random(
     workload: BenchWorkload, *, target: int, seed: int, epochs: int, spe: int, pool: Any
 ) -> ArmRun:
-    """Random search to the budget's end: the i-th trial of each policy is lrtune's own i-th
-    random point and seed (round robin over the policies); the best final value wins."""
-    from lrtune.workers.experiment import parse_space, random_point, trial_seed
+    """Random search as Ray Tune's default searcher runs it (i.i.d. draws of the Tune domains)
+    to the budget's end, round robin over the policies, the i-th trial of each with lrtune's
+    i-th trial seed; the best final value wins."""
+    from lrtune.workers.experiment import parse_space, trial_seed
 
     spaces = {p: parse_space(p, raw) for p, raw in search_spaces(workload).items()}
     picks: list[tuple[str, Any]] = []
     tasks = []
     for i in range(max(len(spaces), round(target / epochs))):
         policy, index = workload.policies[i % len(spaces)], i // len(spaces)
-        point = random_point(spaces[policy], base_seed=seed, index=index)
+        point = iid_point(spaces[policy], base_seed=seed, index=index)
         try:
             schedule = resolve(policy, point, steps_per_epoch=spe, epochs=epochs)
         except ValueError:

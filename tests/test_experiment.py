@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from lrtune.workers.experiment import (
     plan_experiment,
     plan_searcher,
     policy_space,
-    random_point,
+    quasi_random_point,
     to_tune_domain,
     trial_seed,
 )
@@ -91,16 +92,39 @@ def test_tune_domains_keep_int_bounds_inclusive() -> None:
     assert {choice.sample(random_state=seed) for seed in range(50)} == {0, 1}
 
 
-def test_random_points_depend_only_on_seed_policy_and_index() -> None:
+def test_random_points_depend_only_on_seed_policy_stream_and_index() -> None:
     space = policy_space(PolicySearch(policy="sgdr"))
-    first = [random_point(space, base_seed=3, index=i) for i in range(5)]
-    again = [random_point(space, base_seed=3, index=i) for i in range(5)]
-    other = [random_point(space, base_seed=4, index=i) for i in range(5)]
+    first = [quasi_random_point(space, base_seed=3, index=i) for i in range(5)]
+    again = [quasi_random_point(space, base_seed=3, index=i) for i in range(5)]
+    other = [quasi_random_point(space, base_seed=4, index=i) for i in range(5)]
+    fresh = [quasi_random_point(space, base_seed=3, index=i, stream=1) for i in range(5)]
     assert first == again
-    assert first != other
+    assert first != other and first != fresh
+    assert quasi_random_point(space, base_seed=3, index=3) == first[3]  # no need to draw 0-2
     for point in first:
         assert 1e-2 <= point["eta_max"] <= 1.0
         assert point["t_0_frac"] in (0.1, 0.25, 0.5)
+
+
+def test_quasi_random_points_cover_a_range_evenly() -> None:
+    """8 Sobol points put one in each eighth of a log range (i.i.d. draws of 8 leave on
+    average 2.75 of them empty); choices and int ranges come out whole."""
+    space = policy_space(
+        PolicySearch(
+            policy="step",
+            search={
+                "lr": {"loguniform": [1e-3, 1.0]},
+                "gamma": {"choice": [0.1, 0.5]},
+                "step_size_epochs": {"int": [1, 4]},
+            },
+        )
+    )
+    for seed in range(5):
+        points = [quasi_random_point(space, base_seed=seed, index=i) for i in range(8)]
+        eighths = {int((math.log10(p["lr"]) + 3) / 3 * 8) for p in points}
+        assert eighths == set(range(8)), seed
+        assert {p["gamma"] for p in points} == {0.1, 0.5}
+        assert {p["step_size_epochs"] for p in points} == {1, 2, 3, 4}
 
 
 def test_trial_seeds_are_shared_across_policies_and_differ_by_index() -> None:

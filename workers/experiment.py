@@ -3,8 +3,9 @@
 Design: one Tuner per job, whose search algorithm is `EqualBudgetSearcher`. It hands out exactly
 `trials_per_policy` trials for each policy, round robin (so concurrent slots mix policies and a
 cancelled or failed job has spent its budget evenly), each trial's point coming from that
-policy's own space: random (Tune domains sampled from a seed derived from the job's seed, the
-policy and the trial's index: the same job gives the same points whatever the timing), grid
+policy's own space: random (a scrambled Sobol sequence per policy, seeded from the job's seed
+and the policy, its index-th point for the policy's index-th trial: the same job gives the same
+points whatever the timing), grid
 (an evenly thinned Cartesian product) or tpe (one OptunaSearch per policy, so TPE never moves
 budget from one policy to another). The policy is part of each trial's config, so ASHA ranks
 all of them together (by their cooldown probes at rungs: `lrtune.workers.early_stopping`) and
@@ -29,10 +30,10 @@ import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import numpy as np
-from lrtune.schemas.halving import HorizonLadder, RungCandidate
+from lrtune.schemas.halving import PEAK_RATE_FIELDS, HorizonLadder, RungCandidate, range_edge
 from lrtune.schemas.jobs import JobSpec, LrBounds, PolicySearch
 from lrtune.schemas.recommendations import BoundSuggestion
 from lrtune.schemas.schedules import parse_schedule
@@ -70,6 +71,7 @@ from pydantic import ValidationError
 from ray import tune
 from ray.tune.search import Searcher
 from ray.tune.search.sample import Domain as TuneDomain
+from scipy.stats import qmc
 
 log = logging.getLogger(__name__)
 
@@ -194,11 +196,40 @@ def confirmation_seed(base_seed: int, index: int) -> int:
     return int(state) % _SEED_LIMIT
 
 
-def random_point(space: PolicySpace, *, base_seed: int, index: int) -> dict[str, Any]:
-    """The index-th random point of a policy: depends on nothing but (seed, policy, index)."""
-    rng = np.random.default_rng([base_seed, zlib.crc32(space.policy.encode()), index])
-    encoded = {key: domain.sample(random_state=rng) for key, domain in tune_space(space).items()}
+def quasi_random_point(
+    space: PolicySpace, *, base_seed: int, index: int, stream: int = 0
+) -> dict[str, Any]:
+    """The index-th point of the policy's scrambled Sobol sequence: depends on nothing but
+    (seed, policy, stream, index). Low-discrepancy points cover each range evenly with few
+    trials, where i.i.d. draws clump and leave gaps (Bergstra & Bengio 2012); Owen scrambling
+    keeps every point uniformly distributed. `stream` starts a fresh sequence (a range extended
+    mid-search draws its new points from one)."""
+    if not space.domains:
+        return dict(space.fixed)
+    seed = np.random.default_rng([base_seed, zlib.crc32(space.policy.encode()), stream])
+    engine = qmc.Sobol(d=len(space.domains), scramble=True, seed=seed)
+    if index:  # scipy refuses to fast-forward by 0
+        engine.fast_forward(index)
+    unit = engine.random(1)[0]
+    encoded = {
+        key: _from_unit(domain, float(u))
+        for (key, domain), u in zip(space.domains.items(), unit, strict=True)
+    }
     return decode_point(space, encoded)
+
+
+def _from_unit(domain: Domain, u: float) -> Any:
+    """A value of `domain` from a number in [0, 1) (choices as indices, like Tune's)."""
+    if isinstance(domain, Choice):
+        return min(int(u * len(domain.choice)), len(domain.choice) - 1)
+    if isinstance(domain, Uniform):
+        low, high = domain.uniform
+        return low + u * (high - low)
+    if isinstance(domain, LogUniform):
+        low, high = domain.loguniform
+        return math.exp(math.log(low) + u * (math.log(high) - math.log(low)))
+    first, last = domain.int
+    return first + min(int(u * (last - first + 1)), last - first)
 
 
 def grid_points(space: PolicySpace, *, budget: int) -> list[dict[str, Any]]:
@@ -253,6 +284,10 @@ class _SearchState:
     suggested: dict[str, int] = field(default_factory=dict)
     # Tune trial id -> policy, for routing TPE feedback to that policy's searcher.
     owner: dict[str, str] = field(default_factory=dict)
+    # Points per policy drawn before a pause (horizon halving's first wave); None: no pause.
+    wave_limit: int | None = None
+    # Spaces extended mid-search, by policy: their points come from a fresh sequence.
+    extended: dict[str, PolicySpace] = field(default_factory=dict)
 
 
 class _StatefulSearcher(Searcher):
@@ -335,7 +370,10 @@ class EqualBudgetSearcher(_StatefulSearcher):
         return True
 
     def suggest(self, trial_id: str) -> TuneTrialConfig | None:
-        remaining = [p for p in self.order if self.state.suggested[p] < self.trials_per_policy]
+        """The next trial; FINISHED once every policy has its trials (or `wave_limit` of
+        them, until the limit is lifted)."""
+        limit = min(self.trials_per_policy, self.state.wave_limit or self.trials_per_policy)
+        remaining = [p for p in self.order if self.state.suggested[p] < limit]
         if not remaining or sink_for(self.job_key).should_stop():
             return Searcher.FINISHED  # Tune's sentinel string
         # Round robin: the policy with the fewest trials so far, in the job's order.
@@ -343,8 +381,7 @@ class EqualBudgetSearcher(_StatefulSearcher):
         index = self.state.suggested[policy]
         self.state.suggested[policy] = index + 1
         self.state.owner[trial_id] = policy
-        space = self.spaces[policy]
-        point = self._point(space, index=index, trial_id=trial_id)
+        point = self._point(self.space(policy), index=index, trial_id=trial_id)
         config: TuneTrialConfig = {
             "trial_key": f"{policy}-{index}",
             "policy": policy,
@@ -375,6 +412,14 @@ class EqualBudgetSearcher(_StatefulSearcher):
     def suggested_trials(self) -> int:
         return sum(self.state.suggested.values())
 
+    def space(self, policy: str) -> PolicySpace:
+        """The policy's space as searched now (extended or not)."""
+        return self.state.extended.get(policy, self.spaces[policy])
+
+    def extend(self, space: PolicySpace) -> None:
+        """Draw the policy's further points from `space`, on a fresh quasi-random sequence."""
+        self.state.extended[space.policy] = space
+
     def _point(self, space: PolicySpace, *, index: int, trial_id: str) -> dict[str, Any]:
         if not space.domains:
             return dict(space.fixed)
@@ -384,7 +429,8 @@ class EqualBudgetSearcher(_StatefulSearcher):
             return self._grids[space.policy][index]
         if self.algorithm == "tpe":
             return decode_point(space, self._tpe[space.policy].suggest(trial_id))
-        return random_point(space, base_seed=self.seed, index=index)
+        stream = 1 if space.policy in self.state.extended else 0
+        return quasi_random_point(space, base_seed=self.seed, index=index, stream=stream)
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         searcher = self._tpe.get(self.state.owner.get(trial_id, ""))
@@ -605,7 +651,13 @@ def job_searcher(plan: ExperimentPlan) -> Searcher:
     search: EqualBudgetSearcher | HorizonHalvingSearcher = (
         points
         if ladder is None
-        else HorizonHalvingSearcher(job_key=plan.job_key, search=points, ladder=ladder)
+        else HorizonHalvingSearcher(
+            job_key=plan.job_key,
+            search=points,
+            ladder=ladder,
+            search_spaces=plan.search_spaces,
+            kept_ranges=kept_ranges(plan.spec),
+        )
     )
     trials: _StatefulSearcher = (
         search if plan.spec.confirm is None else SearchThenConfirm(plan, search)
@@ -638,6 +690,22 @@ def plan_searcher(plan: ExperimentPlan) -> EqualBudgetSearcher:
         epochs=spec.budget.epochs,
         horizons=spec.horizons or (),
     )
+
+
+def kept_ranges(spec: JobSpec) -> dict[str, str]:
+    """The policies whose peak-rate range a search must not move, and why: the user set it."""
+    kept = {}
+    for entry in spec.policies:
+        if any(field_of(entry.policy, key)[0] in PEAK_RATE_FIELDS for key in entry.search or {}):
+            kept[entry.policy] = "you set it in the policy's search space"
+        elif isinstance(spec.lr_bounds, LrBounds):
+            kept[entry.policy] = "it comes from your lr_bounds"
+    return kept
+
+
+def peak_field(space: PolicySpace) -> str | None:
+    """The field of a policy's searched peak rate (`lr`, `max_lr`, `eta_max`), if log-uniform."""
+    return next((f for f in PEAK_RATE_FIELDS if isinstance(space.domains.get(f), LogUniform)), None)
 
 
 def trial_name(trial: Any) -> str:
@@ -677,7 +745,15 @@ class HorizonHalvingSearcher(_StatefulSearcher):
     Suggests nothing once the job must stop (cancellation).
     """
 
-    def __init__(self, *, job_key: str, search: EqualBudgetSearcher, ladder: HorizonLadder) -> None:
+    def __init__(
+        self,
+        *,
+        job_key: str,
+        search: EqualBudgetSearcher,
+        ladder: HorizonLadder,
+        search_spaces: Mapping[str, dict[str, Any]] | None = None,
+        kept_ranges: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(metric=search.metric, mode=search.mode)
         self.job_key = job_key
         self.search = search
@@ -689,6 +765,28 @@ class HorizonHalvingSearcher(_StatefulSearcher):
         self.suggested = 0  # of the current rung's candidates
         self.running: set[str] = set()  # Tune ids of the current rung's trials, not ended yet
         self.suggested_trials = 0  # of every rung
+        # Each policy's space as the job records it (JSON), and why a policy's peak-rate range
+        # must stay as it is (the user set it).
+        self.search_spaces = dict(search_spaces or {})
+        self.kept_ranges = dict(kept_ranges or {})
+        self.edges_judged = False
+        if self._can_extend():
+            # The first half of the first rung is drawn, trained and judged before the rest.
+            self.search.state.wave_limit = math.ceil(search.trials_per_policy / 2)
+
+    def _can_extend(self) -> bool:
+        """Whether any policy's peak-rate range may move: quasi-random points, more than one
+        rung and one point per policy, and a range the user did not set."""
+        search = self.search
+        return (
+            search.algorithm == "random"
+            and len(self.ladder.horizons) > 1
+            and search.trials_per_policy > 1
+            and any(
+                peak_field(search.spaces[p]) is not None and p not in self.kept_ranges
+                for p in search.order
+            )
+        )
 
     def set_search_properties(
         self, metric: str | None, mode: str | None, config: dict[str, Any], **spec: Any
@@ -701,6 +799,14 @@ class HorizonHalvingSearcher(_StatefulSearcher):
                 drawn = self.search.suggest(trial_id)
                 if drawn is None:
                     return None
+                if drawn == Searcher.FINISHED and self.search.state.wave_limit is not None:
+                    if self.running:
+                        return None  # the first wave is judged once all of it has ended
+                    sink = cast(HalvingSink, sink_for(self.job_key))
+                    if not sink.should_stop():
+                        self._judge_edges(sink, extend=True)
+                    self.search.state.wave_limit = None
+                    continue
                 if drawn == Searcher.FINISHED:
                     self.drawn_all = True
                 else:
@@ -764,7 +870,9 @@ class HorizonHalvingSearcher(_StatefulSearcher):
             )
             for c in self.candidates
         ]
-        promoted = self.ladder.promote(candidates, mode="max" if self._mode == "max" else "min")
+        promoted = self.ladder.promote(candidates, mode=self._mode_literal)
+        if not self.edges_judged:
+            self._judge_edges(sink, extend=False)
         if keys:
             sink.record_rung_decisions(
                 {key: "continue" if point in promoted else "stop" for point, key in keys.items()}
@@ -772,6 +880,59 @@ class HorizonHalvingSearcher(_StatefulSearcher):
         self.candidates = [c for c in self.candidates if c["trial_key"] in promoted]
         self.rung += 1
         self.suggested = 0
+
+    @property
+    def _mode_literal(self) -> Literal["min", "max"]:
+        return "max" if self._mode == "max" else "min"
+
+    def _judge_edges(self, sink: HalvingSink, *, extend: bool) -> None:
+        """Note each policy whose best first-rung candidate so far sits at an edge of its
+        peak-rate range (`range_edge`). With `extend` (the first wave has ended), move that edge
+        out for the policy's other points, unless the user set the range or a candidate beyond
+        the best failed or diverged; the job's search spaces record the change."""
+        self.edges_judged = True
+        horizon = self.ladder.horizons[0]
+        keys = {c["trial_key"]: rung_trial_key(c["trial_key"], horizon) for c in self.candidates}
+        values = sink.rung_values(list(keys.values()))
+        extended = False
+        for policy in self.search.order:
+            space = self.search.space(policy)
+            field = peak_field(space)
+            if field is None:
+                continue
+            domain = cast(LogUniform, space.domains[field])
+            mine = [c for c in self.candidates if c["policy"] == policy]
+            rated = [(float(c["point"][field]), values.get(keys[c["trial_key"]])) for c in mine]
+            edge = range_edge(policy, field, domain.loguniform, rated, mode=self._mode_literal)
+            if edge is None:
+                continue
+            found = (
+                f"{policy}: the best of its {len(mine)} candidates at {horizon} epochs "
+                f"({field} {edge.best:.3g}) lies at the {edge.side} end of its range "
+                f"{edge.low:.3g}..{edge.high:.3g}"
+            )
+            if policy in self.kept_ranges:
+                sink.add_note(f"{found}; the range stays, as {self.kept_ranges[policy]}")
+            elif edge.blocked:
+                sink.add_note(f"{found}; not extended, as a candidate beyond it diverged")
+            elif not extend:
+                sink.add_note(f"{found}; ranges move under random search only")
+            else:
+                low, high = edge.extended
+                self.search.extend(
+                    replace(
+                        space, domains={**space.domains, field: LogUniform(loguniform=(low, high))}
+                    )
+                )
+                self.search_spaces[policy] = {
+                    **self.search_spaces[policy],
+                    field: {"loguniform": [low, high]},
+                }
+                others = self.search.trials_per_policy - len(mine)
+                sink.add_note(f"{found}; its other {others} are drawn over {low:.3g}..{high:.3g}")
+                extended = True
+        if extended:
+            sink.save_search_spaces(self.search_spaces)
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         if self.rung == 0:  # TPE learns from the first rung
@@ -794,6 +955,8 @@ class HorizonHalvingSearcher(_StatefulSearcher):
             "suggested": self.suggested,
             "running": self.running,
             "suggested_trials": self.suggested_trials,
+            "search_spaces": self.search_spaces,
+            "edges_judged": self.edges_judged,
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
@@ -804,6 +967,8 @@ class HorizonHalvingSearcher(_StatefulSearcher):
         self.suggested = state["suggested"]
         self.running = state["running"]
         self.suggested_trials = state["suggested_trials"]
+        self.search_spaces = state["search_spaces"]
+        self.edges_judged = state["edges_judged"]
 
 
 # --- confirmation: the top configurations again, with fresh seeds ---------------------------
