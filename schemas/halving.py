@@ -81,3 +81,66 @@ class HorizonLadder:
             )
             promoted.update(point_id for _, point_id in ranked[: self.survivors(len(group))])
         return promoted
+
+
+# --- ranges that follow the optimum ---------------------------------------------------------
+
+# The fields that carry a policy's peak rate (one per policy that searches one).
+PEAK_RATE_FIELDS = ("lr", "max_lr", "eta_max")
+# "At the edge": within this share of a peak-rate range's width on a log scale.
+EDGE_SHARE = 0.15
+# An edge is moved this far out (x2 up, /2 down), once per job.
+EXTENSION_FACTOR = 2.0
+
+
+@dataclass(frozen=True)
+class RangeEdge:
+    """A rung's best candidate of a policy sits at an edge of its peak-rate range.
+
+    `blocked` says a candidate beyond the best (on that side) failed or diverged: the search
+    stops there instead of extending into rates that do not train."""
+
+    policy: str
+    field: str
+    side: Literal["upper", "lower"]
+    best: float
+    low: float
+    high: float
+    blocked: bool
+
+    @property
+    def extended(self) -> tuple[float, float]:
+        """The range with this edge moved out by EXTENSION_FACTOR."""
+        if self.side == "upper":
+            return self.low, self.high * EXTENSION_FACTOR
+        return self.low / EXTENSION_FACTOR, self.high
+
+
+def range_edge(
+    policy: str,
+    field: str,
+    bounds: tuple[float, float],
+    rated: Iterable[tuple[float, float | None]],
+    *,
+    mode: Literal["min", "max"],
+) -> RangeEdge | None:
+    """Where the best of a rung's candidates (`rated`: each one's peak rate and final value,
+    None when it failed or diverged) sits within EDGE_SHARE of either end of `bounds` on a log
+    scale; None when it sits inside, or nothing has a value. Ties go to the lower rate."""
+    rated = list(rated)
+    finite = [(rate, v) for rate, v in rated if v is not None and math.isfinite(v)]
+    if not finite:
+        return None
+    best, _ = min(finite, key=lambda rv: (-rv[1] if mode == "max" else rv[1], rv[0]))
+    low, high = bounds
+    position = math.log(best / low) / math.log(high / low)
+    if position >= 1 - EDGE_SHARE:
+        side: Literal["upper", "lower"] = "upper"
+        beyond = [v for rate, v in rated if rate > best]
+    elif position <= EDGE_SHARE:
+        side = "lower"
+        beyond = [v for rate, v in rated if rate < best]
+    else:
+        return None
+    blocked = any(v is None or not math.isfinite(v) for v in beyond)
+    return RangeEdge(policy, field, side, best, low, high, blocked)

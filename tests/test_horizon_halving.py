@@ -11,23 +11,26 @@ finished rung trial.
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from lrtune.schemas.halving import HorizonLadder, RungCandidate
+from lrtune.schemas.halving import HorizonLadder, RungCandidate, range_edge
 from lrtune.schemas.jobs import CANCELLED_TRIAL_ERROR, Job, JobSpec, Trial
 from lrtune.schemas.schedules import parse_schedule
-from lrtune.schemas.search import compress_schedule, resolve_schedule
+from lrtune.schemas.search import LogUniform, compress_schedule, resolve_schedule
 from lrtune.service.app import create_app
 from lrtune.service.recommendations import job_recommendation
 from lrtune.service.settings import Settings
 from lrtune.service.store import Store
 from lrtune.service.worker import StoreSink, run_worker
+from lrtune.workers.experiment import policy_space, quasi_random_point, raw_space
 from lrtune.workers.schedule_math import learning_rate
 from pydantic import ValidationError
 
@@ -492,3 +495,155 @@ def test_kill_9_mid_ladder_resumes_without_rerunning_a_finished_rung_trial(
     # The ladder decided on the values alone, as an uninterrupted run would.
     steps_per_epoch = store.list_trial_metrics(trial_id=trials[0].id)[0].step
     _assert_a_ladder(store, final, steps_per_epoch=steps_per_epoch)
+
+
+# ---- ranges that follow the optimum, the searcher driven directly ---------------------------
+
+
+class _LadderSink:
+    """Answers what the halving searcher asks: each rung trial's value is `value(point)`."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+        self.configs: dict[str, dict[str, Any]] = {}
+        self.notes: list[str] = []
+        self.spaces: list[dict[str, Any]] = []
+        self.decisions: dict[str, str] = {}
+
+    def should_stop(self) -> bool:
+        return False
+
+    def rung_values(self, trial_keys: Any) -> dict[str, float | None]:
+        return {k: self.value(self.configs[k]["point"]) for k in trial_keys if k in self.configs}
+
+    def record_rung_decisions(self, decisions: dict[str, str]) -> None:
+        self.decisions.update(decisions)
+
+    def save_search_spaces(self, spaces: dict[str, Any]) -> None:
+        self.spaces.append(spaces)
+
+    def add_note(self, note: str) -> None:
+        self.notes.append(note)
+
+    def set_planned_trials(self, planned: int) -> None:
+        pass
+
+
+def _run_ladder(spec: JobSpec, sink: _LadderSink, tmp_path: Path) -> list[dict[str, Any]]:
+    """Every trial the job's searcher suggests, each ended as soon as none can be suggested."""
+    from lrtune.workers.experiment import job_searcher, plan_experiment
+    from lrtune.workers.results import sink_registered
+    from ray.tune.search import Searcher
+
+    plan = plan_experiment(spec, job_key="edge", storage_path=tmp_path, steps_per_epoch=10)
+    searcher = job_searcher(plan)
+    suggested: list[dict[str, Any]] = []
+    running: list[str] = []
+    with sink_registered("edge", sink):  # type: ignore[arg-type]  # the parts it asks for
+        while True:
+            config = searcher.suggest(f"t{len(suggested)}")
+            if config == Searcher.FINISHED:
+                return suggested
+            if config is None:
+                for trial_id in running:
+                    searcher.on_trial_complete(trial_id, result={})
+                running.clear()
+                continue
+            sink.configs[config["trial_key"]] = config
+            suggested.append(config)
+            running.append(f"t{len(suggested) - 1}")
+
+
+def _edge_spec(**overrides: Any) -> JobSpec:
+    data: dict[str, Any] = {
+        "workload": {"name": "digits"},
+        "metric": {"name": "val_accuracy", "mode": "max"},
+        "policies": ["cosine"],
+        "budget": {"epochs": 9, "trials_per_policy": 8},
+        "search": {"algorithm": "random", "seed": 3},
+        "early_stopping": {"kind": "horizon_halving", "min_epochs": 3, "reduction_factor": 3},
+    }
+    data.update(overrides)
+    return JobSpec.model_validate(data)
+
+
+def test_a_range_whose_best_sits_at_its_upper_edge_is_extended_for_the_later_points_and_noted(
+    tmp_path: Path,
+) -> None:
+    """The higher the rate the better: the first 4 points' best lies in the top 15% of the range
+    (log scale), so the other 4 come from a fresh quasi-random sequence over a range twice as
+    high, and the job's spaces and notes say so. Without an edge, nothing moves."""
+    spec = _edge_spec()
+    space = policy_space(spec.policies[0])
+    low, high = space.domains["lr"].loguniform  # type: ignore[union-attr]
+    sink = _LadderSink(lambda point: point["lr"])
+    trials = _run_ladder(spec, sink, tmp_path)
+    first = [t for t in trials if t["point"]["rung"] == 0]
+    assert len(first) == 8 and len(trials) == 8 + 2
+    wave, later = first[:4], first[4:]
+    best = max(t["point"]["lr"] for t in wave)
+    assert math.log(best / low) / math.log(high / low) >= 0.85, "the seed puts one at the edge"
+    wider = replace(space, domains={**space.domains, "lr": LogUniform(loguniform=(low, 2 * high))})
+    assert [t["point"]["lr"] for t in later] == [
+        quasi_random_point(wider, base_seed=3, index=i, stream=1)["lr"] for i in range(4, 8)
+    ]
+    assert sink.spaces == [
+        {"cosine": {**raw_space(spec.policies[0]), "lr": {"loguniform": [low, 2 * high]}}}
+    ]
+    (note,) = sink.notes
+    assert note.startswith("cosine: the best of its 4 candidates at 3 epochs (lr ")
+    assert f"lies at the upper end of its range {low:.3g}..{high:.3g}" in note
+    assert note.endswith(f"its other 4 are drawn over {low:.3g}..{2 * high:.3g}")
+    # The rung ranks both waves together: the best of all 8 goes on.
+    promoted = [t for t in trials if t["point"]["rung"] == 1]
+    assert promoted[0]["point"]["lr"] == max(t["point"]["lr"] for t in first)
+
+    # The same job where the middle of the range is best: no edge, nothing moves.
+    middle = math.sqrt(low * high)
+    quiet = _LadderSink(lambda point: -abs(math.log(point["lr"] / middle)))
+    _run_ladder(spec, quiet, tmp_path / "quiet")
+    assert quiet.spaces == [] and quiet.notes == []
+
+
+def test_a_range_the_user_set_stays_and_the_note_says_whose_it_is(tmp_path: Path) -> None:
+    bounded = _edge_spec(lr_bounds={"min": 0.01, "max": 0.25})
+    kept = _LadderSink(lambda point: point["lr"])
+    trials = _run_ladder(bounded, kept, tmp_path)
+    assert kept.spaces == []
+    assert all(t["point"]["lr"] <= 0.25 for t in trials)
+    (note,) = kept.notes
+    assert note.startswith("cosine: the best of its 8 candidates at 3 epochs")
+    assert note.endswith(
+        "lies at the upper end of its range 0.0833..0.25; the range stays, as it comes from "
+        "your lr_bounds"
+    )
+
+
+@pytest.mark.parametrize(
+    ("rated", "side", "blocked"),
+    [
+        ([(0.01, 0.5), (0.5, 0.9), (0.95, 0.8)], "upper", False),  # 0.5: 90% up the range
+        ([(0.01, 0.5), (0.9, 0.9), (0.2, 0.8)], "upper", False),
+        ([(0.01, 0.5), (0.9, 0.9), (0.95, None)], "upper", True),  # beyond it, one diverged
+        ([(0.01, 0.5), (0.9, 0.9), (0.95, float("nan"))], "upper", True),
+        ([(0.0011, 0.9), (0.5, 0.8), (0.001, None)], "lower", True),
+        ([(0.0011, 0.9), (0.5, 0.8), (0.9, None)], "lower", False),
+        ([(0.03, 0.9), (0.9, None)], None, False),  # 0.03: 49% up
+        ([(0.1, 0.9), (0.01, 0.8)], None, False),  # 67% up
+        ([(0.9, None)], None, False),
+    ],
+)
+def test_an_edge_is_the_best_rate_within_15_percent_of_a_log_range(
+    rated: list[tuple[float, float | None]], side: str | None, blocked: bool
+) -> None:
+    edge = range_edge("cosine", "lr", (0.001, 1.0), rated, mode="max")
+    assert (edge.side if edge else None) == side
+    if edge is not None:
+        assert edge.blocked is blocked
+        assert edge.extended == ((0.001, 2.0) if side == "upper" else (0.0005, 1.0))
+
+
+def _spaces(spec: JobSpec) -> dict[str, Any]:
+    from lrtune.workers.experiment import raw_space
+
+    return {entry.policy: raw_space(entry) for entry in spec.policies}

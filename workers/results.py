@@ -176,6 +176,14 @@ class HalvingSink(ConfirmationSink, Protocol):
         """A rung's decision on each of its trials (by key): a stopped one ends `pruned`."""
         ...
 
+    def save_search_spaces(self, spaces: dict[str, dict[str, Any]]) -> None:
+        """Each policy's search space as JSON, as the job searches it (a range extended)."""
+        ...
+
+    def add_note(self, note: str) -> None:
+        """Say on the job what the worker decided that its spec does not say."""
+        ...
+
 
 # A Tuner pickles its callbacks, stopper and search algorithm into the experiment folder (and
 # Tuner.restore unpickles them), so they must not hold a database-backed sink. They hold the
