@@ -633,7 +633,8 @@ def write_report(
         f"Probe: lrtune's default cooldown ({PROBE[1]}, fraction {PROBE[0]:g}). Fresh seeds: "
         f"{scale.fresh_seeds}, apart from the oracle's {scale.oracle_seeds} and every arm's "
         "trial seeds. The default arm names no early_stopping, so it is whatever lrtune's "
-        "default is when it ran (today: none).",
+        "default is when it ran (since this run: horizon halving at a quarter of the budget, "
+        "reduction factor 4).",
         "",
     ]
     body = "\n".join(header + sections) + (

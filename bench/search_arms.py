@@ -4,15 +4,17 @@ names the schedule it recommends. Their recommendations are scored on fresh seed
 
 - lrtune's jobs run through the real worker (temporary SQLite, `run_worker(once=True,
   num_cpus=2)`, 2 concurrent trials), each confirming each policy's best on 3 seeds:
-  - `default`: no `early_stopping` named (today: none; after issue 25, its winner);
-  - `halving`: `{"kind": "horizon_halving", "min_epochs": 1, "reduction_factor": 3}`, issue 25's
-    spec, built by branch `halving`; an lrtune that refuses it says so and the arm is not run;
+  - `default`: no `early_stopping` named, so lrtune's default (`default_early_stopping`:
+    horizon halving, the whole schedule compressed to a quarter of the budget, the top quarter
+    of each policy's points then trained to the budget);
+  - `halving`: a longer ladder, `{"kind": "horizon_halving", "min_epochs": 1,
+    "reduction_factor": 3}` (rungs 1, 4 and 12 epochs of 12);
   - `cooldown`: ASHA (grace 1, rf 3) judged by lrtune's default cooldown probe;
   - `asha-raw`: ASHA judged raw, Ray Tune's ASHA as it is.
   A job's trials per policy come from the epochs per trial its arm spent before (cached runs),
   else from a prior, so that it lands near the arms' epochs.
-- `random`: random search to the budget's end, lrtune's own points and seeds, round robin over
-  the policies, in `--jobs` processes; the best final value wins.
+- `random`: random search to the budget's end, i.i.d. points as Ray Tune draws them, lrtune's
+  trial seeds, round robin over the policies, in `--jobs` processes; the best final value wins.
 - `tpe-median`, `tpe-hyperband`: Optuna's TPE over all policies (the policy of trial i round
   robin, each policy's fields its own dimensions), with Optuna's MedianPruner (defaults) or
   HyperbandPruner (min_resource 1, max_resource the budget, reduction factor 3), reporting
@@ -46,8 +48,8 @@ from bench.search_training import final_value, make_task, train_task
 from bench.search_workloads import BenchWorkload, budget_epochs, resolve, search_spaces
 
 ARM_NAMES = {
-    "default": "lrtune's default (no early_stopping named)",
-    "halving": "lrtune, horizon halving (min_epochs 1, rf 3)",
+    "default": "lrtune's default (horizon halving: 1/4 of the budget, then the top 1/4 to it)",
+    "halving": "lrtune, horizon halving over 3 rungs (min_epochs 1, rf 3)",
     "cooldown": "lrtune, ASHA judged by cooldown",
     "asha-raw": "Ray Tune's ASHA, raw (lrtune, judge raw)",
     "random": "random search, no early stopping",
@@ -63,7 +65,7 @@ CONFIRM_SEEDS = 3
 REDUCTION_FACTOR = 3
 # Epochs per search trial (probes counted) as a share of the budget, before a run of the arm
 # has measured its own: issue 11's runs (bench/RESULTS.md "Schedule-aware search").
-PRIOR_EPOCHS_PER_TRIAL = {"default": 1.0, "cooldown": 0.41, "asha-raw": 0.24}
+PRIOR_EPOCHS_PER_TRIAL = {"cooldown": 0.41, "asha-raw": 0.24}
 
 
 class ArmUnavailable(Exception):
@@ -142,14 +144,24 @@ def halving_rungs(budget: int, *, min_epochs: int, factor: int) -> list[int]:
     return sorted(found)
 
 
+def ladder_of(arm: str, budget: int) -> tuple[list[int], int] | None:
+    """The rungs and reduction factor of an arm that halves over training length."""
+    from lrtune.schemas.jobs import DEFAULT_HALVING_FACTOR
+
+    if arm == "default":  # lrtune's default: a quarter of the budget, then the budget
+        factor = DEFAULT_HALVING_FACTOR
+        return halving_rungs(budget, min_epochs=round(budget / factor), factor=factor), factor
+    if arm == "halving":
+        return halving_rungs(budget, min_epochs=1, factor=REDUCTION_FACTOR), REDUCTION_FACTOR
+    return None
+
+
 def per_policy_epochs(arm: str, trials: int, budget: int, per_trial: float | None) -> float:
     """A policy's search epochs with `trials` first-rung trials (probes counted)."""
-    if arm == "halving" and per_trial is None:
-        ladder = halving_rungs(budget, min_epochs=1, factor=REDUCTION_FACTOR)
-        return sum(
-            max(1, math.ceil(trials / REDUCTION_FACTOR**i)) * horizon
-            for i, horizon in enumerate(ladder)
-        )
+    ladder = ladder_of(arm, budget)
+    if ladder is not None and per_trial is None:
+        rungs, factor = ladder
+        return sum(max(1, trials // factor**i) * horizon for i, horizon in enumerate(rungs))
     share = per_trial if per_trial is not None else PRIOR_EPOCHS_PER_TRIAL[arm] * budget
     return trials * share
 
