@@ -235,6 +235,11 @@ class EarlyStopping(BaseModel):
     cooldown: Cooldown | None = Field(
         None, validate_default=True, description='The probe of judge "cooldown".'
     )
+    chosen_by: Literal["job", "lrtune"] = Field(
+        "job",
+        description='"lrtune": the job named no early stopping and this is lrtune\'s default '
+        "for it (`default_early_stopping`; the job's notes say why).",
+    )
 
     @field_validator("min_epochs")
     @classmethod
@@ -481,6 +486,12 @@ class JobSpec(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _lrtune_chooses_early_stopping(self) -> JobSpec:
+        if "early_stopping" not in self.model_fields_set:
+            self.early_stopping, _ = default_early_stopping(self)
+        return self
+
+    @model_validator(mode="after")
     def _halving_fits_the_budget(self) -> JobSpec:
         stopping = self.early_stopping
         if stopping.kind != "horizon_halving":
@@ -607,6 +618,51 @@ class JobSpec(BaseModel):
         # A sweep's wsd trials are one per horizon (the trunk the longest).
         swept = per_policy * (len(self.horizons) - 1) if self.horizons else 0
         return per_policy * len(self.policies) + swept
+
+
+# lrtune's default early stopping (bench/RESULTS.md, "Search that picks right"): one halving
+# over training length, the whole schedule compressed to a quarter of the budget, the top
+# quarter of each policy's points then trained to the budget.
+DEFAULT_HALVING_FACTOR = 4
+
+
+def default_early_stopping(spec: JobSpec) -> tuple[EarlyStopping, str]:
+    """The early stopping of a job that names none, and why, for its notes: horizon halving
+    where it applies, else none."""
+    budget, first_rung = spec.budget.epochs, spec.budget.trials_per_policy
+    why_not = None
+    if spec.kind != "search":
+        why_not = "a range test is one run"
+    elif spec.horizons is not None:
+        why_not = "a sweep trains every horizon of every configuration"
+    elif spec.snapshots is not None:
+        why_not = "snapshot ensembles are taken along full-length runs"
+    elif spec.metric_name.startswith(ENSEMBLE_PREFIX):
+        why_not = f"{spec.metric_name!r} exists only along full-length runs"
+    elif first_rung < DEFAULT_HALVING_FACTOR:
+        why_not = (
+            f"halving keeps the top 1/{DEFAULT_HALVING_FACTOR} of each policy's points, and "
+            f"trials_per_policy is {first_rung}"
+        )
+    elif budget < DEFAULT_HALVING_FACTOR:
+        why_not = f"a quarter of the budget's {budget} epochs is not a whole epoch"
+    if why_not is not None:
+        none = EarlyStopping.model_validate({"chosen_by": "lrtune"})
+        return none, f"early stopping: none (lrtune's default here: {why_not})"
+    shortest = round(budget / DEFAULT_HALVING_FACTOR)
+    halving = EarlyStopping.model_validate(
+        {
+            "kind": "horizon_halving",
+            "min_epochs": shortest,
+            "reduction_factor": DEFAULT_HALVING_FACTOR,
+            "chosen_by": "lrtune",
+        }
+    )
+    return halving, (
+        f"early stopping: horizon halving, lrtune's default (the job named none): each point "
+        f"trains its whole schedule compressed to {shortest} epochs, and the top "
+        f"1/{DEFAULT_HALVING_FACTOR} of each policy's train it to the budget's {budget}"
+    )
 
 
 def _sweep_problem(spec: JobSpec) -> str | None:

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from lrtune.schemas.halving import HorizonLadder, RungCandidate, range_edge
-from lrtune.schemas.jobs import CANCELLED_TRIAL_ERROR, Job, JobSpec, Trial
+from lrtune.schemas.jobs import CANCELLED_TRIAL_ERROR, Job, JobSpec, Trial, default_early_stopping
 from lrtune.schemas.schedules import parse_schedule
 from lrtune.schemas.search import LogUniform, compress_schedule, resolve_schedule
 from lrtune.service.app import create_app
@@ -647,3 +647,68 @@ def _spaces(spec: JobSpec) -> dict[str, Any]:
     from lrtune.workers.experiment import raw_space
 
     return {entry.policy: raw_space(entry) for entry in spec.policies}
+
+
+# ---- lrtune's default early stopping ---------------------------------------------------------
+
+
+def _default_spec(**overrides: Any) -> JobSpec:
+    data: dict[str, Any] = {
+        "workload": {"name": "digits"},
+        "policies": ["cosine", "sgdr"],
+        "budget": {"epochs": 12, "trials_per_policy": 8},
+    }
+    data.update(overrides)
+    return JobSpec.model_validate(data)
+
+
+def test_a_job_that_names_no_early_stopping_gets_one_halving_at_a_quarter_of_its_budget() -> None:
+    spec = _default_spec()
+    stopping = spec.early_stopping
+    assert (stopping.kind, stopping.min_epochs, stopping.reduction_factor) == (
+        "horizon_halving",
+        3,
+        4,
+    )
+    assert stopping.chosen_by == "lrtune"
+    assert spec.horizon_ladder is not None and spec.horizon_ladder.horizons == [3, 12]
+    # 8 points per policy at 3 epochs, the top 2 at 12.
+    assert spec.planned_trials == 2 * (8 + 2)
+    # Stored and read back (the worker re-validates the stored spec), it stays what it was.
+    again = JobSpec.model_validate(spec.model_dump(mode="json"))
+    assert again.early_stopping == stopping
+    _, note = default_early_stopping(spec)
+    assert note == (
+        "early stopping: horizon halving, lrtune's default (the job named none): each point "
+        "trains its whole schedule compressed to 3 epochs, and the top 1/4 of each policy's "
+        "train it to the budget's 12"
+    )
+    # Named, it is the job's own, kind "none" included.
+    named = _default_spec(early_stopping={"kind": "none"})
+    assert (named.early_stopping.kind, named.early_stopping.chosen_by) == ("none", "job")
+    assert _default_spec(budget={"epochs": 40, "trials_per_policy": 4}).horizon_ladder == (
+        HorizonLadder(budget_epochs=40, min_epochs=10, reduction_factor=4)
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"budget": {"epochs": 12, "trials_per_policy": 3}}, "trials_per_policy is 3"),
+        ({"budget": {"epochs": 3, "trials_per_policy": 8}}, "not a whole epoch"),
+        ({"policies": ["wsd"], "horizons": [6, 12]}, "a sweep trains every horizon"),
+        ({"policies": ["sgdr"], "snapshots": 2}, "snapshot ensembles"),
+        (
+            {"policies": ["sgdr"], "snapshots": 2, "metric": {"name": "ensemble_val_loss"}},
+            "snapshot ensembles",
+        ),
+        ({"kind": "range_test", "policies": []}, "a range test is one run"),
+    ],
+)
+def test_where_halving_cannot_apply_the_default_is_none_and_the_note_says_why(
+    change: dict[str, Any], why: str
+) -> None:
+    spec = _default_spec(**change)
+    assert (spec.early_stopping.kind, spec.early_stopping.chosen_by) == ("none", "lrtune")
+    _, note = default_early_stopping(spec)
+    assert note.startswith("early stopping: none (lrtune's default here: ") and why in note

@@ -23,7 +23,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from lrtune.schemas.jobs import Job, JobPhaseName, JobSpec, Resources, population_problem
+from lrtune.schemas.jobs import (
+    Job,
+    JobPhaseName,
+    JobSpec,
+    Resources,
+    default_early_stopping,
+    population_problem,
+)
 from lrtune.schemas.recommendations import RangeTestResult
 from lrtune.workers.early_stopping import probe_epochs
 from lrtune.workers.job_events import job_event
@@ -453,6 +460,8 @@ def _run_search(
         )
     if training.train_function and probe_epochs(spec):
         sink.add_note(RAW_JUDGED_NOTE)
+    if spec.early_stopping.chosen_by == "lrtune":
+        sink.add_note(default_early_stopping(spec)[1])
     if spec.execution == "auto":
         spec = _resolve_execution(spec, training, sink)
     bounds = None
