@@ -55,6 +55,7 @@ def api_token_from_row(row: ApiTokenRow, tenant: str) -> ApiToken:
         id=row.id,
         tenant=tenant,
         label=row.label,
+        scope=row.scope,
         created_at=created,
         revoked_at=utc(row.revoked_at),
         last_used_at=utc(row.last_used_at),

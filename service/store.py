@@ -49,7 +49,14 @@ from lrtune.schemas.jobs import (
 )
 from lrtune.schemas.operations import OperationsSnapshot
 from lrtune.schemas.recommendations import BoundSuggestion, RangeTestResult, Recommendation
-from lrtune.schemas.tenants import ApiToken, Tenant, TenantLimits
+from lrtune.schemas.tenants import (
+    ApiToken,
+    Tenant,
+    TenantLimits,
+    TokenGrant,
+    TokenRef,
+    TokenScope,
+)
 from lrtune.service.codecs import (
     decode_cursor,
     decode_float,
@@ -215,8 +222,11 @@ class Store:
 
         return tenant_from_row(self._run(work, write=True))
 
-    def create_token(self, *, tenant: str, label: str = "") -> tuple[ApiToken, str]:
-        """A new bearer token for `tenant` (created if missing); returns (record, token).
+    def create_token(
+        self, *, tenant: str, label: str = "", scope: TokenScope = "submit"
+    ) -> tuple[ApiToken, str]:
+        """A new bearer token for `tenant` (created if missing) with `scope`; returns (record,
+        token).
 
         The token itself is returned once and never stored: the table keeps its SHA-256.
         """
@@ -228,6 +238,7 @@ class Store:
                 tenant_id=tenant_row.id,
                 token_sha256=token_digest(token),
                 label=label,
+                scope=scope,
                 created_at=utcnow(),
             )
             session.add(row)
@@ -263,24 +274,26 @@ class Store:
         (record,) = [t for t in self.list_tokens() if t.id == token_id]
         return record
 
-    def authenticate(self, *, token: str) -> Tenant | None:
-        """The tenant a bearer token acts for; None for an unknown or revoked token."""
+    def authenticate(self, *, token: str) -> TokenGrant | None:
+        """What a bearer token stands for (its tenant, id, label and scope); None for an unknown
+        or revoked token."""
         digest = token_digest(token)
         now = utcnow()
 
-        def read(session: Session) -> tuple[int, datetime | None, TenantRow] | None:
+        def read(session: Session) -> tuple[ApiTokenRow, TenantRow] | None:
             found = session.execute(
-                select(ApiTokenRow.id, ApiTokenRow.last_used_at, TenantRow)
+                select(ApiTokenRow, TenantRow)
                 .join(TenantRow, TenantRow.id == ApiTokenRow.tenant_id)
                 .where(ApiTokenRow.token_sha256 == digest, ApiTokenRow.revoked_at.is_(None))
             ).first()
-            return None if found is None else (found[0], found[1], found[2])
+            return None if found is None else (found[0], found[1])
 
         found = self._run(read, write=False)
         if found is None:
             return None
-        token_id, last_used, tenant_row = found
-        last = utc(last_used)
+        token_row, tenant_row = found
+        token_id = token_row.id
+        last = utc(token_row.last_used_at)
         if last is None or now - last > _LAST_USED_RESOLUTION:
 
             def touch(session: Session) -> None:
@@ -289,7 +302,11 @@ class Store:
                 )
 
             self._run(touch, write=True)
-        return tenant_from_row(tenant_row)
+        return TokenGrant(
+            tenant=tenant_from_row(tenant_row),
+            token=TokenRef(id=token_id, label=token_row.label),
+            scope=token_row.scope,
+        )
 
     # ---- jobs ---------------------------------------------------------------------------------
 
