@@ -83,3 +83,7 @@ class Caller(BaseModel):
 
     def may(self, right: TokenScope) -> bool:
         return right in self.rights
+
+    @property
+    def token_id(self) -> int | None:
+        return None if self.token is None else self.token.id

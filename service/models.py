@@ -144,6 +144,9 @@ class JobRow(Base):
     error: Mapped[str | None] = mapped_column(Text)
     # What the worker decided that the spec does not say (a list of sentences).
     notes: Mapped[list[str] | None] = mapped_column(JSON)
+    # The tokens whose requests submitted and cancelled the job; NULL with auth off.
+    submitted_by_token_id: Mapped[int | None] = mapped_column(ForeignKey("api_tokens.id"))
+    cancelled_by_token_id: Mapped[int | None] = mapped_column(ForeignKey("api_tokens.id"))
     worker_id: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(

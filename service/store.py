@@ -317,8 +317,10 @@ class Store:
         idempotency_key: str | None = None,
         tenant_id: int = DEFAULT_TENANT_ID,
         max_active_jobs: int | None = None,
+        submitted_by: int | None = None,
     ) -> tuple[Job, bool]:
-        """Store a queued job of `tenant_id`; returns (job, created).
+        """Store a queued job of `tenant_id`, submitted by the token `submitted_by` (None: auth
+        off); returns (job, created).
 
         With an idempotency key (per tenant), the same key and the same spec return the job made
         the first time (created False); the same key with another spec is a ConflictError. Twenty
@@ -345,6 +347,7 @@ class Store:
                 metric_name=spec.metric_name,
                 metric_mode=spec.metric_mode,
                 planned_trials=spec.planned_trials,
+                submitted_by_token_id=submitted_by,
                 created_at=utcnow(),
             )
             session.add(row)
@@ -448,17 +451,25 @@ class Store:
 
         return self._run(work, write=False)
 
-    def cancel_job(self, job_id: int, *, tenant_id: int | None = None) -> Job:
-        """queued -> cancelled now; running -> cancelling (the worker ends it); idempotent."""
+    def cancel_job(
+        self, job_id: int, *, tenant_id: int | None = None, cancelled_by: int | None = None
+    ) -> Job:
+        """queued -> cancelled now; running -> cancelling (the worker ends it); idempotent.
+
+        `cancelled_by` (a token id; None: auth off) is recorded by the request that cancels: a
+        repeated cancel changes nothing, its token included.
+        """
 
         def work(session: Session) -> None:
             row = _job_row(session, job_id, tenant_id=tenant_id, lock=self.is_postgres)
             if row.status == "queued":
                 row.status = "cancelled"
                 row.finished_at = utcnow()
+                row.cancelled_by_token_id = cancelled_by
                 _end_open_phases(session, [job_id], row.finished_at)
             elif row.status == "running":
                 row.status = "cancelling"
+                row.cancelled_by_token_id = cancelled_by
             elif row.status in ("succeeded", "failed"):
                 raise ConflictError(f"job {job_id} has already {row.status}; nothing to cancel")
 
@@ -1553,7 +1564,11 @@ class Store:
             for job_id, found in errors.items()
         }
         bests = {r.id: self._best_of_job(session, r) for r in rows}
-        return [job_from_row(r, counts[r.id], bests[r.id], summaries[r.id]) for r in rows]
+        tokens = _token_refs(
+            session,
+            {r.submitted_by_token_id for r in rows} | {r.cancelled_by_token_id for r in rows},
+        )
+        return [job_from_row(r, counts[r.id], bests[r.id], summaries[r.id], tokens) for r in rows]
 
     def _best_of_job(self, session: Session, row: JobRow) -> BestSoFar | None:
         order = TrialRow.best_metric.desc() if row.metric_mode == "max" else TrialRow.best_metric
@@ -1622,6 +1637,17 @@ def _no_range_test(job: JobRow) -> str:
         f"job {job.id} has no LR range test yet: it is {job.status}; the worker stores the test "
         "when it has run"
     )
+
+
+def _token_refs(session: Session, token_ids: set[int | None]) -> dict[int, TokenRef]:
+    """The tokens of these ids (None: no token), by id, with their labels."""
+    wanted = [i for i in token_ids if i is not None]
+    if not wanted:
+        return {}
+    rows = session.execute(
+        select(ApiTokenRow.id, ApiTokenRow.label).where(ApiTokenRow.id.in_(wanted))
+    )
+    return {row.id: TokenRef(id=row.id, label=row.label) for row in rows}
 
 
 def token_digest(token: str) -> str:

@@ -234,9 +234,16 @@ def test_lists_and_best_show_only_the_callers_jobs(
     ]
 
 
-def test_auth_off_serves_the_default_tenant_without_a_token(api_client: TestClient) -> None:
+def test_auth_off_serves_the_default_tenant_without_a_token(
+    api_client: TestClient, job_body: dict[str, Any]
+) -> None:
     assert api_client.get("/v1/jobs").status_code == 200
     assert api_client.get("/v1/policies").status_code == 200
+    # No token submitted or cancelled it.
+    job = api_client.post("/v1/jobs", json=job_body).json()
+    assert job["submitted_by"] is None and job["cancelled_by"] is None
+    cancelled = api_client.post(f"/v1/jobs/{job['id']}/cancel").json()
+    assert cancelled["status"] == "cancelled" and cancelled["cancelled_by"] is None
 
 
 def test_entrypoints_need_a_trusted_caller(
@@ -401,6 +408,46 @@ def test_whoami_with_auth_off_is_the_default_tenant_with_every_right_on_this_mac
             "scope": "submit",
             "rights": ["read", "submit"],
         }
+
+
+def test_a_job_records_the_tokens_that_submitted_and_cancelled_it(
+    tenants: dict[str, Any], job_body: dict[str, Any]
+) -> None:
+    client: TestClient = tenants["client"]
+    store: Store = tenants["store"]
+    alice = _bearer(tenants["a"])
+    alice_id = client.get("/v1/whoami", headers=alice).json()["token"]["id"]
+    bob_record, bob_token = store.create_token(tenant="a", label="bob")
+    bob = _bearer(bob_token)
+    submitted = client.post("/v1/jobs", json=job_body, headers=alice).json()
+    assert submitted["submitted_by"] == {"id": alice_id, "label": "alice"}
+    assert submitted["cancelled_by"] is None
+
+    cancelled = client.post(f"/v1/jobs/{submitted['id']}/cancel", headers=bob).json()
+    assert cancelled["cancelled_by"] == {"id": bob_record.id, "label": "bob"}
+    # A repeated cancel changes nothing, its token included; reads and lists say the same.
+    client.post(f"/v1/jobs/{submitted['id']}/cancel", headers=alice)
+    job = client.get(f"/v1/jobs/{submitted['id']}", headers=alice).json()
+    assert job["submitted_by"]["label"] == "alice" and job["cancelled_by"]["label"] == "bob"
+    (listed,) = [
+        j for j in client.get("/v1/jobs", headers=alice).json()["items"] if j["id"] == job["id"]
+    ]
+    assert (listed["submitted_by"], listed["cancelled_by"]) == (
+        job["submitted_by"],
+        job["cancelled_by"],
+    )
+
+    # A running job's canceller is recorded when it is asked to stop; a revoked token's name
+    # stays on the jobs it touched.
+    running = client.post("/v1/jobs", json=job_body, headers=bob).json()
+    claimed = store.claim_next_job(worker_id="w", lease_seconds=60)
+    assert claimed is not None and claimed.id == running["id"]
+    stopping = client.post(f"/v1/jobs/{running['id']}/cancel", headers=alice).json()
+    assert stopping["status"] == "cancelling"
+    assert stopping["cancelled_by"] == {"id": alice_id, "label": "alice"}
+    store.revoke_token(token_id=bob_record.id)
+    job = client.get(f"/v1/jobs/{running['id']}", headers=alice).json()
+    assert job["submitted_by"] == {"id": bob_record.id, "label": "bob"}
 
 
 def test_token_cli_gives_a_scope_and_refuses_an_unknown_one(

@@ -499,7 +499,8 @@ def test_upgrading_a_database_made_by_0007_gives_its_tokens_every_right(
         engine.dispose()
     assert [tuple(s) for s in scopes] == [("old", "code")]
 
-    # The old token still does everything: an entrypoint job, and cancelling the old job.
+    # The old token still does everything: an entrypoint job, and cancelling the old job, whose
+    # submitter nobody recorded.
     settings = Settings(database_url=database_url, home=tmp_path, auth=True)
     bearer = {"Authorization": f"Bearer {token}"}
     with TestClient(create_app(settings)) as client:
@@ -509,6 +510,9 @@ def test_upgrading_a_database_made_by_0007_gives_its_tokens_every_right(
         assert submitted.status_code == 201, submitted.text
         cancelled = client.post("/v1/jobs/1/cancel", headers=bearer)
         assert cancelled.status_code == 202, cancelled.text
+        old = cancelled.json()
+    assert old["submitted_by"] is None
+    assert old["cancelled_by"] == {"id": 1, "label": "old"}
     # A token written without a scope gets none (no default), and only the three are allowed.
     engine = make_engine(database_url)
     try:
@@ -526,11 +530,13 @@ def test_upgrading_a_database_made_by_0007_gives_its_tokens_every_right(
     engine = make_engine(database_url)
     try:
         token_columns = {c["name"] for c in inspect(engine).get_columns("api_tokens")}
+        job_columns = {c["name"] for c in inspect(engine).get_columns("jobs")}
         with engine.connect() as connection:
             kept = connection.exec_driver_sql("SELECT id, status FROM jobs ORDER BY id").all()
     finally:
         engine.dispose()
     assert "scope" not in token_columns
+    assert not {"submitted_by_token_id", "cancelled_by_token_id"} & job_columns
     assert [tuple(j) for j in kept] == [(1, "cancelled"), (2, "queued")]
     upgrade_to_head(database_url)
     assert schema_drift(database_url) == []

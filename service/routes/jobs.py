@@ -90,6 +90,7 @@ def submit_job(
         idempotency_key=idempotency_key,
         tenant_id=tenant.id,
         max_active_jobs=tenant.limits.max_concurrent_jobs or settings.max_concurrent_jobs,
+        submitted_by=caller.token_id,
     )
     if created:
         job_event(job.id, "submitted by tenant %s", tenant.name)
@@ -124,10 +125,10 @@ def get_job(job_id: JobId, store: StoreDep, tenant: TenantDep) -> Response:
     responses=_CANCEL_ERRORS,
     dependencies=[needs("submit", "cancelling a job")],
 )
-def cancel_job(job_id: JobId, store: StoreDep, tenant: TenantDep) -> Job:
+def cancel_job(job_id: JobId, store: StoreDep, tenant: TenantDep, caller: CallerDep) -> Job:
     """Cancel a job; idempotent, and no new trial starts once this has answered. Needs scope
     submit."""
-    return store.cancel_job(job_id, tenant_id=tenant.id)
+    return store.cancel_job(job_id, tenant_id=tenant.id, cancelled_by=caller.token_id)
 
 
 @router.get("/jobs/{job_id}/trials", response_model=TrialPage, responses=_ERRORS)
