@@ -33,6 +33,7 @@ from lrtune.schemas.jobs import (
 from lrtune.schemas.policies import PolicyInfo
 from lrtune.schemas.recommendations import RangeTestResult, Recommendation
 from lrtune.schemas.schedules import PreviewResponse
+from lrtune.schemas.tenants import Caller
 from lrtune.schemas.workloads import WorkloadInfo
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
@@ -237,6 +238,10 @@ class LrtuneClient:
 
     def workloads(self) -> list[WorkloadInfo]:
         return _validate(_WORKLOADS, self._request("GET", "/v1/workloads"))
+
+    def whoami(self) -> Caller:
+        """Who this client acts as: tenant, token (id and label), scope and its rights."""
+        return self._model(Caller, self._request("GET", "/v1/whoami"))
 
     # ---- plumbing -----------------------------------------------------------------------------
 

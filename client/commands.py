@@ -28,6 +28,7 @@ from lrtune.schemas.jobs import (
     JobTimeline,
 )
 from lrtune.schemas.recommendations import mean_and_spread
+from lrtune.schemas.tenants import TokenRef
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -143,6 +144,10 @@ def status(
             "best", f"{_number(job.best.value)}  {job.best.policy}, trial {job.best.trial_id}"
         )
     table.add_row("created", f"{job.created_at:%Y-%m-%d %H:%M:%S %Z}")
+    if job.submitted_by is not None:
+        table.add_row("submitted by", _token_text(job.submitted_by))
+    if job.cancelled_by is not None:
+        table.add_row("cancelled by", _token_text(job.cancelled_by))
     if job.finished_at is not None:
         table.add_row("finished", f"{job.finished_at:%Y-%m-%d %H:%M:%S %Z}")
     if job.error:
@@ -423,6 +428,20 @@ def best(
     out.print(table if found else "no finished job yet")
 
 
+@commands.command()
+def whoami(url: UrlOption = DEFAULT_URL) -> None:
+    """Who LRTUNE_TOKEN acts as: its tenant, the token's id and label, its scope and rights."""
+    with _client(url) as client:
+        caller = client.whoami()
+    table = Table(box=None, show_header=False)
+    table.add_row("tenant", caller.tenant)
+    token = "none: this server runs with LRTUNE_AUTH=off"
+    table.add_row("token", token if caller.token is None else _token_text(caller.token))
+    table.add_row("scope", caller.scope)
+    table.add_row("rights", ", ".join(caller.rights))
+    out.print(table)
+
+
 # ---- helpers ----------------------------------------------------------------------------------
 
 
@@ -435,6 +454,10 @@ def _client(url: str) -> Iterator[LrtuneClient]:
     except ApiError as error:
         status = f" (HTTP {error.status})" if error.status else ""
         fail(f"{error.message}{status}", code=EXIT_FAILED)
+
+
+def _token_text(token: TokenRef) -> str:
+    return f"{token.label} (token {token.id})" if token.label else f"token {token.id}"
 
 
 def _read_job_file(path: Path) -> dict[str, Any]:

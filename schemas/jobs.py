@@ -20,6 +20,7 @@ from lrtune.schemas.search import (
     field_of,
     validate_search_space,
 )
+from lrtune.schemas.tenants import TokenRef
 from lrtune.schemas.trials import (
     ENSEMBLE_PREFIX,
     MAX_SNAPSHOTS,
@@ -772,6 +773,14 @@ class Job(BaseModel):
         None,
         description="Per policy, the search space the trials actually sampled (after the range "
         'test for lr_bounds "auto"); None until the worker has planned the search.',
+    )
+    submitted_by: TokenRef | None = Field(
+        None, description="The token that submitted the job; null with LRTUNE_AUTH=off."
+    )
+    cancelled_by: TokenRef | None = Field(
+        None,
+        description="The token whose request cancelled the job; null if none did, or with "
+        "LRTUNE_AUTH=off.",
     )
 
 

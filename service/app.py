@@ -25,6 +25,7 @@ from lrtune.service.routes import (
     recommendations,
     schedules,
     trials,
+    whoami,
     workloads,
 )
 from lrtune.service.settings import Settings
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         recommendations.router,
         best.router,
         workloads.router,
+        whoami.router,
     ):
         app.include_router(router, **V1_GUARD)
     # The dashboard: its page at /, its scripts and the vendored chart library under /static.
@@ -65,7 +67,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-# What every /v1 router is included with: the caller check and its documented 401.
+# What every /v1 router is included with: the caller check and its documented 401. (Routes that
+# need more than scope read say so with deps.needs, and document their 403.)
 V1_GUARD: dict[str, Any] = {
     "dependencies": [Depends(require_caller)],
     "responses": {401: {"model": ErrorBody}},

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import typer
 from lrtune.client.commands import commands
 from lrtune.client.terminal import err, fail, read_spec_file
+from lrtune.schemas.tenants import TokenScope
 from lrtune.service.settings import Settings
 from pydantic import ValidationError
 from rich.console import Console
@@ -208,26 +210,48 @@ def db_current() -> None:
     typer.echo(f"current: {current or 'empty (no schema)'}\nhead: {head_revision()}")
 
 
+class ScopeChoice(StrEnum):
+    """`token create --scope`'s choices: schemas.tenants.TOKEN_SCOPES, as Typer takes them."""
+
+    read = "read"
+    submit = "submit"
+    code = "code"
+
+
 @token_app.command("create")
 def token_create(
     tenant: Annotated[str, typer.Option(help="The tenant the token acts for (made if new).")],
     label: Annotated[str, typer.Option(help="A note: whose token, what for.")] = "",
+    scope: Annotated[
+        ScopeChoice,
+        typer.Option(
+            help="What the token may do; each scope includes the ones before it. read: every "
+            "GET and the previews; submit: also create and cancel jobs on built-in workloads; "
+            "code: also jobs whose workload names an entrypoint (user code).",
+        ),
+    ] = ScopeChoice.submit,
 ) -> None:
     """Create a token for TENANT and print it once: only its SHA-256 is stored."""
     if not tenant.strip() or len(tenant) > 100:
         fail("--tenant must be 1 to 100 characters", code=EXIT_CANNOT_RUN)
     store = _store()
     try:
-        record, token = store.create_token(tenant=tenant.strip(), label=label[:200])
+        record, token = store.create_token(
+            tenant=tenant.strip(), label=label[:200], scope=cast(TokenScope, scope.value)
+        )
     finally:
         store.dispose()
-    err.print(f"token {record.id} for tenant {record.tenant!r}; it is shown only this once:")
+    err.print(
+        f"token {record.id} for tenant {record.tenant!r}, scope {record.scope!r}; it is shown "
+        "only this once:"
+    )
     typer.echo(token)
 
 
 @token_app.command("list")
 def token_list() -> None:
-    """Every token: id, tenant, label, when created, revoked and last used (never the token)."""
+    """Every token: id, tenant, label, scope, when created, revoked and last used (never the
+    token)."""
     from rich.table import Table
 
     store = _store()
@@ -235,12 +259,13 @@ def token_list() -> None:
         tokens = store.list_tokens()
     finally:
         store.dispose()
-    table = Table("id", "tenant", "label", "created", "revoked", "last used")
+    table = Table("id", "tenant", "label", "scope", "created", "revoked", "last used")
     for t in tokens:
         table.add_row(
             str(t.id),
             t.tenant,
             t.label,
+            t.scope,
             _when(t.created_at),
             _when(t.revoked_at),
             _when(t.last_used_at),

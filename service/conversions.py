@@ -20,7 +20,7 @@ from lrtune.schemas.jobs import (
     TrialProbe,
     TrialTiming,
 )
-from lrtune.schemas.tenants import ApiToken, Tenant, TenantLimits
+from lrtune.schemas.tenants import ApiToken, Tenant, TenantLimits, TokenRef
 from lrtune.service.codecs import decode_floats, encode_floats, join_float, split_float, utc
 from lrtune.service.models import (
     ApiTokenRow,
@@ -55,6 +55,7 @@ def api_token_from_row(row: ApiTokenRow, tenant: str) -> ApiToken:
         id=row.id,
         tenant=tenant,
         label=row.label,
+        scope=row.scope,
         created_at=created,
         revoked_at=utc(row.revoked_at),
         last_used_at=utc(row.last_used_at),
@@ -66,7 +67,9 @@ def job_from_row(
     counts: dict[str, int],
     best: BestSoFar | None,
     trial_errors: list[TrialErrorCount],
+    tokens: dict[int, TokenRef],
 ) -> Job:
+    """`tokens`: the submitting and cancelling tokens of the job, by id."""
     created = utc(row.created_at)
     assert created is not None
     return Job(
@@ -84,7 +87,13 @@ def job_from_row(
         trial_errors=trial_errors,
         notes=list(row.notes or []),
         search_spaces=row.search_spaces,
+        submitted_by=_token_ref(row.submitted_by_token_id, tokens),
+        cancelled_by=_token_ref(row.cancelled_by_token_id, tokens),
     )
+
+
+def _token_ref(token_id: int | None, tokens: dict[int, TokenRef]) -> TokenRef | None:
+    return None if token_id is None else tokens[token_id]
 
 
 def trial_from_row(row: TrialRow | Row[Any]) -> Trial:

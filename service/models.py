@@ -84,6 +84,7 @@ class ApiTokenRow(Base):
     """A bearer token: only its SHA-256 is stored, so the table cannot be used to log in."""
 
     __tablename__ = "api_tokens"
+    __table_args__ = (CheckConstraint("scope IN ('read', 'submit', 'code')", name="scope"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     tenant_id: Mapped[int] = mapped_column(
@@ -91,6 +92,9 @@ class ApiTokenRow(Base):
     )
     token_sha256: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
     label: Mapped[str] = mapped_column(String(200), nullable=False, default="")
+    # What the token may do (schemas.tenants.TOKEN_SCOPES); no server default: a row that says
+    # nothing must not get every right.
+    scope: Mapped[str] = mapped_column(String(8), nullable=False)
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, default=utcnow
     )
@@ -140,6 +144,9 @@ class JobRow(Base):
     error: Mapped[str | None] = mapped_column(Text)
     # What the worker decided that the spec does not say (a list of sentences).
     notes: Mapped[list[str] | None] = mapped_column(JSON)
+    # The tokens whose requests submitted and cancelled the job; NULL with auth off.
+    submitted_by_token_id: Mapped[int | None] = mapped_column(ForeignKey("api_tokens.id"))
+    cancelled_by_token_id: Mapped[int | None] = mapped_column(ForeignKey("api_tokens.id"))
     worker_id: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(

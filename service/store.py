@@ -49,7 +49,14 @@ from lrtune.schemas.jobs import (
 )
 from lrtune.schemas.operations import OperationsSnapshot
 from lrtune.schemas.recommendations import BoundSuggestion, RangeTestResult, Recommendation
-from lrtune.schemas.tenants import ApiToken, Tenant, TenantLimits
+from lrtune.schemas.tenants import (
+    ApiToken,
+    Tenant,
+    TenantLimits,
+    TokenGrant,
+    TokenRef,
+    TokenScope,
+)
 from lrtune.service.codecs import (
     decode_cursor,
     decode_float,
@@ -215,8 +222,11 @@ class Store:
 
         return tenant_from_row(self._run(work, write=True))
 
-    def create_token(self, *, tenant: str, label: str = "") -> tuple[ApiToken, str]:
-        """A new bearer token for `tenant` (created if missing); returns (record, token).
+    def create_token(
+        self, *, tenant: str, label: str = "", scope: TokenScope = "submit"
+    ) -> tuple[ApiToken, str]:
+        """A new bearer token for `tenant` (created if missing) with `scope`; returns (record,
+        token).
 
         The token itself is returned once and never stored: the table keeps its SHA-256.
         """
@@ -228,6 +238,7 @@ class Store:
                 tenant_id=tenant_row.id,
                 token_sha256=token_digest(token),
                 label=label,
+                scope=scope,
                 created_at=utcnow(),
             )
             session.add(row)
@@ -263,24 +274,26 @@ class Store:
         (record,) = [t for t in self.list_tokens() if t.id == token_id]
         return record
 
-    def authenticate(self, *, token: str) -> Tenant | None:
-        """The tenant a bearer token acts for; None for an unknown or revoked token."""
+    def authenticate(self, *, token: str) -> TokenGrant | None:
+        """What a bearer token stands for (its tenant, id, label and scope); None for an unknown
+        or revoked token."""
         digest = token_digest(token)
         now = utcnow()
 
-        def read(session: Session) -> tuple[int, datetime | None, TenantRow] | None:
+        def read(session: Session) -> tuple[ApiTokenRow, TenantRow] | None:
             found = session.execute(
-                select(ApiTokenRow.id, ApiTokenRow.last_used_at, TenantRow)
+                select(ApiTokenRow, TenantRow)
                 .join(TenantRow, TenantRow.id == ApiTokenRow.tenant_id)
                 .where(ApiTokenRow.token_sha256 == digest, ApiTokenRow.revoked_at.is_(None))
             ).first()
-            return None if found is None else (found[0], found[1], found[2])
+            return None if found is None else (found[0], found[1])
 
         found = self._run(read, write=False)
         if found is None:
             return None
-        token_id, last_used, tenant_row = found
-        last = utc(last_used)
+        token_row, tenant_row = found
+        token_id = token_row.id
+        last = utc(token_row.last_used_at)
         if last is None or now - last > _LAST_USED_RESOLUTION:
 
             def touch(session: Session) -> None:
@@ -289,7 +302,11 @@ class Store:
                 )
 
             self._run(touch, write=True)
-        return tenant_from_row(tenant_row)
+        return TokenGrant(
+            tenant=tenant_from_row(tenant_row),
+            token=TokenRef(id=token_id, label=token_row.label),
+            scope=token_row.scope,
+        )
 
     # ---- jobs ---------------------------------------------------------------------------------
 
@@ -300,8 +317,10 @@ class Store:
         idempotency_key: str | None = None,
         tenant_id: int = DEFAULT_TENANT_ID,
         max_active_jobs: int | None = None,
+        submitted_by: int | None = None,
     ) -> tuple[Job, bool]:
-        """Store a queued job of `tenant_id`; returns (job, created).
+        """Store a queued job of `tenant_id`, submitted by the token `submitted_by` (None: auth
+        off); returns (job, created).
 
         With an idempotency key (per tenant), the same key and the same spec return the job made
         the first time (created False); the same key with another spec is a ConflictError. Twenty
@@ -328,6 +347,7 @@ class Store:
                 metric_name=spec.metric_name,
                 metric_mode=spec.metric_mode,
                 planned_trials=spec.planned_trials,
+                submitted_by_token_id=submitted_by,
                 created_at=utcnow(),
             )
             session.add(row)
@@ -431,17 +451,25 @@ class Store:
 
         return self._run(work, write=False)
 
-    def cancel_job(self, job_id: int, *, tenant_id: int | None = None) -> Job:
-        """queued -> cancelled now; running -> cancelling (the worker ends it); idempotent."""
+    def cancel_job(
+        self, job_id: int, *, tenant_id: int | None = None, cancelled_by: int | None = None
+    ) -> Job:
+        """queued -> cancelled now; running -> cancelling (the worker ends it); idempotent.
+
+        `cancelled_by` (a token id; None: auth off) is recorded by the request that cancels: a
+        repeated cancel changes nothing, its token included.
+        """
 
         def work(session: Session) -> None:
             row = _job_row(session, job_id, tenant_id=tenant_id, lock=self.is_postgres)
             if row.status == "queued":
                 row.status = "cancelled"
                 row.finished_at = utcnow()
+                row.cancelled_by_token_id = cancelled_by
                 _end_open_phases(session, [job_id], row.finished_at)
             elif row.status == "running":
                 row.status = "cancelling"
+                row.cancelled_by_token_id = cancelled_by
             elif row.status in ("succeeded", "failed"):
                 raise ConflictError(f"job {job_id} has already {row.status}; nothing to cancel")
 
@@ -1536,7 +1564,11 @@ class Store:
             for job_id, found in errors.items()
         }
         bests = {r.id: self._best_of_job(session, r) for r in rows}
-        return [job_from_row(r, counts[r.id], bests[r.id], summaries[r.id]) for r in rows]
+        tokens = _token_refs(
+            session,
+            {r.submitted_by_token_id for r in rows} | {r.cancelled_by_token_id for r in rows},
+        )
+        return [job_from_row(r, counts[r.id], bests[r.id], summaries[r.id], tokens) for r in rows]
 
     def _best_of_job(self, session: Session, row: JobRow) -> BestSoFar | None:
         order = TrialRow.best_metric.desc() if row.metric_mode == "max" else TrialRow.best_metric
@@ -1605,6 +1637,17 @@ def _no_range_test(job: JobRow) -> str:
         f"job {job.id} has no LR range test yet: it is {job.status}; the worker stores the test "
         "when it has run"
     )
+
+
+def _token_refs(session: Session, token_ids: set[int | None]) -> dict[int, TokenRef]:
+    """The tokens of these ids (None: no token), by id, with their labels."""
+    wanted = [i for i in token_ids if i is not None]
+    if not wanted:
+        return {}
+    rows = session.execute(
+        select(ApiTokenRow.id, ApiTokenRow.label).where(ApiTokenRow.id.in_(wanted))
+    )
+    return {row.id: TokenRef(id=row.id, label=row.label) for row in rows}
 
 
 def token_digest(token: str) -> str:

@@ -1,5 +1,6 @@
-"""Authentication and tenants: every /v1 route needs a valid token when LRTUNE_AUTH=on, and one
-tenant's ids are 404 to another, on SQLite and PostgreSQL.
+"""Authentication, tenants and token scopes: every /v1 route needs a valid token when
+LRTUNE_AUTH=on, one tenant's ids are 404 to another, and a token does only what its scope allows
+(read, submit, code), on SQLite and PostgreSQL.
 
 The routes are read from `app.routes`, so an endpoint added later is covered without editing
 this file; a new path parameter must be given a value in `_path_values` (the test says so).
@@ -16,7 +17,9 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from lrtune.schemas.jobs import TrialMetric, TrialProbe
 from lrtune.schemas.recommendations import BoundSuggestion, RangeTestResult
+from lrtune.schemas.tenants import TOKEN_SCOPES
 from lrtune.service.app import create_app
+from lrtune.service.cli import ScopeChoice
 from lrtune.service.cli import app as cli
 from lrtune.service.settings import Settings
 from lrtune.service.store import Store
@@ -24,6 +27,17 @@ from typer.testing import CliRunner
 
 # Minimal valid bodies for the /v1 routes that take one (the route checks run before the body's).
 PREVIEW = {"schedule": {"policy": "fixed", "lr": 0.1}, "steps": 10}
+SPACE_PREVIEW = {
+    "policy": "fixed",
+    "search_space": {"lr": {"loguniform": [0.01, 0.1]}},
+    "steps": 100,
+    "steps_per_epoch": 10,
+}
+# The POSTs a read token may make: previews, which compute and store nothing. Any other route
+# but a GET needs scope submit, so a route added later is refused to read tokens unless it is
+# listed here.
+READ_POSTS = {"/v1/schedules/preview", "/v1/search-spaces/preview"}
+ENTRYPOINT = {"entrypoint": "my_models.zoo:make"}
 
 
 @pytest.fixture
@@ -137,6 +151,8 @@ def _call(
         body = job_body
     elif method == "POST" and path == "/v1/schedules/preview":
         body = PREVIEW
+    elif method == "POST" and path == "/v1/search-spaces/preview":
+        body = SPACE_PREVIEW
     return client.request(method, path, json=body, headers=headers)
 
 
@@ -218,9 +234,16 @@ def test_lists_and_best_show_only_the_callers_jobs(
     ]
 
 
-def test_auth_off_serves_the_default_tenant_without_a_token(api_client: TestClient) -> None:
+def test_auth_off_serves_the_default_tenant_without_a_token(
+    api_client: TestClient, job_body: dict[str, Any]
+) -> None:
     assert api_client.get("/v1/jobs").status_code == 200
     assert api_client.get("/v1/policies").status_code == 200
+    # No token submitted or cancelled it.
+    job = api_client.post("/v1/jobs", json=job_body).json()
+    assert job["submitted_by"] is None and job["cancelled_by"] is None
+    cancelled = api_client.post(f"/v1/jobs/{job['id']}/cancel").json()
+    assert cancelled["status"] == "cancelled" and cancelled["cancelled_by"] is None
 
 
 def test_entrypoints_need_a_trusted_caller(
@@ -236,7 +259,7 @@ def test_entrypoints_need_a_trusted_caller(
         assert local.post("/v1/jobs", json=body).status_code == 201
     secured = create_app(settings.model_copy(update={"auth": True}))
     with TestClient(secured) as client:
-        _, token = store.create_token(tenant="lab")
+        _, token = store.create_token(tenant="lab", scope="code")
         assert client.post("/v1/jobs", json=body, headers=_bearer(token)).status_code == 201
 
 
@@ -252,6 +275,7 @@ def test_token_cli_creates_lists_and_revokes(
 
     listed = runner.invoke(cli, ["token", "list"], env=env)
     assert listed.exit_code == 0 and "acme" in listed.stdout and "ci" in listed.stdout
+    assert "submit" in listed.stdout  # the scope a token gets without --scope
     assert token not in listed.stdout and token[4:20] not in listed.stdout
 
     secured = create_app(settings.model_copy(update={"auth": True}))
@@ -265,3 +289,191 @@ def test_token_cli_creates_lists_and_revokes(
     assert runner.invoke(cli, ["token", "revoke", "999"], env=env).exit_code == 2
     # Only the digest is stored.
     assert token not in str([t.model_dump() for t in store.list_tokens()])
+
+
+def _refusal(answer: Any, scope: str, needed: str) -> str:
+    """The message of a 403 for want of a scope, checked to name both scopes."""
+    assert answer.status_code == 403, answer.text
+    error = answer.json()["error"]
+    assert error["code"] == "forbidden"
+    assert f"this token's scope is {scope!r}" in error["message"]
+    assert f"needs scope {needed!r}" in error["message"]
+    return str(error["message"])
+
+
+def test_a_read_token_gets_everything_and_previews_but_cannot_submit_or_cancel(
+    auth_app: FastAPI, tenants: dict[str, Any], job_body: dict[str, Any]
+) -> None:
+    client: TestClient = tenants["client"]
+    store: Store = tenants["store"]
+    _, read = store.create_token(tenant="a", label="viewer", scope="read")
+    jobs_before = len(store.list_jobs(limit=100).items)
+    for method, template in _v1_routes(auth_app):
+        path = _path_values(template, tenants["ids"])
+        answer = _call(client, method, path, _bearer(read), job_body)
+        if method == "GET" or path in READ_POSTS:
+            assert answer.status_code == 200, (method, path, answer.text)
+        else:
+            _refusal(answer, "read", "submit")
+    refused = client.post("/v1/jobs", json=job_body, headers=_bearer(read))
+    assert _refusal(refused, "read", "submit") == (
+        "this token's scope is 'read'; submitting a job needs scope 'submit'"
+    )
+    assert len(store.list_jobs(limit=100).items) == jobs_before  # nothing was stored
+    # A queued job of the tenant stays queued.
+    queued = client.post("/v1/jobs", json=job_body, headers=_bearer(tenants["a"])).json()
+    refused = client.post(f"/v1/jobs/{queued['id']}/cancel", headers=_bearer(read))
+    assert "cancelling a job needs scope 'submit'" in _refusal(refused, "read", "submit")
+    assert client.get(f"/v1/jobs/{queued['id']}", headers=_bearer(read)).json()["status"] == (
+        "queued"
+    )
+    # An invalid body is refused for the scope first: the token could not submit it anyway.
+    refused = client.post("/v1/jobs", json={"budget": "lots"}, headers=_bearer(read))
+    _refusal(refused, "read", "submit")
+
+
+def test_a_submit_token_submits_and_cancels_built_in_jobs_but_not_an_entrypoint(
+    tenants: dict[str, Any], job_body: dict[str, Any]
+) -> None:
+    client: TestClient = tenants["client"]
+    store: Store = tenants["store"]
+    submit = _bearer(tenants["a"])  # made without a scope: submit
+    assert client.get("/v1/whoami", headers=submit).json()["scope"] == "submit"
+    job = client.post("/v1/jobs", json=job_body, headers=submit)
+    assert job.status_code == 201, job.text
+    cancelled = client.post(f"/v1/jobs/{job.json()['id']}/cancel", headers=submit)
+    assert cancelled.status_code == 202 and cancelled.json()["status"] == "cancelled"
+    jobs_before = len(store.list_jobs(limit=100).items)
+    refused = client.post("/v1/jobs", json={**job_body, "workload": ENTRYPOINT}, headers=submit)
+    assert _refusal(refused, "submit", "code") == (
+        "this token's scope is 'submit'; submitting a job whose workload names an entrypoint "
+        "(user code) needs scope 'code'"
+    )
+    assert refused.json()["error"]["fields"][0]["path"] == "workload.entrypoint"
+    assert len(store.list_jobs(limit=100).items) == jobs_before
+    assert client.post("/v1/schedules/preview", json=PREVIEW, headers=submit).status_code == 200
+
+
+def test_a_code_token_may_do_everything(tenants: dict[str, Any], job_body: dict[str, Any]) -> None:
+    client: TestClient = tenants["client"]
+    _, token = tenants["store"].create_token(tenant="a", label="lab", scope="code")
+    code = _bearer(token)
+    own = client.post("/v1/jobs", json={**job_body, "workload": ENTRYPOINT}, headers=code)
+    assert own.status_code == 201, own.text
+    assert own.json()["spec"]["workload"]["entrypoint"] == ENTRYPOINT["entrypoint"]
+    built_in = client.post("/v1/jobs", json=job_body, headers=code)
+    assert built_in.status_code == 201, built_in.text
+    for job in (own, built_in):
+        answer = client.post(f"/v1/jobs/{job.json()['id']}/cancel", headers=code)
+        assert answer.status_code == 202, answer.text
+    assert client.get("/v1/jobs", headers=code).status_code == 200
+    assert client.post("/v1/schedules/preview", json=PREVIEW, headers=code).status_code == 200
+
+
+def test_whoami_answers_the_tokens_tenant_label_scope_and_rights(
+    auth_app: FastAPI, store: Store
+) -> None:
+    with TestClient(auth_app) as client:
+        for scope, rights in (
+            ("read", ["read"]),
+            ("submit", ["read", "submit"]),
+            ("code", ["read", "submit", "code"]),
+        ):
+            record, token = store.create_token(tenant="research", label=f"{scope}-bot", scope=scope)
+            answer = client.get("/v1/whoami", headers=_bearer(token))
+            assert answer.status_code == 200, answer.text
+            assert answer.json() == {
+                "tenant": "research",
+                "token": {"id": record.id, "label": f"{scope}-bot"},
+                "scope": scope,
+                "rights": rights,
+            }
+        assert client.get("/v1/whoami").status_code == 401
+
+
+def test_whoami_with_auth_off_is_the_default_tenant_with_every_right_on_this_machine(
+    settings: Settings,
+) -> None:
+    everything = {"tenant": "default", "token": None, "scope": "code"}
+    with TestClient(create_app(settings), client=("127.0.0.1", 40000)) as local:
+        assert local.get("/v1/whoami").json() == {
+            **everything,
+            "rights": ["read", "submit", "code"],
+        }
+    # From elsewhere, an entrypoint is refused with auth off (test_entrypoints_need_a_trusted_
+    # caller): whoami does not claim that right.
+    with TestClient(create_app(settings)) as remote:
+        assert remote.get("/v1/whoami").json() == {
+            **everything,
+            "scope": "submit",
+            "rights": ["read", "submit"],
+        }
+
+
+def test_a_job_records_the_tokens_that_submitted_and_cancelled_it(
+    tenants: dict[str, Any], job_body: dict[str, Any]
+) -> None:
+    client: TestClient = tenants["client"]
+    store: Store = tenants["store"]
+    alice = _bearer(tenants["a"])
+    alice_id = client.get("/v1/whoami", headers=alice).json()["token"]["id"]
+    bob_record, bob_token = store.create_token(tenant="a", label="bob")
+    bob = _bearer(bob_token)
+    submitted = client.post("/v1/jobs", json=job_body, headers=alice).json()
+    assert submitted["submitted_by"] == {"id": alice_id, "label": "alice"}
+    assert submitted["cancelled_by"] is None
+
+    cancelled = client.post(f"/v1/jobs/{submitted['id']}/cancel", headers=bob).json()
+    assert cancelled["cancelled_by"] == {"id": bob_record.id, "label": "bob"}
+    # A repeated cancel changes nothing, its token included; reads and lists say the same.
+    client.post(f"/v1/jobs/{submitted['id']}/cancel", headers=alice)
+    job = client.get(f"/v1/jobs/{submitted['id']}", headers=alice).json()
+    assert job["submitted_by"]["label"] == "alice" and job["cancelled_by"]["label"] == "bob"
+    (listed,) = [
+        j for j in client.get("/v1/jobs", headers=alice).json()["items"] if j["id"] == job["id"]
+    ]
+    assert (listed["submitted_by"], listed["cancelled_by"]) == (
+        job["submitted_by"],
+        job["cancelled_by"],
+    )
+
+    # A running job's canceller is recorded when it is asked to stop; a revoked token's name
+    # stays on the jobs it touched.
+    running = client.post("/v1/jobs", json=job_body, headers=bob).json()
+    claimed = store.claim_next_job(worker_id="w", lease_seconds=60)
+    assert claimed is not None and claimed.id == running["id"]
+    stopping = client.post(f"/v1/jobs/{running['id']}/cancel", headers=alice).json()
+    assert stopping["status"] == "cancelling"
+    assert stopping["cancelled_by"] == {"id": alice_id, "label": "alice"}
+    store.revoke_token(token_id=bob_record.id)
+    job = client.get(f"/v1/jobs/{running['id']}", headers=alice).json()
+    assert job["submitted_by"] == {"id": bob_record.id, "label": "bob"}
+
+
+def test_token_cli_gives_a_scope_and_refuses_an_unknown_one(
+    database_url: str, settings: Settings, store: Store, job_body: dict[str, Any]
+) -> None:
+    runner = CliRunner()
+    env = {"LRTUNE_DATABASE_URL": database_url, "LRTUNE_HOME": str(settings.home)}
+    created = runner.invoke(
+        cli, ["token", "create", "--tenant", "acme", "--label", "dash", "--scope", "read"], env=env
+    )
+    assert created.exit_code == 0, created.output
+    assert "scope 'read'" in created.stderr
+    token = created.stdout.strip().splitlines()[-1]
+    (record,) = store.list_tokens()
+    assert record.scope == "read"
+    listed = runner.invoke(cli, ["token", "list"], env=env)
+    assert "read" in listed.stdout.split("dash", 1)[1].splitlines()[0]
+    with TestClient(create_app(settings.model_copy(update={"auth": True}))) as client:
+        assert client.get("/v1/jobs", headers=_bearer(token)).status_code == 200
+        refused = client.post("/v1/jobs", json=job_body, headers=_bearer(token))
+        _refusal(refused, "read", "submit")
+
+    assert [choice.value for choice in ScopeChoice] == list(TOKEN_SCOPES)
+    bad = runner.invoke(cli, ["token", "create", "--tenant", "acme", "--scope", "admin"], env=env)
+    assert bad.exit_code == 2
+    said = " ".join(bad.output.replace("│", " ").split())  # unboxed, unwrapped
+    assert "Invalid value for '--scope'" in said
+    assert "'admin' is not one of 'read', 'submit', 'code'" in said
+    assert len(store.list_tokens()) == 1

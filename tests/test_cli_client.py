@@ -58,11 +58,12 @@ def finished_job(store: Store, seed_job: JobSeeder, job_body: dict[str, Any]) ->
     return job_id
 
 
-def run(url: str, *args: str) -> tuple[int, str, str]:
+def run(url: str, *args: str, token: str | None = None) -> tuple[int, str, str]:
     # Tables as wide as a wide terminal's. The console took its width when it was imported,
     # from that process's COLUMNS (an xdist worker has none): set it for the command.
+    env = {"COLUMNS": "200", "LRTUNE_TOKEN": token}
     with patch.object(commands.out, "_width", 200):
-        result = runner.invoke(cli, [*args, "--url", url], env={"COLUMNS": "200"})
+        result = runner.invoke(cli, [*args, "--url", url], env=env)
     return result.exit_code, result.stdout, result.stderr
 
 
@@ -321,3 +322,39 @@ def test_a_mean_is_shown_to_its_spreads_precision(
     mean: float, std: float | None, shown: str
 ) -> None:
     assert mean_and_spread(mean, std) == shown
+
+
+def test_whoami_and_status_name_the_token(settings: Settings, store: Store) -> None:
+    viewer_record, viewer = store.create_token(tenant="research", label="viewer", scope="read")
+    ci_record, ci = store.create_token(tenant="research", label="ci")
+    job_file = str(EXAMPLES / "job-digits.yaml")
+    with LiveService(settings.model_copy(update={"auth": True})) as live:
+        code, out, _ = run(live.url, "whoami", token=viewer)
+        assert code == 0
+        rows = {
+            line.split()[0]: line.split(maxsplit=1)[1].strip() for line in out.splitlines() if line
+        }
+        assert rows == {
+            "tenant": "research",
+            "token": f"viewer (token {viewer_record.id})",
+            "scope": "read",
+            "rights": "read",
+        }
+        code, _, err = run(live.url, "submit", job_file, token=viewer)
+        assert_one_error_line(code, err, "scope is 'read'", "needs scope 'submit'", "403")
+        assert_one_error_line(*run(live.url, "whoami")[::2], "bearer token", "401")
+
+        job_id = run(live.url, "submit", job_file, token=ci)[1].strip()
+        assert run(live.url, "cancel", job_id, token=ci)[0] == 0
+        code, out, _ = run(live.url, "status", job_id, token=viewer)
+    assert code == 0
+    lines = [" ".join(line.split()) for line in out.splitlines()]
+    assert f"submitted by ci (token {ci_record.id})" in lines
+    assert f"cancelled by ci (token {ci_record.id})" in lines
+
+
+def test_whoami_with_auth_off_has_every_right(service_url: str) -> None:
+    code, out, _ = run(service_url, "whoami")
+    assert code == 0
+    assert "default" in out and "LRTUNE_AUTH=off" in out
+    assert "read, submit, code" in out  # the service is on this machine

@@ -788,3 +788,118 @@ def test_the_dashboard_shows_a_mean_to_its_spreads_precision_as_the_cli_does(
         [mean, std],
     )
     assert shown == mean_and_spread(mean, std)
+
+
+class AuthService(NamedTuple):
+    """A service with LRTUNE_AUTH=on, tokens of tenant "lab" and two of its jobs."""
+
+    url: str
+    tokens: dict[str, str]  # by label: viewer (scope read), alice and bob (scope submit)
+    token_ids: dict[str, int]
+    queued_job_id: int  # submitted by alice
+    cancelled_job_id: int  # submitted by alice, cancelled by bob
+
+
+@pytest.fixture(scope="module")
+def auth_service(
+    sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[AuthService]:
+    database = tmp_path_factory.mktemp("dashboard-auth") / "lrtune.db"
+    shutil.copyfile(sqlite_template, database)
+    url = f"sqlite:///{database}"
+    store = Store.from_url(url)
+    try:
+        made = {
+            label: store.create_token(tenant="lab", label=label, scope=scope)
+            for label, scope in (("viewer", "read"), ("alice", "submit"), ("bob", "submit"))
+        }
+    finally:
+        store.dispose()
+    tokens = {label: token for label, (_, token) in made.items()}
+    settings = Settings(
+        database_url=url, home=tmp_path_factory.mktemp("dashboard-auth-home"), auth=True
+    )
+    spec = {
+        "name": "digits: who",
+        "workload": {"name": "digits"},
+        "policies": ["fixed"],
+        "budget": {"epochs": 2, "trials_per_policy": 1},
+    }
+    with LiveService(settings) as live:
+
+        def as_(label: str) -> dict[str, str]:
+            return {"Authorization": f"Bearer {tokens[label]}"}
+
+        queued, cancelled = (
+            httpx.post(f"{live.url}/v1/jobs", json=spec, headers=as_("alice")).json()["id"]
+            for _ in range(2)
+        )
+        answer = httpx.post(f"{live.url}/v1/jobs/{cancelled}/cancel", headers=as_("bob"))
+        assert answer.status_code == 202, answer.text
+        yield AuthService(
+            live.url,
+            tokens,
+            {label: record.id for label, (record, _) in made.items()},
+            queued,
+            cancelled,
+        )
+
+
+def use_token(page: Any, token: str) -> None:
+    """The dashboard's stored token, as if typed at its prompt: set before the page's scripts
+    run, unless the test has set another since."""
+    page.add_init_script(
+        f"if (!localStorage.getItem('lrtune.token')) localStorage.setItem('lrtune.token', "
+        f"{token!r})"
+    )
+
+
+def test_a_read_only_token_gets_no_new_job_form_and_no_cancel_button(
+    page: Any, auth_service: AuthService, tmp_path: Path
+) -> None:
+    url = auth_service.url
+    use_token(page, auth_service.tokens["viewer"])
+    page.goto(f"{url}/#/jobs/{auth_service.queued_job_id}")
+    page.wait_for_function("document.body.dataset.jobPage === 'drawn'")
+    assert page.get_by_test_id("status").first.inner_text() == "queued"
+    assert page.get_by_test_id("cancel").count() == 0
+    screenshot(page, tmp_path, "read-only-job-page")
+    page.goto(f"{url}/#/new")
+    page.get_by_test_id("read-only").wait_for()
+    assert "scope is read" in page.get_by_test_id("read-only").inner_text()
+    assert page.get_by_test_id("new-job-form").count() == 0
+    screenshot(page, tmp_path, "read-only-new-job")
+    page.goto(f"{url}/#/jobs")
+    page.locator(f"[data-job-id='{auth_service.queued_job_id}']").wait_for()
+    assert page.get_by_test_id("new-job").count() == 0
+
+    # The same pages with a token of scope submit: the button and the form are there.
+    page.evaluate(f"localStorage.setItem('lrtune.token', {auth_service.tokens['alice']!r})")
+    page.reload()
+    page.get_by_test_id("new-job").wait_for()
+    page.goto(f"{url}/#/jobs/{auth_service.queued_job_id}")
+    page.get_by_test_id("cancel").wait_for()
+    page.goto(f"{url}/#/new")
+    page.get_by_test_id("new-job-form").wait_for()
+
+
+def test_the_job_page_names_the_tokens_that_submitted_and_cancelled_the_job(
+    page: Any, auth_service: AuthService, tmp_path: Path
+) -> None:
+    ids = auth_service.token_ids
+    use_token(page, auth_service.tokens["viewer"])
+    page.goto(f"{auth_service.url}/#/jobs/{auth_service.cancelled_job_id}")
+    page.wait_for_function("document.body.dataset.jobPage === 'drawn'")
+    assert page.get_by_test_id("submitted-by").inner_text() == (
+        f"submitted by alice (token #{ids['alice']})"
+    )
+    assert page.get_by_test_id("cancelled-by").inner_text() == (
+        f"cancelled by bob (token #{ids['bob']})"
+    )
+    screenshot(page, tmp_path, "job-page-tokens")
+    # A job nobody cancelled names its submitter alone (its head, not the last page's).
+    queued = auth_service.queued_job_id
+    page.goto(f"{auth_service.url}/#/jobs/{queued}")
+    page.locator(".pagehead .meta", has_text=f"#{queued} ·").wait_for()
+    assert page.get_by_test_id("submitted-by").inner_text().startswith("submitted by alice")
+    assert page.get_by_test_id("cancelled-by").count() == 0

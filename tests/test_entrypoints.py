@@ -139,7 +139,7 @@ def test_the_api_that_knows_the_code_paths_refuses_other_entrypoints_with_a_422(
     )
     headers = {}
     if auth:
-        _, token = store.create_token(tenant="lab")
+        _, token = store.create_token(tenant="lab", scope="code")
         headers = {"Authorization": f"Bearer {token}"}
     marker = tmp_path / "marker"
     with TestClient(create_app(served), client=("127.0.0.1", 40000)) as client:
@@ -175,7 +175,7 @@ def test_the_worker_fails_a_job_whose_entrypoint_is_outside_the_code_paths_and_r
     api_settings = settings.model_copy(update={"auth": auth})
     headers = {}
     if auth:
-        _, token = store.create_token(tenant="lab")
+        _, token = store.create_token(tenant="lab", scope="code")
         headers = {"Authorization": f"Bearer {token}"}
     monkeypatch.syspath_prepend(str(outside))  # importable in the worker, yet not a code path
     marker = tmp_path / "marker"

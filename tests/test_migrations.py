@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -21,7 +21,7 @@ from lrtune.service.migrate import (
     upgrade_to_head,
 )
 from lrtune.service.settings import Settings
-from lrtune.service.store import Store
+from lrtune.service.store import Store, token_digest
 from sqlalchemy import inspect
 from sqlalchemy.exc import IntegrityError
 
@@ -469,5 +469,74 @@ def test_upgrading_a_database_made_by_0006_gives_its_jobs_no_notes(database_url:
         store.dispose()
     downgrade(database_url, "0006")
     assert current_revision(database_url) == "0006"
+    upgrade_to_head(database_url)
+    assert schema_drift(database_url) == []
+
+
+def test_upgrading_a_database_made_by_0007_gives_its_tokens_every_right(
+    database_url: str, tmp_path: Path, job_body: dict[str, Any]
+) -> None:
+    downgrade(database_url, "0007")
+    token = "lrt_made-before-scopes"
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql(
+                "INSERT INTO api_tokens (tenant_id, token_sha256, label, created_at) "
+                f"VALUES (1, '{token_digest(token)}', 'old', CURRENT_TIMESTAMP)"
+            )
+            connection.exec_driver_sql(
+                "INSERT INTO jobs (name, kind, status, spec, workload, metric_name, metric_mode, "
+                "planned_trials, created_at) VALUES ('old', 'search', 'queued', "
+                '\'{"workload": {"name": "digits"}, "policies": ["fixed"], '
+                '"budget": {"epochs": 2, "trials_per_policy": 1}}\', '
+                "'digits', 'val_accuracy', 'max', 1, CURRENT_TIMESTAMP)"
+            )
+        upgrade_to_head(database_url)
+        with engine.connect() as connection:
+            scopes = connection.exec_driver_sql("SELECT label, scope FROM api_tokens").all()
+    finally:
+        engine.dispose()
+    assert [tuple(s) for s in scopes] == [("old", "code")]
+
+    # The old token still does everything: an entrypoint job, and cancelling the old job, whose
+    # submitter nobody recorded.
+    settings = Settings(database_url=database_url, home=tmp_path, auth=True)
+    bearer = {"Authorization": f"Bearer {token}"}
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/v1/whoami", headers=bearer).json()["scope"] == "code"
+        body = {**job_body, "workload": {"entrypoint": "my_models.zoo:make"}}
+        submitted = client.post("/v1/jobs", json=body, headers=bearer)
+        assert submitted.status_code == 201, submitted.text
+        cancelled = client.post("/v1/jobs/1/cancel", headers=bearer)
+        assert cancelled.status_code == 202, cancelled.text
+        old = cancelled.json()
+    assert old["submitted_by"] is None
+    assert old["cancelled_by"] == {"id": 1, "label": "old"}
+    # A token written without a scope gets none (no default), and only the three are allowed.
+    engine = make_engine(database_url)
+    try:
+        for scope in ("NULL", "'admin'"):
+            with pytest.raises(IntegrityError), engine.begin() as connection:
+                connection.exec_driver_sql(
+                    "INSERT INTO api_tokens (tenant_id, token_sha256, label, scope, created_at) "
+                    f"VALUES (1, 'x', '', {scope}, CURRENT_TIMESTAMP)"
+                )
+    finally:
+        engine.dispose()
+
+    downgrade(database_url, "0007")
+    assert current_revision(database_url) == "0007"
+    engine = make_engine(database_url)
+    try:
+        token_columns = {c["name"] for c in inspect(engine).get_columns("api_tokens")}
+        job_columns = {c["name"] for c in inspect(engine).get_columns("jobs")}
+        with engine.connect() as connection:
+            kept = connection.exec_driver_sql("SELECT id, status FROM jobs ORDER BY id").all()
+    finally:
+        engine.dispose()
+    assert "scope" not in token_columns
+    assert not {"submitted_by_token_id", "cancelled_by_token_id"} & job_columns
+    assert [tuple(j) for j in kept] == [(1, "cancelled"), (2, "queued")]
     upgrade_to_head(database_url)
     assert schema_drift(database_url) == []

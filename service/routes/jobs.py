@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Header, Path, Query, Response
 from lrtune.schemas.errors import ErrorBody
 from lrtune.schemas.jobs import (
     Job,
@@ -18,9 +18,16 @@ from lrtune.schemas.jobs import (
     TrialStatus,
 )
 from lrtune.schemas.schedules import POLICY_NAMES
-from lrtune.schemas.tenants import Tenant
+from lrtune.schemas.tenants import Caller, Tenant
 from lrtune.service.codecs import MAX_ID
-from lrtune.service.deps import SettingsDep, StoreDep, TenantDep
+from lrtune.service.deps import (
+    CallerDep,
+    SettingsDep,
+    StoreDep,
+    TenantDep,
+    needs,
+    require_right,
+)
 from lrtune.service.errors import ForbiddenError, InvalidInputError, LimitExceededError
 from lrtune.service.responses import json_response
 from lrtune.service.settings import Settings
@@ -40,27 +47,29 @@ _ERRORS: dict[int | str, dict[str, object]] = {
     409: {"model": ErrorBody},
     422: {"model": ErrorBody},
 }
+_CANCEL_ERRORS: dict[int | str, dict[str, object]] = {**_ERRORS, 403: {"model": ErrorBody}}
 _SUBMIT_ERRORS: dict[int | str, dict[str, object]] = {
-    **_ERRORS,
-    403: {"model": ErrorBody},
+    **_CANCEL_ERRORS,
     413: {"model": ErrorBody},
     429: {"model": ErrorBody},
 }
 _RUNGS: TypeAdapter[list[JobRung]] = TypeAdapter(list[JobRung])
 
-# Where a request comes from when it is this machine: the only callers that may name an
-# entrypoint while authentication is off.
-_LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
-
-@router.post("/jobs", status_code=201, response_model=Job, responses=_SUBMIT_ERRORS)
+@router.post(
+    "/jobs",
+    status_code=201,
+    response_model=Job,
+    responses=_SUBMIT_ERRORS,
+    dependencies=[needs("submit", "submitting a job")],
+)
 def submit_job(
     spec: JobSpec,
-    request: Request,
     response: Response,
     store: StoreDep,
     settings: SettingsDep,
     tenant: TenantDep,
+    caller: CallerDep,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -70,16 +79,18 @@ def submit_job(
         ),
     ] = None,
 ) -> Job:
-    """Submit a schedule-search job; 200 with the same job when its Idempotency-Key is reused."""
+    """Submit a schedule-search job; 200 with the same job when its Idempotency-Key is reused.
+    Needs scope submit, and code for a workload that names an entrypoint."""
     check_job_limits(spec, settings, tenant=tenant)
     if spec.workload.entrypoint is not None:
-        check_entrypoint_allowed(request, settings)
+        check_entrypoint_allowed(caller)
         check_entrypoint_source(spec.workload.entrypoint, settings)
     job, created = store.create_job(
         spec=spec,
         idempotency_key=idempotency_key,
         tenant_id=tenant.id,
         max_active_jobs=tenant.limits.max_concurrent_jobs or settings.max_concurrent_jobs,
+        submitted_by=caller.token_id,
     )
     if created:
         job_event(job.id, "submitted by tenant %s", tenant.name)
@@ -107,10 +118,17 @@ def get_job(job_id: JobId, store: StoreDep, tenant: TenantDep) -> Response:
     return json_response(store.get_job(job_id, tenant_id=tenant.id))
 
 
-@router.post("/jobs/{job_id}/cancel", status_code=202, response_model=Job, responses=_ERRORS)
-def cancel_job(job_id: JobId, store: StoreDep, tenant: TenantDep) -> Job:
-    """Cancel a job; idempotent, and no new trial starts once this has answered."""
-    return store.cancel_job(job_id, tenant_id=tenant.id)
+@router.post(
+    "/jobs/{job_id}/cancel",
+    status_code=202,
+    response_model=Job,
+    responses=_CANCEL_ERRORS,
+    dependencies=[needs("submit", "cancelling a job")],
+)
+def cancel_job(job_id: JobId, store: StoreDep, tenant: TenantDep, caller: CallerDep) -> Job:
+    """Cancel a job; idempotent, and no new trial starts once this has answered. Needs scope
+    submit."""
+    return store.cancel_job(job_id, tenant_id=tenant.id, cancelled_by=caller.token_id)
 
 
 @router.get("/jobs/{job_id}/trials", response_model=TrialPage, responses=_ERRORS)
@@ -184,21 +202,26 @@ def check_job_limits(spec: JobSpec, settings: Settings, *, tenant: Tenant) -> No
         )
 
 
-def check_entrypoint_allowed(request: Request, settings: Settings) -> None:
-    """An entrypoint runs the caller's code on every worker: only a caller the server trusts may
-    name one. With auth on that is any token holder; with auth off (one local user, no tokens)
-    only a request from this machine, since anyone who can reach the port would otherwise run
-    code as the worker."""
-    if settings.auth:
-        return  # require_caller has authenticated the request
-    host = request.client.host if request.client is not None else None
-    if host not in _LOOPBACK:
+def check_entrypoint_allowed(caller: Caller) -> None:
+    """An entrypoint runs the caller's code on every worker: only a caller the server trusts with
+    that may name one. With auth on, a token of scope code; with auth off (one local user, no
+    tokens) only a request from this machine (deps.get_caller), since anyone who can reach the
+    port would otherwise run code as the worker."""
+    if caller.may("code"):
+        return
+    if caller.token is None:
         raise ForbiddenError(
             "workload.entrypoint runs your code on the workers; with LRTUNE_AUTH=off it is "
             "accepted only from this machine. Turn authentication on (LRTUNE_AUTH=on) and send "
-            "a token, or submit from the server itself",
+            "a token of scope 'code', or submit from the server itself",
             field="workload.entrypoint",
         )
+    require_right(
+        caller,
+        "code",
+        "submitting a job whose workload names an entrypoint (user code)",
+        field="workload.entrypoint",
+    )
 
 
 def check_entrypoint_source(entrypoint: str, settings: Settings) -> None:

@@ -66,6 +66,13 @@ async function request(path, { method = "GET", body, headers = {} } = {}) {
   return data;
 }
 
+// What the caller may do (GET /v1/whoami): the scope's rights as a Set ("read", "submit", "code"),
+// so a read-only token is not offered a form or a button the API would refuse.
+export async function callerRights() {
+  const caller = await api("/v1/whoami");
+  return new Set(caller.rights);
+}
+
 // Like api(), but a 404 answers null: for views whose endpoint may not exist (yet) for a job.
 export async function apiOptional(path) {
   try {

@@ -1,7 +1,7 @@
 // A job's page (#/jobs/ID): its progress, timeline, recommendation, leaderboard, curves, rungs and
 // trials, polled until the job has finished.
 
-import { api, apiOptional, finite } from "./api.js";
+import { api, apiOptional, callerRights, finite } from "./api.js";
 import { lineChart, policyColour, withAlpha } from "./charts.js";
 import { FINISHED_TRIAL_STATUSES } from "/status-words.js";
 import { view, FINISHED_JOB, TRIAL_STATES, POLL_MS, generation, h, badge, decisionBadge, chip, fmt, fmtMeanStd, when, duration, errorBox, progressCounts, stackedBar, every, stopPolling } from "./ui.js";
@@ -9,7 +9,8 @@ import { view, FINISHED_JOB, TRIAL_STATES, POLL_MS, generation, h, badge, decisi
 export async function jobPage(jobId) {
   const mine = generation;
   const job = await api(`/v1/jobs/${jobId}`);
-  const [curves, recommendation, rangeTest, rungs, timeline] = await Promise.all([
+  const [rights, curves, recommendation, rangeTest, rungs, timeline] = await Promise.all([
+    callerRights(),
     api(`/v1/jobs/${jobId}/curves?per_policy=25&max_points=200`),
     apiOptional(`/v1/jobs/${jobId}/recommendation`).catch(() => null),
     apiOptional(`/v1/jobs/${jobId}/range-test`).catch(() => null),
@@ -33,7 +34,8 @@ export async function jobPage(jobId) {
     h("div", { class: "grid2" }, lrCard, rangeCard), h("div", { style: "height:16px" }), trialsCard);
 
   const state = { job, curves, recommendation };
-  renderJobHead(head, job);
+  const mayCancel = rights.has("submit");
+  renderJobHead(head, job, mayCancel);
   renderProgress(progressCard, job);
   renderTimeline(timelineCard, timeline);
   renderRecommendation(recoCard, recommendation, job);
@@ -54,7 +56,7 @@ export async function jobPage(jobId) {
       const fresh = await api(`/v1/jobs/${jobId}`).catch(() => null);
       if (!fresh || mine !== generation) return;
       state.job = fresh;
-      renderJobHead(head, fresh);
+      renderJobHead(head, fresh, mayCancel);
       renderProgress(progressCard, fresh);
       const finished = FINISHED_JOB.has(fresh.status);
       if (tick % 2 === 0 || finished) {
@@ -89,7 +91,8 @@ function winnerIds(state) {
   return ids;
 }
 
-function renderJobHead(head, job) {
+// `mayCancel`: the caller's scope lets it cancel (a read-only token gets no button).
+function renderJobHead(head, job, mayCancel) {
   const spec = job.spec;
   const cancel = h("button", { class: "danger", "data-testid": "cancel" }, "Cancel job");
   cancel.onclick = async () => {
@@ -97,7 +100,7 @@ function renderJobHead(head, job) {
     cancel.disabled = true;
     try {
       const updated = await api(`/v1/jobs/${job.id}/cancel`, { method: "POST" });
-      renderJobHead(head, updated);
+      renderJobHead(head, updated, mayCancel);
     } catch (error) {
       head.append(errorBox(error));
       cancel.disabled = false;
@@ -111,10 +114,21 @@ function renderJobHead(head, job) {
         `#${job.id} · ${spec.workload.name || spec.workload.entrypoint} · metric ${metric} · `,
         `${spec.budget.epochs} epochs × ${spec.budget.trials_per_policy} trials per policy · created ${when(job.created_at)}`,
         job.started_at ? ` · ran ${duration(job.started_at, job.finished_at)}` : ""),
+      job.submitted_by || job.cancelled_by
+        ? h("div", { class: "meta", "data-testid": "job-tokens" },
+          job.submitted_by ? h("span", { "data-testid": "submitted-by" }, `submitted by ${tokenName(job.submitted_by)}`) : null,
+          job.submitted_by && job.cancelled_by ? " · " : null,
+          job.cancelled_by ? h("span", { "data-testid": "cancelled-by" }, `cancelled by ${tokenName(job.cancelled_by)}`) : null)
+        : null,
       job.error ? errorBox({ message: job.error }) : null),
     h("div", { class: "spacer" }),
-    ...(FINISHED_JOB.has(job.status) || job.status === "cancelling" ? [] : [cancel]),
+    ...(!mayCancel || FINISHED_JOB.has(job.status) || job.status === "cancelling" ? [] : [cancel]),
   );
+}
+
+// A token as a job names it: its label and id (jobs submitted with auth off name none).
+function tokenName(token) {
+  return token.label ? `${token.label} (token #${token.id})` : `token #${token.id}`;
 }
 
 function renderProgress(card, job) {

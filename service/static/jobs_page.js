@@ -1,11 +1,13 @@
 // The jobs list (#/jobs): newest first, filtered by status, polled while a job is live.
 
-import { api } from "./api.js";
+import { api, callerRights } from "./api.js";
 import { JOB_STATUSES } from "/status-words.js";
 import { view, FINISHED_JOB, POLL_MS, generation, h, badge, chip, fmt, when, progressCounts, stackedBar, every } from "./ui.js";
 
 export async function jobsPage() {
   const mine = generation;
+  const rights = await callerRights();
+  if (mine !== generation) return;
   const state = { cursors: [null], status: "" };
   const body = h("tbody");
   const pageInfo = h("span", { class: "muted small" });
@@ -21,7 +23,8 @@ export async function jobsPage() {
     h("div", { class: "pagehead" },
       h("div", {}, h("h1", {}, "Jobs"), h("div", { class: "meta" }, "Schedule searches, newest first")),
       h("div", { class: "spacer" }),
-      h("div", { class: "filters" }, statusFilter, h("a", { class: "button primary", href: "#/new" }, "New job"))),
+      h("div", { class: "filters" }, statusFilter,
+        rights.has("submit") ? h("a", { class: "button primary", href: "#/new", "data-testid": "new-job" }, "New job") : null)),
     h("div", { class: "card" },
       h("table", { "data-testid": "jobs-table" },
         h("thead", {}, h("tr", {}, ["ID", "Name", "Workload", "Status", "Progress", "Best so far", "Created"].map((c) => h("th", {}, c)))),

@@ -1,7 +1,7 @@
 // The new-job form (#/new): a job spec built field by field, each policy's curve previewed by the
 // service, submitted as is.
 
-import { api, apiOptional } from "./api.js";
+import { api, apiOptional, callerRights } from "./api.js";
 import { lineChart, policyColour } from "./charts.js";
 import { view, generation, h, chip, fmt, errorBox } from "./ui.js";
 
@@ -13,8 +13,14 @@ const ARM_OPTIMIZERS = ["adamw_schedulefree", "sgd_schedulefree"];
 
 export async function newJobPage() {
   const mine = generation;
-  const [policies, workloads] = await Promise.all([api("/v1/policies"), apiOptional("/v1/workloads").catch(() => null)]);
+  const [rights, policies, workloads] = await Promise.all([callerRights(), api("/v1/policies"), apiOptional("/v1/workloads").catch(() => null)]);
   if (mine !== generation) return;
+  if (!rights.has("submit")) {
+    view.replaceChildren(h("div", { class: "pagehead" }, h("h1", {}, "New job")),
+      h("div", { class: "notice", "data-testid": "read-only" },
+        "This token's scope is read: it can look at jobs but not submit them. Ask an operator for a token of scope submit (lrtune token create --scope submit)."));
+    return;
+  }
   const builtins = workloads || [];
   const input = (name, attrs = {}) => h("input", { name, ...attrs });
   const field = (label, control) => h("label", { class: "field" }, label, control);
