@@ -97,6 +97,7 @@ from bench.search_workloads import (
     fresh_seeds,
     oracle_seeds,
     reference_epochs,
+    search_spaces,
 )
 from bench.stage_cache import StageCache
 
@@ -155,6 +156,8 @@ def arm_key(workload: BenchWorkload, scale: Scale, arm: str, seed: int) -> str:
             "policies": list(workload.policies),
             "overrides": workload.overrides,
             "bounds": list(workload.bounds),
+            # The spaces the bounds derive: a new derivation runs the arms again.
+            "spaces": search_spaces(workload),
             "epochs": budget_epochs(workload, scale),
             "target": arm_epochs(workload, scale),
         }

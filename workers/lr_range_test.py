@@ -243,7 +243,9 @@ def derive_search_spaces(
 
     `base_spaces` gives each policy's space (e.g. `DEFAULT_SEARCH_SPACES`); rate fields are
     replaced by domains derived from (min_lr, max_lr): a single rate (fixed and the decay family)
-    searches max_lr/3 .. max_lr; CLR searches base_lr over min_lr .. max_lr/3 and max_lr over
+    searches max_lr/3 .. max_lr when held constant (fixed, plateau), max_lr/3 .. 2*max_lr when
+    it decays (its peak is brief; the benchmark's best decaying peaks lay up to 1.8x past
+    max_lr); CLR searches base_lr over min_lr .. max_lr/3 and max_lr over
     max_lr/2 .. max_lr; SGDR's eta_max and one-cycle's max_lr search max_lr/2 .. 2*max_lr
     (their rate is high only briefly, and one-cycle starts at max_lr/div_factor); piecewise's
     values become decades below max_lr. Fields in `overrides[policy]` (the user's own fixed
@@ -270,6 +272,12 @@ def derive_search_spaces(
             space[key] = value
         derived[policy] = space
     return derived
+
+
+# Policies whose rate stays at its peak until something else happens.
+CONSTANT_RATE_POLICIES = ("fixed", "plateau")
+# How far past the range test's max_lr a decaying schedule's peak rate is searched.
+DECAYING_PEAK_REACH = 2.0
 
 
 def _loguniform(low: float, high: float) -> dict[str, list[float]]:
@@ -301,7 +309,11 @@ def _rate_domains(
                 ]
             }
         }
-    fields = {"lr": _loguniform(high / 3, high)}
+    # A rate held constant (fixed, and plateau until the metric stalls) must be stable for the
+    # whole run: up to max_lr. A decaying schedule spends little time at its peak, and its
+    # best peak lies up to 1.8x past max_lr (bench/RESULTS.md, "Search that picks right").
+    top = high if policy in CONSTANT_RATE_POLICIES else DECAYING_PEAK_REACH * high
+    fields = {"lr": _loguniform(high / 3, top)}
     if policy == "polynomial" and not isinstance(space.get("end_lr"), dict):
         # end_lr must not exceed lr: keep it well below the lowest rate searched.
         fields["end_lr"] = min(float(space.get("end_lr", 1e-4)), low / 10)
