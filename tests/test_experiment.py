@@ -82,6 +82,8 @@ def test_explicit_lr_bounds_recentre_the_default_rates() -> None:
     assert (low, high) == (0.01, pytest.approx(0.1))
     fixed = policy_space(PolicySearch(policy="fixed"), lr_bounds=LrBounds(min=0.01, max=0.3))
     assert fixed.domains["lr"].loguniform == (pytest.approx(0.1), 0.3)  # type: ignore[union-attr]
+    cosine = policy_space(PolicySearch(policy="cosine"), lr_bounds=LrBounds(min=0.01, max=0.3))
+    assert cosine.domains["lr"].loguniform == (pytest.approx(0.1), 0.6)  # type: ignore[union-attr]
 
 
 def test_tune_domains_keep_int_bounds_inclusive() -> None:

@@ -164,7 +164,8 @@ def test_derived_spaces_centre_on_the_bounds_and_keep_user_overrides() -> None:
         },
     )
     assert spaces["fixed"] == {"lr": {"choice": [0.05, 0.1]}}
-    assert spaces["exponential"]["lr"]["loguniform"] == pytest.approx([0.1, 0.3])
+    # A decaying schedule's peak reaches 2x max_lr; a constant rate stops at max_lr.
+    assert spaces["exponential"]["lr"]["loguniform"] == pytest.approx([0.1, 0.6])
     assert spaces["exponential"]["decay_rate"] == DEFAULT_SEARCH_SPACES["exponential"]["decay_rate"]
     assert spaces["polynomial"]["end_lr"] <= 0.001
     assert spaces["clr"]["base_lr"]["loguniform"] == pytest.approx([0.01, 0.1])
