@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing
 import os
 import statistics
@@ -68,7 +69,9 @@ from bench.search_oracle import (
     PROBE,
     Oracle,
     OraclePlan,
+    best_rate_by_horizon,
     correlations,
+    ladder_rows,
     plan_oracle,
     range_finding,
     range_test_task,
@@ -441,6 +444,41 @@ def workload_section(
                     for f in found
                 ],
                 align="lrrrrr",
+            ),
+            "",
+        ]
+    shifts = best_rate_by_horizon(oracle)
+    if shifts:
+        budget = budget_epochs(workload, scale)
+        columns = sorted({h for row in shifts for h in row["rates"]})
+        lines += [
+            "Rates across horizons: each policy's best peak rate (seed mean) run as the whole "
+            "schedule compressed to each horizon, and at the budget:",
+            "",
+            *table(
+                ["policy", *[f"{h} of {budget} epochs" for h in columns]],
+                [
+                    [row["policy"], *[f"{row['rates'].get(h, math.nan):.3g}" for h in columns]]
+                    for row in shifts
+                ],
+                align="l" + "r" * len(columns),
+            ),
+            "",
+        ]
+        per_policy = (arm_epochs(workload, scale) - 2 * len(workload.policies) * budget) / len(
+            workload.policies
+        )
+        lines += [
+            "Ladders replayed on the oracle's own trainings (`simulate_ladder`; 400 draws, the "
+            f"first rung as large as {per_policy:.0f} search epochs a policy allow, the "
+            "confirmation's 2 more seeds apart): the winner's gap to the oracle's best on the "
+            "oracle's seeds, and how often it is one of the oracle's top 3. Rungs 12 alone is "
+            "random search. A rough guide on a 16-point grid; the arms below decide.",
+            "",
+            *table(
+                ["rungs", "r", "first rung", "judge", f"gap ({unit(workload)})", "top 3"],
+                ladder_rows(oracle, per_policy_epochs=per_policy),
+                align="lrrlrr",
             ),
             "",
         ]

@@ -278,3 +278,124 @@ def _top(domain: Any) -> float:
     if isinstance(domain, dict) and "loguniform" in domain:
         return float(domain["loguniform"][1])
     return float(domain)
+
+
+def best_rate_by_horizon(oracle: Oracle) -> list[dict[str, Any]]:
+    """Per policy (one with a peak rate searched): the peak rate of its best configuration
+    (seed mean) run as the whole schedule compressed to each horizon, and at the budget."""
+    budget = budget_epochs(oracle.workload, oracle.plan.scale)
+    sign = 1.0 if oracle.workload.higher_is_better else -1.0
+    rows = []
+    for policy in oracle.workload.policies:
+        configs = [c for c in oracle.complete_configs() if c.policy == policy]
+        if len(configs) < 2:
+            continue
+        row: dict[str, Any] = {"policy": policy, "rates": {}}
+        for horizon in sorted(configs[0].compressed):
+            best = max(
+                configs,
+                key=lambda c, h=horizon: (
+                    sign * statistics.fmean(oracle.compressed_at(k) for k in c.compressed[h])
+                ),
+            )
+            row["rates"][horizon] = peak_rate(best.schedule)
+        full = max(configs, key=lambda c: sign * oracle.final_mean(c))
+        row["rates"][budget] = peak_rate(full.schedule)
+        rows.append(row)
+    return rows
+
+
+def simulate_ladder(
+    oracle: Oracle,
+    rungs: list[int],
+    factor: int,
+    first_rung: int,
+    *,
+    judge: str = "compressed",
+    draws: int = 400,
+) -> tuple[float, float]:
+    """Successive halving replayed on the oracle's own trainings: per policy, `first_rung`
+    (configuration, seed) pairs drawn without replacement, judged at each rung below the budget
+    by `judge` ("compressed": the whole schedule compressed to the rung; "probe": the cooldown
+    probe at that epoch; "raw": the metric at that epoch), the top 1/factor kept, the last
+    rung's best per policy compared on one seed's final value, and the winner's oracle mean
+    taken. Returns the mean gap to the oracle's best (in the metric's units) and how often the
+    winner is one of the oracle's top 3. A rough guide only: the grid has 16 points a policy."""
+    import random
+
+    workload = oracle.workload
+    sign = 1.0 if workload.higher_is_better else -1.0
+    by_policy: dict[str, list[OracleConfig]] = {}
+    for config in oracle.complete_configs():
+        by_policy.setdefault(config.policy, []).append(config)
+    ranked = oracle.ranked()
+    best = sign * oracle.final_mean(ranked[0])
+    top3 = {id(c) for c in ranked[:3]}
+    evidence = {
+        "compressed": lambda c, s, h: oracle.compressed_at(c.compressed[h][s]),
+        "probe": lambda c, s, h: oracle.probe_at(c.full[s], h),
+        "raw": lambda c, s, h: oracle.raw_at(c.full[s], h),
+    }[judge]
+    rng = random.Random(0)
+    gaps, hits = [], 0
+    for _ in range(draws):
+        finalists = []
+        for configs in by_policy.values():
+            pairs = [(c, s) for c in configs for s in range(len(c.full))]
+            alive = rng.sample(pairs, min(first_rung, len(pairs)))
+            for horizon in rungs[:-1]:
+                alive.sort(key=lambda cs, h=horizon: -sign * evidence(cs[0], cs[1], h))
+                alive = alive[: max(1, len(alive) // factor)]
+            finalists.append(
+                max(
+                    alive,
+                    key=lambda cs: (
+                        sign * final_value(oracle.results[cs[0].full[cs[1]]], workload.worst)
+                    ),
+                )
+            )
+        winner = max((c for c, _ in finalists), key=lambda c: sign * oracle.final_mean(c))
+        gaps.append(best - sign * oracle.final_mean(winner))
+        hits += id(winner) in top3
+    return statistics.fmean(gaps), hits / draws
+
+
+# Ladders replayed on the oracle: (min_epochs as a share of the budget, reduction factor).
+SIMULATED_LADDERS = ((1 / 12, 3), (1 / 12, 4), (1 / 6, 6), (1 / 4, 4), (1 / 3, 3), (1.0, 3))
+
+
+def ladder_rows(oracle: Oracle, *, per_policy_epochs: float) -> list[list[str]]:
+    """`simulate_ladder` for each of SIMULATED_LADDERS whose short rungs the oracle recorded,
+    each judge it has evidence for, the first rung as large as `per_policy_epochs` allows."""
+    from bench.search_arms import halving_rungs
+
+    budget = budget_epochs(oracle.workload, oracle.plan.scale)
+    compressed, probed = set(horizons(budget)), set(rungs(budget))
+    rows = []
+    for share, factor in SIMULATED_LADDERS:
+        ladder = halving_rungs(budget, min_epochs=max(1, round(share * budget)), factor=factor)
+
+        def cost(first: int, ladder: list[int] = ladder, factor: int = factor) -> int:
+            return sum(max(1, first // factor**i) * h for i, h in enumerate(ladder))
+
+        first = max((n for n in range(1, 49) if cost(n) <= per_policy_epochs * 1.05), default=1)
+        judges = [
+            judge
+            for judge, recorded in (("compressed", compressed), ("probe", probed), ("raw", probed))
+            if set(ladder[:-1]) <= recorded
+        ]
+        for judge in judges if len(ladder) > 1 else ["none"]:
+            gap, top3 = simulate_ladder(
+                oracle, ladder, factor, first, judge="raw" if judge == "none" else judge
+            )
+            rows.append(
+                [
+                    ", ".join(map(str, ladder)),
+                    str(factor),
+                    str(first),
+                    judge,
+                    f"{100 * gap:.2f}" if oracle.workload.higher_is_better else f"{gap:.4f}",
+                    f"{top3:.0%}",
+                ]
+            )
+    return rows
