@@ -175,6 +175,21 @@ def trials_for(
     policies = len(workload.policies)
     confirm = (CONFIRM_SEEDS - 1) * policies * budget
     per_trial = None
+    if ladder_of(arm, budget) is not None:
+        # A ladder's epochs follow from its first rung (survivors are whole numbers, so they
+        # do not grow in proportion): its planned epochs, scaled by what earlier runs spent
+        # against their own plan.
+        def planned(trials: int) -> float:
+            return confirm + policies * per_policy_epochs(arm, trials, budget, None)
+
+        ratio = (
+            statistics.fmean(
+                r.epochs / planned(int(r.detail["trials_per_policy"])) for r in earlier
+            )
+            if earlier
+            else 1.0
+        )
+        return min(range(1, 400), key=lambda trials: abs(ratio * planned(trials) - target))
     if earlier:
         # Per first-rung trial of a policy (a halving job's later rungs included).
         per_trial = statistics.fmean(

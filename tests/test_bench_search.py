@@ -184,8 +184,22 @@ def test_lrtune_arms_are_sized_to_the_arms_epochs(monkeypatch: pytest.MonkeyPatc
     assert halving_rungs(12, min_epochs=1, factor=3) == [1, 4, 12]
     assert halving_rungs(1, min_epochs=2, factor=3) == [1]
     mlp = WORKLOADS["mnist1d-mlp"]
-    # No early stopping: 7 trials per policy x 6 x 12 + 2 confirmation seeds x 6 x 12 = 648.
-    assert trials_for(mlp, arm="default", target=648, budget=12, earlier=[]) == 7
+    # lrtune's default, horizon halving at 3 then 12 epochs: 15 points per policy, 3 go on:
+    # 6 x (15 x 3 + 3 x 12) + 2 confirmation seeds x 6 x 12 = 630.
+    assert trials_for(mlp, arm="default", target=648, budget=12, earlier=[]) == 15
+    # A ladder's earlier run that spent 702 epochs where 576 were planned (12 points) scales
+    # the plan: 12 points again (702), not 11 (592).
+    ladder_run = ArmRun(
+        arm="default",
+        seed=0,
+        policy="cosine",
+        schedule={},
+        epochs=702,
+        trials=108,
+        seconds=0,
+        detail={"trials_per_policy": 12},
+    )
+    assert trials_for(mlp, arm="default", target=648, budget=12, earlier=[ladder_run]) == 12
     # An earlier run that spent 3 epochs per trial (probes included) sets the next run's size.
     earlier = ArmRun(
         arm="cooldown",
