@@ -169,7 +169,8 @@ def per_policy_epochs(arm: str, trials: int, budget: int, per_trial: float | Non
 def trials_for(
     workload: BenchWorkload, *, arm: str, target: int, budget: int, earlier: list[ArmRun]
 ) -> int:
-    """Trials per policy that bring the arm nearest `target` epochs: the search epochs per
+    """Trials per policy that bring the arm nearest `target` epochs (a ladder's: the most
+    within it): the search epochs per
     trial of its earlier runs on this workload when there are any, else the prior; the
     confirmation (2 new seeds x each policy's best at the full budget) counted apart."""
     policies = len(workload.policies)
@@ -189,7 +190,10 @@ def trials_for(
             if earlier
             else 1.0
         )
-        return min(range(1, 400), key=lambda trials: abs(ratio * planned(trials) - target))
+        # The largest first rung within the target: the default's bar is "at <= 25%".
+        return max(
+            (trials for trials in range(1, 400) if ratio * planned(trials) <= target), default=1
+        )
     if earlier:
         # Per first-rung trial of a policy (a halving job's later rungs included).
         per_trial = statistics.fmean(

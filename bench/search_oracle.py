@@ -17,6 +17,7 @@ from typing import Any
 
 from bench.search_training import final_value, make_task, variant_label
 from bench.search_workloads import (
+    PEAK_FIELDS,
     BenchWorkload,
     Scale,
     budget_epochs,
@@ -316,7 +317,8 @@ def simulate_ladder(
 ) -> tuple[float, float]:
     """Successive halving replayed on the oracle's own trainings: per policy, `first_rung`
     (configuration, seed) pairs drawn without replacement, judged at each rung below the budget
-    by `judge` ("compressed": the whole schedule compressed to the rung; "probe": the cooldown
+    by `judge` ("compressed": the whole schedule compressed to the rung; "shifted": the same at
+    the next higher rate of the grid, as a rate correction would judge it; "probe": the cooldown
     probe at that epoch; "raw": the metric at that epoch), the top 1/factor kept, the last
     rung's best per policy compared on one seed's final value, and the winner's oracle mean
     taken. Returns the mean gap to the oracle's best (in the metric's units) and how often the
@@ -331,8 +333,12 @@ def simulate_ladder(
     ranked = oracle.ranked()
     best = sign * oracle.final_mean(ranked[0])
     top3 = {id(c) for c in ranked[:3]}
+    higher = _next_rate_up(oracle)
     evidence = {
         "compressed": lambda c, s, h: oracle.compressed_at(c.compressed[h][s]),
+        # Issue 25's rate correction, as far as the grid allows: a candidate judged by the
+        # compressed run of its grid neighbour one rate step up (about 1.6x).
+        "shifted": lambda c, s, h: oracle.compressed_at(higher[id(c)].compressed[h][s]),
         "probe": lambda c, s, h: oracle.probe_at(c.full[s], h),
         "raw": lambda c, s, h: oracle.raw_at(c.full[s], h),
     }[judge]
@@ -360,6 +366,28 @@ def simulate_ladder(
     return statistics.fmean(gaps), hits / draws
 
 
+def _next_rate_up(oracle: Oracle) -> dict[int, OracleConfig]:
+    """Each configuration's grid neighbour with every other field the same and the next
+    higher peak rate (itself at the grid's top), by id."""
+
+    def others(config: OracleConfig) -> dict[str, Any]:
+        return {k: v for k, v in config.point.items() if k not in PEAK_FIELDS}
+
+    configs = oracle.complete_configs()
+    found = {}
+    for config in configs:
+        rate = peak_rate(config.schedule)
+        above = [
+            o
+            for o in configs
+            if o.policy == config.policy
+            and others(o) == others(config)
+            and peak_rate(o.schedule) > rate * 1.0001
+        ]
+        found[id(config)] = min(above, key=lambda o: peak_rate(o.schedule)) if above else config
+    return found
+
+
 # Ladders replayed on the oracle: (min_epochs as a share of the budget, reduction factor).
 SIMULATED_LADDERS = ((1 / 12, 3), (1 / 12, 4), (1 / 6, 6), (1 / 4, 4), (1 / 3, 3), (1.0, 3))
 
@@ -381,7 +409,12 @@ def ladder_rows(oracle: Oracle, *, per_policy_epochs: float) -> list[list[str]]:
         first = max((n for n in range(1, 49) if cost(n) <= per_policy_epochs * 1.05), default=1)
         judges = [
             judge
-            for judge, recorded in (("compressed", compressed), ("probe", probed), ("raw", probed))
+            for judge, recorded in (
+                ("compressed", compressed),
+                ("shifted", compressed),
+                ("probe", probed),
+                ("raw", probed),
+            )
             if set(ladder[:-1]) <= recorded
         ]
         for judge in judges if len(ladder) > 1 else ["none"]:
