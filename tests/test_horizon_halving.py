@@ -610,11 +610,12 @@ def test_a_range_the_user_set_stays_and_the_note_says_whose_it_is(tmp_path: Path
     kept = _LadderSink(lambda point: point["lr"])
     trials = _run_ladder(bounded, kept, tmp_path)
     assert kept.spaces == []
-    assert all(t["point"]["lr"] <= 0.25 for t in trials)
+    # A decaying schedule's peak searches up to 2x the bounds' max.
+    assert all(t["point"]["lr"] <= 0.5 for t in trials)
     (note,) = kept.notes
     assert note.startswith("cosine: the best of its 8 candidates at 3 epochs")
     assert note.endswith(
-        "lies at the upper end of its range 0.0833..0.25; the range stays, as it comes from "
+        "lies at the upper end of its range 0.0833..0.5; the range stays, as it comes from "
         "your lr_bounds"
     )
 
