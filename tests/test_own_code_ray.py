@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lrtune.schemas.jobs import Job, JobSpec, Trial
+from lrtune.schemas.jobs import Job, JobSpec, Trial, default_early_stopping
 from lrtune.schemas.schedules import parse_schedule
 from lrtune.service.recommendations import job_recommendation
 from lrtune.service.settings import Settings
@@ -110,7 +110,10 @@ def test_a_train_function_job_trains_on_the_preview_rates_and_is_recorded(
     write_loop(code, "loop_job")
     [job] = run_jobs(code_settings, store, spec("loop_job:make"))
     assert job.status == "succeeded", job.error
-    assert job.trial_errors == [] and job.notes == []
+    assert job.trial_errors == []
+    # One point per policy is too few to halve: the default early stopping is none.
+    assert job.notes == [default_early_stopping(job.spec)[1]]
+    assert job.notes[0].startswith("early stopping: none")
     for trial in trials(store, job.id):
         assert trial.status == "completed" and trial.epochs_done == 3
         schedule = parse_schedule(trial.schedule)
