@@ -27,12 +27,12 @@ from lrtune.schemas.jobs import (
 from lrtune.schemas.recommendations import RangeTestResult, mean_and_spread
 from lrtune.schemas.trials import EpochResult, ProbeResult
 from lrtune.service.errors import ConflictError, LrtuneError, NotFoundError
-from lrtune.service.recommendations import publish_recommendation, trial_summaries
+from lrtune.service.recommendations import publish_recommendation
 from lrtune.service.settings import Settings
 from lrtune.service.store import Store, rung_value
 from lrtune.workers.daemon import Lease, WorkerOptions, ensure_ray, run_worker_loop
 from lrtune.workers.job_events import job_event
-from lrtune.workers.recommendation import TrialSummary
+from lrtune.workers.recommendation import TrialSummary, trial_summaries
 from lrtune.workers.results import FinishedStatus
 
 log = logging.getLogger(__name__)
