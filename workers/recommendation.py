@@ -12,9 +12,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, Protocol
 
-from lrtune.schemas.jobs import COUNTED_TRIAL_STATUSES, BestSoFar, Job, Trial
+from lrtune.schemas.jobs import COUNTED_TRIAL_STATUSES, BestSoFar, Job
 from lrtune.schemas.recommendations import (
     Comparison,
     PolicyEvidence,
@@ -29,6 +29,7 @@ from scipy import stats
 __all__ = [
     "Evidence",
     "RecommendationInputs",
+    "TrialFacts",
     "TrialSummary",
     "build_recommendation",
     "leader",
@@ -70,6 +71,26 @@ class TrialSummary:
         return self.metric_values[-1] if self.metric_values else math.nan
 
 
+class TrialFacts(Protocol):
+    """What the evidence is selected from of a trial: a `Trial`, or a row of the trials table
+    with these columns (a job read ranks its trials without building whole `Trial`s)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def policy(self) -> str: ...
+    @property
+    def schedule(self) -> dict[str, Any]: ...
+    @property
+    def search_config(self) -> dict[str, Any]: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def phase(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+
+
 @dataclass(frozen=True)
 class RecommendationInputs:
     """What a job's recommendation is computed from: the job, its trials, and per trial the
@@ -78,8 +99,8 @@ class RecommendationInputs:
     `metric_values` matters to the ranking (and so to `leader`)."""
 
     job: Job
-    trials: list[Trial]
-    metric_values: dict[int, list[float]]
+    trials: Sequence[TrialFacts]
+    metric_values: Mapping[int, Sequence[float]]
     steps_per_epoch: int | None
     final_values: dict[int, dict[str, float]] = field(default_factory=dict)
 
@@ -123,7 +144,7 @@ def select_evidence(inputs: RecommendationInputs) -> Evidence:
     if summaries or inputs.job.spec.horizon_ladder is None:
         return Evidence(summaries)
     budget = inputs.job.spec.budget.epochs
-    by_horizon: dict[int, list[Trial]] = {}
+    by_horizon: dict[int, list[TrialFacts]] = {}
     for trial in inputs.trials:
         if trial.status in COUNTED_TRIAL_STATUSES and "rung" in trial.search_config:
             by_horizon.setdefault(_horizon(trial, budget=budget), []).append(trial)
@@ -133,14 +154,14 @@ def select_evidence(inputs: RecommendationInputs) -> Evidence:
     return Evidence([_summary(trial, inputs) for trial in by_horizon[longest]], longest)
 
 
-def _horizon(trial: Trial, *, budget: int) -> int:
+def _horizon(trial: TrialFacts, *, budget: int) -> int:
     """The epochs a trial trains: a horizon_halving rung's horizon, else the budget."""
     if "rung" in trial.search_config:
         return int(trial.search_config["horizon_epochs"])
     return budget
 
 
-def _summary(trial: Trial, inputs: RecommendationInputs) -> TrialSummary:
+def _summary(trial: TrialFacts, inputs: RecommendationInputs) -> TrialSummary:
     return TrialSummary(
         trial_id=str(trial.id),
         policy=trial.policy,
