@@ -179,8 +179,9 @@ def _summary(trial: TrialFacts, inputs: RecommendationInputs) -> TrialSummary:
 def leader(inputs: RecommendationInputs) -> BestSoFar | None:
     """The recommendation's winner alone, by the value it ranks on (the mean final metric of
     the configuration's seeds), without its statistics or code: the job's "best so far".
-    None while there is no evidence, or when the leader's mean is not finite (every seed of
-    every configuration diverged: nothing is worth calling best)."""
+    None while there is no evidence, or when the leader's mean is not finite (every
+    configuration has a diverged seed, which counts as the worst value: none is worth calling
+    best)."""
     evidence = select_evidence(inputs)
     spec = inputs.job.spec
     mode = spec.metric_mode
