@@ -97,7 +97,7 @@ def jobs(
         page = client.list_jobs(status=status, limit=limit, cursor=cursor)
     table = Table("id", "name", "status", "trials", "best", "created", box=None)
     for job in page.items:
-        best = f"{_number(job.best.value)} ({job.best.policy})" if job.best else "-"
+        best = f"{_best_value(job)} ({_best_label(job)})" if job.best else "-"
         table.add_row(
             str(job.id),
             job.name or "-",
@@ -140,9 +140,7 @@ def status(
         + "  ".join(f"{name} {counts[name]}" for name in ("running", "pending", *FINISHED_TRIALS)),
     )
     if job.best is not None:
-        table.add_row(
-            "best", f"{_number(job.best.value)}  {job.best.policy}, trial {job.best.trial_id}"
-        )
+        table.add_row("best", f"{_best_value(job)}  {_best_label(job)}, trial {job.best.trial_id}")
     table.add_row("created", f"{job.created_at:%Y-%m-%d %H:%M:%S %Z}")
     if job.submitted_by is not None:
         table.add_row("submitted by", _token_text(job.submitted_by))
@@ -251,7 +249,7 @@ def watch(
     if job.status != "succeeded":
         reason = f": {job.error}" if job.error else ""
         fail(f"job {job_id} {job.status}{reason}", code=EXIT_FAILED)
-    best = f"; best {_number(job.best.value)} ({job.best.policy})" if job.best else ""
+    best = f"; best {_best_value(job)} ({_best_label(job)})" if job.best else ""
     out.print(f"job {job_id} succeeded{best}")
 
 
@@ -487,8 +485,24 @@ def _watch_detail(job: Job) -> str:
     if job.progress.running:
         parts.append(f"{job.progress.running} running")
     if job.best is not None:
-        parts.append(f"best {job.spec.metric_name} {_number(job.best.value)} ({job.best.policy})")
+        parts.append(f"best {job.spec.metric_name} {_best_value(job)} ({_best_label(job)})")
     return "  ".join(parts)
+
+
+def _best_value(job: Job) -> str:
+    """The leader's mean (± its spread over seeds), as the recommendation prints it."""
+    assert job.best is not None
+    return mean_and_spread(job.best.value, job.best.std)
+
+
+def _best_label(job: Job) -> str:
+    """The leader's policy, with the horizon it was judged at while no trial has trained the
+    whole budget (horizon_halving)."""
+    assert job.best is not None
+    horizon = job.best.horizon_epochs
+    if horizon is None:
+        return job.best.policy
+    return f"{job.best.policy} at {horizon} of {job.spec.budget.epochs} epochs"
 
 
 def _status_text(status: str) -> str:

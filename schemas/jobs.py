@@ -721,13 +721,24 @@ class JobProgress(BaseModel):
 
 
 class BestSoFar(BaseModel):
-    """The job's best trial so far by its metric; `value` is always finite."""
+    """The job's leader so far: the live recommendation's winner, by the value it ranks on (the
+    mean over seeds of the job's metric at the last epoch), so that "best so far" and the
+    recommendation never name different leaders. `value` is always finite."""
 
     model_config = _OUTPUT
 
-    trial_id: int
+    trial_id: int = Field(description="The leader's seed with the best final value.")
     policy: str
-    value: float
+    value: float = Field(description="The leader's mean final metric over its seeds.")
+    std: float | None = Field(
+        None, description="Sample standard deviation over the seeds; None for one seed."
+    )
+    n_seeds: int = 1
+    horizon_epochs: int | None = Field(
+        None,
+        description="horizon_halving, before any trial has trained the whole budget: the "
+        "horizon (epochs) of the longest rung reached, which the leader was judged at.",
+    )
 
 
 class TrialErrorCount(BaseModel):

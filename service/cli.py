@@ -148,6 +148,14 @@ def worker(
         int | None, typer.Option(help="CPUs of a local Ray (default: the machine's).")
     ] = None,
     code_path: CodePathOption = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=65535,
+            help="Serve this worker's Prometheus metrics on this port (default: off).",
+        ),
+    ] = None,
 ) -> None:
     """Claim queued jobs and run them as Ray Tune experiments (joins RAY_ADDRESS if set)."""
 
@@ -161,7 +169,14 @@ def worker(
     # Ray first: a local Ray sets its own SIGTERM handler (it exits at once), which ours replace.
     ensure_ray(address=settings.ray_address, num_cpus=num_cpus)
     stop = _stop_on_signals()
-    run_worker(settings, worker_id=worker_id, once=once, num_cpus=num_cpus, stop=stop)
+    run_worker(
+        settings,
+        worker_id=worker_id,
+        once=once,
+        num_cpus=num_cpus,
+        stop=stop,
+        metrics_port=metrics_port,
+    )
 
 
 def _stop_on_signals() -> Any:

@@ -9,7 +9,6 @@ from typing import Any, TypeVar
 
 from lrtune.schemas.dashboard import TrialCurve
 from lrtune.schemas.jobs import (
-    BestSoFar,
     Job,
     JobPhase,
     JobProgress,
@@ -65,11 +64,11 @@ def api_token_from_row(row: ApiTokenRow, tenant: str) -> ApiToken:
 def job_from_row(
     row: JobRow,
     counts: dict[str, int],
-    best: BestSoFar | None,
     trial_errors: list[TrialErrorCount],
     tokens: dict[int, TokenRef],
 ) -> Job:
-    """`tokens`: the submitting and cancelling tokens of the job, by id."""
+    """The job as its row and counts say; `tokens`: the submitting and cancelling tokens of
+    the job, by id. Its best so far comes from its trials (`Store._with_leaders`)."""
     created = utc(row.created_at)
     assert created is not None
     return Job(
@@ -82,7 +81,6 @@ def job_from_row(
         finished_at=utc(row.finished_at),
         spec=JobSpec.model_validate(row.spec),
         progress=JobProgress(planned=row.planned_trials, **counts),
-        best=best,
         error=row.error,
         trial_errors=trial_errors,
         notes=list(row.notes or []),

@@ -6,75 +6,14 @@ The statistics live in `lrtune.workers.recommendation` (pure Python and scipy, n
 
 from __future__ import annotations
 
-import math
-
-from lrtune.schemas.jobs import COUNTED_TRIAL_STATUSES, Trial
 from lrtune.schemas.recommendations import Recommendation
-from lrtune.schemas.schedules import parse_schedule
 from lrtune.service.errors import NotFoundError
-from lrtune.service.store import RecommendationInputs, Store
-from lrtune.workers.recommendation import TrialSummary, build_recommendation
-
-# Trials whose final metric is evidence (see lrtune.workers.recommendation).
-
-
-def trial_summaries(inputs: RecommendationInputs) -> list[TrialSummary]:
-    """The counted full-length trials as the recommendation sees them (a horizon_halving
-    rung shorter than the budget is no evidence of how a schedule ends).
-
-    A policy whose top configurations have been confirmed is judged on its confirmation trials
-    only: the search trial that put a configuration on top was selected for being lucky as much
-    as good, and fresh seeds are not. A diverged trial counts as the worst possible value.
-    Each trial trained with its policy's arm's optimizer (else the job's).
-    """
-    budget = inputs.job.spec.budget.epochs
-    counted = [
-        t
-        for t in inputs.trials
-        if t.status in COUNTED_TRIAL_STATUSES and _horizon(t, budget=budget) == budget
-    ]
-    confirmed = {t.policy for t in counted if t.phase == "confirm"}
-    return [
-        _summary(trial, inputs)
-        for trial in counted
-        if trial.policy not in confirmed or trial.phase == "confirm"
-    ]
-
-
-def _horizon(trial: Trial, *, budget: int) -> int:
-    """The epochs a trial trains: a horizon_halving rung's horizon, else the budget."""
-    if "rung" in trial.search_config:
-        return int(trial.search_config["horizon_epochs"])
-    return budget
-
-
-def _summary(trial: Trial, inputs: RecommendationInputs) -> TrialSummary:
-    return TrialSummary(
-        trial_id=str(trial.id),
-        policy=trial.policy,
-        schedule=parse_schedule(trial.schedule),
-        seed=trial.seed,
-        metric_values=inputs.metric_values.get(trial.id, []),
-        final_metric=math.nan if trial.status == "diverged" else None,
-        is_confirmation=trial.phase == "confirm",
-        status=trial.status,
-        optimizer=inputs.job.spec.optimizer_for(trial.policy),
-        final_values=inputs.final_values.get(trial.id, {}),
-    )
-
-
-def _rung_leaders(inputs: RecommendationInputs) -> tuple[int, list[TrialSummary]] | None:
-    """A horizon_halving job before any trial has trained its budget: the longest horizon
-    reached and the counted trials that trained it (None when no rung trial has ended)."""
-    budget = inputs.job.spec.budget.epochs
-    by_horizon: dict[int, list[Trial]] = {}
-    for trial in inputs.trials:
-        if trial.status in COUNTED_TRIAL_STATUSES and "rung" in trial.search_config:
-            by_horizon.setdefault(_horizon(trial, budget=budget), []).append(trial)
-    if not by_horizon:
-        return None
-    longest = max(by_horizon)
-    return longest, [_summary(trial, inputs) for trial in by_horizon[longest]]
+from lrtune.service.store import Store
+from lrtune.workers.recommendation import (
+    RecommendationInputs,
+    build_recommendation,
+    select_evidence,
+)
 
 
 def compute_recommendation(inputs: RecommendationInputs) -> Recommendation | None:
@@ -82,19 +21,15 @@ def compute_recommendation(inputs: RecommendationInputs) -> Recommendation | Non
     no trial has finished its budget. With horizon_halving, until one has, the live leader
     is the best of the longest rung reached, labelled with its horizon."""
     spec = inputs.job.spec
-    summaries = trial_summaries(inputs)
-    epochs, horizon = spec.budget.epochs, None
-    if not summaries and spec.horizon_ladder is not None:
-        leaders = _rung_leaders(inputs)
-        if leaders is not None:
-            epochs, summaries = leaders
-            horizon = epochs
-    if not summaries:
+    evidence = select_evidence(inputs)
+    if not evidence.trials:
         return None
+    horizon = evidence.horizon_epochs
+    epochs = spec.budget.epochs if horizon is None else horizon
     steps = inputs.steps_per_epoch
     found = build_recommendation(
         job_id=str(inputs.job.id),
-        trials=summaries,
+        trials=evidence.trials,
         metric=spec.metric_name,
         mode=spec.metric_mode,
         final=inputs.job.status == "succeeded",

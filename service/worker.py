@@ -3,7 +3,8 @@
 The workers code never imports the service; this module is where the two meet. `StoreSink`
 writes a job's trials, epochs and cooldown probes through the store (from the Ray Tune driver,
 never from trial actors), and `run_worker` claims and runs jobs; `lrtune worker [--once]
-[--worker-id ID] [--num-cpus N]` runs one worker process.
+[--worker-id ID] [--num-cpus N] [--metrics-port N]` runs one worker process, with its own
+Prometheus series (`lrtune.service.worker_metrics`).
 """
 
 from __future__ import annotations
@@ -27,12 +28,13 @@ from lrtune.schemas.jobs import (
 from lrtune.schemas.recommendations import RangeTestResult, mean_and_spread
 from lrtune.schemas.trials import EpochResult, ProbeResult
 from lrtune.service.errors import ConflictError, LrtuneError, NotFoundError
-from lrtune.service.recommendations import publish_recommendation, trial_summaries
+from lrtune.service.recommendations import publish_recommendation
 from lrtune.service.settings import Settings
 from lrtune.service.store import Store, rung_value
+from lrtune.service.worker_metrics import MeteredQueue, WorkerMetrics
 from lrtune.workers.daemon import Lease, WorkerOptions, ensure_ray, run_worker_loop
 from lrtune.workers.job_events import job_event
-from lrtune.workers.recommendation import TrialSummary
+from lrtune.workers.recommendation import TrialSummary, trial_summaries
 from lrtune.workers.results import FinishedStatus
 
 log = logging.getLogger(__name__)
@@ -44,10 +46,18 @@ _FLUSH_SECONDS = 0.5
 class StoreSink:
     """A job's `JobSink` over the store; trial keys are stored as the trials' ray_trial_id."""
 
-    def __init__(self, store: Store, *, job_id: int, lease: Lease | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        job_id: int,
+        lease: Lease | None = None,
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
         self.store = store
         self.job_id = job_id
         self.lease = lease
+        self.metrics = metrics or WorkerMetrics()
         self._trial_ids: dict[str, int] = {}
         self._node_recorded: set[str] = set()
         # Epochs and probes waiting to be written, per trial: one transaction per batch, not per
@@ -92,6 +102,7 @@ class StoreSink:
             return None
         self.store.update_trial_status(trial_id=trial.id, status="running", node_id=node_id)
         self._trial_ids[trial_key] = trial.id
+        self.metrics.running_trials.set(len(self._trial_ids))
         # A trial Tune restarts (its node was lost) may run on another node: record it again.
         self._node_recorded.discard(trial_key)
         return trial.id
@@ -109,6 +120,7 @@ class StoreSink:
             {**result.model_dump(), "elapsed_s": _seconds(result.elapsed_s)}
         )
         self._pending.setdefault(trial_id, []).append(stored)
+        self.metrics.epochs.inc()
         self._flush_when_due()
 
     def on_probe(self, trial_key: str, probe: ProbeResult, *, decision: str | None) -> None:
@@ -149,6 +161,7 @@ class StoreSink:
 
     def on_trial_end(self, trial_key: str, *, status: FinishedStatus, error: str | None) -> None:
         trial_id = self._trial_ids.pop(trial_key, None)
+        self.metrics.running_trials.set(len(self._trial_ids))
         if trial_id is None:
             trial_id = self._find_trial(trial_key)
         if trial_id is not None:
@@ -304,11 +317,13 @@ def run_worker(
     num_cpus: int | None = None,
     store: Store | None = None,
     stop: threading.Event | None = None,
+    metrics_port: int | None = None,
 ) -> None:
     """Claim and run jobs from the database `settings` names, on the Ray cluster at
     RAY_ADDRESS (or a local Ray sized to the machine, or `num_cpus`); with `once`, run at most
     one claimable job and return; once `stop` is set, hand the running job back and return.
-    Ray Tune state and trial checkpoints go to LRTUNE_STORAGE (default LRTUNE_HOME/ray)."""
+    Ray Tune state and trial checkpoints go to LRTUNE_STORAGE (default LRTUNE_HOME/ray).
+    With `metrics_port`, this worker's Prometheus series are served on that port meanwhile."""
     own_store = store is None
     store = store if store is not None else Store.from_settings(settings)
     ensure_ray(address=settings.ray_address, num_cpus=num_cpus)
@@ -322,11 +337,21 @@ def run_worker(
         planning_timeout_s=settings.planning_timeout_s,
     )
 
-    def make_sink(job_id: int, lease: Lease) -> StoreSink:
-        return StoreSink(store, job_id=job_id, lease=lease)
+    metrics = WorkerMetrics()
 
+    def make_sink(job_id: int, lease: Lease) -> StoreSink:
+        return StoreSink(store, job_id=job_id, lease=lease, metrics=metrics)
+
+    server = None
     try:
-        run_worker_loop(store, make_sink=make_sink, options=options, once=once, stop=stop)
+        if metrics_port is not None:
+            server = metrics.serve(metrics_port)
+            log.info("worker metrics on port %d", metrics_port)
+        queue = MeteredQueue(store, metrics)
+        run_worker_loop(queue, make_sink=make_sink, options=options, once=once, stop=stop)
     finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
         if own_store:
             store.dispose()

@@ -130,7 +130,8 @@ def test_trials_metrics_and_best(
     assert math.isnan(metrics[2].train_loss or 0.0) and metrics[2].val_loss == math.inf
     (best,) = client.best(workload="digits", policy="fixed")
     assert best.trial_id == trial_ids[0] and best.value == pytest.approx(0.9)
-    assert client.get_job(job.id).best is not None
+    # Its one configuration has a diverged seed, so its mean is the worst value: no best.
+    assert client.get_job(job.id).best is None
 
 
 def test_probes_and_rungs(client: LrtuneClient, store: Store, job_body: dict[str, Any]) -> None:

@@ -95,7 +95,8 @@ def test_docker_compose_config_accepts_the_file_and_it_deploys_what_the_issue_as
     worker = services["worker"]
     assert worker["environment"]["RAY_ADDRESS"] == "ray-head:6379"
     assert "ray start --address=ray-head:6379" in " ".join(worker["command"])
-    assert "lrtune worker" in " ".join(worker["command"])
+    assert "lrtune worker --metrics-port 9100" in " ".join(worker["command"])
+    assert [str(port) for port in worker["expose"]] == ["9100"]
     assert services["api"]["environment"]["LRTUNE_AUTH"] == "on"
     for name in ("migrate", "api", "worker"):
         assert "pw-from-env" in services[name]["environment"]["LRTUNE_DATABASE_URL"]

@@ -22,7 +22,8 @@ from lrtune.schemas.recommendations import mean_and_spread
 from lrtune.service.settings import Settings
 from lrtune.service.store import Store
 
-from tests.conftest import LiveService
+from tests.conftest import JobSeeder, LiveService
+from tests.test_best_so_far import seed_best_epoch_not_final
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -266,6 +267,7 @@ class Seeded(NamedTuple):
     job_id: int
     wide_rung_job_id: int
     sweep_job_id: int
+    best_not_final_job_id: int
 
 
 @pytest.fixture(scope="module")
@@ -277,9 +279,14 @@ def seeded(sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory) -> S
     url = f"sqlite:///{database}"
     store = Store.from_url(url)
     try:
-        return Seeded(
-            url, seed_finished_job(store), seed_wide_rung_job(store), seed_sweep_job(store)
+        finished, wide, sweep = (
+            seed_finished_job(store),
+            seed_wide_rung_job(store),
+            seed_sweep_job(store),
         )
+        best_not_final, _ = seed_best_epoch_not_final(JobSeeder(store))
+        store.mark_job_succeeded(job_id=best_not_final)
+        return Seeded(url, finished, wide, sweep, best_not_final)
     finally:
         store.dispose()
 
@@ -903,3 +910,45 @@ def test_the_job_page_names_the_tokens_that_submitted_and_cancelled_the_job(
     page.locator(".pagehead .meta", has_text=f"#{queued} ·").wait_for()
     assert page.get_by_test_id("submitted-by").inner_text().startswith("submitted by alice")
     assert page.get_by_test_id("cancelled-by").count() == 0
+
+
+def test_the_job_page_and_the_jobs_list_show_the_recommendations_leader_as_best(
+    page: Any, service: tuple[str, int], seeded: Seeded, tmp_path: Path
+) -> None:
+    """sgdr's best epoch (0.8378) is not its last (0.70): the best so far is exponential's mean
+    over its two seeds, the recommendation's winner, to the spread's precision."""
+    url, _ = service
+    job_id = seeded.best_not_final_job_id
+    winner = httpx.get(f"{url}/v1/jobs/{job_id}/recommendation").json()["winner"]
+    shown = mean_and_spread(winner["metric_mean"], winner["metric_std"])
+    assert (winner["policy"], shown) == ("exponential", "0.770 ± 0.014")
+    page.goto(f"{url}/#/jobs/{job_id}")
+    page.wait_for_function("document.body.dataset.jobPage === 'drawn'")
+    best = page.get_by_test_id("best")
+    assert page.get_by_test_id("best-value").inner_text() == shown
+    assert "exponential" in best.inner_text() and "sgdr" not in best.inner_text()
+    winner_line = page.get_by_test_id("recommendation").get_by_test_id("winner").inner_text()
+    assert "exponential" in winner_line and shown in winner_line
+    screenshot(page, tmp_path, "job-page-best-is-the-leader")
+    page.goto(f"{url}/#/jobs")
+    row = page.locator(f"[data-job-id='{job_id}']")
+    row.wait_for()
+    listed = row.get_by_test_id("best").inner_text()
+    assert shown in listed and "exponential" in listed
+
+
+def test_a_leader_judged_at_a_rung_says_its_horizon_as_the_cli_does(
+    page: Any, service: tuple[str, int]
+) -> None:
+    url, _ = service
+    page.goto(url)
+    job = {"best": {"horizon_epochs": 4}, "spec": {"budget": {"epochs": 12}}}
+    shown = page.evaluate(
+        "async (job) => (await import('/static/ui.js')).bestHorizon(job)",
+        job,
+    )
+    assert shown == " at 4 of 12 epochs"
+    job["best"]["horizon_epochs"] = None
+    assert (
+        page.evaluate("async (job) => (await import('/static/ui.js')).bestHorizon(job)", job) == ""
+    )

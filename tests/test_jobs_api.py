@@ -262,12 +262,16 @@ def test_trials_metrics_and_non_finite_values(
     trials = [
         store.create_trial(
             job_id=job,
-            policy=policy,
-            schedule={"policy": policy, "lr": 0.1},
+            policy=schedule["policy"],
+            schedule=schedule,
             search_config={"lr": 0.1},
             seed=3,
         ).id
-        for policy in ("fixed", "clr", "clr")
+        for schedule in (
+            {"policy": "fixed", "lr": 0.1},
+            {"policy": "clr", "base_lr": 0.01, "max_lr": 0.1, "step_size": 10},
+            {"policy": "clr", "base_lr": 0.01, "max_lr": 0.1, "step_size": 10},
+        )
     ]
     store.record_trial_results(
         trial_id=trials[0],
@@ -297,6 +301,7 @@ def test_trials_metrics_and_non_finite_values(
             )
         ],
     )
+    store.update_trial_status(trial_id=trials[0], status="completed")
     store.update_trial_status(trial_id=trials[1], status="diverged")
 
     page = api_client.get(f"/v1/jobs/{job}/trials", params={"limit": 2}).json()
@@ -328,8 +333,16 @@ def test_trials_metrics_and_non_finite_values(
     }
 
     got = api_client.get(f"/v1/jobs/{job}").json()
-    assert got["best"] == {"trial_id": trials[0], "policy": "fixed", "value": 0.6}
-    assert got["progress"]["pending"] == 2 and got["progress"]["diverged"] == 1
+    # The recommendation's leader (the diverged clr trial counts as the worst value).
+    assert got["best"] == {
+        "trial_id": trials[0],
+        "policy": "fixed",
+        "value": 0.6,
+        "std": None,
+        "n_seeds": 1,
+        "horizon_epochs": None,
+    }
+    assert got["progress"]["pending"] == 1 and got["progress"]["diverged"] == 1
 
 
 def test_best_settings(
@@ -343,13 +356,17 @@ def test_best_settings(
         last_epoch = seed_job.epoch(
             3, accuracy, step=30, lr=0.01, train_loss=0.1, val_loss=0.2, elapsed_s=3.0
         )
-        seed_job.trial(
-            job, policy=policy, schedule={"policy": policy, "lr": accuracy}, epochs=[last_epoch]
+        schedule = (
+            {"policy": "fixed", "lr": accuracy}
+            if policy == "fixed"
+            else {"policy": "clr", "base_lr": 0.001, "max_lr": accuracy, "step_size": 10}
         )
+        seed_job.trial(job, policy=policy, schedule=schedule, epochs=[last_epoch])
     assert api_client.get("/v1/best").json() == []  # the job has not finished
     store.mark_job_succeeded(job_id=job)
     best = api_client.get("/v1/best", params={"workload": "digits"}).json()
-    assert [(b["policy"], b["value"], b["schedule"]["lr"]) for b in best] == [
+    rate = {"fixed": "lr", "clr": "max_lr"}
+    assert [(b["policy"], b["value"], b["schedule"][rate[b["policy"]]]) for b in best] == [
         ("clr", 0.9, 0.9),
         ("fixed", 0.7, 0.7),
     ]

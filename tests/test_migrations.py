@@ -81,9 +81,13 @@ def test_upgrading_a_database_made_by_0001_backfills_best_settings(database_url:
             )
         )
         store.claim_next_job(worker_id="w", lease_seconds=60)
+        schedules: dict[str, dict[str, Any]] = {
+            "fixed": {"policy": "fixed", "lr": 0.1},
+            "clr": {"policy": "clr", "base_lr": 0.001, "max_lr": 0.1, "step_size": 10},
+        }
         for policy, accuracy in (("fixed", 0.6), ("fixed", 0.7), ("clr", 0.65)):
             trial = store.create_trial(
-                job_id=job.id, policy=policy, schedule={"policy": policy}, search_config={}, seed=0
+                job_id=job.id, policy=policy, schedule=schedules[policy], search_config={}, seed=0
             )
             store.record_trial_results(
                 trial_id=trial.id,

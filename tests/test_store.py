@@ -19,11 +19,18 @@ def _spec(body: dict[str, Any], **changes: Any) -> JobSpec:
     return JobSpec.model_validate({**body, **changes})
 
 
+# Valid schedules: a job read ranks its finished trials' configurations (its best so far).
+SCHEDULES: dict[str, dict[str, Any]] = {
+    "fixed": {"policy": "fixed", "lr": 0.1},
+    "clr": {"policy": "clr", "base_lr": 0.001, "max_lr": 0.1, "step_size": 10},
+}
+
+
 def _trial(store: Store, job_id: int, policy: str = "fixed", ray_id: str | None = None) -> int:
     trial = store.create_trial(
         job_id=job_id,
         policy=policy,
-        schedule={"policy": policy, "lr": 0.1},
+        schedule=SCHEDULES[policy],
         search_config={"lr": 0.1},
         seed=0,
         ray_trial_id=ray_id,
@@ -302,8 +309,9 @@ def test_progress_and_best_so_far(store: Store, job_body: dict[str, Any]) -> Non
         "diverged": 1,
         "failed": 0,
     }
+    # The recommendation's leader: b's 0.9 is no evidence while it runs, c diverged.
     assert got.best is not None
-    assert (got.best.trial_id, got.best.policy, got.best.value) == (b, "clr", 0.9)
+    assert (got.best.trial_id, got.best.policy, got.best.value) == (a, "fixed", 0.6)
 
 
 def test_trials_page_with_filters(store: Store, job_body: dict[str, Any]) -> None:
@@ -341,7 +349,7 @@ def test_best_settings_across_succeeded_jobs(store: Store, job_body: dict[str, A
     best = {b.policy: b for b in store.best_settings(workload="digits")}
     assert best["fixed"].trial_id == second[0] and best["fixed"].value == 0.75
     assert best["clr"].trial_id == first[2] and best["clr"].value == 0.8
-    assert best["clr"].schedule == {"policy": "clr", "lr": 0.1}
+    assert best["clr"].schedule == SCHEDULES["clr"]
     assert best["clr"].mode == "max" and best["clr"].metric == "val_accuracy"
     assert [b.policy for b in store.best_settings(policy="clr")] == ["clr"]
     assert store.best_settings(workload="mnist1d") == []

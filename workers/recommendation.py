@@ -1,8 +1,10 @@
 """A job's recommendation from its trials: confirmation picks and statistics.
 
-Pure functions over plain trial summaries (the store feeds them in): `select_for_confirmation`
-picks each policy's top configurations to rerun with fresh seeds, and `build_recommendation`
-ranks configurations on their mean over seeds. The code it attaches comes from `code_export`.
+Pure functions over plain trial summaries (the store feeds them in): `select_evidence` says
+which trials are evidence, `select_for_confirmation` picks each policy's top configurations to
+rerun with fresh seeds, `build_recommendation` ranks configurations on their mean over seeds, and
+`leader` is its winner alone (the job's "best so far"), cheap enough for every job read. The code
+it attaches comes from `code_export`.
 """
 
 from __future__ import annotations
@@ -10,24 +12,30 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, Protocol
 
-from lrtune.schemas.jobs import COUNTED_TRIAL_STATUSES
+from lrtune.schemas.jobs import COUNTED_TRIAL_STATUSES, BestSoFar, Job
 from lrtune.schemas.recommendations import (
     Comparison,
     PolicyEvidence,
     Recommendation,
     SnapshotEnsemble,
 )
-from lrtune.schemas.schedules import ParamGroupRule, ScheduleSpec
+from lrtune.schemas.schedules import ParamGroupRule, ScheduleSpec, parse_schedule
 from lrtune.schemas.trials import ENSEMBLE_PREFIX, OptimizerSpec, single_model_metric
 from lrtune.workers.code_export import Snippet, export_snippets
 from scipy import stats
 
 __all__ = [
+    "Evidence",
+    "RecommendationInputs",
+    "TrialFacts",
     "TrialSummary",
     "build_recommendation",
+    "leader",
+    "select_evidence",
     "select_for_confirmation",
+    "trial_summaries",
 ]
 
 Mode = Literal["min", "max"]
@@ -61,6 +69,141 @@ class TrialSummary:
         if self.final_metric is not None:
             return self.final_metric
         return self.metric_values[-1] if self.metric_values else math.nan
+
+
+class TrialFacts(Protocol):
+    """What the evidence is selected from of a trial: a `Trial`, or a row of the trials table
+    with these columns (a job read ranks its trials without building whole `Trial`s)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def policy(self) -> str: ...
+    @property
+    def schedule(self) -> dict[str, Any]: ...
+    @property
+    def search_config(self) -> dict[str, Any]: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def phase(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class RecommendationInputs:
+    """What a job's recommendation is computed from: the job, its trials, and per trial the
+    job's metric after each epoch (NaN where an epoch lacks it) and every value of its last
+    epoch by name (`final_values`). The store reads them; only the last value of
+    `metric_values` matters to the ranking (and so to `leader`)."""
+
+    job: Job
+    trials: Sequence[TrialFacts]
+    metric_values: Mapping[int, Sequence[float]]
+    steps_per_epoch: int | None
+    final_values: dict[int, dict[str, float]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """The trials a recommendation ranks, and the horizon they trained: None for the budget,
+    else (horizon_halving, before any trial has trained the budget) the longest rung reached."""
+
+    trials: list[TrialSummary]
+    horizon_epochs: int | None = None
+
+
+def trial_summaries(inputs: RecommendationInputs) -> list[TrialSummary]:
+    """The counted full-length trials as the recommendation sees them (a horizon_halving
+    rung shorter than the budget is no evidence of how a schedule ends).
+
+    A policy whose top configurations have been confirmed is judged on its confirmation trials
+    only: the search trial that put a configuration on top was selected for being lucky as much
+    as good, and fresh seeds are not. A diverged trial counts as the worst possible value.
+    Each trial trained with its policy's arm's optimizer (else the job's).
+    """
+    budget = inputs.job.spec.budget.epochs
+    counted = [
+        t
+        for t in inputs.trials
+        if t.status in COUNTED_TRIAL_STATUSES and _horizon(t, budget=budget) == budget
+    ]
+    confirmed = {t.policy for t in counted if t.phase == "confirm"}
+    return [
+        _summary(trial, inputs)
+        for trial in counted
+        if trial.policy not in confirmed or trial.phase == "confirm"
+    ]
+
+
+def select_evidence(inputs: RecommendationInputs) -> Evidence:
+    """The full-length trials (`trial_summaries`); with horizon_halving, until one has ended,
+    the trials of the longest rung reached, so that the live leader is the best of those."""
+    summaries = trial_summaries(inputs)
+    if summaries or inputs.job.spec.horizon_ladder is None:
+        return Evidence(summaries)
+    budget = inputs.job.spec.budget.epochs
+    by_horizon: dict[int, list[TrialFacts]] = {}
+    for trial in inputs.trials:
+        if trial.status in COUNTED_TRIAL_STATUSES and "rung" in trial.search_config:
+            by_horizon.setdefault(_horizon(trial, budget=budget), []).append(trial)
+    if not by_horizon:
+        return Evidence([])
+    longest = max(by_horizon)
+    return Evidence([_summary(trial, inputs) for trial in by_horizon[longest]], longest)
+
+
+def _horizon(trial: TrialFacts, *, budget: int) -> int:
+    """The epochs a trial trains: a horizon_halving rung's horizon, else the budget."""
+    if "rung" in trial.search_config:
+        return int(trial.search_config["horizon_epochs"])
+    return budget
+
+
+def _summary(trial: TrialFacts, inputs: RecommendationInputs) -> TrialSummary:
+    return TrialSummary(
+        trial_id=str(trial.id),
+        policy=trial.policy,
+        schedule=parse_schedule(trial.schedule),
+        seed=trial.seed,
+        metric_values=inputs.metric_values.get(trial.id, []),
+        final_metric=math.nan if trial.status == "diverged" else None,
+        is_confirmation=trial.phase == "confirm",
+        status=trial.status,
+        optimizer=inputs.job.spec.optimizer_for(trial.policy),
+        final_values=inputs.final_values.get(trial.id, {}),
+    )
+
+
+def leader(inputs: RecommendationInputs) -> BestSoFar | None:
+    """The recommendation's winner alone, by the value it ranks on (the mean final metric of
+    the configuration's seeds), without its statistics or code: the job's "best so far".
+    None while there is no evidence, or when the leader's mean is not finite (every
+    configuration has a diverged seed, which counts as the worst value: none is worth calling
+    best)."""
+    evidence = select_evidence(inputs)
+    spec = inputs.job.spec
+    mode = spec.metric_mode
+    # The same ranking build_recommendation's winner comes from.
+    configs = _ranked(_configs(evidence.trials, optimizer=spec.optimizer), mode)
+    if not configs:
+        return None
+    top = configs[0]
+    mean = _mean(top, mode)
+    if not math.isfinite(mean):
+        return None
+    values = _values(top, mode)
+    # The seed to link to: the configuration's best final value (the first on a tie).
+    pick = max(range(len(values)), key=lambda i: values[i] if mode == "max" else -values[i])
+    return BestSoFar(
+        trial_id=int(top.trials[pick].trial_id),
+        policy=top.policy,
+        value=mean,
+        std=_std(values),
+        n_seeds=len(values),
+        horizon_epochs=evidence.horizon_epochs,
+    )
 
 
 @dataclass(frozen=True)

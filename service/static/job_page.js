@@ -4,7 +4,7 @@
 import { api, apiOptional, callerRights, finite } from "./api.js";
 import { lineChart, policyColour, withAlpha } from "./charts.js";
 import { FINISHED_TRIAL_STATUSES } from "/status-words.js";
-import { view, FINISHED_JOB, TRIAL_STATES, POLL_MS, generation, h, badge, decisionBadge, chip, fmt, fmtMeanStd, when, duration, errorBox, progressCounts, stackedBar, every, stopPolling } from "./ui.js";
+import { view, FINISHED_JOB, TRIAL_STATES, POLL_MS, generation, h, badge, decisionBadge, chip, fmt, fmtMeanStd, bestValue, bestHorizon, when, duration, errorBox, progressCounts, stackedBar, every, stopPolling } from "./ui.js";
 
 export async function jobPage(jobId) {
   const mine = generation;
@@ -135,7 +135,7 @@ function renderProgress(card, job) {
   const p = job.progress;
   const { done, total } = progressCounts(p);
   const best = job.best
-    ? h("span", {}, "best so far ", h("b", { "data-testid": "best-value" }, fmt(job.best.value)), " · ", chip(job.best.policy), " · ",
+    ? h("span", { "data-testid": "best" }, "best so far ", h("b", { "data-testid": "best-value" }, bestValue(job.best)), " · ", chip(job.best.policy), bestHorizon(job), " · ",
       h("a", { href: `#/trials/${job.best.trial_id}` }, `trial #${job.best.trial_id}`))
     : h("span", { class: "muted" }, "no result yet");
   card.replaceChildren(

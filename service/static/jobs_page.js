@@ -2,7 +2,7 @@
 
 import { api, callerRights } from "./api.js";
 import { JOB_STATUSES } from "/status-words.js";
-import { view, FINISHED_JOB, POLL_MS, generation, h, badge, chip, fmt, when, progressCounts, stackedBar, every } from "./ui.js";
+import { view, FINISHED_JOB, POLL_MS, generation, h, badge, chip, bestValue, bestHorizon, when, progressCounts, stackedBar, every } from "./ui.js";
 
 export async function jobsPage() {
   const mine = generation;
@@ -56,7 +56,7 @@ export async function jobsPage() {
 function jobRow(job) {
   const { done, total } = progressCounts(job.progress);
   const best = job.best
-    ? h("span", {}, h("b", {}, fmt(job.best.value)), " ", chip(job.best.policy))
+    ? h("span", { "data-testid": "best" }, h("b", {}, bestValue(job.best)), " ", chip(job.best.policy), bestHorizon(job))
     : h("span", { class: "muted" }, "–");
   return h("tr", { "data-job-id": job.id },
     h("td", {}, h("a", { href: `#/jobs/${job.id}` }, `#${job.id}`)),

@@ -50,6 +50,17 @@ export function fmtMeanStd(mean, std) {
   return `${mean.toFixed(decimals)} ± ${std.toFixed(decimals)}`;
 }
 
+// A job's best so far (the recommendation's leader): its mean ± spread, and its policy with the
+// horizon it was judged at while no trial has trained the whole budget (horizon_halving).
+export function bestValue(best) {
+  return fmtMeanStd(best.value, best.std);
+}
+
+export function bestHorizon(job) {
+  const horizon = job.best.horizon_epochs;
+  return horizon ? ` at ${horizon} of ${job.spec.budget.epochs} epochs` : "";
+}
+
 export function fmt(value, digits = 4) {
   if (value === null || value === undefined) return "–";
   const number = typeof value === "string" ? Number(value) : value;
