@@ -137,8 +137,9 @@ class TrialConfig(BaseModel):
     shuffle_seed: int | None = Field(
         default=None,
         ge=0,
-        description="The seed of the training batches' order when it is not `seed` (the "
-        "members of a population share one order); `seed` alone still initialises the model.",
+        description="The seed of the training batches' order when it is not `seed` (a job's "
+        "search trials share one order, its confirmation trials one per confirmation seed, "
+        "alone or in a population); `seed` alone still initialises the model.",
     )
     device: Literal["cpu", "cuda"] = "cpu"
     divergence_factor: float = Field(

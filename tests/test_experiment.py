@@ -5,26 +5,31 @@ from __future__ import annotations
 import math
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from lrtune.schemas.jobs import JobSpec, LrBounds, PolicySearch
 from lrtune.schemas.schedules import parse_schedule
 from lrtune.schemas.search import Choice, IntRange, LogUniform, Uniform
+from lrtune.service.store import Store
+from lrtune.service.worker import StoreSink
 from lrtune.workers.experiment import (
     EqualBudgetSearcher,
     SearchThenConfirm,
+    confirmation_seed,
     grid_points,
     job_searcher,
     plan_experiment,
     plan_searcher,
     policy_space,
     quasi_random_point,
+    search_shuffle_seed,
     to_tune_domain,
     trial_seed,
 )
 from lrtune.workers.recommendation import TrialSummary
-from lrtune.workers.results import sink_registered
+from lrtune.workers.results import RecordResults, sink_registered
 from ray.tune.search import Searcher
 
 
@@ -313,3 +318,79 @@ def test_the_confirmation_follows_the_search_in_the_same_run_and_survives_a_rest
     assert {c["seed"] for c in confirm}.isdisjoint({c["seed"] for c in search})
     # The restored searcher picked nothing again; it began the phase anew in its process.
     assert sink.planned == [8] and sink.phases == ["confirmation", "confirmation"]
+
+
+def _run_through(searcher: Searcher, sink: _ConfirmingSink) -> list[dict[str, Any]]:
+    """Every Tune trial the job's searcher suggests, each ending as soon as it starts (its
+    members too), so the confirmation follows the search."""
+    suggested: list[dict[str, Any]] = []
+    with sink_registered("1", sink):
+        for n in range(100):
+            config = searcher.suggest(f"t{n}")
+            if config == Searcher.FINISHED:
+                return suggested
+            assert isinstance(config, dict), config
+            suggested.append(config)
+            members = config.get("members", [config])
+            sink.finished += [m for m in members if m.get("phase", "search") == "search"]
+            searcher.on_trial_complete(f"t{n}", result={"val_loss": 1.0})
+    raise AssertionError("the searcher never finished")
+
+
+@pytest.mark.parametrize("execution", ["trials", "population"])
+def test_search_trials_share_the_jobs_data_order_and_each_confirmation_seed_its_own(
+    store: Store, tmp_path: Path, execution: str
+) -> None:
+    spec = _spec(
+        policies=["fixed", "clr"],
+        budget={"epochs": 3, "trials_per_policy": 3, "max_concurrent_trials": 2},
+        confirm={"top_k": 1, "seeds": 2},
+        execution=execution,
+    )
+    plan = plan_experiment(spec, job_key="1", storage_path=tmp_path, steps_per_epoch=22)
+    suggested = _run_through(job_searcher(plan), _ConfirmingSink())
+
+    # What the job records: each Tune trial's start, as RecordResults writes it to SQL.
+    job, _ = store.create_job(spec=spec)
+    store.claim_next_job(worker_id="w", lease_seconds=60)
+    recorder = RecordResults(job_key="1", epochs=3)
+    with sink_registered("1", StoreSink(store, job_id=job.id)):
+        for config in suggested:
+            recorder.on_trial_start(0, [], SimpleNamespace(config=config))
+    trials = store.list_trials(job_id=job.id, limit=100).items
+    search = [t for t in trials if t.phase == "search"]
+    confirm = [t for t in trials if t.phase == "confirm"]
+    assert len(search) == 6 and len(confirm) == 2 * 2
+
+    # One order for the whole search; the weights still start from each trial's own seed.
+    order = search_shuffle_seed(7)
+    assert {t.search_config["shuffle_seed"] for t in search} == {order}
+    assert {t.seed for t in search} == {trial_seed(7, i) for i in range(3)}
+    # A confirmation seed is its trials' order too: 2 seeds, 2 orders, none the search's.
+    seeds = {confirmation_seed(7, i) for i in range(2)}
+    assert {t.seed for t in confirm} == seeds
+    assert all(t.search_config["shuffle_seed"] == t.seed for t in confirm)
+    assert order not in seeds
+    if execution == "population":
+        # A population trains one order: the confirmation's split by seed.
+        orders: dict[str, set[int]] = {}
+        for trial in trials:
+            population = trial.search_config["population"]
+            orders.setdefault(population, set()).add(trial.search_config["shuffle_seed"])
+        assert all(len(seen) == 1 for seen in orders.values()), orders
+        assert len([p for p, seen in orders.items() if seen <= seeds]) == 2
+
+
+def test_a_workload_that_orders_its_own_data_gets_no_data_order(tmp_path: Path) -> None:
+    spec = _spec(
+        policies=["fixed"],
+        budget={"epochs": 3, "trials_per_policy": 2},
+        confirm={"top_k": 1, "seeds": 2},
+    )
+    # A train function, or a train loader of the user's own (TrainingPlan.orders_data).
+    plan = plan_experiment(
+        spec, job_key="1", storage_path=tmp_path, steps_per_epoch=22, orders_data=False
+    )
+    suggested = _run_through(job_searcher(plan), _ConfirmingSink())
+    assert len(suggested) == 2 + 2
+    assert all("shuffle_seed" not in config for config in suggested)

@@ -1,7 +1,8 @@
 """Population jobs (execution "population"): the spec's checks (422s naming the field), and jobs
 through the real worker and Ray on SQLite and PostgreSQL: every member a trial of its own in
-SQL, equal to the same configuration trained alone; early stopping inside a population; the
-confirmation as populations; cancel; kill -9 mid-population resuming every member exactly."""
+SQL, equal to the same configuration trained alone; the same job stored the same as trials and
+as populations; early stopping inside a population; the confirmation as populations; cancel;
+kill -9 mid-population resuming every member exactly."""
 
 from __future__ import annotations
 
@@ -129,12 +130,10 @@ def test_a_population_job_stores_every_member_as_its_own_trial(
     assert populations == {"population-0", "population-1"}
     for trial in trials:
         assert trial.epochs_done == 3
-        members = [
-            t for t in trials if t.search_config["population"] == trial.search_config["population"]
-        ]
-        # A population trains on its first member's data order.
-        assert trial.search_config["shuffle_seed"] == min(members, key=lambda t: t.id).seed
-    assert {t.search_config["population"] for t in confirm}.isdisjoint(populations)
+    # The search trains on one data order, each confirmation seed on its own: 2 populations.
+    assert len({t.search_config["shuffle_seed"] for t in search}) == 1
+    assert all(t.search_config["shuffle_seed"] == t.seed for t in confirm)
+    assert {t.search_config["population"] for t in confirm} == {"population-2", "population-3"}
 
     # Every member trained exactly as its configuration does alone.
     for trial in (search[0], search[4], confirm[-1]):
@@ -213,6 +212,71 @@ def test_a_tpe_population_job_fails_only_the_members_with_no_valid_schedule(
     # Its population trained the others: every search member but the failed ones has 2 epochs.
     assert all(t.epochs_done == 2 for t in trials if t.status != "failed")
     assert [t for t in trials if t.phase == "confirm"], "the confirmation waited on every member"
+
+
+# The same job whatever its execution: decisions that never depend on timing (random points,
+# promotion on final values), and val_loss, a continuous metric, so that no near tie can flip
+# between a population's float rounding and a lone trial's.
+SAME_JOB: dict[str, Any] = {
+    "workload": {"name": "digits", "params": {"model": "mlp", "batch_size": 128}},
+    # Rates that train without diverging, so every trial has a value.
+    "policies": [
+        {"policy": "fixed", "search": {"lr": {"loguniform": [0.01, 0.3]}}},
+        {"policy": "cosine", "search": {"lr": {"loguniform": [0.01, 0.3]}}},
+    ],
+    "budget": {"epochs": 2, "trials_per_policy": 2, "max_concurrent_trials": 2},
+    "search": {"algorithm": "random", "seed": 5},
+    "confirm": {"top_k": 1, "seeds": 2},
+}
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize(
+    "early_stopping",
+    [{"kind": "none"}, {"kind": "horizon_halving", "min_epochs": 1, "reduction_factor": 2}],
+    ids=["none", "horizon_halving"],
+)
+def test_the_execution_never_changes_a_result(
+    ray_local: str, settings: Settings, store: Store, early_stopping: dict[str, Any]
+) -> None:
+    jobs = {
+        execution: store.create_job(
+            spec=JobSpec.model_validate(
+                {**SAME_JOB, "early_stopping": early_stopping, "execution": execution}
+            )
+        )[0]
+        for execution in ("trials", "population")
+    }
+    stored: dict[str, dict[str, Trial]] = {}
+    for execution, job in jobs.items():
+        run_worker(settings, once=True, store=store)
+        final = store.get_job(job.id)
+        assert final.status == "succeeded", (execution, final.error)
+        stored[execution] = {str(t.ray_trial_id): t for t in _trials(store, job.id)}
+    alone, fused = stored["trials"], stored["population"]
+    assert alone.keys() == fused.keys()
+    assert any(t.phase == "confirm" for t in alone.values())
+    if early_stopping["kind"] == "horizon_halving":
+        assert any(t.status == "pruned" for t in alone.values())
+    for key, trial in alone.items():
+        member = fused[key]
+        point = {k: v for k, v in member.search_config.items() if k != "population"}
+        assert point == trial.search_config, key  # the point, the data order, the rung
+        assert (member.policy, member.phase, member.seed, member.status, member.schedule) == (
+            trial.policy,
+            trial.phase,
+            trial.seed,
+            trial.status,
+            trial.schedule,
+        ), key
+        ours = store.list_trial_metrics(trial_id=member.id)
+        theirs = store.list_trial_metrics(trial_id=trial.id)
+        assert [(m.epoch, m.step) for m in ours] == [(m.epoch, m.step) for m in theirs], key
+        for mine, lone in zip(ours, theirs, strict=True):
+            # To float rounding: a population's batched matmuls sum in another order.
+            assert mine.lr == pytest.approx(lone.lr, rel=1e-9), key
+            assert mine.train_loss == pytest.approx(lone.train_loss, rel=1e-5), key
+            assert mine.val_loss == pytest.approx(lone.val_loss, rel=1e-5), key
 
 
 @pytest.mark.ray

@@ -483,6 +483,7 @@ def _run_search(
         job_key=key,
         storage_path=options.storage,
         steps_per_epoch=training.steps_per_epoch,
+        orders_data=training.orders_data,
         bounds=bounds,
         checkpoint_every_epochs=options.checkpoint_every_epochs,
         code=code,

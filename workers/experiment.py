@@ -16,7 +16,11 @@ the search's points as a ladder of ever longer, compressed schedules (`HorizonHa
 also in that one run.
 
 Seeds: the i-th trial of every policy gets the same seed (common random numbers), so two
-policies are compared on the same initialisations and batch orders.
+policies are compared on the same initialisations. The data order is the job's, not the trial's:
+every search trial trains on one order (`search_shuffle_seed`), every confirmation trial of one
+confirmation seed on that seed's, whether it trains alone or in a population; so the execution
+never changes a trial's numbers. A train function, or a train loader of the user's own, orders
+its own data (no `shuffle_seed` then).
 """
 
 from __future__ import annotations
@@ -191,8 +195,20 @@ _CONFIRM_STREAM = 0x636F6E66  # "conf"
 
 def confirmation_seed(base_seed: int, index: int) -> int:
     """The index-th confirmation seed of every configuration: fresh (not a search seed's
-    stream) and deterministic from the job's search seed."""
+    stream) and deterministic from the job's search seed. It is also the data order of the
+    confirmation trials of that seed, so the spread across seeds covers the data order too."""
     state = np.random.SeedSequence([base_seed, _CONFIRM_STREAM, index]).generate_state(1)[0]
+    return int(state) % _SEED_LIMIT
+
+
+# The stream the search's data order is drawn from: apart from the trial seeds' [seed, index].
+_ORDER_STREAM = 0x6F726472  # "ordr"
+
+
+def search_shuffle_seed(base_seed: int) -> int:
+    """The data order of every search trial of a job: one order, so that a trial's batches do
+    not depend on which trials it shares a population with."""
+    state = np.random.SeedSequence([base_seed, _ORDER_STREAM]).generate_state(1)[0]
     return int(state) % _SEED_LIMIT
 
 
@@ -313,9 +329,10 @@ class EqualBudgetSearcher(_StatefulSearcher):
     """Exactly `trials_per_policy` trials per policy, round robin, points per `algorithm`.
 
     Each suggestion is a trial config: `trial_key` ("<policy>-<index>", stable across
-    restores), `policy`, `index`, `seed`, `optimizer` (the policy's arm's, as JSON: `optimizers`
-    maps each policy to it), `point` (the sampled search-space point, durations still in epochs
-    or fractions) and `schedule` (resolved in steps) or `schedule_error`.
+    restores), `policy`, `index`, `seed`, `shuffle_seed` (the job's search order, when given:
+    None for a workload that orders its own data), `optimizer` (the policy's arm's, as JSON:
+    `optimizers` maps each policy to it), `point` (the sampled search-space point, durations
+    still in epochs or fractions) and `schedule` (resolved in steps) or `schedule_error`.
     Suggests nothing once the job must stop (cancellation). With `horizons` (a training-length
     sweep) each wsd trial is a trunk, its config also listing the horizons it forks
     (`lrtune.workers.sweep`).
@@ -335,6 +352,7 @@ class EqualBudgetSearcher(_StatefulSearcher):
         steps_per_epoch: int,
         epochs: int,
         horizons: Sequence[int] = (),
+        shuffle_seed: int | None = None,
     ) -> None:
         super().__init__(metric=metric, mode=mode)
         self.job_key = job_key
@@ -347,6 +365,7 @@ class EqualBudgetSearcher(_StatefulSearcher):
         self.steps_per_epoch = steps_per_epoch
         self.epochs = epochs
         self.horizons = list(horizons)
+        self.shuffle_seed = shuffle_seed
         self.state = _SearchState(suggested=dict.fromkeys(self.order, 0))
         self._grids: dict[str, list[dict[str, Any]]] = {}
         self._tpe: dict[str, Any] = {}
@@ -393,6 +412,8 @@ class EqualBudgetSearcher(_StatefulSearcher):
             "schedule": None,
             "schedule_error": None,
         }
+        if self.shuffle_seed is not None:
+            config["shuffle_seed"] = self.shuffle_seed
         try:
             schedule = resolve_schedule(
                 policy,
@@ -471,6 +492,8 @@ class ExperimentPlan:
     `search_spaces` is each policy's space as JSON (what the job records), `spaces` the same
     parsed. `storage` is the run's storage (a local folder, a shared one or a pyarrow
     filesystem URI): the experiment state and the trials' checkpoints live under it.
+    `orders_data`: lrtune orders the training batches (`TrainingPlan.orders_data`), so each
+    trial takes its phase's data order.
     """
 
     job_key: str
@@ -481,6 +504,7 @@ class ExperimentPlan:
     storage: str
     checkpoint_every_epochs: int = 0
     code: CodeSnapshot | None = None
+    orders_data: bool = True
 
     @property
     def total_trials(self) -> int:
@@ -498,6 +522,7 @@ def plan_experiment(
     job_key: str,
     storage_path: str | Path,
     steps_per_epoch: int | None = None,
+    orders_data: bool = True,
     bounds: BoundSuggestion | None = None,
     checkpoint_every_epochs: int = 0,
     code: CodeSnapshot | None = None,
@@ -505,9 +530,10 @@ def plan_experiment(
     """The job's search spaces and where its Tune state lives (`storage_path`/job-<key>).
 
     `bounds` are the range test's suggestion, required for lr_bounds "auto"; explicit lr_bounds
-    are used as min/max bounds of the same derivation. `steps_per_epoch` defaults to the
-    workload's own (built once here, in this process: the worker daemon passes the count its
-    planning task found instead). `code` is the job's snapshot of the users' code folders.
+    are used as min/max bounds of the same derivation. `steps_per_epoch` and `orders_data`
+    default to the workload's own (built once here, in this process: the worker daemon passes
+    what its planning task found instead). `code` is the job's snapshot of the users' code
+    folders.
     """
     if spec.kind != "search":
         raise ValueError(f"a {spec.kind} job is not a Ray Tune search")
@@ -520,7 +546,8 @@ def plan_experiment(
     raw = {entry.policy: raw_space(entry, bounds=bounds) for entry in spec.policies}
     spaces = [parse_space(policy, space) for policy, space in raw.items()]
     if steps_per_epoch is None:
-        steps_per_epoch = inspect_training(spec, code).steps_per_epoch
+        training = inspect_training(spec, code)
+        steps_per_epoch, orders_data = training.steps_per_epoch, training.orders_data
     return ExperimentPlan(
         job_key=job_key,
         spec=spec,
@@ -530,6 +557,7 @@ def plan_experiment(
         storage=storage_uri(storage_path),
         checkpoint_every_epochs=checkpoint_every_epochs,
         code=code,
+        orders_data=orders_data,
     )
 
 
@@ -542,6 +570,9 @@ class TrainingPlan:
     # Why its trials cannot train as populations (execution "population" or "auto"); None when
     # they can.
     not_fusible: str | None = None
+    # lrtune orders the training batches (a TensorBatches train loader), so the job sets each
+    # trial's data order; a train function or a loader of the user's own orders its own.
+    orders_data: bool = True
 
 
 def inspect_training(spec: JobSpec, code: CodeSnapshot | None = None) -> TrainingPlan:
@@ -553,7 +584,13 @@ def inspect_training(spec: JobSpec, code: CodeSnapshot | None = None) -> Trainin
     from lrtune.workers.population import NotFusible, check_workload_fusible
     from lrtune.workers.train_function import TrainFunction
     from lrtune.workers.trial import TRAIN_FUNCTION_SNAPSHOTS
-    from lrtune.workers.workloads import WorkloadError, build_training, check_reports_metric
+    from lrtune.workers.workloads import (
+        TensorBatches,
+        Workload,
+        WorkloadError,
+        build_training,
+        check_reports_metric,
+    )
 
     if code is not None:
         code.activate()
@@ -577,6 +614,7 @@ def inspect_training(spec: JobSpec, code: CodeSnapshot | None = None) -> Trainin
         steps_per_epoch=built.steps_per_epoch,
         train_function=isinstance(built, TrainFunction),
         not_fusible=not_fusible,
+        orders_data=isinstance(built, Workload) and isinstance(built.train_loader, TensorBatches),
     )
 
 
@@ -689,6 +727,7 @@ def plan_searcher(plan: ExperimentPlan) -> EqualBudgetSearcher:
         steps_per_epoch=plan.steps_per_epoch,
         epochs=spec.budget.epochs,
         horizons=spec.horizons or (),
+        shuffle_seed=search_shuffle_seed(spec.search.seed) if plan.orders_data else None,
     )
 
 
@@ -990,24 +1029,26 @@ def confirmation_configs(
 ) -> list[TuneTrialConfig]:
     """The trial configs of the confirmation: every pick with `seeds` confirmation seeds and
     its policy's optimizer, keyed `confirm-<policy>-<rank>-<seed index>` (stable across
-    restores)."""
+    restores). The trials of one seed share its data order (`shuffle_seed`, the seed itself)."""
     configs: list[TuneTrialConfig] = []
     for index in range(seeds):
+        seed = confirmation_seed(plan.spec.search.seed, index)
         for pick in picks:
-            configs.append(
-                {
-                    "trial_key": f"confirm-{pick.policy}-{pick.rank}-{index}",
-                    "phase": "confirm",
-                    "policy": pick.policy,
-                    "index": index,
-                    "seed": confirmation_seed(plan.spec.search.seed, index),
-                    "steps_per_epoch": plan.steps_per_epoch,
-                    "optimizer": plan.spec.optimizer_for(pick.policy).model_dump(mode="json"),
-                    "point": pick.point,
-                    "schedule": pick.schedule,
-                    "schedule_error": None,
-                }
-            )
+            config: TuneTrialConfig = {
+                "trial_key": f"confirm-{pick.policy}-{pick.rank}-{index}",
+                "phase": "confirm",
+                "policy": pick.policy,
+                "index": index,
+                "seed": seed,
+                "steps_per_epoch": plan.steps_per_epoch,
+                "optimizer": plan.spec.optimizer_for(pick.policy).model_dump(mode="json"),
+                "point": pick.point,
+                "schedule": pick.schedule,
+                "schedule_error": None,
+            }
+            if plan.orders_data:
+                config["shuffle_seed"] = seed
+            configs.append(config)
     return configs
 
 
@@ -1134,12 +1175,11 @@ class SearchThenConfirm(_StatefulSearcher):
 class PopulationSearcher(_StatefulSearcher):
     """The trials of `trials` (the job's search, then its confirmation) grouped into
     populations, each one Tune trial: up to `size` consecutive suggestions of one optimizer, one
-    phase, taken as they come (a confirmation waits for the whole search, as without
-    populations). Without a `size`, each phase's trials are spread evenly over the `slots`
-    (the trials running at once), so every slot trains a population of each phase. The members
-    keep their own keys, seeds and points; a population trains them on one data order, its
-    first member's seed (`shuffle_seed`), and is keyed `population-<n>` (stable across
-    restores).
+    phase and one data order, taken as they come (a confirmation waits for the whole search, as
+    without populations). Without a `size`, each phase's trials are spread evenly over the
+    `slots` (the trials running at once), so every slot trains a population of each phase. The
+    members keep their own keys, seeds, points and data order (`shuffle_seed`, which they
+    share), and a population is keyed `population-<n>` (stable across restores).
 
     The wrapped searcher sees each member as a trial of its own (ids `<tune id>:<member>`): its
     results as they come, its completion when it leaves the population, so TPE learns from
@@ -1208,7 +1248,7 @@ class PopulationSearcher(_StatefulSearcher):
             "policy": "population",
             "index": self.populations - 1,
             "seed": first["seed"],
-            "shuffle_seed": first["seed"],
+            "shuffle_seed": first["shuffle_seed"],
             "steps_per_epoch": first["steps_per_epoch"],
             "optimizer": first.get("optimizer"),
             "point": {},
@@ -1275,7 +1315,10 @@ class PopulationSearcher(_StatefulSearcher):
 
 
 def _same_population(first: TuneTrialConfig, other: TuneTrialConfig) -> bool:
-    """Whether two trials can train in one population: one optimizer, one phase."""
-    return first.get("optimizer") == other.get("optimizer") and first.get(
-        "phase", "search"
-    ) == other.get("phase", "search")
+    """Whether two trials can train in one population: one optimizer, one phase, one data
+    order (a confirmation's seeds each have their own)."""
+    return (
+        first.get("optimizer") == other.get("optimizer")
+        and first.get("phase", "search") == other.get("phase", "search")
+        and first.get("shuffle_seed") == other.get("shuffle_seed")
+    )

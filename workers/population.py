@@ -10,8 +10,10 @@ the stacked tensors with a per-member rate, in torch's order of operations.
 Equivalence: a member trains as `run_trial` trains its config on its own, the batches ordered
 by the population's shuffle seed: the config's `shuffle_seed` (its `seed` when None), which every
 member must share. So a population of trials of one seed needs nothing more, and members of
-several seeds are lone trials with `shuffle_seed` set. Losses and weights agree to float
-rounding (batched matmuls sum in another order), not bit for bit.
+several seeds are lone trials with `shuffle_seed` set: a job's trials carry their phase's order
+(`lrtune.workers.experiment`), so each member equals the trial the job would train alone.
+Losses and weights agree to float rounding (batched matmuls sum in another order), not bit for
+bit.
 
 Not fusible, with the reason (`NotFusible`): train functions (their loop is their own),
 schedule-free optimizers (two weight sets and a train/eval swap, not written here), models with

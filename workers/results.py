@@ -63,11 +63,13 @@ class TuneTrialConfig(TypedDict):
     epochs: NotRequired[int]
     # A sweep's trunk: the shorter horizons it forks (lrtune.workers.sweep.Horizon as JSON).
     horizons: NotRequired[list[dict[str, Any]]]
+    # The seed of the training batches' order: the job's, one per phase (the search's, each
+    # confirmation seed's); missing where the workload orders its own data (a train function).
+    shuffle_seed: NotRequired[int]
     # A population (execution "population"): its members' own configs, trained as one batched
-    # model on one data order (`shuffle_seed`). Its own key, policy and seed are the first
+    # model on their one data order. Its own key, policy, seed and `shuffle_seed` are the first
     # member's; `point` and `schedule` are unused.
     members: NotRequired[list[TuneTrialConfig]]
-    shuffle_seed: NotRequired[int]
 
 
 class MemberNews(TypedDict):
@@ -86,6 +88,14 @@ class MemberNews(TypedDict):
 def trial_config(trial: Any) -> TuneTrialConfig:
     """A Tune trial's config, typed."""
     return cast(TuneTrialConfig, trial.config)
+
+
+def recorded_point(config: TuneTrialConfig) -> dict[str, Any]:
+    """What a trial's search_config records (a population member's adds its population): its
+    point, and the data order it trained on when the job set one."""
+    if "shuffle_seed" not in config:
+        return dict(config["point"])
+    return {**config["point"], "shuffle_seed": config["shuffle_seed"]}
 
 
 class TrialError(RuntimeError):
@@ -302,7 +312,7 @@ class RecordResults(Callback):
             key,
             policy=config["policy"],
             schedule=config.get("schedule") or {"policy": config["policy"]},
-            search_config=config["point"],
+            search_config=recorded_point(config),
             seed=int(config["seed"]),
             node_id=None,
             phase=config.get("phase", "search"),
@@ -404,7 +414,7 @@ class RecordResults(Callback):
             policy=config["policy"],
             schedule=horizon["schedule"] or {"policy": config["policy"]},
             search_config={
-                **config["point"],
+                **recorded_point(config),
                 "horizon_epochs": horizon["epochs"],
                 "fork_step": branch["fork_step"],
             },

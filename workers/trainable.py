@@ -111,6 +111,8 @@ def make_trainable(
             param_groups=param_groups,
             epochs=trial_epochs,
             seed=int(config["seed"]),
+            # The job's data order for the trial's phase (None: the workload orders its own).
+            shuffle_seed=config.get("shuffle_seed"),
             device=_device(),
             metric=metric,
             mode=mode,

@@ -31,7 +31,8 @@ def make(n_train: int = 2000, n_val: int = 500, hidden: int = 64, batch_size: in
             head=nn.Linear(hidden, 1),
         )
     )
-    # The seed of the batch order: drawn from the global RNG lrtune seeded for this trial.
+    # The seed of the batch order: drawn from the global RNG lrtune seeded for this trial. In a
+    # job lrtune reorders a TensorBatches by the job's data order, whatever this seed.
     seed = int(torch.randint(0, 2**31 - 1, ()).item())
     return Workload(
         model=model,
