@@ -354,12 +354,15 @@ class JobSpec(BaseModel):
         "every length, each length a trial of its own (a training-length sweep).",
     )
     execution: Literal["trials", "population", "auto"] = Field(
-        "trials",
-        description='"trials": every trial trains on its own (one Ray Tune trial each). '
+        "auto",
+        description='"auto" (the default): populations when the job\'s trials can train so, '
+        "else trials (the job's notes say which, and why). "
+        '"trials": every trial trains on its own (one Ray Tune trial each). '
         '"population": the trials train together as one batched model per population (one Ray '
         "Tune trial each), every member still a trial of its own in the results; sgd, adam and "
-        'adamw, on models without BatchNorm\'s running statistics or dropout. "auto": '
-        "populations when the job's trials can train so, else trials (the job's notes say which).",
+        "adamw, on models without BatchNorm's running statistics or dropout. Where the job's "
+        "decisions do not depend on timing (random or grid search; no early stopping, or "
+        "horizon halving) every execution stores the same trials and epochs.",
     )
     population_size: int | None = Field(
         None,

@@ -316,7 +316,7 @@ LIFECYCLE = [
     "planning finished in ",
     "range_test started",
     "range test: lr bounds ",
-    "planned: 2 trials, execution trials",
+    "planned: 2 trials, execution population",
     "range_test finished in ",
     "search started",
     "search finished in ",

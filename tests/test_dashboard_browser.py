@@ -480,7 +480,7 @@ def test_new_job_form_previews_and_submits_a_valid_job(
     page.get_by_test_id("preview-sgdr").locator("canvas").wait_for()
     page.get_by_test_id("preview-cosine").locator("canvas").wait_for()
     spec = page.get_by_test_id("spec-preview").inner_text()
-    assert '"sgdr"' in spec and '"execution"' not in spec  # trials, the default, goes unsaid
+    assert '"sgdr"' in spec and '"execution"' not in spec  # auto, the default, goes unsaid
     page.locator("select[name=execution]").select_option("population")
     assert '"execution": "population"' in page.get_by_test_id("spec-preview").inner_text()
     screenshot(page, tmp_path, "new-job-form")

@@ -189,6 +189,8 @@ def test_a_job_judged_by_cooldown_probes_at_each_rung_and_trains_as_without_prob
         "policies": ["fixed", "cosine", "clr"],
         "budget": {"epochs": 4, "trials_per_policy": 3, "max_concurrent_trials": 2},
         "search": {"seed": 3},
+        # Tune's ASHA, stopping Tune trials (populations halve their members themselves).
+        "execution": "trials",
     }
     judged_id = _run_job(
         settings,

@@ -411,6 +411,7 @@ def test_trials_whose_actor_dies_are_retried_then_failed_and_the_job_fails_with_
         "workload": {"entrypoint": "dying_workload:make", "params": {"attempts": str(attempts)}},
         "metric": {"name": "val_loss", "mode": "min"},
         "budget": {"epochs": 1, "trials_per_policy": 1, "max_concurrent_trials": 2},
+        "execution": "trials",  # a process per trial, each dying on its own
     }
     job, _ = store.create_job(spec=JobSpec.model_validate(spec))
     # The trials import the user's module from the worker's code path, as every entrypoint must.

@@ -325,7 +325,7 @@ def _assert_a_ladder(store: Store, job: Job, *, steps_per_epoch: int) -> list[Tr
 def test_a_halving_job_trains_compressed_schedules_promotes_and_confirms_full_length(
     ray_local: str, settings: Settings, store: Store, api_client: TestClient
 ) -> None:
-    body = {**HALVING, "confirm": {"top_k": 1, "seeds": 1}}
+    body = {**HALVING, "confirm": {"top_k": 1, "seeds": 1}, "execution": "trials"}
     job = _run(settings, store, body)
     assert job.status == "succeeded", job.error
     steps_per_epoch = store.list_trial_metrics(trial_id=_trials(store, job.id)[0].id)[0].step

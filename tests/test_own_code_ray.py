@@ -64,6 +64,12 @@ def make(steps=4):
 """
 
 
+# What execution "auto" (the default) notes on a job that trains a train function.
+TRAIN_FUNCTION_TRIALS = (
+    "execution \"auto\" ran trials: '%s' is a train function, which runs its own loop"
+)
+
+
 def write_loop(folder: Path, name: str, body: str = "") -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{name}.py").write_text(LOOP.format(body=textwrap.indent(body, " " * 12)))
@@ -111,11 +117,17 @@ def test_a_train_function_job_trains_on_the_preview_rates_and_is_recorded(
     [job] = run_jobs(code_settings, store, spec("loop_job:make"))
     assert job.status == "succeeded", job.error
     assert job.trial_errors == []
-    # One point per policy is too few to halve: the default early stopping is none.
-    assert job.notes == [default_early_stopping(job.spec)[1]]
+    # One point per policy is too few to halve: the default early stopping is none; a train
+    # function runs as trials.
+    assert job.notes == [
+        default_early_stopping(job.spec)[1],
+        TRAIN_FUNCTION_TRIALS % "loop_job:make",
+    ]
     assert job.notes[0].startswith("early stopping: none")
     for trial in trials(store, job.id):
         assert trial.status == "completed" and trial.epochs_done == 3
+        # A train function orders its own data: the job records no order of its own.
+        assert "shuffle_seed" not in trial.search_config
         schedule = parse_schedule(trial.schedule)
         rows = store.list_trial_metrics(trial_id=trial.id)
         assert [row.step for row in rows] == [4, 8, 12]
@@ -292,7 +304,7 @@ def test_asha_stops_train_functions_early(
     assert job.status == "succeeded", job.error
     # The job asked for ASHA judged by cooldown probes (the default); it says it judged raw.
     assert job.spec.early_stopping.judge == "cooldown"
-    assert job.notes == [RAW_JUDGED_NOTE]
+    assert job.notes == [RAW_JUDGED_NOTE, TRAIN_FUNCTION_TRIALS % "loop_asha:make"]
     found = trials(store, job.id)
     pruned = [t for t in found if t.status == "pruned"]
     assert pruned and all(t.epochs_done < 3 for t in pruned)

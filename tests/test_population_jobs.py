@@ -1,8 +1,8 @@
 """Population jobs (execution "population"): the spec's checks (422s naming the field), and jobs
 through the real worker and Ray on SQLite and PostgreSQL: every member a trial of its own in
 SQL, equal to the same configuration trained alone; the same job stored the same as trials and
-as populations; early stopping inside a population; the confirmation as populations; cancel;
-kill -9 mid-population resuming every member exactly."""
+as populations; early stopping inside a population; the confirmation as populations; execution
+"auto", the default; cancel; kill -9 mid-population resuming every member exactly."""
 
 from __future__ import annotations
 
@@ -279,22 +279,45 @@ def test_the_execution_never_changes_a_result(
             assert mine.val_loss == pytest.approx(lone.val_loss, rel=1e-5), key
 
 
+def _write_batchnorm_workload(folder: Path) -> Path:
+    """A code folder whose `normed:make` is digits with a BatchNorm layer (running statistics:
+    not fusible)."""
+    folder.mkdir()
+    (folder / "normed.py").write_text(
+        "from torch import nn\n"
+        "from lrtune.workers.workloads import build_workload\n\n"
+        "def make():\n"
+        "    workload = build_workload('digits', {'model': 'mlp'})\n"
+        "    workload.model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.BatchNorm1d(16),"
+        " nn.ReLU(), nn.Linear(16, 10))\n"
+        "    return workload\n"
+    )
+    return folder
+
+
 @pytest.mark.ray
-def test_execution_auto_runs_populations_when_the_trials_fuse_and_says_why_not_otherwise(
-    ray_local: str, settings: Settings, store: Store
+def test_execution_auto_the_default_runs_populations_when_the_trials_fuse_and_says_why_not(
+    ray_local: str, settings: Settings, store: Store, tmp_path: Path
 ) -> None:
+    default = {k: v for k, v in POPULATION.items() if k != "execution"}
+    assert JobSpec.model_validate(default).execution == "auto"
     small = {"budget": {"epochs": 2, "trials_per_policy": 2, "max_concurrent_trials": 2}}
+    one = {"budget": {"epochs": 1, "trials_per_policy": 1, "max_concurrent_trials": 2}}
     fusing, _ = store.create_job(
         spec=JobSpec.model_validate(
-            {**POPULATION, **small, "execution": "auto", "confirm": {"top_k": 1, "seeds": 2}}
+            {
+                **default,
+                **small,
+                "workload": {"name": "mnist1d", "params": {"model": "mlp"}},
+                "confirm": {"top_k": 1, "seeds": 2},
+            }
         )
     )
-    lone, _ = store.create_job(
+    schedule_free, _ = store.create_job(
         spec=JobSpec.model_validate(
             {
-                **POPULATION,
-                **small,
-                "execution": "auto",
+                **default,
+                **one,
                 "policies": [
                     "cosine",
                     {"policy": "fixed", "optimizer": {"name": "sgd_schedulefree"}},
@@ -302,16 +325,28 @@ def test_execution_auto_runs_populations_when_the_trials_fuse_and_says_why_not_o
             }
         )
     )
-    run_worker(settings, once=True, store=store)
-    run_worker(settings, once=True, store=store)
+    normed, _ = store.create_job(
+        spec=JobSpec.model_validate(
+            {
+                **default,
+                **one,
+                "workload": {"entrypoint": "normed:make"},
+                "lr_bounds": {"min": 0.01, "max": 0.1},
+            }
+        )
+    )
+    code = _write_batchnorm_workload(tmp_path / "code")
+    with_code = settings.model_copy(update={"code_path": str(code)})
+    for _ in range(3):
+        run_worker(with_code, once=True, store=store)
 
     fused = store.get_job(fusing.id)
     assert fused.status == "succeeded", fused.error
     assert 'execution "auto" ran population: the trials train as batched models' in fused.notes
     trials = _trials(store, fusing.id)
     assert len(trials) == 12 and all(t.status == "completed" for t in trials)
-    # Each phase's trials spread over the 2 slots: 6 search trials, then 6 confirmation trials,
-    # in populations of 3.
+    # Each phase's trials spread over the 2 slots: 6 search trials, then 6 confirmation trials
+    # (3 a seed), in populations of 3.
     members: dict[str, list[str]] = {}
     for trial in trials:
         members.setdefault(trial.search_config["population"], []).append(trial.phase)
@@ -322,11 +357,18 @@ def test_execution_auto_runs_populations_when_the_trials_fuse_and_says_why_not_o
         "population-3": ["confirm"] * 3,
     }
 
-    alone = store.get_job(lone.id)
-    assert alone.status == "succeeded", alone.error
-    (note,) = [n for n in alone.notes if n.startswith('execution "auto"')]
-    assert note.startswith('execution "auto" ran trials: sgd_schedulefree keeps two weight sets')
-    assert all("population" not in t.search_config for t in _trials(store, lone.id))
+    for job, why in (
+        (schedule_free, "sgd_schedulefree keeps two weight sets"),
+        (normed, "'normed:make' cannot train as a population: 2 (BatchNorm1d) updates running"),
+    ):
+        alone = store.get_job(job.id)
+        assert alone.status == "succeeded", alone.error
+        (note,) = [n for n in alone.notes if n.startswith('execution "auto"')]
+        assert note.startswith(f'execution "auto" ran trials: {why}'), note
+        lone_trials = _trials(store, job.id)
+        assert lone_trials and all("population" not in t.search_config for t in lone_trials)
+        # Alone, a trial still trains on the job's data order.
+        assert len({t.search_config["shuffle_seed"] for t in lone_trials}) == 1
 
 
 def test_a_population_of_a_model_with_batchnorm_fails_at_planning_with_the_reason(
@@ -336,17 +378,7 @@ def test_a_population_of_a_model_with_batchnorm_fails_at_planning_with_the_reaso
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    code = tmp_path / "code"
-    code.mkdir()
-    (code / "normed.py").write_text(
-        "from torch import nn\n"
-        "from lrtune.workers.workloads import build_workload\n\n"
-        "def make():\n"
-        "    workload = build_workload('digits', {'model': 'mlp'})\n"
-        "    workload.model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.BatchNorm1d(16),"
-        " nn.ReLU(), nn.Linear(16, 10))\n"
-        "    return workload\n"
-    )
+    code = _write_batchnorm_workload(tmp_path / "code")
     spec = JobSpec.model_validate(
         {
             **POPULATION,

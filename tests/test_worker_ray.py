@@ -276,6 +276,7 @@ def test_asha_prunes_and_statuses_match_what_tune_reported(
     spec = _spec(
         budget={"epochs": 3, "trials_per_policy": 2, "max_concurrent_trials": 2},
         early_stopping={"kind": "asha", "grace_epochs": 1, "reduction_factor": 2},
+        execution="trials",  # Tune's ASHA stops Tune trials; populations halve their own
     )
     job = _run(settings, store, spec)
     assert job.status == "succeeded", job.error
@@ -296,7 +297,11 @@ def test_asha_prunes_and_statuses_match_what_tune_reported(
 def test_cancel_mid_job_ends_cancelled_and_starts_no_trial_after_it(
     ray_local: str, settings: Settings, store: Store
 ) -> None:
-    spec = _spec(budget={"epochs": 3, "trials_per_policy": 2, "max_concurrent_trials": 2})
+    # One trial at a time in each slot: a population would start all of its members at once.
+    spec = _spec(
+        budget={"epochs": 3, "trials_per_policy": 2, "max_concurrent_trials": 2},
+        execution="trials",
+    )
     job, _ = store.create_job(spec=spec)
     worker = threading.Thread(
         target=run_worker, args=(settings,), kwargs={"once": True, "store": store}
@@ -337,7 +342,11 @@ class _RecordingStore(Store):
 def test_kill_9_mid_job_then_a_new_worker_finishes_it_without_rerunning_trials(
     ray_local: str, settings: Settings, store: Store, tmp_path: Path
 ) -> None:
-    spec = _spec(budget={"epochs": 3, "trials_per_policy": 2, "max_concurrent_trials": 2})
+    # Lone trials: some finish before the kill while others have yet to start.
+    spec = _spec(
+        budget={"epochs": 3, "trials_per_policy": 2, "max_concurrent_trials": 2},
+        execution="trials",
+    )
     job, _ = store.create_job(spec=spec)
     lease = 3.0
     env = {

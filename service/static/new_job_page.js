@@ -41,8 +41,8 @@ export async function newJobPage() {
   const algorithm = h("select", { name: "algorithm" }, ["random", "grid", "tpe"].map((a) => h("option", { value: a }, a)));
   const seed = input("seed", { type: "number", value: "0" });
   const early = h("select", { name: "early_stopping" }, ["none", "asha", "horizon_halving"].map((a) => h("option", { value: a }, a)));
-  const execution = h("select", { name: "execution", title: "population: the trials train together as batched models; auto: populations when the model allows them" },
-    ["trials", "population", "auto"].map((e) => h("option", { value: e }, e)));
+  const execution = h("select", { name: "execution", title: "auto: populations when the model allows them; trials: one at a time; population: the trials train together as batched models" },
+    ["auto", "trials", "population"].map((e) => h("option", { value: e }, e)));
   const bounds = h("select", { name: "lr_bounds" }, h("option", { value: "" }, "from each search space"), h("option", { value: "auto" }, "auto (LR range test first)"));
   const specPreview = h("pre", { class: "json", "data-testid": "spec-preview" });
   const result = h("div", { "data-testid": "submit-result" });
@@ -96,7 +96,7 @@ export async function newJobPage() {
       early_stopping: { kind: early.value },
       search: { algorithm: algorithm.value, seed: Number(seed.value) },
     };
-    if (execution.value !== "trials") body.execution = execution.value;
+    if (execution.value !== "auto") body.execution = execution.value;
     if (bounds.value) body.lr_bounds = bounds.value;
     return body;
   }
