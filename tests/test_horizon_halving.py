@@ -422,7 +422,13 @@ def _rung_trials(store: Store, job_id: int, rung: int) -> list[Trial]:
 
 # Slower epochs (a CNN at batch size 8, about a second each), so a job is mid-ladder when it
 # is cancelled or killed.
-SLOW = {**HALVING, "workload": {"name": "digits", "params": {"model": "cnn", "batch_size": 8}}}
+# Lone trials: each rung trial its own Tune trial, to cancel or kill mid-rung (populations train
+# the ladder fast enough to end before the kill).
+SLOW = {
+    **HALVING,
+    "workload": {"name": "digits", "params": {"model": "cnn", "batch_size": 8}},
+    "execution": "trials",
+}
 
 
 @pytest.mark.ray
