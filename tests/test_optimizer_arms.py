@@ -253,6 +253,7 @@ def test_a_job_comparing_schedules_with_schedule_free_runs_to_its_recommendation
             schedule=parse_schedule(fixed.schedule),
             epochs=3,
             seed=fixed.seed,
+            shuffle_seed=fixed.search_config["shuffle_seed"],  # the job's data order
             metric="val_accuracy",
             mode="max",
         )

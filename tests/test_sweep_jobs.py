@@ -106,6 +106,7 @@ def test_a_sweep_job_runs_every_horizon_to_its_recommendation(
             schedule=parse_schedule(swept[1].schedule),
             epochs=2,
             seed=swept[1].seed,
+            shuffle_seed=swept[1].search_config["shuffle_seed"],  # the job's data order
             metric="val_accuracy",
             mode="max",
         ),
