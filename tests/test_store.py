@@ -139,7 +139,8 @@ def test_cancel_transitions(store: Store, job_body: dict[str, Any]) -> None:
 def test_claim_heartbeat_and_lease_expiry(store: Store, job_body: dict[str, Any]) -> None:
     first, _ = store.create_job(spec=_spec(job_body))
     second, _ = store.create_job(spec=_spec(job_body))
-    claimed = store.claim_next_job(worker_id="a", lease_seconds=0.2)
+    # A lease long enough for the claims below on a loaded machine (0.2 s once expired first).
+    claimed = store.claim_next_job(worker_id="a", lease_seconds=1.0)
     assert claimed is not None and claimed.id == first.id  # oldest first
     assert claimed.status == "running" and claimed.started_at is not None
     assert store.mark_job_running(job_id=first.id, worker_id="a")
@@ -148,9 +149,9 @@ def test_claim_heartbeat_and_lease_expiry(store: Store, job_body: dict[str, Any]
     assert other is not None and other.id == second.id
     assert store.claim_next_job(worker_id="c", lease_seconds=60) is None
 
-    assert store.heartbeat(job_id=first.id, worker_id="a", lease_seconds=0.2)
+    assert store.heartbeat(job_id=first.id, worker_id="a", lease_seconds=1.0)
     assert not store.heartbeat(job_id=first.id, worker_id="b", lease_seconds=60)
-    time.sleep(0.3)
+    time.sleep(1.2)
     # Worker a stopped heartbeating: its job goes to whoever claims next.
     taken = store.claim_next_job(worker_id="c", lease_seconds=60)
     assert taken is not None and taken.id == first.id
