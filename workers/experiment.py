@@ -843,7 +843,7 @@ class HorizonHalvingSearcher(_StatefulSearcher):
                         return None  # the first wave is judged once all of it has ended
                     sink = cast(HalvingSink, sink_for(self.job_key))
                     if not sink.should_stop():
-                        self._judge_edges(sink, extend=True)
+                        self._judge_edges(sink, self._rung_values(sink), extend=True)
                     self.search.state.wave_limit = None
                     continue
                 if drawn == Searcher.FINISHED:
@@ -900,9 +900,8 @@ class HorizonHalvingSearcher(_StatefulSearcher):
 
     def _close_rung(self, sink: HalvingSink) -> None:
         """Decide the current rung on its trials' final values, record it, go to the next."""
-        horizon = self.ladder.horizons[self.rung]
-        keys = {c["trial_key"]: rung_trial_key(c["trial_key"], horizon) for c in self.candidates}
-        values = sink.rung_values(list(keys.values()))
+        keys = self._rung_keys()
+        values = self._rung_values(sink)
         candidates = [
             RungCandidate(
                 point_id=c["trial_key"], policy=c["policy"], value=values.get(keys[c["trial_key"]])
@@ -911,7 +910,7 @@ class HorizonHalvingSearcher(_StatefulSearcher):
         ]
         promoted = self.ladder.promote(candidates, mode=self._mode_literal)
         if not self.edges_judged:
-            self._judge_edges(sink, extend=False)
+            self._judge_edges(sink, values, extend=False)
         if keys:
             sink.record_rung_decisions(
                 {key: "continue" if point in promoted else "stop" for point, key in keys.items()}
@@ -924,15 +923,25 @@ class HorizonHalvingSearcher(_StatefulSearcher):
     def _mode_literal(self) -> Literal["min", "max"]:
         return "max" if self._mode == "max" else "min"
 
-    def _judge_edges(self, sink: HalvingSink, *, extend: bool) -> None:
+    def _rung_keys(self) -> dict[str, str]:
+        """Each current candidate's trial key at the current rung, by point id."""
+        horizon = self.ladder.horizons[self.rung]
+        return {c["trial_key"]: rung_trial_key(c["trial_key"], horizon) for c in self.candidates}
+
+    def _rung_values(self, sink: HalvingSink) -> dict[str, float | None]:
+        """Each current candidate's final value at the current rung, by its rung trial key."""
+        return sink.rung_values(list(self._rung_keys().values()))
+
+    def _judge_edges(
+        self, sink: HalvingSink, values: Mapping[str, float | None], *, extend: bool
+    ) -> None:
         """Note each policy whose best first-rung candidate so far sits at an edge of its
         peak-rate range (`range_edge`). With `extend` (the first wave has ended), move that edge
         out for the policy's other points, unless the user set the range or a candidate beyond
         the best failed or diverged; the job's search spaces record the change."""
         self.edges_judged = True
         horizon = self.ladder.horizons[0]
-        keys = {c["trial_key"]: rung_trial_key(c["trial_key"], horizon) for c in self.candidates}
-        values = sink.rung_values(list(keys.values()))
+        keys = self._rung_keys()
         extended = False
         for policy in self.search.order:
             space = self.search.space(policy)
